@@ -1,0 +1,841 @@
+"""Accumulators: local partial state on each rank, exact global values on demand.
+
+Calling an accumulator accumulates locally (no collective, no host sync) and
+returns the local running value. :func:`calculate` is the only collective: it
+reduces any number of accumulators and metrics across ranks in a fixed,
+small number of collectives and returns values identical on every rank.
+
+How :func:`calculate` talks to the other ranks:
+
+1. One ``all_reduce(SUM)`` of a float64 buffer of fixed length: a signature of
+   what this rank is reducing (kinds, shapes, result types), the byte size of
+   this rank's List/Cat payload, and the first ``_INLINE`` sum-like numbers.
+   Its length never depends on the accumulators, so ranks that diverge cannot
+   crash gloo (a length mismatch aborts the process) and every rank sees the
+   disagreement. Sums that do not fit inline go in one more ``all_reduce``.
+2. One ``all_reduce(MAX)`` for all Max/Min states (Min as max of -x), if any.
+3. One ``all_gather`` of a byte buffer for all List/Cat states, if any.
+
+A rank that saw no data does not know its states' shapes. When signatures
+differ, the ranks exchange their signatures (``all_gather_object``) and either
+agree on shapes (empty states become zeros of the right shape, growable states
+such as an F1 confusion matrix are padded to the largest) or raise
+:class:`DivergenceError` on every rank, saying what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "Accumulator",
+    "Cat",
+    "DivergenceError",
+    "Except",
+    "List",
+    "Max",
+    "Mean",
+    "Min",
+    "Sum",
+    "calculate",
+]
+
+SUM, MAX = "sum", "max"
+_HASH_CHUNKS = 3  # 3 x 20 bits of signature hash; squares stay exact in float64
+_INLINE = 1024  # sum-like numbers carried in the first, fixed-length collective
+
+
+class DivergenceError(RuntimeError):
+    """Ranks called :func:`calculate` with different accumulators, kinds or shapes."""
+
+
+# --------------------------------------------------------------------------- #
+# Input handling
+# --------------------------------------------------------------------------- #
+
+
+def _as_tensor(value: Any) -> tuple[torch.Tensor, str]:
+    """Return ``value`` as a detached tensor and its result kind.
+
+    The kind is ``"int"``/``"float"`` for Python numbers (the result is then a
+    Python number too) or the tensor's dtype name.
+    """
+    if isinstance(value, bool):
+        return torch.tensor(float(value), dtype=torch.float64), "int"
+    if isinstance(value, int):
+        return torch.tensor(value, dtype=torch.float64), "int"
+    if isinstance(value, float):
+        return torch.tensor(value, dtype=torch.float64), "float"
+    tensor = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    return tensor, str(tensor.dtype).removeprefix("torch.")
+
+
+def _dtype(kind: str) -> torch.dtype:
+    return getattr(torch, kind)
+
+
+def _state_device(device: torch.device) -> torch.device:
+    # MPS has no float64; keep such states on the host.
+    return torch.device("cpu") if device.type == "mps" else device
+
+
+def _nan_warning(name: str) -> None:
+    warnings.warn(f"{name}: nothing was accumulated on any rank; the result is NaN", RuntimeWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------- #
+# Base classes
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class _Contribution:
+    """What one accumulator puts into the collectives."""
+
+    sums: list[torch.Tensor] = field(default_factory=list)
+    maxes: list[torch.Tensor] = field(default_factory=list)
+    blob: bytes | None = None  # only List/Cat-like accumulators gather bytes
+
+
+class Accumulator:
+    """Base class of accumulators and metrics.
+
+    Subclasses implement :meth:`update`, :meth:`value`, :meth:`reset`,
+    :meth:`state_dict`, :meth:`load_state_dict` and the three private hooks
+    :func:`calculate` uses: ``_spec`` (a signature, ``None`` entries where a
+    shape is still unknown), ``_contribute`` (states laid out as an agreed
+    signature says) and ``_finish`` (the global value from reduced states).
+    """
+
+    _growable: ClassVar[bool] = False  # may states of different shapes be padded to the largest?
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Accumulate locally and return the local running value."""
+        self.update(*args, **kwargs)
+        return self.value()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+    def value(self) -> Any:
+        """The local value so far (this rank only, no collective)."""
+        raise NotImplementedError
+
+    def calculate(self, group: dist.ProcessGroup | None = None) -> Any:
+        """The global value over all ranks. A collective: every rank must call it."""
+        return calculate([self], group=group)[0]
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    @property
+    def _name(self) -> str:
+        return type(self).__name__
+
+    def _spec(self) -> tuple:
+        raise NotImplementedError
+
+    def _contribute(self, spec: tuple) -> _Contribution:
+        raise NotImplementedError
+
+    def _finish(self, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
+        raise NotImplementedError
+
+
+class TensorAccumulator(Accumulator):
+    """An accumulator whose states are float64 tensors reduced by sum or max.
+
+    Subclasses declare ``_reductions`` (state name -> ``"sum"`` or ``"max"``),
+    fill states in :meth:`update` through :meth:`_states_for`, and turn states
+    into a value in :meth:`_compute` (float64 tensor in, float64 tensor out).
+    """
+
+    _reductions: ClassVar[dict[str, str]]
+    _scalar_states: ClassVar[frozenset[str]] = frozenset()  # shape () whatever the value's shape
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated (and the shape, until the next value)."""
+        self._states: dict[str, torch.Tensor] | None = None
+        self._kind: str | None = None
+        self._device = torch.device("cpu")
+
+    # -- local accumulation ------------------------------------------------ #
+
+    def _states_for(self, shape: torch.Size, kind: str, device: torch.device) -> dict[str, torch.Tensor]:
+        """The states, created for ``shape`` on first use; a shape change is an error."""
+        if self._states is None:
+            self._device = device
+            self._kind = kind
+            self._states = self._neutral(self._shapes_for(tuple(shape)), _state_device(device))
+            return self._states
+        known = self._value_shape()
+        if known is not None and tuple(shape) != known:
+            raise ValueError(
+                f"{self._name}: got a value of shape {tuple(shape)} after values of shape {known}; "
+                "accumulate one shape per accumulator, or call reset() first"
+            )
+        if self._kind != kind and not {self._kind, kind} <= {"int", "float"}:
+            raise ValueError(
+                f"{self._name}: got a value of type {kind} after values of type {self._kind}; "
+                "feed one type per accumulator (all tensors or all Python numbers)"
+            )
+        if kind == "float":  # ints then floats: the result is a float
+            self._kind = kind
+        return self._states
+
+    def _shapes_for(self, value_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        return {name: () if name in self._scalar_states else value_shape for name in self._reductions}
+
+    def _value_shape(self) -> tuple[int, ...] | None:
+        if self._states is None:
+            return None
+        for name, state in self._states.items():
+            if name not in self._scalar_states:
+                return tuple(state.shape)
+        return ()
+
+    @classmethod
+    def _neutral(cls, shapes: Mapping[str, tuple[int, ...]], device: torch.device) -> dict[str, torch.Tensor]:
+        fill = {SUM: 0.0, MAX: float("-inf")}
+        return {
+            name: torch.full(shapes[name], fill[cls._reductions[name]], dtype=torch.float64, device=device)
+            for name in cls._reductions
+        }
+
+    def value(self) -> Any:
+        if self._states is None:
+            return self._empty_value()
+        return self._convert(self._compute(self._states))
+
+    def _empty_value(self) -> Any:
+        _nan_warning(self._name)
+        return float("nan")
+
+    def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _empty_mask(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """Where nothing was accumulated (the result is NaN there), if that can happen."""
+        return None
+
+    def _convert(self, result: torch.Tensor) -> Any:
+        """Give the result the type of the inputs: a Python number or a tensor on the input's device.
+
+        Pure conversion: no check that would sync a device on every call.
+        """
+        if self._kind == "float":
+            return result.item()
+        if self._kind == "int":
+            return int(result.item())
+        return result.to(self._device)
+
+    # -- the calculate() protocol ------------------------------------------ #
+
+    def _spec(self) -> tuple:
+        shapes = None if self._states is None else tuple((n, tuple(s.shape)) for n, s in self._states.items())
+        return (self._name, self._kind, shapes)
+
+    def _contribute(self, spec: tuple) -> _Contribution:
+        _, kind, shapes = spec
+        states = self._states
+        if shapes is not None:
+            target = dict(shapes)
+            if states is None:
+                states = self._neutral(target, _state_device(self._device))
+            elif any(tuple(s.shape) != target[n] for n, s in states.items()):
+                states = self._padded(states, target)
+        contribution = _Contribution()
+        for name in self._reductions if states is not None else ():
+            (contribution.sums if self._reductions[name] == SUM else contribution.maxes).append(states[name])
+        return contribution
+
+    def _padded(self, states: Mapping[str, torch.Tensor], target: Mapping[str, tuple]) -> dict[str, torch.Tensor]:
+        padded = self._neutral(target, _state_device(self._device))
+        for name, state in states.items():
+            padded[name][tuple(slice(0, n) for n in state.shape)] = state
+        return padded
+
+    def _finish(self, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
+        if not sums and not maxes:
+            return self._empty_value()
+        it_sum, it_max = iter(sums), iter(maxes)
+        states = {n: next(it_sum) if r == SUM else next(it_max) for n, r in self._reductions.items()}
+        result = self._compute(states)
+        empty = self._empty_mask(states)
+        if empty is not None and bool(empty.any()):
+            _nan_warning(self._name)
+            if self._kind not in ("float", "int") and not _dtype(self._kind).is_floating_point:
+                return result.to(self._device)  # NaN has no integer form: float64
+            if self._kind == "int":
+                return result.item()
+        return self._convert_global(result)
+
+    def _convert_global(self, result: torch.Tensor) -> Any:
+        return self._convert(result)
+
+    # -- state dicts ------------------------------------------------------- #
+
+    def state_dict(self) -> dict[str, Any]:
+        """The local state, to be restored exactly by :meth:`load_state_dict`."""
+        states = None if self._states is None else {n: s.clone() for n, s in self._states.items()}
+        return {"states": states, "kind": self._kind, "device": str(self._device)}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        states = state_dict["states"]
+        missing = None if states is None else set(self._reductions) - set(states)
+        if missing:
+            raise KeyError(f"{self._name}.load_state_dict: missing states {sorted(missing)}")
+        self._states = None if states is None else {n: states[n].clone() for n in self._reductions}
+        self._kind = state_dict["kind"]
+        self._device = torch.device(state_dict["device"])
+
+
+# --------------------------------------------------------------------------- #
+# Sum, Mean, Max, Min
+# --------------------------------------------------------------------------- #
+
+
+class Sum(TensorAccumulator):
+    """Elementwise sum of everything accumulated.
+
+    State is float64 whatever the input dtype. The result is a Python number
+    for Python numbers; for tensors, float64 (int64 for integer and bool
+    inputs) of the input's shape on the input's device. Integer sums are exact
+    up to 2**53.
+    """
+
+    _reductions = {"total": SUM}
+
+    def update(self, value: Any) -> None:
+        """Add one value (a number or a tensor of any fixed shape)."""
+        tensor, kind = _as_tensor(value)
+        self._states_for(tensor.shape, kind, tensor.device)["total"] += tensor.to(torch.float64)
+
+    def extend(self, values: Any) -> None:
+        """Add every row of ``values`` (dim 0) as one value each."""
+        tensor, kind = _as_tensor(values)
+        self._states_for(tensor.shape[1:], kind, tensor.device)["total"] += tensor.to(torch.float64).sum(0)
+
+    def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return states["total"]
+
+    def _convert(self, result: torch.Tensor) -> Any:
+        if self._kind not in ("int", "float") and not _dtype(self._kind).is_floating_point:
+            return result.to(device=self._device, dtype=torch.int64)
+        if self._kind not in ("int", "float"):
+            return result.to(self._device)
+        return super()._convert(result)
+
+    def _empty_value(self) -> Any:
+        return 0
+
+
+class Mean(TensorAccumulator):
+    """Elementwise (weighted) mean of everything accumulated.
+
+    ``mean(batch_loss, weight=batch_size)`` gives the exact per-sample mean
+    over uneven batches. Sums are float64 whatever the input dtype. A total
+    weight of zero gives NaN with a warning.
+    """
+
+    _reductions = {"total": SUM, "weight": SUM}
+
+    def update(self, value: Any, weight: Any = 1) -> None:
+        """Add one value with a weight (a number, or a tensor broadcastable to the value)."""
+        tensor, kind = _as_tensor(value)
+        states = self._states_for(tensor.shape, "float" if kind in ("int", "float") else kind, tensor.device)
+        w = torch.as_tensor(weight, dtype=torch.float64, device=states["weight"].device)
+        states["total"] += tensor.to(torch.float64) * w
+        states["weight"] += w
+
+    def extend(self, values: Any, weights: Any = None) -> None:
+        """Add every row of ``values`` (dim 0) as one value, optionally weighted per row."""
+        tensor, kind = _as_tensor(values)
+        states = self._states_for(tensor.shape[1:], "float" if kind in ("int", "float") else kind, tensor.device)
+        rows = tensor.to(torch.float64)
+        if weights is None:
+            states["total"] += rows.sum(0)
+            states["weight"] += rows.shape[0]
+            return
+        w = torch.as_tensor(weights, dtype=torch.float64, device=rows.device)
+        w = w.reshape(w.shape + (1,) * (rows.dim() - w.dim()))
+        states["total"] += (rows * w).sum(0)
+        states["weight"] += torch.broadcast_to(w, rows.shape).sum(0)
+
+    def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return states["total"] / states["weight"]
+
+    def _empty_mask(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return states["weight"] == 0
+
+    def _convert(self, result: torch.Tensor) -> Any:
+        return result.item() if self._kind == "float" else result.to(self._device)
+
+
+class Max(TensorAccumulator):
+    """Elementwise maximum of everything accumulated on all ranks.
+
+    The result has the input's dtype (integers exact up to 2**53). With
+    nothing accumulated anywhere it is NaN with a warning.
+    """
+
+    _reductions = {"extreme": MAX, "count": SUM}
+    _scalar_states = frozenset({"count"})
+    _sign = 1.0
+
+    def update(self, value: Any) -> None:
+        """Take one value into the running extreme."""
+        tensor, kind = _as_tensor(value)
+        states = self._states_for(tensor.shape, kind, tensor.device)
+        torch.maximum(states["extreme"], self._sign * tensor.to(torch.float64), out=states["extreme"])
+        states["count"] += 1
+
+    def extend(self, values: Any) -> None:
+        """Take every row of ``values`` (dim 0) into the running extreme."""
+        tensor, kind = _as_tensor(values)
+        states = self._states_for(tensor.shape[1:], kind, tensor.device)
+        if tensor.shape[0]:
+            rows = self._sign * tensor.to(torch.float64)
+            torch.maximum(states["extreme"], rows.amax(0), out=states["extreme"])
+        states["count"] += tensor.shape[0]
+
+    def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.where(states["count"] > 0, self._sign * states["extreme"], torch.nan)
+
+    def _empty_mask(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return states["count"] == 0
+
+    def _convert(self, result: torch.Tensor) -> Any:
+        if self._kind in ("int", "float"):
+            return super()._convert(result)
+        return result.to(device=self._device, dtype=_dtype(self._kind))
+
+
+class Min(Max):
+    """Elementwise minimum of everything accumulated on all ranks (reduced as max of -x)."""
+
+    _sign = -1.0
+
+
+# --------------------------------------------------------------------------- #
+# List and Cat: gathered, in step-major order
+# --------------------------------------------------------------------------- #
+
+
+def _step_major(per_rank: Sequence[Sequence[Any]]) -> list[Any]:
+    """Step 0 of rank 0, step 0 of rank 1, ..., then step 1: dataset order for sharded loaders."""
+    out = []
+    for step in range(max((len(items) for items in per_rank), default=0)):
+        out.extend(items[step] for items in per_rank if step < len(items))
+    return out
+
+
+class List(Accumulator):
+    """Every accumulated item (any picklable object), from all ranks, in step-major order."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def update(self, item: Any) -> None:
+        """Append one item (a tensor is detached)."""
+        self._items.append(item.detach() if isinstance(item, torch.Tensor) else item)
+
+    def value(self) -> list[Any]:
+        return list(self._items)
+
+    def reset(self) -> None:
+        self._items: list[Any] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"items": list(self._items)}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self._items = list(state_dict["items"])
+
+    def _spec(self) -> tuple:
+        return (self._name,)
+
+    def _contribute(self, spec: tuple) -> _Contribution:
+        buffer = io.BytesIO()
+        torch.save(self._items, buffer)  # pickles anything; tensors without copies through numpy
+        return _Contribution(blob=buffer.getvalue())
+
+    def _finish(self, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
+        per_rank = [torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False) for blob in blobs or ()]
+        return _step_major(per_rank)
+
+
+class Cat(Accumulator):
+    """Tensors concatenated along dim 0 from all ranks, chunk by chunk in step-major order.
+
+    Each call adds one chunk (a batch); ranks may hold different numbers of
+    chunks and rows. The result is on the input's device.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def update(self, chunk: torch.Tensor) -> None:
+        """Append one chunk; its trailing shape and dtype must match earlier chunks."""
+        chunk = torch.as_tensor(chunk).detach()
+        if chunk.dim() == 0:
+            raise ValueError(f"{self._name}: got a 0-d tensor; Cat concatenates along dim 0, pass shape (n, ...)")
+        if self._chunks:
+            first = self._chunks[0]
+            if chunk.shape[1:] != first.shape[1:] or chunk.dtype != first.dtype:
+                raise ValueError(
+                    f"{self._name}: got a chunk of shape {tuple(chunk.shape)} and {chunk.dtype} after "
+                    f"(n, {', '.join(map(str, first.shape[1:]))}) and {first.dtype}; chunks may differ in dim 0 only"
+                )
+        self._chunks.append(chunk)
+
+    def value(self) -> torch.Tensor:
+        return torch.cat(self._chunks) if self._chunks else torch.empty(0)
+
+    def reset(self) -> None:
+        self._chunks: list[torch.Tensor] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"chunks": list(self._chunks)}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self._chunks = list(state_dict["chunks"])
+
+    def _spec(self) -> tuple:
+        return (self._name,)
+
+    def _contribute(self, spec: tuple) -> _Contribution:
+        buffer = io.BytesIO()
+        torch.save([c.cpu() for c in self._chunks], buffer)
+        return _Contribution(blob=buffer.getvalue())
+
+    def _finish(self, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
+        per_rank = [torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True) for blob in blobs or ()]
+        chunks = _step_major(per_rank)
+        if not chunks:
+            return torch.empty(0)
+        layouts = {(tuple(c.shape[1:]), c.dtype) for c in chunks}
+        if len(layouts) > 1:
+            raise DivergenceError(f"{self._name}: ranks accumulated chunks of different trailing shapes/dtypes: {sorted(map(str, layouts))}")
+        device = self._chunks[0].device if self._chunks else torch.device("cpu")
+        return torch.cat(chunks).to(device)
+
+
+# --------------------------------------------------------------------------- #
+# Except
+# --------------------------------------------------------------------------- #
+
+
+def _index_list(name: str, value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    items = value.tolist() if isinstance(value, torch.Tensor) else value
+    if isinstance(items, int) and not isinstance(items, bool):
+        return [items]
+    if isinstance(value, torch.Tensor) and (value.dim() != 1 or value.is_floating_point()):
+        raise ValueError(f"Except: {name} must be an int or a 1-D integer tensor, got {value.dim()}-D {value.dtype}")
+    if not isinstance(items, Sequence) or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+        raise ValueError(f"Except: {name} must be an int, a list of ints or a 1-D integer tensor, got {value!r}")
+    return list(items)
+
+
+class Except(Accumulator):
+    """Forward every value to ``accumulator`` except those at excluded call indices.
+
+    Call ``i`` (0-based since the last reset, counted per rank) is excluded when
+    it lies in any inclusive range ``[begin[k], end[k]]``; with ``period`` set,
+    when ``i % period`` does. ``begin`` defaults to 0 and ``end`` to ``begin``.
+
+    Raises:
+        ValueError: negative or non-integer bounds, ``end < begin``, begin and
+            end of different lengths, ``period < 1``, or a range outside the period.
+    """
+
+    def __init__(self, accumulator: Accumulator, begin: Any = None, end: Any = None, period: int | None = None) -> None:
+        begins = _index_list("begin", begin) or [0]
+        ends = _index_list("end", end) or list(begins)
+        if len(begins) != len(ends):
+            raise ValueError(f"Except: begin and end must have equal lengths, got {len(begins)} and {len(ends)}")
+        for b, e in zip(begins, ends):
+            if b < 0 or e < 0:
+                raise ValueError(f"Except: bounds must be >= 0, got begin={b}, end={e}")
+            if e < b:
+                raise ValueError(f"Except: end must be >= begin, got begin={b}, end={e}")
+        if period is not None:
+            if not isinstance(period, int) or isinstance(period, bool) or period < 1:
+                raise ValueError(f"Except: period must be an int >= 1, got {period!r}")
+            if max(ends) >= period:
+                raise ValueError(f"Except: ranges must lie inside the period: end={max(ends)} >= period={period}")
+        self.accumulator = accumulator
+        self.ranges = list(zip(begins, ends))
+        self.period = period
+        self._index = 0
+
+    def excluded(self, index: int) -> bool:
+        """Whether call ``index`` is left out."""
+        i = index % self.period if self.period else index
+        return any(b <= i <= e for b, e in self.ranges)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        if not self.excluded(self._index):
+            self.accumulator.update(*args, **kwargs)
+        self._index += 1
+
+    def extend(self, *args: Any, **kwargs: Any) -> None:
+        """Forward ``extend`` as one call (one index)."""
+        if not self.excluded(self._index):
+            self.accumulator.extend(*args, **kwargs)
+        self._index += 1
+
+    def value(self) -> Any:
+        return self.accumulator.value()
+
+    def reset(self) -> None:
+        self.accumulator.reset()
+        self._index = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"index": self._index, "accumulator": self.accumulator.state_dict()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self._index = int(state_dict["index"])
+        self.accumulator.load_state_dict(state_dict["accumulator"])
+
+    def _spec(self) -> tuple:
+        return self.accumulator._spec()
+
+    def _contribute(self, spec: tuple) -> _Contribution:
+        return self.accumulator._contribute(spec)
+
+    def _finish(self, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
+        return self.accumulator._finish(sums, maxes, blobs)
+
+    @property
+    def _growable(self) -> bool:  # type: ignore[override]
+        return self.accumulator._growable
+
+
+# --------------------------------------------------------------------------- #
+# calculate(): the coalesced collective
+# --------------------------------------------------------------------------- #
+
+
+def _comm_device(group: dist.ProcessGroup | None) -> torch.device:
+    """The device the group's backend reduces on: the host for gloo/mpi, else the accelerator."""
+    backend = str(dist.get_backend(group))
+    if "gloo" in backend or backend == "mpi":
+        return torch.device("cpu")
+    return torch.device(torch.accelerator.current_accelerator().type, torch.accelerator.current_device_index())
+
+
+def _signature(specs: Sequence[tuple]) -> list[float]:
+    digest = int.from_bytes(hashlib.blake2b(repr(specs).encode(), digest_size=8).digest(), "big")
+    chunks = [float((digest >> (20 * k)) & 0xFFFFF) for k in range(_HASH_CHUNKS)]
+    # Summed over ranks, sum(s) == n*s and sum(s*s) == n*s*s on a rank iff all ranks
+    # have the same s (zero variance), so every rank detects any difference.
+    return [v for s in chunks for v in (s, s * s)]
+
+
+def _signature_agrees(reduced: torch.Tensor, mine: list[float], world: int) -> bool:
+    return all(reduced[i].item() == world * mine[i] for i in range(len(mine)))
+
+
+def _reconcile(all_specs: list[list[tuple]], accs: Sequence[Accumulator]) -> list[tuple]:
+    """Agree on one spec per accumulator from every rank's specs, or raise DivergenceError."""
+    counts = [len(specs) for specs in all_specs]
+    if len(set(counts)) > 1:
+        raise DivergenceError(f"calculate(): ranks passed different numbers of accumulators: {counts} (by rank)")
+    agreed = []
+    for i, acc in enumerate(accs):
+        column = [specs[i] for specs in all_specs]
+        described = "; ".join(f"rank {r}: {spec}" for r, spec in enumerate(column))
+        if len({spec[0] for spec in column}) > 1:
+            raise DivergenceError(f"calculate(): accumulator {i} differs in kind across ranks ({described})")
+        if len(column[0]) == 1:  # List/Cat: nothing to agree on before gathering
+            agreed.append(column[0])
+            continue
+        kinds = {spec[1] for spec in column if spec[1] is not None}
+        if kinds == {"int", "float"}:  # Python ints on some ranks, floats on others
+            kinds = {"float"}
+        if len(kinds) > 1:
+            raise DivergenceError(f"calculate(): accumulator {i} ({column[0][0]}) got different value types across ranks ({described})")
+        shapes = {spec[2] for spec in column if spec[2] is not None}
+        if len(shapes) > 1 and not acc._growable:
+            raise DivergenceError(f"calculate(): accumulator {i} ({column[0][0]}) has different shapes across ranks ({described})")
+        if len(shapes) > 1:  # growable: pad every state to the largest extent per dim
+            names = [name for name, _ in next(iter(shapes))]
+            shapes = {
+                tuple((n, tuple(max(dims) for dims in zip(*(dict(s)[n] for s in shapes)))) for n in names)
+            }
+        agreed.append((column[0][0], next(iter(kinds), None), next(iter(shapes), None)))
+    return agreed
+
+
+def _flatten(accumulators: Sequence[Accumulator] | Mapping[str, Accumulator]) -> tuple[list[Accumulator], Any]:
+    if isinstance(accumulators, Mapping):
+        keys = list(accumulators)
+        return [accumulators[k] for k in keys], lambda values: dict(zip(keys, values))
+    if isinstance(accumulators, Accumulator):
+        raise TypeError("calculate() takes a list or dict of accumulators; for one, call acc.calculate()")
+    return list(accumulators), list
+
+
+def calculate(
+    accumulators: Sequence[Accumulator] | Mapping[str, Accumulator],
+    group: dist.ProcessGroup | None = None,
+) -> Any:
+    """Global values of many accumulators and metrics in a few coalesced collectives.
+
+    A collective: every rank in ``group`` must call it with the same kinds of
+    accumulators in the same order. Local states are left unchanged.
+
+    Args:
+        accumulators: a list or dict of accumulators (metrics included).
+        group: the process group; the default group when ``None``. With no
+            initialized group (one process) the values are the local ones.
+
+    Returns:
+        The global values in the same structure (list or dict), identical on
+        every rank.
+
+    Raises:
+        DivergenceError: on every rank, when ranks passed different
+            accumulators, kinds or shapes.
+    """
+    accs, rebuild = _flatten(accumulators)
+    for acc in accs:
+        if not isinstance(acc, Accumulator):
+            raise TypeError(f"calculate(): expected accumulators, got {type(acc).__name__}")
+    distributed = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size(group) if distributed else 1
+    specs = [acc._spec() for acc in accs]
+    if world == 1:
+        return rebuild(_local_results(accs, specs))
+    device = _comm_device(group)
+
+    first, contributions, blob = _first_collective(accs, specs, group, world, device)
+    if first is None:  # signatures differ: agree on shapes or raise on every rank
+        all_specs: list[Any] = [None] * world
+        dist.all_gather_object(all_specs, specs, group=group)
+        specs = _reconcile(all_specs, accs)
+        first, contributions, blob = _first_collective(accs, specs, group, world, device)
+        if first is None:
+            raise DivergenceError("calculate(): ranks still disagree after exchanging signatures")
+    sums, sizes = first
+
+    maxes = [t for c in contributions for t in c.maxes]
+    max_flat = _flat(maxes, device)
+    if max_flat.numel():
+        dist.all_reduce(max_flat, op=dist.ReduceOp.MAX, group=group)
+
+    blobs = None
+    if blob is not None:
+        blobs = _gather_bytes(blob, sizes, group, device)
+
+    return rebuild(_split_results(accs, contributions, sums, max_flat, blobs))
+
+
+def _local_results(accs: Sequence[Accumulator], specs: list[tuple]) -> list[Any]:
+    results = []
+    for acc, spec in zip(accs, specs):
+        c = acc._contribute(spec)
+        results.append(acc._finish(list(c.sums), list(c.maxes), None if c.blob is None else [c.blob]))
+    return results
+
+
+def _flat(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float64, device=device)
+    return torch.cat([t.reshape(-1).to(device=device, dtype=torch.float64) for t in tensors])
+
+
+def _first_collective(accs, specs, group, world, device):
+    """The fixed-length all_reduce: signature, List/Cat byte sizes, inline sums.
+
+    Returns ``(None, None, None)`` when the ranks' signatures differ; otherwise
+    ``((sums, byte_sizes), contributions, this rank's blob)``.
+    """
+    contributions = [acc._contribute(spec) for acc, spec in zip(accs, specs)]
+    segments = [c.blob for c in contributions if c.blob is not None]
+    blob = _pack_segments(segments) if segments else None
+    signature = _signature(specs)
+    sizes = [0.0] * world
+    sizes[dist.get_rank(group)] = float(len(blob)) if blob is not None else 0.0
+    header = torch.tensor(signature + sizes, dtype=torch.float64)
+    sum_flat = _flat([t for c in contributions for t in c.sums], device)
+    inline = torch.zeros(_INLINE, dtype=torch.float64, device=device)
+    inline[: min(_INLINE, sum_flat.numel())] = sum_flat[:_INLINE]
+    buffer = torch.cat([header.to(device), inline])
+    dist.all_reduce(buffer, group=group)
+    head = buffer[: len(header)].cpu()
+    if not _signature_agrees(head, signature, world):
+        return None, None, None
+    rest = sum_flat[_INLINE:].clone()
+    if rest.numel():
+        dist.all_reduce(rest, group=group)
+    sums = torch.cat([buffer[len(header) :][: min(_INLINE, sum_flat.numel())], rest])
+    byte_sizes = [int(v) for v in head[len(signature) :].tolist()]
+    return (sums, byte_sizes), contributions, blob
+
+
+def _pack_segments(segments: list[bytes]) -> bytes:
+    lengths = torch.tensor([len(s) for s in segments], dtype=torch.int64).numpy().tobytes()
+    return lengths + b"".join(segments)
+
+
+def _unpack_segments(data: bytes, count: int) -> list[bytes]:
+    lengths = torch.frombuffer(bytearray(data[: 8 * count]), dtype=torch.int64).tolist() if count else []
+    out, offset = [], 8 * count
+    for n in lengths:
+        out.append(data[offset : offset + n])
+        offset += n
+    return out
+
+
+def _gather_bytes(blob: bytes, sizes: list[int], group, device) -> list[bytes]:
+    """One all_gather of every rank's bytes, padded to the largest."""
+    longest = max(sizes)
+    mine = torch.zeros(longest, dtype=torch.uint8)
+    mine[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+    mine = mine.to(device)
+    received = [torch.empty(longest, dtype=torch.uint8, device=device) for _ in sizes]
+    dist.all_gather(received, mine, group=group)
+    return [bytes(t[:n].cpu().numpy()) for t, n in zip(received, sizes)]
+
+
+def _split_results(accs, contributions, sums, max_flat, blobs) -> list[Any]:
+    gather_count = sum(c.blob is not None for c in contributions)
+    per_rank = [_unpack_segments(b, gather_count) for b in blobs] if blobs is not None else None
+    results, s_off, m_off, g_idx = [], 0, 0, 0
+    for acc, c in zip(accs, contributions):
+        acc_sums, acc_maxes = [], []
+        for t in c.sums:
+            acc_sums.append(sums[s_off : s_off + t.numel()].reshape(t.shape))
+            s_off += t.numel()
+        for t in c.maxes:
+            acc_maxes.append(max_flat[m_off : m_off + t.numel()].reshape(t.shape))
+            m_off += t.numel()
+        acc_blobs = None
+        if c.blob is not None:
+            acc_blobs = [segments[g_idx] for segments in per_rank]
+            g_idx += 1
+        results.append(acc._finish(acc_sums, acc_maxes, acc_blobs))
+    return results
