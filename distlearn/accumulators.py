@@ -153,7 +153,7 @@ class Accumulator:
     def _contribute(self, spec: tuple) -> _Contribution:
         raise NotImplementedError
 
-    def _finish(self, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
+    def _finish(self, spec: tuple, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
         raise NotImplementedError
 
 
@@ -223,7 +223,7 @@ class TensorAccumulator(Accumulator):
     def value(self) -> Any:
         if self._states is None:
             return self._empty_value()
-        return self._convert(self._compute(self._states))
+        return self._convert(self._compute(self._states), self._kind, self._device)
 
     def _empty_value(self) -> Any:
         _nan_warning(self._name)
@@ -236,16 +236,16 @@ class TensorAccumulator(Accumulator):
         """Where nothing was accumulated (the result is NaN there), if that can happen."""
         return None
 
-    def _convert(self, result: torch.Tensor) -> Any:
+    def _convert(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
         """Give the result the type of the inputs: a Python number or a tensor on the input's device.
 
         Pure conversion: no check that would sync a device on every call.
         """
-        if self._kind == "float":
+        if kind == "float":
             return result.item()
-        if self._kind == "int":
+        if kind == "int":
             return int(result.item())
-        return result.to(self._device)
+        return result.to(device)
 
     # -- the calculate() protocol ------------------------------------------ #
 
@@ -273,23 +273,25 @@ class TensorAccumulator(Accumulator):
             padded[name][tuple(slice(0, n) for n in state.shape)] = state
         return padded
 
-    def _finish(self, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
+    def _finish(self, spec: tuple, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
         if not sums and not maxes:
             return self._empty_value()
         it_sum, it_max = iter(sums), iter(maxes)
         states = {n: next(it_sum) if r == SUM else next(it_max) for n, r in self._reductions.items()}
         result = self._compute(states)
+        # A rank that saw nothing takes the type the others agreed on.
+        kind, device = (self._kind, self._device) if self._states is not None else (spec[1], result.device)
         empty = self._empty_mask(states)
         if empty is not None and bool(empty.any()):
             _nan_warning(self._name)
-            if self._kind not in ("float", "int") and not _dtype(self._kind).is_floating_point:
-                return result.to(self._device)  # NaN has no integer form: float64
-            if self._kind == "int":
+            if kind == "int":
                 return result.item()
-        return self._convert_global(result)
+            if kind != "float" and not _dtype(kind).is_floating_point:
+                return result.to(device)  # NaN has no integer form: float64
+        return self._convert_global(result, kind, device)
 
-    def _convert_global(self, result: torch.Tensor) -> Any:
-        return self._convert(result)
+    def _convert_global(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
+        return self._convert(result, kind, device)
 
     # -- state dicts ------------------------------------------------------- #
 
@@ -337,12 +339,10 @@ class Sum(TensorAccumulator):
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["total"]
 
-    def _convert(self, result: torch.Tensor) -> Any:
-        if self._kind not in ("int", "float") and not _dtype(self._kind).is_floating_point:
-            return result.to(device=self._device, dtype=torch.int64)
-        if self._kind not in ("int", "float"):
-            return result.to(self._device)
-        return super()._convert(result)
+    def _convert(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
+        if kind not in ("int", "float") and not _dtype(kind).is_floating_point:
+            return result.to(device=device, dtype=torch.int64)
+        return super()._convert(result, kind, device)
 
     def _empty_value(self) -> Any:
         return 0
@@ -386,8 +386,8 @@ class Mean(TensorAccumulator):
     def _empty_mask(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["weight"] == 0
 
-    def _convert(self, result: torch.Tensor) -> Any:
-        return result.item() if self._kind == "float" else result.to(self._device)
+    def _convert(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
+        return result.item() if kind == "float" else result.to(device)
 
 
 class Max(TensorAccumulator):
@@ -423,10 +423,10 @@ class Max(TensorAccumulator):
     def _empty_mask(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["count"] == 0
 
-    def _convert(self, result: torch.Tensor) -> Any:
-        if self._kind in ("int", "float"):
-            return super()._convert(result)
-        return result.to(device=self._device, dtype=_dtype(self._kind))
+    def _convert(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
+        if kind in ("int", "float"):
+            return super()._convert(result, kind, device)
+        return result.to(device=device, dtype=_dtype(kind))
 
 
 class Min(Max):
@@ -478,7 +478,7 @@ class List(Accumulator):
         torch.save(self._items, buffer)  # pickles anything; tensors without copies through numpy
         return _Contribution(blob=buffer.getvalue())
 
-    def _finish(self, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
+    def _finish(self, spec: tuple, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
         per_rank = [torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False) for blob in blobs or ()]
         return _step_major(per_rank)
 
@@ -527,7 +527,7 @@ class Cat(Accumulator):
         torch.save([c.cpu() for c in self._chunks], buffer)
         return _Contribution(blob=buffer.getvalue())
 
-    def _finish(self, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
+    def _finish(self, spec: tuple, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
         per_rank = [torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True) for blob in blobs or ()]
         chunks = _step_major(per_rank)
         if not chunks:
@@ -625,8 +625,8 @@ class Except(Accumulator):
     def _contribute(self, spec: tuple) -> _Contribution:
         return self.accumulator._contribute(spec)
 
-    def _finish(self, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
-        return self.accumulator._finish(sums, maxes, blobs)
+    def _finish(self, spec: tuple, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
+        return self.accumulator._finish(spec, sums, maxes, blobs)
 
     @property
     def _growable(self) -> bool:  # type: ignore[override]
@@ -662,7 +662,8 @@ def _reconcile(all_specs: list[list[tuple]], accs: Sequence[Accumulator]) -> lis
     """Agree on one spec per accumulator from every rank's specs, or raise DivergenceError."""
     counts = [len(specs) for specs in all_specs]
     if len(set(counts)) > 1:
-        raise DivergenceError(f"calculate(): ranks passed different numbers of accumulators: {counts} (by rank)")
+        described = "; ".join(f"rank {r}: {[spec[0] for spec in specs]}" for r, specs in enumerate(all_specs))
+        raise DivergenceError(f"calculate(): ranks passed different numbers of accumulators ({described})")
     agreed = []
     for i, acc in enumerate(accs):
         column = [specs[i] for specs in all_specs]
@@ -750,14 +751,14 @@ def calculate(
     if blob is not None:
         blobs = _gather_bytes(blob, sizes, group, device)
 
-    return rebuild(_split_results(accs, contributions, sums, max_flat, blobs))
+    return rebuild(_split_results(accs, specs, contributions, sums, max_flat, blobs))
 
 
 def _local_results(accs: Sequence[Accumulator], specs: list[tuple]) -> list[Any]:
     results = []
     for acc, spec in zip(accs, specs):
         c = acc._contribute(spec)
-        results.append(acc._finish(list(c.sums), list(c.maxes), None if c.blob is None else [c.blob]))
+        results.append(acc._finish(spec, list(c.sums), list(c.maxes), None if c.blob is None else [c.blob]))
     return results
 
 
@@ -821,11 +822,11 @@ def _gather_bytes(blob: bytes, sizes: list[int], group, device) -> list[bytes]:
     return [bytes(t[:n].cpu().numpy()) for t, n in zip(received, sizes)]
 
 
-def _split_results(accs, contributions, sums, max_flat, blobs) -> list[Any]:
+def _split_results(accs, specs, contributions, sums, max_flat, blobs) -> list[Any]:
     gather_count = sum(c.blob is not None for c in contributions)
     per_rank = [_unpack_segments(b, gather_count) for b in blobs] if blobs is not None else None
     results, s_off, m_off, g_idx = [], 0, 0, 0
-    for acc, c in zip(accs, contributions):
+    for acc, spec, c in zip(accs, specs, contributions):
         acc_sums, acc_maxes = [], []
         for t in c.sums:
             acc_sums.append(sums[s_off : s_off + t.numel()].reshape(t.shape))
@@ -837,5 +838,5 @@ def _split_results(accs, contributions, sums, max_flat, blobs) -> list[Any]:
         if c.blob is not None:
             acc_blobs = [segments[g_idx] for segments in per_rank]
             g_idx += 1
-        results.append(acc._finish(acc_sums, acc_maxes, acc_blobs))
+        results.append(acc._finish(spec, acc_sums, acc_maxes, acc_blobs))
     return results

@@ -65,7 +65,7 @@ class Metric(TensorAccumulator):
     def _accumulate(self, states: dict[str, torch.Tensor], y_pred: torch.Tensor, y_true: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def _convert_global(self, result: torch.Tensor) -> float:
+    def _convert_global(self, result: torch.Tensor, kind: str, device: torch.device) -> float:
         return float(result)
 
     def _empty_value(self) -> float:

@@ -1,0 +1,668 @@
+"""BackwardLearner: the tinybig backward learner, on Accelerate, with exact distributed numbers.
+
+The same script trains on 1 CPU, 1 GPU or many processes (``python``,
+``accelerate launch``, ``torchrun``). Every reported number is global and
+exact: losses are sample-weighted means, metric states are summed across
+ranks, and the samples Accelerate repeats to even out the last batch are left
+out. The per-step path never syncs the host with the device; the ranks talk
+once per epoch (one :func:`~distlearn.accumulators.calculate` for all train
+numbers, one for the test numbers) and at every ``display_every_n_steps``-th
+step.
+
+    learner = BackwardLearner(n_epochs=10, loss=torch.nn.CrossEntropyLoss(),
+                              optimizer_configs={"optimizer_class": "torch.optim.AdamW",
+                                                 "optimizer_parameters": {"lr": 1e-3}})
+    record = learner.train(model, {"train_loader": train, "test_loader": test}, metric=Accuracy())
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, set_seed
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from tqdm.auto import tqdm
+
+from .accelerator import MIXED_PRECISION, build_accelerator, check_accelerator
+from .accumulators import Cat, List, Max, Mean, Sum, calculate
+from .metrics import Metric
+
+__all__ = ["BackwardLearner", "NonFiniteLossError"]
+
+logger = logging.getLogger(__name__)
+
+SCHEDULER_INTERVALS = ("epoch", "step")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite (raised on every rank)."""
+
+
+class BackwardLearner:
+    """Trains a model by backpropagation under Accelerate; interface of tinybig's ``backward_learner``.
+
+    Args:
+        name: a name for the learner.
+        n_epochs: epochs per :meth:`train` call.
+        lr_scheduler, optimizer, loss: ready objects; each wins over its config.
+        lr_scheduler_configs, optimizer_configs, loss_configs: the reference's
+            format, ``{"optimizer_class": "torch.optim.AdamW", "optimizer_parameters": {"lr": 1e-3}}``.
+            The optimizer is built in :meth:`train` on the model's parameters,
+            the scheduler on that optimizer. The dicts are never modified.
+        gradient_accumulation_steps: micro-batches per optimizer step (default 1).
+        max_grad_norm: clip the global gradient norm to this before each step.
+        mixed_precision: "no" (default), "bf16" or "fp16" (GPU only).
+        scheduler_interval: step the scheduler once per "epoch" or once per
+            optimizer "step"; never more, whatever the number of processes.
+        seed: seeds the RNGs at the start of :meth:`train` and the shuffled data
+            order (epoch e's order depends only on seed and e).
+        display_every_n_steps: every this many steps the ranks agree on the
+            running loss (one small collective and one host sync), stop on a
+            non-finite loss, and the main process shows it on the progress bar.
+            0: only at the end of each epoch.
+        accelerator: an existing Accelerator (checked against the launch).
+        accelerator_kwargs: more keyword arguments for the Accelerator the
+            learner builds (e.g. ``log_with``, ``kwargs_handlers``).
+
+    Raises:
+        ValueError, TypeError: an invalid option or config, naming the key.
+    """
+
+    def __init__(
+        self,
+        name: str = "error_backward_propagation_algorithm",
+        n_epochs: int = 100,
+        lr_scheduler: Any = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        loss: Callable[..., torch.Tensor] | None = None,
+        lr_scheduler_configs: Mapping[str, Any] | None = None,
+        optimizer_configs: Mapping[str, Any] | None = None,
+        loss_configs: Mapping[str, Any] | None = None,
+        *,
+        gradient_accumulation_steps: int | None = None,
+        max_grad_norm: float | None = None,
+        mixed_precision: str | None = None,
+        scheduler_interval: str = "epoch",
+        seed: int = 0,
+        display_every_n_steps: int = 50,
+        accelerator: Accelerator | None = None,
+        accelerator_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        _check_int("n_epochs", n_epochs, 1)
+        _check_int("display_every_n_steps", display_every_n_steps, 0)
+        _check_int("seed", seed, 0)
+        if gradient_accumulation_steps is not None:
+            _check_int("gradient_accumulation_steps", gradient_accumulation_steps, 1)
+        if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be a number > 0 or None, got {max_grad_norm!r}")
+        if mixed_precision is not None and mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
+        if scheduler_interval not in SCHEDULER_INTERVALS:
+            raise ValueError(f"scheduler_interval must be one of {SCHEDULER_INTERVALS}, got {scheduler_interval!r}")
+        if accelerator is not None:
+            if accelerator_kwargs:
+                raise ValueError("pass either accelerator or accelerator_kwargs, not both")
+            _check_matches(accelerator, "mixed_precision", mixed_precision)
+            _check_matches(accelerator, "gradient_accumulation_steps", gradient_accumulation_steps)
+        self.name = name
+        self.n_epochs = n_epochs
+        self.loss = loss if loss is not None else _build(_resolve("loss", loss_configs))
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.loss_configs, self.optimizer_configs, self.lr_scheduler_configs = loss_configs, optimizer_configs, lr_scheduler_configs
+        self._optimizer_spec = _resolve("optimizer", optimizer_configs)  # (class, parameters), built in train()
+        self._lr_scheduler_spec = _resolve("lr_scheduler", lr_scheduler_configs)
+        if lr_scheduler is not None and getattr(lr_scheduler, "optimizer", None) is not optimizer:
+            raise ValueError(
+                "an lr_scheduler object must be built on the optimizer object passed as optimizer=...; "
+                "otherwise give lr_scheduler_configs and the learner builds it on its optimizer"
+            )
+        scheduler_class = type(lr_scheduler) if lr_scheduler is not None else (self._lr_scheduler_spec or (None,))[0]
+        if scheduler_interval == "step" and scheduler_class is not None and issubclass(scheduler_class, ReduceLROnPlateau):
+            raise ValueError("ReduceLROnPlateau steps on a validation loss: use scheduler_interval='epoch'")
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.max_grad_norm = max_grad_norm
+        self.mixed_precision = mixed_precision
+        self.scheduler_interval = scheduler_interval
+        self.seed = seed
+        self.display_every_n_steps = display_every_n_steps
+        self.accelerator_kwargs = dict(accelerator_kwargs or {})
+        self._accelerator = accelerator
+        self._prepared_loaders: dict[int, tuple[Any, Any]] = {}
+        self.epoch = 0  # epochs completed in the current train() call
+        self.step = 0  # optimizer steps taken in the current train() call
+
+    # ------------------------------------------------------------------ #
+    # Public API
+    # ------------------------------------------------------------------ #
+
+    def accelerator(self, device: str | torch.device | None = None) -> Accelerator:
+        """The Accelerator this learner trains with, built on first use (this starts the process group)."""
+        if self._accelerator is None:
+            self._accelerator = build_accelerator(
+                mixed_precision=self.mixed_precision or "no",
+                gradient_accumulation_steps=self.gradient_accumulation_steps or 1,
+                seed=self.seed,
+                device=device,
+                **self.accelerator_kwargs,
+            )
+        else:
+            check_accelerator(self._accelerator)
+            if device is not None and self._accelerator.num_processes == 1:
+                wanted = torch.device(device)
+                have = self._accelerator.device
+                if wanted.type != have.type or (wanted.index is not None and wanted.index != have.index):
+                    raise ValueError(f"device={str(wanted)!r} but this learner's Accelerator runs on {have}")
+        return self._accelerator
+
+    def train(
+        self,
+        model: nn.Module,
+        data_loader: Any,
+        device: str | torch.device | None = None,
+        metric: Metric | None = None,
+        test_check: bool = True,
+        disable_tqdm: bool = False,
+        display_step: int = 1,
+        train_idx: torch.Tensor | None = None,
+        test_idx: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """Train ``model`` for ``n_epochs``; returns the training record (identical on every rank).
+
+        Args:
+            model: an ``nn.Module`` called as ``model(features)``.
+            data_loader: ``{"train_loader": ..., "test_loader": ...}`` or one training loader;
+                batches are ``(features, labels)``.
+            device: None lets Accelerate choose; honoured on a single process.
+            metric: a :class:`~distlearn.metrics.Metric` (left untouched: copies accumulate).
+            test_check: test after every ``display_step``-th epoch and the last one.
+            disable_tqdm: hide the progress bar (shown on the main process only).
+            display_step: log (and test) every this many epochs.
+            train_idx, test_idx: output rows used for loss and metric (full-batch training).
+
+        Returns:
+            ``{"preparation": {...}, "training": {epoch: {...}}}``, see the README.
+
+        Raises:
+            ValueError: no loss or optimizer, an empty loader, batches that are
+                not (features, labels); on every rank.
+            NonFiniteLossError: the loss became NaN/inf, naming epoch and step; on every rank.
+        """
+        begin = time.time()
+        train_loader, test_loader = _split_loaders(data_loader)
+        metric = _fresh(metric)
+        if self.loss is None:
+            raise ValueError("BackwardLearner has no loss: pass loss=... or loss_configs={'loss_class': ...}")
+        if self.optimizer is None and self._optimizer_spec is None:
+            raise ValueError(
+                "BackwardLearner has no optimizer: pass optimizer=... or optimizer_configs={'optimizer_class': ...}"
+            )
+        _check_int("display_step", display_step, 1)
+        accelerator = self.accelerator(device)
+        set_seed(self.seed)
+        optimizer = self.optimizer or _build(self._optimizer_spec, model.parameters())
+        scheduler = self.lr_scheduler or _build(self._lr_scheduler_spec, optimizer)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        loader = self._prepare_loader(accelerator, train_loader)
+        if scheduler is not None:
+            scheduler = accelerator.prepare(scheduler)  # so save_state() includes it ...
+            scheduler.step_with_optimizer = False  # ... but stepped by us, once: see step_scheduler_with_optimizer
+        plateau = isinstance(getattr(scheduler, "scheduler", scheduler), ReduceLROnPlateau)
+        _agree(_loader_problem("data_loader['train_loader']", train_loader, loader))
+        train_idx = None if train_idx is None else torch.as_tensor(train_idx, device=accelerator.device)
+        say = logger.info if accelerator.is_main_process else _quiet  # the one rank check for logging
+        preparation = time.time() - begin
+        record: dict[str, Any] = {"preparation": {"preparation_time_cost": preparation}, "training": {}}
+        self.epoch = self.step = 0
+
+        for epoch in range(self.n_epochs):
+            start = time.time()
+            loader.set_epoch(epoch)  # the shuffle depends only on (seed, epoch): resumable
+            model.train()
+            if metric is not None:
+                metric.reset()
+            log = _BatchLog(len(loader), accelerator.device)
+            bar = tqdm(loader, desc=f"epoch {epoch}", disable=disable_tqdm or not accelerator.is_main_process)
+            for step, batch in enumerate(bar):
+                features, labels = _unpack(batch, "data_loader['train_loader']", first=epoch == 0 and step == 0)
+                with accelerator.accumulate(model):
+                    # prepare() already runs model.forward under Accelerate's autocast
+                    output, target = _pick(model(features), labels, train_idx)
+                    loss = self.loss(output, target)
+                    accelerator.backward(loss)
+                    if self.max_grad_norm and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+                    lr = optimizer.param_groups[0]["lr"]
+                    optimizer.step()  # a no-op between accumulation boundaries
+                    optimizer.zero_grad()
+                if accelerator.sync_gradients and not optimizer.step_was_skipped:
+                    self.step += 1
+                    if scheduler is not None and self.scheduler_interval == "step":
+                        scheduler.step()
+                self._log_batch(accelerator, log, step, output, target, loss, labels.shape[0], train_idx, metric)
+                if self.display_every_n_steps and (step + 1) % self.display_every_n_steps == 0:
+                    running = log.running_loss(step + 1, epoch)  # collective, all ranks
+                    bar.set_postfix(loss=f"{running:.4g}", lr=f"{lr:.3g}", refresh=False)
+
+            summary = self._summarise_epoch(log, metric, epoch, start, time.time(), preparation)
+            summary["lr"] = float(lr)
+            summary["optimizer_steps"] = self.step
+            if test_check and test_loader is not None and (epoch % display_step == 0 or epoch == self.n_epochs - 1 or plateau):
+                summary["test_result"] = self.test(model, test_loader, None, metric, False, test_idx)
+            if scheduler is not None and self.scheduler_interval == "epoch":
+                if plateau:  # the global validation loss, identical on every rank
+                    tested = summary["test_result"] is not None and summary["test_result"]["test_loss"] is not None
+                    scheduler.step(summary["test_result"]["test_loss"] if tested else summary["train_loss"])
+                else:
+                    scheduler.step()
+            record["preparation"]["preparation_time_cost"] = summary.pop("preparation_time_cost")
+            record["training"][epoch] = summary
+            self.epoch = epoch + 1
+            if epoch % display_step == 0 or epoch == self.n_epochs - 1:
+                say(_describe(epoch, self.n_epochs, summary))
+        return record
+
+    def test(
+        self,
+        model: nn.Module,
+        test_loader: Any,
+        device: str | torch.device | None = None,
+        metric: Metric | None = None,
+        return_full_result: bool = True,
+        test_idx: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """Evaluate ``model`` on ``test_loader``; the result is identical on every rank.
+
+        Returns:
+            ``test_loss``, ``test_score``, ``time_cost``, ``metric_name``, and with
+            ``return_full_result`` also ``y_pred``, ``y_true``, ``y_score``
+            (lists): every test sample exactly once, in dataset order.
+        """
+        begin = time.time()
+        metric = _fresh(metric)
+        accelerator = self.accelerator(device)
+        loader = self._prepare_loader(accelerator, test_loader)
+        _agree(_loader_problem("test_loader", test_loader, loader))
+        module = _eval_module(accelerator, model)
+        idx = None if test_idx is None else torch.as_tensor(test_idx, device=accelerator.device)
+        log = _BatchLog(len(loader), accelerator.device)
+        scores, trues = Cat(), Cat()
+        module.eval()
+        with torch.no_grad():
+            for step, batch in enumerate(loader):
+                features, labels = _unpack(batch, "test_loader", first=step == 0)
+                with accelerator.autocast():  # the model may not have been prepared (no train() before)
+                    output, target = _pick(module(features), labels, idx)
+                output, target = _real_rows(accelerator, output, target, labels.shape[0], idx)
+                real = target.shape[0]
+                if self.loss is not None:
+                    log.add(step, self.loss(output, target) if real else 0.0, real)
+                if real and metric is not None:
+                    metric.update(y_score=output, y_true=target)
+                if real and return_full_result:
+                    scores.update(output.float())
+                    trues.update(target)
+
+        accumulators: dict[str, Any] = {"seconds": Max()}
+        accumulators["seconds"](time.time() - begin)  # the slowest rank's time, so all ranks report the same
+        if self.loss is not None:
+            accumulators["loss"] = log.loss_mean()
+        if metric is not None:
+            accumulators["score"] = metric
+        if return_full_result:
+            accumulators.update(y_score=scores, y_true=trues)
+        values = calculate(accumulators)
+        result: dict[str, Any] = {
+            "test_loss": float(values["loss"]) if "loss" in values else None,
+            "test_score": values.get("score"),
+            "time_cost": float(values["seconds"]),
+            "metric_name": metric.name if metric is not None else None,
+        }
+        if return_full_result:
+            y_score = values["y_score"]
+            y_pred = metric.predict(y_score) if metric is not None else _default_predict(self.loss, y_score)
+            result.update(y_pred=y_pred.tolist(), y_true=values["y_true"].tolist(), y_score=y_score.tolist())
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """The learner's own progress counters (model/optimizer/scheduler states live with Accelerate)."""
+        return {"epoch": self.epoch, "step": self.step, "seed": self.seed}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.epoch, self.step, self.seed = int(state_dict["epoch"]), int(state_dict["step"]), int(state_dict["seed"])
+
+    # ------------------------------------------------------------------ #
+    # Helpers the loop calls
+    # ------------------------------------------------------------------ #
+
+    def _prepare_loader(self, accelerator: Accelerator, loader: Any) -> Any:
+        """Prepare a loader once per learner (re-preparing would register it with Accelerate again)."""
+        key = id(loader)
+        if key not in self._prepared_loaders:
+            if not isinstance(loader, torch.utils.data.DataLoader):
+                raise TypeError(f"expected a torch.utils.data.DataLoader, got {type(loader).__name__}")
+            self._prepared_loaders[key] = (loader, accelerator.prepare(loader))  # keep the original alive: ids are reused
+        return self._prepared_loaders[key][1]
+
+    def _log_batch(self, accelerator, log, step, output, target, loss, rows, idx, metric) -> None:
+        """Record one training batch's loss and metric on its real samples only (local, no sync)."""
+        real_output, real_target = _real_rows(accelerator, output, target, rows, idx)
+        real = real_target.shape[0]
+        if real == target.shape[0]:
+            log.add(step, loss, real)
+        else:  # the last batch: Accelerate trained on repeated samples too; report only the real ones
+            with torch.no_grad():
+                log.add(step, self.loss(real_output, real_target) if real else loss, real)
+        if real and metric is not None:
+            metric.update(y_score=real_output.detach(), y_true=real_target)
+
+    def _summarise_epoch(self, log, metric, epoch, start, end, preparation) -> dict[str, Any]:
+        """All of the epoch's train numbers in ONE collective; identical on every rank."""
+        accumulators: dict[str, Any] = {"loss": log.loss_mean(), "batch_loss": log.batch_loss(), "samples": Sum()}
+        accumulators["samples"](sum(log.sizes))
+        accumulators["times"] = Max()  # the slowest rank's clock, so every rank records the same times
+        accumulators["times"](torch.tensor([preparation, start, end, *log.times], dtype=torch.float64))
+        if metric is not None:
+            accumulators["score"] = metric
+        values = calculate(accumulators)
+        batch_loss = values["batch_loss"].tolist()
+        log.raise_if_non_finite(batch_loss, epoch)
+        preparation, start, end, *times = values["times"].tolist()
+        name = metric.name if metric is not None else None
+        batches = {}
+        for i, (t, loss) in enumerate(zip(times, batch_loss)):
+            cost = t - (times[i - 1] if i else start)
+            batches[i] = {"time": t, "time_cost": cost, "loss": loss, "score": None, "metric_name": name}
+        return {
+            "start_time": start,
+            "end_time": end,
+            "time_cost": end - start,
+            "train_loss": float(values["loss"]),
+            "train_score": values.get("score"),
+            "metric_name": name,
+            "samples": int(values["samples"]),
+            "samples_per_second": values["samples"] / (end - start) if end > start else None,
+            "batch_records": batches,
+            "test_result": None,
+            "preparation_time_cost": preparation,  # moved to record["preparation"] by train()
+        }
+
+
+# ---------------------------------------------------------------------- #
+# Per-batch bookkeeping without host syncs
+# ---------------------------------------------------------------------- #
+
+
+class _BatchLog:
+    """One pass's per-batch losses (kept on the device), real sizes and end times.
+
+    Writing a loss into a preallocated device buffer is one kernel and no host
+    sync; sizes and times are Python numbers the host already has.
+    """
+
+    def __init__(self, n_batches: int, device: torch.device) -> None:
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.losses = torch.zeros(n_batches, dtype=dtype, device=device)
+        self.sizes: list[int] = []
+        self.times: list[float] = []
+
+    def add(self, step: int, loss: torch.Tensor | float, size: int) -> None:
+        self.losses[step] = loss.detach() if isinstance(loss, torch.Tensor) else loss
+        self.sizes.append(size)
+        self.times.append(time.time())
+
+    def _weights(self, upto: int | None = None) -> torch.Tensor:
+        return torch.tensor(self.sizes[:upto], dtype=torch.float64, device=self.losses.device)
+
+    def loss_mean(self, upto: int | None = None) -> Mean:
+        """The sample-weighted mean loss: each batch's mean loss weighted by its real size."""
+        mean = Mean()
+        n = len(self.sizes) if upto is None else upto
+        mean.extend(self.losses[:n], weights=self._weights(n))
+        return mean
+
+    def batch_loss(self, upto: int | None = None) -> Mean:
+        """Each batch's loss over all ranks (a vector Mean: elementwise weighted)."""
+        mean = Mean()
+        n = len(self.sizes) if upto is None else upto
+        mean(self.losses[:n], weight=self._weights(n))
+        return mean
+
+    def running_loss(self, upto: int, epoch: int) -> float:
+        """The global mean loss of the first ``upto`` batches; a collective. Raises on NaN/inf."""
+        value = float(self.loss_mean(upto).calculate())
+        if not math.isfinite(value):  # every rank sees the same value: all take this path
+            self.raise_if_non_finite(self.batch_loss(upto).calculate().tolist(), epoch)
+        return value
+
+    @staticmethod
+    def raise_if_non_finite(batch_loss: list[float], epoch: int) -> None:
+        bad = next((i for i, v in enumerate(batch_loss) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise NonFiniteLossError(
+                f"the training loss is {batch_loss[bad]} at epoch {epoch}, step {bad} (0-based batch index in the "
+                f"epoch, {len(batch_loss)} batches seen). Lower the learning rate, set max_grad_norm, or check the "
+                "data for NaN/inf values."
+            )
+
+
+def _real_rows(accelerator: Accelerator, output, target, rows: int, idx):
+    """The outputs and targets of the batch's real samples.
+
+    With ``even_batches`` Accelerate completes the last global batch with
+    samples from the start of the data, after the real ones and in rank order
+    (what ``gather_for_metrics`` truncates): of the ``remainder`` real samples
+    of the last step, rank r holds ``remainder - r * rows`` (clamped to [0, rows]).
+    """
+    state = accelerator.gradient_state
+    if not state.end_of_dataloader or state.remainder <= 0:
+        return output, target
+    real = min(rows, max(0, state.remainder - accelerator.process_index * rows))
+    if real == rows:
+        return output, target
+    if idx is None:
+        return output[:real], target[:real]
+    keep = idx < real  # the selected rows that are real samples (a sync, at most once per epoch)
+    return output[keep], target[keep]
+
+
+def _pick(output, labels, idx):
+    return (output, labels) if idx is None else (output[idx], labels[idx])
+
+
+def _unpack(batch: Any, name: str, first: bool) -> tuple[Any, torch.Tensor]:
+    if first:  # decided on every rank together, so a bad batch on one rank cannot leave the others waiting
+        _agree(_batch_problem(batch, name))
+    return batch[0], batch[1]
+
+
+def _batch_problem(batch: Any, name: str) -> str | None:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor):
+        return None
+    if isinstance(batch, Mapping):
+        found = f"a dict with keys {sorted(map(str, batch))}"
+    elif isinstance(batch, (tuple, list)):
+        kinds = ", ".join(type(item).__name__ for item in batch)
+        found = f"a {type(batch).__name__} of {len(batch)} items ({kinds})"
+    else:
+        found = f"a {type(batch).__name__}"
+    return (
+        f"{name} must yield (features, labels) batches with labels a tensor, got {found}. "
+        "Make the dataset return (x, y) pairs (e.g. TensorDataset(x, y)) or give the DataLoader a collate_fn that does."
+    )
+
+
+def _loader_problem(name: str, raw: Any, prepared: Any) -> str | None:
+    if len(raw) == 0:
+        return f"{name} is empty (0 batches): it needs at least one sample"
+    if len(prepared) == 0:
+        return (
+            f"{name} gives no batch to each process ({len(raw)} batches, drop_last=True, "
+            "fewer samples than one global batch): lower the batch size or set drop_last=False"
+        )
+    return None
+
+
+def _agree(problem: str | None) -> None:
+    """Raise on every rank when any rank found a problem (a collective: every rank calls it)."""
+    problems = List()
+    problems(problem or "")
+    found = [(rank, text) for rank, text in enumerate(problems.calculate()) if text]
+    if found:
+        raise ValueError(problem or f"rank {found[0][0]}: {found[0][1]}")
+
+
+def _eval_module(accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """The module to evaluate: unwrapped from DDP, so evaluation needs no collective per batch."""
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return model  # sharded parameters: only the wrapper can run forward
+    return accelerator.unwrap_model(model).to(accelerator.device)
+
+
+def _default_predict(loss: Any, y_score: torch.Tensor) -> torch.Tensor:
+    """Predictions without a metric: class indices for classification losses, else the outputs."""
+    if isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)):
+        return y_score.argmax(-1)
+    if isinstance(loss, nn.BCEWithLogitsLoss):
+        return (y_score > 0).long()
+    return y_score
+
+
+def _fresh(metric: Metric | None) -> Metric | None:
+    if metric is None:
+        return None
+    if not isinstance(metric, Metric):
+        raise TypeError(
+            f"metric must be a distlearn.metrics.Metric (Accuracy(), F1(...), MSE(), MAE()), got {type(metric).__name__}"
+        )
+    fresh = copy.deepcopy(metric)
+    fresh.reset()
+    return fresh
+
+
+def _split_loaders(data_loader: Any) -> tuple[Any, Any]:
+    if isinstance(data_loader, Mapping):
+        if "train_loader" not in data_loader:
+            raise ValueError(
+                f"data_loader must be a loader or a dict with 'train_loader' (and 'test_loader'), got keys {sorted(data_loader)}"
+            )
+        return data_loader["train_loader"], data_loader.get("test_loader")
+    return data_loader, None
+
+
+def _describe(epoch: int, n_epochs: int, summary: Mapping[str, Any]) -> str:
+    text = f"epoch {epoch + 1}/{n_epochs}: train_loss {summary['train_loss']:.6g}"
+    if summary["train_score"] is not None:
+        text += f", train_{summary['metric_name']} {summary['train_score']:.6g}"
+    test = summary["test_result"]
+    if test is not None:
+        if test["test_loss"] is not None:
+            text += f", test_loss {test['test_loss']:.6g}"
+        if test["test_score"] is not None:
+            text += f", test_{test['metric_name']} {test['test_score']:.6g}"
+    return text + f", lr {summary['lr']:.4g}, {summary['samples_per_second'] or 0:.0f} samples/s"
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    pass
+
+
+def _check_int(key: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{key} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_matches(accelerator: Accelerator, key: str, value: Any) -> None:
+    have = getattr(accelerator, key)
+    if value is not None and value != have:
+        raise ValueError(f"{key}={value!r} conflicts with the given accelerator's {key}={have!r}; set it on one only")
+
+
+# ---------------------------------------------------------------------- #
+# The reference's {X_class, X_parameters} configs
+# ---------------------------------------------------------------------- #
+
+_KINDS: dict[str, tuple[tuple[type, ...], int]] = {  # kind -> (accepted bases, leading positional arguments)
+    "loss": ((object,), 0),
+    "optimizer": ((torch.optim.Optimizer,), 1),  # built on the model's parameters
+    "lr_scheduler": ((LRScheduler, ReduceLROnPlateau), 1),  # built on the optimizer
+}
+
+
+def _resolve(kind: str, configs: Mapping[str, Any] | None) -> tuple[type, dict[str, Any]] | None:
+    """Resolve ``{kind}_class`` and bind a copy of ``{kind}_parameters`` against its signature."""
+    if configs is None:
+        return None
+    key = f"{kind}_configs"
+    configs = _plain(configs)
+    class_key, params_key = f"{kind}_class", f"{kind}_parameters"
+    if not isinstance(configs, Mapping):
+        raise TypeError(f"{key} must be a dict like {{'{class_key}': ..., '{params_key}': {{...}}}}, got {configs!r}")
+    unknown = sorted(set(configs) - {class_key, params_key})
+    if unknown:
+        raise ValueError(f"{key}: unknown keys {unknown}; expected '{class_key}' and optionally '{params_key}'")
+    if class_key not in configs:
+        raise ValueError(f"{key}.{class_key} is missing: give a class path such as {_EXAMPLES[kind]!r}")
+    cls = _import(configs[class_key], f"{key}.{class_key}")
+    bases, leading = _KINDS[kind]
+    if not (isinstance(cls, type) and issubclass(cls, bases)):
+        expected = " or ".join(b.__module__ + "." + b.__qualname__ for b in bases)
+        raise TypeError(f"{key}.{class_key}={configs[class_key]!r} is not a {expected} class")
+    params = copy.deepcopy(dict(configs.get(params_key) or {}))
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):  # some builtins have no signature: let the constructor judge
+        return cls, params
+    try:
+        signature.bind(*([None] * leading), **params)
+    except TypeError as error:
+        accepted = [p for p in list(signature.parameters)[leading:] if p not in ("args", "kwargs")]
+        raise ValueError(f"{key}.{params_key} does not fit {cls.__name__}: {error}; it accepts {accepted}") from None
+    return cls, params
+
+
+_EXAMPLES = {"loss": "torch.nn.CrossEntropyLoss", "optimizer": "torch.optim.AdamW", "lr_scheduler": "torch.optim.lr_scheduler.StepLR"}
+
+
+def _build(spec: tuple[type, dict[str, Any]] | None, *leading: Any) -> Any:
+    if spec is None:
+        return None
+    cls, params = spec
+    return cls(*leading, **copy.deepcopy(params))
+
+
+def _import(path: Any, key: str) -> Any:
+    if isinstance(path, type):
+        return path
+    if not isinstance(path, str) or "." not in path:
+        raise ValueError(f"{key} must be a dotted class path such as 'torch.optim.AdamW', got {path!r}")
+    module_name, _, attr = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"{key}={path!r}: cannot import module {module_name!r} ({error})") from None
+    if not hasattr(module, attr):
+        near = difflib.get_close_matches(attr, dir(module), n=1)
+        hint = f"; did you mean '{module_name}.{near[0]}'?" if near else ""
+        raise ValueError(f"{key}={path!r}: module {module_name!r} has no {attr!r}{hint}")
+    return getattr(module, attr)
+
+
+def _plain(configs: Any) -> Any:
+    """OmegaConf configs as plain containers (the config layer may hand them over as they are)."""
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return configs
+    return OmegaConf.to_container(configs, resolve=True) if OmegaConf.is_config(configs) else configs

@@ -1,0 +1,441 @@
+"""Accumulators in real gloo process groups of 1-4 ranks against numpy on the concatenated data."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from distlearn.accumulators import Cat, DivergenceError, Except, List, Max, Mean, Min, Sum, calculate
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64]
+SHAPES = [(), (3,), (2, 2)]
+KINDS = {"Sum": Sum, "Mean": Mean, "Max": Max, "Min": Min}
+WORLD_SIZES = [1, 2, 3, 4]
+
+
+def make_values(seed: int, n: int, shape: tuple, dtype: torch.dtype) -> list[torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    if dtype == torch.int64:
+        data = rng.integers(-1000, 1000, size=(n, *shape))
+    else:
+        data = rng.normal(scale=30.0, size=(n, *shape))
+    return list(torch.as_tensor(data).to(dtype))
+
+
+def step_major(per_rank: list[list]) -> list:
+    out = []
+    for step in range(max(map(len, per_rank), default=0)):
+        out.extend(items[step] for items in per_rank if step < len(items))
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Functions run on every rank (module level, so workers can import them)
+# --------------------------------------------------------------------------- #
+
+
+def accumulate_and_calculate(rank, world, kinds, per_rank):
+    accs = {kind: KINDS[kind]() for kind in kinds}
+    for value in per_rank[rank]:
+        for acc in accs.values():
+            acc(value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = calculate(accs)
+    return result, [str(w.message) for w in caught]
+
+
+def gather_on_ranks(rank, world, per_rank, cat_chunks):
+    items, cat = List(), Cat()
+    for item in per_rank[rank]:
+        items(item)
+    for chunk in cat_chunks[rank]:
+        cat(chunk)
+    return calculate([items, cat])
+
+
+def weighted_mean_on_ranks(rank, world, per_rank):
+    mean = Mean()
+    for value, weight in per_rank[rank]:
+        mean(value, weight=weight)
+    return mean.calculate()
+
+
+def calculate_then_continue(rank, world, first, second):
+    mean, total = Mean(), Sum()
+    for v in first[rank]:
+        mean(v), total(v)
+    before = (mean.value(), total.value())
+    early = calculate([mean, total])
+    after = (mean.value(), total.value())
+    for v in second[rank]:
+        mean(v), total(v)
+    return early, before, after, calculate([mean, total])
+
+
+def count_collectives(rank, world, n_means, n_max, n_lists):
+    accs = [Mean() for _ in range(n_means)] + [Max() for _ in range(n_max)] + [List() for _ in range(n_lists)]
+    for i, acc in enumerate(accs):
+        acc(float(i + rank))
+    names = ["all_reduce", "all_gather", "all_gather_object", "broadcast", "barrier", "reduce", "gather",
+             "all_to_all", "reduce_scatter", "all_gather_into_tensor", "broadcast_object_list"]
+    counts = dict.fromkeys(names, 0)
+    originals = {name: getattr(dist, name) for name in names}
+
+    def counting(name):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return originals[name](*args, **kwargs)
+        return wrapper
+
+    for name in names:
+        setattr(dist, name, counting(name))
+    try:
+        values = calculate(accs)
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+    return {k: v for k, v in counts.items() if v}, values
+
+
+def diverge(rank, world, case):
+    if case == "count":
+        accs = [Mean(), Sum()] if rank == 0 else [Mean()]
+    elif case == "kind":
+        accs = [Mean()] if rank == 0 else [Sum()]
+    elif case == "shape":
+        accs = [Sum()]
+        accs[0](torch.zeros(rank + 1))
+    elif case == "order":
+        accs = [Mean(), List()] if rank % 2 else [List(), Mean()]
+    else:
+        raise ValueError(case)
+    for acc in accs:
+        if not isinstance(acc, List) and case != "shape":
+            acc(1.0)
+    start = time.monotonic()
+    try:
+        calculate(accs)
+    except DivergenceError as error:
+        return "DivergenceError", str(error), time.monotonic() - start
+    return "no error", "", time.monotonic() - start
+
+
+def survives_divergence(rank, world):
+    try:
+        calculate([Mean()] if rank == 0 else [Sum()])
+    except DivergenceError:
+        pass
+    mean = Mean()
+    mean(float(rank))
+    return mean.calculate()
+
+
+def empty_rank_shapes(rank, world):
+    mean, top, low = Mean(), Max(), Min()
+    if rank != 1:
+        for value in ([1.0, -2.0], [3.0, 4.0]):
+            mean(torch.tensor(value)), top(torch.tensor(value)), low(torch.tensor(value))
+    return calculate([mean, top, low])
+
+
+def many_states(rank, world, n):
+    """More sum-like numbers than fit inline in the first collective."""
+    total = Sum()
+    total(torch.arange(n, dtype=torch.float64) * (rank + 1))
+    return total.calculate()
+
+
+# --------------------------------------------------------------------------- #
+# Tests
+# --------------------------------------------------------------------------- #
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    world=st.sampled_from(WORLD_SIZES),
+    dtype=st.sampled_from(DTYPES),
+    shape=st.sampled_from(SHAPES),
+    lengths=st.lists(st.integers(0, 7), min_size=4, max_size=4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_sum_mean_max_min_equal_numpy_on_concatenated_data(dist_pool, world, dtype, shape, lengths, seed):
+    lengths = lengths[:world]
+    values = make_values(seed, sum(lengths), shape, dtype)
+    per_rank, start = [], 0
+    for n in lengths:
+        per_rank.append(values[start : start + n])
+        start += n
+    results = dist_pool.run(accumulate_and_calculate, world, list(KINDS), per_rank)
+    # identical on every rank
+    for other, _ in results[1:]:
+        for kind in KINDS:
+            torch.testing.assert_close(other[kind], results[0][0][kind], equal_nan=True, rtol=0, atol=0)
+    got, warned = results[0]
+    if not values:
+        assert got["Sum"] == 0 and math.isnan(got["Mean"]) and math.isnan(got["Max"]) and math.isnan(got["Min"])
+        assert any("NaN" in w for w in warned)
+        return
+    data = np.stack([v.double().numpy() for v in values])
+    float_input = dtype.is_floating_point
+    torch.testing.assert_close(got["Sum"], torch.as_tensor(data.sum(0)).to(torch.float64 if float_input else torch.int64), rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(got["Mean"], torch.as_tensor(data.mean(0)), rtol=1e-12, atol=1e-12)
+    assert got["Max"].dtype == dtype and got["Min"].dtype == dtype
+    assert torch.equal(got["Max"], torch.as_tensor(data.max(0)).to(dtype))
+    assert torch.equal(got["Min"], torch.as_tensor(data.min(0)).to(dtype))
+    assert got["Mean"].dtype == torch.float64 and tuple(got["Mean"].shape) == shape
+    assert not warned
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    world=st.sampled_from(WORLD_SIZES),
+    lengths=st.lists(st.integers(0, 5), min_size=4, max_size=4),
+    chunk_rows=st.lists(st.integers(0, 4), min_size=20, max_size=20),
+    dtype=st.sampled_from(DTYPES),
+)
+def test_list_and_cat_return_every_rank_in_step_major_order(dist_pool, world, lengths, chunk_rows, dtype):
+    lengths = lengths[:world]
+    per_rank = [[{"rank": r, "step": s} for s in range(n)] for r, n in enumerate(lengths)]
+    rows = iter(chunk_rows)
+    chunks = [[torch.full((next(rows), 2), float(10 * r + s)).to(dtype) for s in range(n)] for r, n in enumerate(lengths)]
+    results = dist_pool.run(gather_on_ranks, world, per_rank, chunks)
+    expected_items = step_major(per_rank)
+    expected_cat = step_major(chunks)
+    for items, cat in results:
+        assert items == expected_items
+        if expected_cat:
+            assert torch.equal(cat, torch.cat(expected_cat))
+        else:
+            assert cat.numel() == 0
+
+
+@pytest.mark.parametrize("world", WORLD_SIZES)
+def test_weighted_mean_is_the_per_sample_mean_over_uneven_batches(dist_pool, world):
+    rng = np.random.default_rng(world)
+    samples = rng.normal(size=23)
+    batches, start = [], 0
+    for size in (5, 5, 5, 5, 3):  # an uneven last batch
+        batches.append((float(samples[start : start + size].mean()), size))
+        start += size
+    per_rank = [batches[r::world] for r in range(world)]
+    results = dist_pool.run(weighted_mean_on_ranks, world, per_rank)
+    assert all(r == pytest.approx(samples.mean(), rel=1e-13) for r in results)
+    assert all(isinstance(r, float) for r in results)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_calculate_leaves_local_state_and_accumulation_goes_on(dist_pool, world):
+    first = [[float(r + i) for i in range(r + 1)] for r in range(world)]
+    second = [[float(10 * r)] for r in range(world)]
+    for early, before, after, final in dist_pool.run(calculate_then_continue, world, first, second):
+        assert before == after
+        everything = [v for vs in first for v in vs]
+        assert early == pytest.approx([np.mean(everything), sum(everything)])
+        everything += [v for vs in second for v in vs]
+        assert final == pytest.approx([np.mean(everything), sum(everything)])
+
+
+@pytest.mark.parametrize("n", [1, 16, 64])
+def test_collective_count_does_not_grow_with_the_number_of_accumulators(dist_pool, n):
+    world = 2
+    # Sum-like only: one fixed-length all_reduce carries signature and sums.
+    counts, values = dist_pool.run(count_collectives, world, n, 0, 0)[0]
+    assert counts == {"all_reduce": 1}
+    assert values == pytest.approx([i + 0.5 for i in range(n)])
+    # Plus Max states: one all_reduce(MAX) more.
+    counts, _ = dist_pool.run(count_collectives, world, n, n, 0)[0]
+    assert counts == {"all_reduce": 2}
+    # Plus List states: one all_gather more (their sizes travel in the first all_reduce).
+    counts, _ = dist_pool.run(count_collectives, world, n, n, n)[0]
+    assert counts == {"all_reduce": 2, "all_gather": 1}
+
+
+def test_sums_longer_than_the_inline_part_take_one_more_all_reduce(dist_pool):
+    for n in (1023, 1024, 1025, 5000):
+        results = dist_pool.run(many_states, 3, n)
+        expected = torch.arange(n, dtype=torch.float64) * 6
+        assert all(torch.equal(r, expected) for r in results)
+
+
+@pytest.mark.parametrize("case", ["count", "kind", "shape", "order"])
+@pytest.mark.parametrize("world", [2, 3])
+def test_divergent_calls_raise_on_every_rank_quickly(dist_pool, case, world):
+    results = dist_pool.run(diverge, world, case, timeout=30)
+    for name, message, seconds in results:
+        assert name == "DivergenceError", message
+        assert "rank 0" in message and "rank 1" in message
+        assert seconds < 5
+    # the group still works afterwards
+    assert dist_pool.run(survives_divergence, world) == [pytest.approx(np.mean(range(world)))] * world
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_a_rank_with_no_data_takes_part_and_the_result_stays_exact(dist_pool, world):
+    for mean, top, low in dist_pool.run(empty_rank_shapes, world):
+        n = world - 1  # ranks with data, each saw [1, -2] and [3, 4]
+        torch.testing.assert_close(mean, torch.tensor([2.0, 1.0], dtype=torch.float64))
+        assert torch.equal(top, torch.tensor([3.0, 4.0])) and torch.equal(low, torch.tensor([1.0, -2.0]))
+        assert n >= 1
+
+
+# --------------------------------------------------------------------------- #
+# Single process: types, precision, state dicts, Except
+# --------------------------------------------------------------------------- #
+
+
+def test_python_numbers_give_python_numbers_and_tensors_give_tensors():
+    total, mean, top = Sum(), Mean(), Max()
+    for v in (1, 2, 3):
+        total(v), mean(v), top(v)
+    assert total.calculate() == 6 and isinstance(total.calculate(), int)
+    assert mean.calculate() == 2.0 and isinstance(mean.calculate(), float)
+    assert top.calculate() == 3 and isinstance(top.calculate(), int)
+    t = Sum()
+    t(torch.ones(2, 3, dtype=torch.float16))
+    assert t.calculate().shape == (2, 3) and t.calculate().dtype == torch.float64
+    assert Sum()(torch.tensor([True, False])).dtype == torch.int64
+
+
+def test_no_process_group_gives_the_local_value():
+    assert not dist.is_initialized()
+    mean = Mean()
+    mean(torch.tensor(2.0)), mean(torch.tensor(4.0))
+    assert mean.calculate() == mean.value() == 3.0
+
+
+def test_values_that_require_grad_are_detached():
+    weight = torch.ones(3, requires_grad=True)
+    mean, items, cat = Mean(), List(), Cat()
+    loss = (weight * 2).sum()
+    assert not mean(loss).requires_grad
+    items(loss), cat(loss.reshape(1))
+    assert not items.value()[0].requires_grad and not cat.value().requires_grad
+
+
+def test_a_shape_change_is_a_clear_error():
+    total = Sum()
+    total(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"shape \(2,\) after values of shape \(3,\)"):
+        total(torch.zeros(2))
+    cat = Cat()
+    cat(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="differ in dim 0 only"):
+        cat(torch.zeros(2, 4))
+
+
+def test_mean_of_ten_million_bf16_values_is_exact_to_1e_12():
+    values = (torch.randn(10**7, generator=torch.Generator().manual_seed(0)) + 3).to(torch.bfloat16)
+    mean = Mean()
+    for chunk in values.split(65536):
+        mean.extend(chunk)
+    exact = math.fsum(values.double().tolist()) / values.numel()
+    assert abs(mean.calculate().item() - exact) / abs(exact) < 1e-12
+
+
+def test_mean_of_many_single_bf16_calls_stays_exact():
+    values = (torch.rand(20000, generator=torch.Generator().manual_seed(1)) * 300).to(torch.bfloat16)
+    mean = Mean()
+    for v in values:
+        mean(v)
+    exact = math.fsum(values.double().tolist()) / values.numel()
+    assert abs(mean.calculate().item() - exact) / exact < 1e-12
+
+
+def test_empty_mean_is_nan_with_a_warning_not_zero_division():
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        assert math.isnan(Mean().calculate())
+    zero = Mean()
+    zero(5.0, weight=0)
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        assert math.isnan(zero.calculate())
+
+
+@pytest.mark.parametrize("make", [Sum, Mean, Max, Min, List, Cat, lambda: Except(Mean(), begin=1)])
+def test_state_dict_resumes_exactly(make):
+    stream = [torch.tensor([float(i), -float(i) * 0.5]).reshape(1, 2) for i in range(8)]
+    whole = make()
+    for v in stream:
+        whole(v)
+    first = make()
+    for v in stream[:3]:
+        first(v)
+    state = first.state_dict()
+    first(torch.full((1, 2), 99.0))  # later changes must not leak into the saved state
+    resumed = make()
+    resumed.load_state_dict(state)
+    for v in stream[3:]:
+        resumed(v)
+    expected, got = whole.calculate(), resumed.calculate()
+    if isinstance(expected, list):
+        assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
+    else:
+        assert torch.equal(got, expected)
+
+
+def test_reset_empties():
+    mean = Mean()
+    mean(3.0)
+    mean.reset()
+    mean(torch.zeros(2))  # a new shape is fine after reset
+    assert torch.equal(mean.value(), torch.zeros(2, dtype=torch.float64))
+
+
+def run_except(acc: Except, n: int = 12) -> list[int]:
+    kept = List()
+    acc.accumulator = kept
+    for i in range(n):
+        acc(i)
+    return kept.value()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "excluded"),
+    [
+        ({}, {0}),
+        ({"begin": 3}, {3}),
+        ({"begin": 2, "end": 4}, {2, 3, 4}),
+        ({"end": 1}, {0, 1}),
+        ({"begin": [1, 5], "end": [2, 6]}, {1, 2, 5, 6}),
+        ({"begin": torch.tensor([0, 7]), "end": torch.tensor([0, 9])}, {0, 7, 8, 9}),
+        ({"begin": 1, "period": 4}, {1, 5, 9}),
+        ({"begin": 0, "end": 1, "period": 5}, {0, 1, 5, 6, 10, 11}),
+        ({"begin": torch.tensor([0, 2]), "end": torch.tensor([0, 2]), "period": 3}, {0, 2, 3, 5, 6, 8, 9, 11}),
+    ],
+)
+def test_except_leaves_out_exactly_the_given_indices(kwargs, excluded):
+    assert run_except(Except(List(), **kwargs)) == [i for i in range(12) if i not in excluded]
+
+
+def test_except_counts_from_the_last_reset_and_delegates():
+    acc = Except(Sum(), begin=0)
+    acc(5), acc(7)
+    assert acc.calculate() == 7
+    acc.reset()
+    acc(1), acc(2)
+    assert acc.value() == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"begin": -1}, ">= 0"),
+        ({"begin": 3, "end": 1}, "end must be >= begin"),
+        ({"begin": [1, 2], "end": [3]}, "equal lengths"),
+        ({"begin": 1.5}, "int"),
+        ({"begin": torch.tensor([1.0])}, "integer"),
+        ({"begin": 0, "period": 0}, "period must be an int >= 1"),
+        ({"begin": 2, "end": 4, "period": 3}, "inside the period"),
+    ],
+)
+def test_except_rejects_invalid_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Except(Sum(), **kwargs)
