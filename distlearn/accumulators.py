@@ -641,9 +641,12 @@ class Except(Accumulator):
 def _comm_device(group: dist.ProcessGroup | None) -> torch.device:
     """The device the group's backend reduces on: the host for gloo/mpi, else the accelerator."""
     backend = str(dist.get_backend(group))
-    if "gloo" in backend or backend == "mpi":
+    accelerator = torch.accelerator.current_accelerator()
+    # A group started without naming a backend reports "undefined"; it reduces
+    # CPU tensors with gloo unless an accelerator is present.
+    if "gloo" in backend or backend == "mpi" or accelerator is None:
         return torch.device("cpu")
-    return torch.device(torch.accelerator.current_accelerator().type, torch.accelerator.current_device_index())
+    return torch.device(accelerator.type, torch.accelerator.current_device_index())
 
 
 def _signature(specs: Sequence[tuple]) -> list[float]:

@@ -26,7 +26,6 @@ import csv
 import difflib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +44,6 @@ SKLEARN_DATASETS: dict[str, str] = {
     "diabetes": "regression",
 }
 TASKS = ("classification", "regression")
-
-
-@dataclass(frozen=True)
-class _Split:
-    """Arrays after the split and standardisation, ready for tensors."""
-
-    x_train: np.ndarray
-    x_test: np.ndarray
-    y_train: np.ndarray
-    y_test: np.ndarray
 
 
 def split_arrays(
@@ -273,7 +262,7 @@ class SklearnDataset(_TabularData):
     ) -> None:
         problems = self.check_parameters({"name": name})
         if problems:
-            raise ValueError(problems[0][1])
+            raise ValueError(f"SklearnDataset: {problems[0][0]}: {problems[0][1]}")
         self.name = name
         super().__init__(SKLEARN_DATASETS[name], batch_size, test_size, seed, shuffle, standardize, stratify)
 
@@ -340,7 +329,7 @@ class CSVDataset(_TabularData):
     ) -> None:
         problems = self.check_parameters({"task": task})
         if problems:
-            raise ValueError(problems[0][1])
+            raise ValueError(f"CSVDataset: {problems[0][0]}: {problems[0][1]}")
         self.path = Path(path)
         self.target = target
         self.features = None if features is None else list(features)
@@ -393,6 +382,11 @@ class CSVDataset(_TabularData):
         problems = _TabularData._check_common(params)
         if "task" in params and params["task"] not in TASKS:
             problems.append(("task", f"expected one of {list(TASKS)}, got {params['task']!r}"))
+        path = params.get("path")
+        if isinstance(path, (str, Path)) and not Path(path).is_file():
+            problems.append(
+                ("path", f"no file {str(path)!r} (relative paths are read from the current directory {Path.cwd()})")
+            )
         return problems
 
 

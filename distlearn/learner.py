@@ -24,6 +24,7 @@ import inspect
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,7 +36,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from tqdm.auto import tqdm
 
 from .accelerator import MIXED_PRECISION, build_accelerator, check_accelerator
-from .accumulators import Cat, List, Max, Mean, Sum, calculate
+from .accumulators import Cat, List, Mean, Sum, calculate
 from .metrics import Metric
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
@@ -120,7 +121,9 @@ class BackwardLearner:
         self.loss = loss if loss is not None else _build(_resolve("loss", loss_configs))
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
-        self.loss_configs, self.optimizer_configs, self.lr_scheduler_configs = loss_configs, optimizer_configs, lr_scheduler_configs
+        self.loss_configs = loss_configs  # kept as given, never modified
+        self.optimizer_configs = optimizer_configs
+        self.lr_scheduler_configs = lr_scheduler_configs
         self._optimizer_spec = _resolve("optimizer", optimizer_configs)  # (class, parameters), built in train()
         self._lr_scheduler_spec = _resolve("lr_scheduler", lr_scheduler_configs)
         if lr_scheduler is not None and getattr(lr_scheduler, "optimizer", None) is not optimizer:
@@ -128,8 +131,8 @@ class BackwardLearner:
                 "an lr_scheduler object must be built on the optimizer object passed as optimizer=...; "
                 "otherwise give lr_scheduler_configs and the learner builds it on its optimizer"
             )
-        scheduler_class = type(lr_scheduler) if lr_scheduler is not None else (self._lr_scheduler_spec or (None,))[0]
-        if scheduler_interval == "step" and scheduler_class is not None and issubclass(scheduler_class, ReduceLROnPlateau):
+        scheduler_class = type(lr_scheduler) if lr_scheduler is not None else (self._lr_scheduler_spec or (object,))[0]
+        if scheduler_interval == "step" and issubclass(scheduler_class, ReduceLROnPlateau):
             raise ValueError("ReduceLROnPlateau steps on a validation loss: use scheduler_interval='epoch'")
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.max_grad_norm = max_grad_norm
@@ -139,7 +142,7 @@ class BackwardLearner:
         self.display_every_n_steps = display_every_n_steps
         self.accelerator_kwargs = dict(accelerator_kwargs or {})
         self._accelerator = accelerator
-        self._prepared_loaders: dict[int, tuple[Any, Any]] = {}
+        self._prepared_loaders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # user's loader -> prepared
         self.epoch = 0  # epochs completed in the current train() call
         self.step = 0  # optimizer steps taken in the current train() call
 
@@ -177,6 +180,7 @@ class BackwardLearner:
         display_step: int = 1,
         train_idx: torch.Tensor | None = None,
         test_idx: torch.Tensor | None = None,
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Train ``model`` for ``n_epochs``; returns the training record (identical on every rank).
 
@@ -190,6 +194,8 @@ class BackwardLearner:
             disable_tqdm: hide the progress bar (shown on the main process only).
             display_step: log (and test) every this many epochs.
             train_idx, test_idx: output rows used for loss and metric (full-batch training).
+            on_epoch_end: called on every rank with (epoch, epoch record) once the epoch's
+                numbers are final, e.g. to log them to a tracker (which writes on the main process).
 
         Returns:
             ``{"preparation": {...}, "training": {epoch: {...}}}``, see the README.
@@ -202,24 +208,8 @@ class BackwardLearner:
         begin = time.time()
         train_loader, test_loader = _split_loaders(data_loader)
         metric = _fresh(metric)
-        if self.loss is None:
-            raise ValueError("BackwardLearner has no loss: pass loss=... or loss_configs={'loss_class': ...}")
-        if self.optimizer is None and self._optimizer_spec is None:
-            raise ValueError(
-                "BackwardLearner has no optimizer: pass optimizer=... or optimizer_configs={'optimizer_class': ...}"
-            )
         _check_int("display_step", display_step, 1)
-        accelerator = self.accelerator(device)
-        set_seed(self.seed)
-        optimizer = self.optimizer or _build(self._optimizer_spec, model.parameters())
-        scheduler = self.lr_scheduler or _build(self._lr_scheduler_spec, optimizer)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        loader = self._prepare_loader(accelerator, train_loader)
-        if scheduler is not None:
-            scheduler = accelerator.prepare(scheduler)  # so save_state() includes it ...
-            scheduler.step_with_optimizer = False  # ... but stepped by us, once: see step_scheduler_with_optimizer
-        plateau = isinstance(getattr(scheduler, "scheduler", scheduler), ReduceLROnPlateau)
-        _agree(_loader_problem("data_loader['train_loader']", train_loader, loader))
+        accelerator, model, optimizer, scheduler, loader = self._prepare(model, train_loader, device)
         train_idx = None if train_idx is None else torch.as_tensor(train_idx, device=accelerator.device)
         say = logger.info if accelerator.is_main_process else _quiet  # the one rank check for logging
         preparation = time.time() - begin
@@ -232,7 +222,7 @@ class BackwardLearner:
             model.train()
             if metric is not None:
                 metric.reset()
-            log = _BatchLog(len(loader), accelerator.device)
+            log = _BatchLog()
             bar = tqdm(loader, desc=f"epoch {epoch}", disable=disable_tqdm or not accelerator.is_main_process)
             for step, batch in enumerate(bar):
                 features, labels = _unpack(batch, "data_loader['train_loader']", first=epoch == 0 and step == 0)
@@ -250,27 +240,26 @@ class BackwardLearner:
                     self.step += 1
                     if scheduler is not None and self.scheduler_interval == "step":
                         scheduler.step()
-                self._log_batch(accelerator, log, step, output, target, loss, labels.shape[0], train_idx, metric)
+                self._log_batch(accelerator, log, output, target, loss, labels.shape[0], train_idx, metric)
                 if self.display_every_n_steps and (step + 1) % self.display_every_n_steps == 0:
-                    running = log.running_loss(step + 1, epoch)  # collective, all ranks
+                    running = log.running_loss(step + 1, epoch)  # a collective, on every rank
                     bar.set_postfix(loss=f"{running:.4g}", lr=f"{lr:.3g}", refresh=False)
 
             summary = self._summarise_epoch(log, metric, epoch, start, time.time(), preparation)
-            summary["lr"] = float(lr)
-            summary["optimizer_steps"] = self.step
-            if test_check and test_loader is not None and (epoch % display_step == 0 or epoch == self.n_epochs - 1 or plateau):
+            summary.update(lr=float(lr), optimizer_steps=self.step)
+            plateau = isinstance(getattr(scheduler, "scheduler", None), ReduceLROnPlateau)
+            due = epoch % display_step == 0 or epoch == self.n_epochs - 1 or plateau  # plateau needs it every epoch
+            if test_check and test_loader is not None and due:
                 summary["test_result"] = self.test(model, test_loader, None, metric, False, test_idx)
             if scheduler is not None and self.scheduler_interval == "epoch":
-                if plateau:  # the global validation loss, identical on every rank
-                    tested = summary["test_result"] is not None and summary["test_result"]["test_loss"] is not None
-                    scheduler.step(summary["test_result"]["test_loss"] if tested else summary["train_loss"])
-                else:
-                    scheduler.step()
+                _step_per_epoch(scheduler, summary)
             record["preparation"]["preparation_time_cost"] = summary.pop("preparation_time_cost")
             record["training"][epoch] = summary
             self.epoch = epoch + 1
             if epoch % display_step == 0 or epoch == self.n_epochs - 1:
                 say(_describe(epoch, self.n_epochs, summary))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, summary)
         return record
 
     def test(
@@ -293,10 +282,10 @@ class BackwardLearner:
         metric = _fresh(metric)
         accelerator = self.accelerator(device)
         loader = self._prepare_loader(accelerator, test_loader)
-        _agree(_loader_problem("test_loader", test_loader, loader))
+        _check_loader("test_loader", test_loader, loader)
         module = _eval_module(accelerator, model)
         idx = None if test_idx is None else torch.as_tensor(test_idx, device=accelerator.device)
-        log = _BatchLog(len(loader), accelerator.device)
+        log = _BatchLog()
         scores, trues = Cat(), Cat()
         module.eval()
         with torch.no_grad():
@@ -306,16 +295,16 @@ class BackwardLearner:
                     output, target = _pick(module(features), labels, idx)
                 output, target = _real_rows(accelerator, output, target, labels.shape[0], idx)
                 real = target.shape[0]
-                if self.loss is not None:
-                    log.add(step, self.loss(output, target) if real else 0.0, real)
+                if self.loss is not None and real:
+                    log.add(self.loss(output, target), real)
                 if real and metric is not None:
                     metric.update(y_score=output, y_true=target)
                 if real and return_full_result:
                     scores.update(output.float())
                     trues.update(target)
 
-        accumulators: dict[str, Any] = {"seconds": Max()}
-        accumulators["seconds"](time.time() - begin)  # the slowest rank's time, so all ranks report the same
+        accumulators: dict[str, Any] = {"seconds": Mean()}
+        accumulators["seconds"](time.time() - begin)  # the mean over ranks, so all ranks report the same
         if self.loss is not None:
             accumulators["loss"] = log.loss_mean()
         if metric is not None:
@@ -346,24 +335,43 @@ class BackwardLearner:
     # Helpers the loop calls
     # ------------------------------------------------------------------ #
 
+    def _prepare(self, model: nn.Module, train_loader: Any, device: Any) -> tuple:
+        """Check the learner can train, build the optimizer and scheduler, prepare everything with Accelerate."""
+        if self.loss is None:
+            raise ValueError("BackwardLearner has no loss: pass loss=... or loss_configs={'loss_class': ...}")
+        if self.optimizer is None and self._optimizer_spec is None:
+            raise ValueError(
+                "BackwardLearner has no optimizer: pass optimizer=... or optimizer_configs={'optimizer_class': ...}"
+            )
+        accelerator = self.accelerator(device)
+        set_seed(self.seed)
+        optimizer = self.optimizer or _build(self._optimizer_spec, model.parameters())
+        scheduler = self.lr_scheduler or _build(self._lr_scheduler_spec, optimizer)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        loader = self._prepare_loader(accelerator, train_loader)
+        if scheduler is not None:
+            scheduler = accelerator.prepare(scheduler)  # so that save_state() includes it ...
+            scheduler.step_with_optimizer = False  # ... but stepped by us, once (PITFALLS: not num_processes times)
+        _check_loader("data_loader['train_loader']", train_loader, loader)
+        return accelerator, model, optimizer, scheduler, loader
+
     def _prepare_loader(self, accelerator: Accelerator, loader: Any) -> Any:
         """Prepare a loader once per learner (re-preparing would register it with Accelerate again)."""
-        key = id(loader)
-        if key not in self._prepared_loaders:
-            if not isinstance(loader, torch.utils.data.DataLoader):
-                raise TypeError(f"expected a torch.utils.data.DataLoader, got {type(loader).__name__}")
-            self._prepared_loaders[key] = (loader, accelerator.prepare(loader))  # keep the original alive: ids are reused
-        return self._prepared_loaders[key][1]
+        if not isinstance(loader, torch.utils.data.DataLoader):
+            raise TypeError(f"expected a torch.utils.data.DataLoader, got {type(loader).__name__}")
+        if loader not in self._prepared_loaders:
+            self._prepared_loaders[loader] = accelerator.prepare(loader)
+        return self._prepared_loaders[loader]
 
-    def _log_batch(self, accelerator, log, step, output, target, loss, rows, idx, metric) -> None:
+    def _log_batch(self, accelerator, log, output, target, loss, rows, idx, metric) -> None:
         """Record one training batch's loss and metric on its real samples only (local, no sync)."""
         real_output, real_target = _real_rows(accelerator, output, target, rows, idx)
         real = real_target.shape[0]
         if real == target.shape[0]:
-            log.add(step, loss, real)
+            log.add(loss, real)
         else:  # the last batch: Accelerate trained on repeated samples too; report only the real ones
-            with torch.no_grad():
-                log.add(step, self.loss(real_output, real_target) if real else loss, real)
+            with torch.no_grad():  # (with no real sample: weight 0, but a NaN still shows)
+                log.add(self.loss(real_output, real_target) if real else loss, real)
         if real and metric is not None:
             metric.update(y_score=real_output.detach(), y_true=real_target)
 
@@ -371,7 +379,9 @@ class BackwardLearner:
         """All of the epoch's train numbers in ONE collective; identical on every rank."""
         accumulators: dict[str, Any] = {"loss": log.loss_mean(), "batch_loss": log.batch_loss(), "samples": Sum()}
         accumulators["samples"](sum(log.sizes))
-        accumulators["times"] = Max()  # the slowest rank's clock, so every rank records the same times
+        # Clock readings averaged over ranks, so every rank records the same times; a Mean rides in the
+        # same all-reduce as the sums (a Max would cost one more collective per epoch).
+        accumulators["times"] = Mean()
         accumulators["times"](torch.tensor([preparation, start, end, *log.times], dtype=torch.float64))
         if metric is not None:
             accumulators["score"] = metric
@@ -405,38 +415,39 @@ class BackwardLearner:
 
 
 class _BatchLog:
-    """One pass's per-batch losses (kept on the device), real sizes and end times.
+    """One pass's per-batch losses (detached tensors, left on the device), real sizes and end times.
 
-    Writing a loss into a preallocated device buffer is one kernel and no host
-    sync; sizes and times are Python numbers the host already has.
+    Appending a detached loss costs no kernel and no host sync; sizes and times
+    are Python numbers the host already has. Stacked once, at the end.
     """
 
-    def __init__(self, n_batches: int, device: torch.device) -> None:
-        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-        self.losses = torch.zeros(n_batches, dtype=dtype, device=device)
+    def __init__(self) -> None:
+        self.losses: list[torch.Tensor] = []
         self.sizes: list[int] = []
         self.times: list[float] = []
 
-    def add(self, step: int, loss: torch.Tensor | float, size: int) -> None:
-        self.losses[step] = loss.detach() if isinstance(loss, torch.Tensor) else loss
+    def add(self, loss: torch.Tensor, size: int) -> None:
+        self.losses.append(loss.detach())
         self.sizes.append(size)
         self.times.append(time.time())
 
-    def _weights(self, upto: int | None = None) -> torch.Tensor:
-        return torch.tensor(self.sizes[:upto], dtype=torch.float64, device=self.losses.device)
+    def _stacked(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        losses = torch.stack(self.losses[:n]).reshape(n)
+        weights = torch.tensor(self.sizes[:n], dtype=torch.float64, device=losses.device)
+        return losses, weights
 
     def loss_mean(self, upto: int | None = None) -> Mean:
         """The sample-weighted mean loss: each batch's mean loss weighted by its real size."""
         mean = Mean()
-        n = len(self.sizes) if upto is None else upto
-        mean.extend(self.losses[:n], weights=self._weights(n))
+        if self.losses:
+            mean.extend(*self._stacked(len(self.losses) if upto is None else upto))
         return mean
 
     def batch_loss(self, upto: int | None = None) -> Mean:
         """Each batch's loss over all ranks (a vector Mean: elementwise weighted)."""
         mean = Mean()
-        n = len(self.sizes) if upto is None else upto
-        mean(self.losses[:n], weight=self._weights(n))
+        losses, weights = self._stacked(len(self.losses) if upto is None else upto)
+        mean(losses, weight=weights)
         return mean
 
     def running_loss(self, upto: int, epoch: int) -> float:
@@ -455,6 +466,15 @@ class _BatchLog:
                 f"epoch, {len(batch_loss)} batches seen). Lower the learning rate, set max_grad_norm, or check the "
                 "data for NaN/inf values."
             )
+
+
+def _step_per_epoch(scheduler: Any, summary: Mapping[str, Any]) -> None:
+    """The epoch's scheduler step; ReduceLROnPlateau gets the global test loss (else the train loss)."""
+    if not isinstance(scheduler.scheduler, ReduceLROnPlateau):
+        scheduler.step()
+        return
+    test = summary["test_result"]
+    scheduler.step(test["test_loss"] if test is not None and test["test_loss"] is not None else summary["train_loss"])
 
 
 def _real_rows(accelerator: Accelerator, output, target, rows: int, idx):
@@ -503,6 +523,18 @@ def _batch_problem(batch: Any, name: str) -> str | None:
     )
 
 
+def _check_loader(name: str, raw: Any, prepared: Any) -> None:
+    """Raise on every rank if this rank's loader gives no batch.
+
+    Only a rank with a problem calls the collective here; the others meet it
+    in the check of their first batch (:func:`_unpack`), so a healthy run pays
+    one collective for both checks.
+    """
+    problem = _loader_problem(name, raw, prepared)
+    if problem is not None:
+        _agree(problem)
+
+
 def _loader_problem(name: str, raw: Any, prepared: Any) -> str | None:
     if len(raw) == 0:
         return f"{name} is empty (0 batches): it needs at least one sample"
@@ -515,12 +547,18 @@ def _loader_problem(name: str, raw: Any, prepared: Any) -> str | None:
 
 
 def _agree(problem: str | None) -> None:
-    """Raise on every rank when any rank found a problem (a collective: every rank calls it)."""
+    """Raise on every rank when any rank found a problem (a collective: every rank calls it).
+
+    One all-reduce of a flag; the messages travel only when something is wrong.
+    """
+    flags = Sum()
+    flags(int(problem is not None))
+    if flags.calculate() == 0:
+        return
     problems = List()
     problems(problem or "")
     found = [(rank, text) for rank, text in enumerate(problems.calculate()) if text]
-    if found:
-        raise ValueError(problem or f"rank {found[0][0]}: {found[0][1]}")
+    raise ValueError(problem or f"rank {found[0][0]}: {found[0][1]}")
 
 
 def _eval_module(accelerator: Accelerator, model: nn.Module) -> nn.Module:
@@ -544,7 +582,8 @@ def _fresh(metric: Metric | None) -> Metric | None:
         return None
     if not isinstance(metric, Metric):
         raise TypeError(
-            f"metric must be a distlearn.metrics.Metric (Accuracy(), F1(...), MSE(), MAE()), got {type(metric).__name__}"
+            "metric must be a distlearn.metrics.Metric (Accuracy(), F1(...), MSE(), MAE()), "
+            f"got {type(metric).__name__}"
         )
     fresh = copy.deepcopy(metric)
     fresh.reset()
@@ -555,7 +594,8 @@ def _split_loaders(data_loader: Any) -> tuple[Any, Any]:
     if isinstance(data_loader, Mapping):
         if "train_loader" not in data_loader:
             raise ValueError(
-                f"data_loader must be a loader or a dict with 'train_loader' (and 'test_loader'), got keys {sorted(data_loader)}"
+                "data_loader must be a loader or a dict with 'train_loader' (and 'test_loader'), "
+                f"got keys {sorted(data_loader)}"
             )
         return data_loader["train_loader"], data_loader.get("test_loader")
     return data_loader, None
@@ -632,7 +672,11 @@ def _resolve(kind: str, configs: Mapping[str, Any] | None) -> tuple[type, dict[s
     return cls, params
 
 
-_EXAMPLES = {"loss": "torch.nn.CrossEntropyLoss", "optimizer": "torch.optim.AdamW", "lr_scheduler": "torch.optim.lr_scheduler.StepLR"}
+_EXAMPLES = {
+    "loss": "torch.nn.CrossEntropyLoss",
+    "optimizer": "torch.optim.AdamW",
+    "lr_scheduler": "torch.optim.lr_scheduler.StepLR",
+}
 
 
 def _build(spec: tuple[type, dict[str, Any]] | None, *leading: Any) -> Any:

@@ -1,0 +1,265 @@
+"""distlearn.config: shipped configs, overrides, every kind of config error, and the Accelerate configs."""
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from distlearn.config import (
+    ConfigError,
+    build_experiment,
+    config_dir,
+    default_output_dir,
+    instantiate,
+    load_config,
+    resolve_class,
+    shipped_configs,
+    validate_config,
+)
+from distlearn.data import SklearnDataset
+
+REPO = Path(__file__).resolve().parent.parent
+ACCELERATE_CONFIGS = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
+
+
+def _problems(cfg):
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    return info.value.problems
+
+
+def _with(*overrides):
+    return load_config(None, overrides)
+
+
+def test_every_shipped_config_loads_validates_and_builds():
+    names = [p.stem for p in shipped_configs()]
+    assert {"digits", "wine", "diabetes"} <= set(names)
+    for path in shipped_configs():
+        cfg = load_config(path)
+        validate_config(cfg)
+        exp = build_experiment(cfg)
+        x, y = next(iter(exp.data_loaders["train_loader"]))
+        out = exp.model(x)  # `auto` sizes came from the data
+        assert out.shape == (len(x), exp.data.n_outputs), path.name
+        if exp.data.task == "regression":
+            assert y.shape == out.shape
+        loss = instantiate(exp.config["learner_configs"]["learner_parameters"]["loss_configs"], "loss")
+        assert torch.isfinite(loss(out, y)), path.name
+        assert exp.metric is not None and exp.run["seed"] == 0
+
+
+def test_default_config_is_digits_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config()
+    assert cfg.data_configs.data_parameters.name == "digits"
+    assert load_config("wine").data_configs.data_parameters.name == "wine"  # a shipped config by name
+    assert config_dir() == REPO / "configs"
+    assert default_output_dir(None).parent == Path("runs")
+    assert default_output_dir("x/wine.yaml").name.startswith("wine-")
+    with pytest.raises(ConfigError, match=r"not found.*did you mean .*wine.yaml"):
+        load_config("wnie")
+
+
+def test_overrides_are_typed_and_merged_onto_defaults(tmp_path):
+    cfg = _with(
+        "run.seed=3",
+        "model_configs.model_parameters.hidden_sizes=[128,64]",
+        "learner_configs.learner_parameters.optimizer_configs.optimizer_parameters.lr=5e-3",
+        "run.tracking.backend=none",
+    )
+    assert cfg.run.seed == 3 and list(cfg.model_configs.model_parameters.hidden_sizes) == [128, 64]
+    assert cfg.learner_configs.learner_parameters.optimizer_configs.optimizer_parameters.lr == 5e-3
+    assert cfg.run.tracking.project == "distlearn"  # untouched siblings keep their values
+    validate_config(cfg)
+
+    # A config file without a run section gets every run default.
+    small = OmegaConf.to_container(load_config())
+    del small["run"]
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(small))
+    loaded = load_config(path)
+    assert loaded.run.overwrite is False and loaded.run.resume is None
+    assert loaded.run.tracking.backend == "wandb"
+
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_config(None, ["run.seed"])
+
+
+def test_unknown_classes_get_near_miss_suggestions():
+    problems = _problems(
+        _with(
+            "model_configs.model_class=distlearn.models.MPL",
+            "metric_configs.metric_class=distlearn.metric.Accuracy",
+            "learner_configs.learner_parameters.optimizer_configs.optimizer_class=torch.optim.Adamw",
+        )
+    )
+    assert problems == [
+        "model_configs.model_class: no class 'distlearn.models.MPL' — did you mean 'distlearn.models.MLP'?",
+        "learner_configs.learner_parameters.optimizer_configs.optimizer_class: no class 'torch.optim.Adamw'"
+        " — did you mean 'torch.optim.AdamW'?",
+        "metric_configs.metric_class: no class 'distlearn.metric.Accuracy':"
+        " module 'distlearn.metric' not found"
+        " — did you mean 'distlearn.metrics.Accuracy'?",
+    ]
+    with pytest.raises(ConfigError, match="did you mean 'distlearn.models.MLP'"):
+        resolve_class("distlearn.models.MPL", "model_class")
+    assert resolve_class("torch.optim.AdamW", "optimizer_class") is torch.optim.AdamW
+
+
+def test_parameters_bind_to_signatures():
+    problems = _problems(
+        _with(
+            "model_configs.model_parameters.hiden_sizes=[8]",
+            "learner_configs.learner_parameters.lr_scheduler_configs.lr_scheduler_class="
+            "torch.optim.lr_scheduler.StepLR",
+            "learner_configs.learner_parameters.optimizer_configs.optimizer_parameters.params=1",
+            "learner_configs.learner_parameters.loss_configs.loss_parameters.label_smoothing=high",
+            "data_configs.data_parameters.batch_size=0",
+        )
+    )
+    joined = "\n".join(problems)
+    assert len(problems) == 5, joined
+    assert "data_configs.data_parameters.batch_size: expected a positive int, got 0" in joined
+    assert (
+        "model_configs.model_parameters.hiden_sizes: distlearn.models.MLP has no parameter 'hiden_sizes'"
+        " — did you mean 'hidden_sizes'?" in joined
+    )
+    assert (
+        "learner_configs.learner_parameters.lr_scheduler_configs.lr_scheduler_parameters:"
+        " missing required parameter 'step_size' of torch.optim.lr_scheduler.StepLR" in joined
+    )
+    assert "optimizer_parameters.params: set by distlearn" in joined  # the model's parameters, at build time
+    assert "loss_parameters.label_smoothing: expected float, got 'high' (str)" in joined
+
+
+def test_bad_run_and_learner_values_are_all_reported_at_once():
+    problems = _problems(
+        _with(
+            "run.seed=-1",
+            "run.overwrite=maybe",
+            "run.output_dir=5",
+            "run.tracking.backend=wandbb",
+            "run.tracking.mode=sometimes",
+            "run.tracking.projct=x",
+            "run.resume=3",
+            "run.checkpoint=7",
+            "run.sed=1",
+            "learner_configs.learner_parameters.n_epochs=0",
+            "learner_configs.learner_parameters.mixed_precision=no",  # YAML: false
+        )
+    )
+    keys = [p.split(":")[0] for p in problems]
+    assert keys == [
+        "learner_configs.learner_parameters.n_epochs",
+        "learner_configs.learner_parameters.mixed_precision",
+        "run.sed",
+        "run.seed",
+        "run.output_dir",
+        "run.overwrite",
+        "run.tracking.projct",
+        "run.tracking.backend",
+        "run.tracking.mode",
+        "run.checkpoint",
+        "run.resume",
+    ], "\n".join(problems)
+    text = "\n".join(problems)
+    for hint in ("'run.seed'", "'wandb'", "'run.tracking.project'"):
+        assert f"did you mean {hint}" in text
+    assert 'quote it: mixed_precision: "no"' in text
+    assert f"{len(problems)} problems in the config" in str(ConfigError(problems))
+
+
+def test_structure_errors_missing_sections_and_keys():
+    cfg = OmegaConf.to_container(load_config())
+    del cfg["learner_configs"]
+    cfg["model_configs"]["model_params"] = cfg["model_configs"].pop("model_parameters")
+    cfg["data_config"] = {}
+    cfg["metric_configs"] = None  # allowed: no metric
+    problems = _problems(cfg)
+    text = "\n".join(problems)
+    assert "data_config: unknown top-level key — did you mean 'data_configs'?" in text
+    assert (
+        "model_configs.model_params: unknown key of model_configs"
+        " — did you mean 'model_configs.model_parameters'?" in text
+    )
+    assert "learner_configs: missing" in text
+    assert len(problems) == 3, text
+
+
+def test_callers_config_is_never_modified():
+    plain = OmegaConf.to_container(load_config("diabetes"), resolve=True)
+    del plain["run"]["checkpoint"]  # filled from the defaults inside, not in the caller's dict
+    before = copy.deepcopy(plain)
+    validate_config(plain)
+    exp = build_experiment(plain, display_every_n_steps=0)
+    assert plain == before
+    exp.config["learner_configs"]["learner_parameters"]["n_epochs"] = 1
+    assert plain == before
+
+    cfg = load_config()
+    snapshot = OmegaConf.to_yaml(cfg)
+    build_experiment(cfg)
+    assert OmegaConf.to_yaml(cfg) == snapshot
+
+    section = {"optimizer_class": "torch.optim.SGD", "optimizer_parameters": {"lr": 0.1}}
+    before = copy.deepcopy(section)
+    opt = instantiate(section, "optimizer", params=torch.nn.Linear(2, 1).parameters())
+    assert isinstance(opt, torch.optim.SGD) and section == before
+
+
+def test_build_experiment_sizes_model_from_data_and_seeds_it():
+    cfg = _with("data_configs.data_parameters.name=iris", "model_configs.model_parameters.in_features=null")
+    a, b = build_experiment(cfg), build_experiment(cfg)
+    assert (a.model.in_features, a.model.out_features) == (4, 3)
+    assert isinstance(a.data, SklearnDataset)
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+    c = build_experiment(_with("data_configs.data_parameters.name=iris", "run.seed=1"))
+    assert not torch.equal(a.model.layers[0].weight, c.model.layers[0].weight)
+    assert c.learner.seed == 1  # run.seed reaches the learner when its parameters set none
+
+
+def test_every_accelerate_config_parses():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    assert {p.stem for p in ACCELERATE_CONFIGS} == {
+        "cpu_single", "cpu_multi", "gpu_single", "gpu_multi", "multi_node", "fsdp"
+    }
+    for path in ACCELERATE_CONFIGS:
+        raw = yaml.safe_load(path.read_text())
+        assert isinstance(raw, dict) and raw["compute_environment"] == "LOCAL_MACHINE", path.name
+        load_config_from_file(str(path))  # Accelerate's own schema accepts it
+
+
+RANKS_SCRIPT = """
+import os
+from accelerate import Accelerator
+acc = Accelerator()
+print(f"RANK {acc.process_index} OF {acc.num_processes} WORLD {os.environ.get('WORLD_SIZE')}", flush=True)
+acc.wait_for_everyone()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_cpu_multi_accelerate_config_starts_two_processes(tmp_path):
+    """One real `accelerate launch`: 2 processes that see each other (num_processes == 2)."""
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_SCRIPT)
+    # As documented at the top of cpu_multi.yaml: the workers need ACCELERATE_USE_CPU=1.
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "configs" / "accelerate" / "cpu_multi.yaml"),
+        "--main_process_port", "0",  # a free port: tests may run next to other launches
+        str(script),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("RANK"))
+    assert lines == ["RANK 0 OF 2 WORLD 2", "RANK 1 OF 2 WORLD 2"], proc.stdout + proc.stderr[-2000:]
