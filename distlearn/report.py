@@ -1,0 +1,293 @@
+"""A run's output folder: choosing it safely, the files written there, and the printed summary.
+
+    runs/digits-20260101-120000/
+        config.yaml        the resolved config (file + overrides + defaults, output_dir filled in)
+        record.json        the learner's training record (per epoch: losses, scores, lr, times, test result)
+        model.safetensors  the final weights (the unwrapped model's state dict)
+        curves.png         loss, score and lr per epoch, train and test
+        wandb/             the W&B run files when tracking is on (unless WANDB_DIR is set)
+
+Only the main process calls the functions that touch the file system. Every
+file is written to a temporary name in the same folder and renamed into place
+(``os.replace`` is atomic), so a crash never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "OUTPUT_FILES",
+    "OutputDirError",
+    "atomic_write",
+    "prepare_output_dir",
+    "summary_text",
+    "write_outputs",
+]
+
+OUTPUT_FILES = ("config.yaml", "record.json", "model.safetensors", "curves.png")
+
+
+class OutputDirError(FileExistsError):
+    """The output folder holds an earlier run and ``run.overwrite`` is false (or it cannot be used)."""
+
+
+def prepare_output_dir(
+    output_dir: str | Path | None, overwrite: bool, config_path: str | Path | None = None, now: datetime | None = None
+) -> Path:
+    """Choose and create the run's output folder, refusing to mix with an earlier run.
+
+    Call it on the main process only, before training, and share the result
+    with the other ranks (a timestamped default differs between clocks).
+
+    Args:
+        output_dir: ``run.output_dir``; None for ``runs/<config name>-<time>`` (with
+            ``-2``, ``-3``, ... appended if that folder exists already).
+        overwrite: ``run.overwrite``: allow a named folder that is not empty; its
+            output files are replaced, other files are left as they are.
+        config_path: The config given on the command line (names the default folder).
+        now: The time to stamp the default folder with (default: now).
+
+    Returns:
+        The folder, created, as an absolute path.
+
+    Raises:
+        OutputDirError: The named folder is not empty and ``overwrite`` is false, or
+            the path exists and is not a folder.
+    """
+    if output_dir is None:
+        from .config import default_output_dir
+
+        base = default_output_dir(config_path, now)
+        path, n = base, 1
+        while path.exists():  # two runs started within the same second: never share a folder
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+    else:
+        path = Path(output_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"run.output_dir {str(path)!r} exists and is not a folder; choose another path.")
+    if path.is_dir() and not overwrite:
+        existing = sorted(p.name for p in path.iterdir())
+        if existing:
+            shown = ", ".join(existing[:6]) + (", ..." if len(existing) > 6 else "")
+            raise OutputDirError(
+                f"run.output_dir {str(path)!r} already holds an earlier run ({shown}). Nothing was changed. "
+                f"Choose a new folder (run.output_dir=...) or replace its outputs with run.overwrite=true."
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write a file through a temporary name in the same folder, then rename it into place.
+
+    Args:
+        path: The final file.
+        write: Writes the content to the temporary path it is given.
+
+    Returns:
+        ``path``. If ``write`` raises, the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    # A unique name next to the target (same file system, so the rename is atomic); created by `write`
+    # with the usual permissions (mkstemp would make it owner-only).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create owner-only files
+        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_outputs(
+    output_dir: str | Path,
+    config: Mapping[str, Any],
+    record: Mapping[str, Any],
+    state_dict: Mapping[str, Any],
+) -> list[Path]:
+    """Write config.yaml, record.json, model.safetensors and curves.png (main process only).
+
+    Args:
+        output_dir: The folder from :func:`prepare_output_dir`.
+        config: The resolved config as a plain dict.
+        record: The learner's training record.
+        state_dict: The final model weights (``accelerator.get_state_dict(model)``).
+
+    Returns:
+        The paths written.
+    """
+    out = Path(output_dir)
+    return [
+        write_config(out / "config.yaml", config),
+        write_record(out / "record.json", record),
+        write_model(out / "model.safetensors", state_dict),
+        write_curves(out / "curves.png", record),
+    ]
+
+
+def write_config(path: str | Path, config: Mapping[str, Any]) -> Path:
+    """The resolved config as YAML; ``distlearn train <path>`` runs it again."""
+    from omegaconf import OmegaConf
+
+    text = OmegaConf.to_yaml(OmegaConf.create(dict(config)))
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_record(path: str | Path, record: Mapping[str, Any]) -> Path:
+    """The training record as strict JSON: NaN/inf become null, tensors become numbers."""
+    text = json.dumps(to_jsonable(record), indent=1, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_model(path: str | Path, state_dict: Mapping[str, Any]) -> Path:
+    """The weights as safetensors (load with ``safetensors.torch.load_model(model, path)``)."""
+    from safetensors.torch import save_file
+
+    # Own, contiguous CPU copies: safetensors refuses tensors that share memory (tied weights).
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+
+
+def write_curves(path: str | Path, record: Mapping[str, Any]) -> Path:
+    """Loss, score and learning rate per epoch (train and test) as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = _epochs(record)
+    name = next((e["metric_name"] for _, e in epochs if e.get("metric_name")), None) or "score"
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)  # the Agg canvas, without pyplot's global state or a display
+    loss_ax, score_ax, lr_ax = fig.subplots(1, 3)
+    for ax, key, title in ((loss_ax, "loss", "loss"), (score_ax, "score", name)):
+        _plot(ax, epochs, lambda e: e.get(f"train_{key}"), "train")
+        _plot(ax, epochs, lambda e: (e.get("test_result") or {}).get(f"test_{key}"), "test")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        if ax.has_data():
+            ax.legend()
+    _plot(lr_ax, epochs, lambda e: e.get("lr"), "lr")
+    lr_ax.set_title("learning rate")
+    lr_ax.set_xlabel("epoch")
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+
+
+def summary_text(
+    record: Mapping[str, Any],
+    *,
+    output_dir: str | Path,
+    title: str,
+    files: list[Path],
+    tracking: str,
+    wall_time: float,
+    higher_is_better: bool | None = True,
+) -> str:
+    """A short readable summary of a run; its last line names the output folder.
+
+    Args:
+        record: The learner's training record.
+        output_dir: The run's folder.
+        title: What was trained, e.g. ``"digits: MLP (18.6k parameters), 2 processes on cpu"``.
+        files: The files written.
+        tracking: One line on where the tracked run went.
+        wall_time: Seconds from start to finish of the command.
+        higher_is_better: Whether a higher test score is better (None: no metric).
+
+    Returns:
+        The summary, lines joined by newlines.
+    """
+    epochs = _epochs(record)
+    lines = [f"distlearn train: {title}"]
+    if epochs:
+        last_epoch, last = epochs[-1]
+        name = last.get("metric_name") or "score"
+        speeds = [e["samples_per_second"] for _, e in epochs if _finite(e.get("samples_per_second")) is not None]
+        train_time = sum(_finite(e.get("time_cost")) or 0.0 for _, e in epochs)
+        lines.append(
+            f"  epochs     {len(epochs)} in {train_time:.1f} s of training, {wall_time:.1f} s in all"
+            + (f" ({sum(speeds) / len(speeds):,.0f} samples/s)" if speeds else "")
+        )
+        lines.append(f"  train      {_pair('loss', last.get('train_loss'), name, last.get('train_score'))}")
+        tested = [(i, e["test_result"]) for i, e in epochs if e.get("test_result")]
+        if tested:
+            i, test = tested[-1]
+            lines.append(
+                f"  test       {_pair('loss', test.get('test_loss'), name, test.get('test_score'))}"
+                + (f" (epoch {i + 1})" if i != last_epoch else "")
+            )
+            scored = [(i, t["test_score"]) for i, t in tested if _finite(t.get("test_score")) is not None]
+            if higher_is_better is not None and len(scored) > 1:
+                best_i, best = (max if higher_is_better else min)(scored, key=lambda p: p[1])
+                lines.append(f"  best test  {name} {best:.4f} at epoch {best_i + 1}")
+        lines.append(f"  lr         {_fmt(last.get('lr'))} at the end")
+    lines.append(f"  tracking   {tracking}")
+    lines.append(f"  files      {', '.join(p.name for p in files)}")
+    lines.append(f"Output directory: {output_dir}")
+    return "\n".join(lines)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON values: dict keys as strings, tensors/numpy as numbers or lists, NaN/inf as None."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # torch tensors, numpy arrays/scalars
+        return to_jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def _epochs(record: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
+    """``record["training"]`` as (0-based epoch, summary) pairs in order (keys may be ints or strings)."""
+    return sorted(((int(k), v) for k, v in (record.get("training") or {}).items()), key=lambda p: p[0])
+
+
+def _plot(ax: Any, epochs: list, get: Callable[[Mapping[str, Any]], Any], label: str) -> None:
+    points = [(i + 1, _finite(get(e))) for i, e in epochs]
+    points = [(x, y) for x, y in points if y is not None]
+    if points:
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="." if len(points) < 30 else None, label=label)
+
+
+def _finite(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _fmt(value: Any) -> str:
+    number = _finite(value)
+    return "n/a" if number is None else f"{number:.4g}"
+
+
+def _pair(a: str, x: Any, b: str, y: Any) -> str:
+    text = f"{a} {_fmt(x)}"
+    return text + (f", {b} {_finite(y):.4f}" if _finite(y) is not None else "")

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Train a distlearn experiment with torchrun (torch.distributed.run): one
+# process per GPU, or DISTLEARN_CPU_PROCS CPU processes on a machine without GPUs.
+#
+#   launch/torchrun.sh [CONFIG] [key.path=value ...]
+#   DISTLEARN_CPU_PROCS=2 launch/torchrun.sh configs/digits.yaml run.seed=1
+#   NNODES=2 NODE_RANK=0 RDZV_ENDPOINT=node0:29400 launch/torchrun.sh ...   # on each node
+#
+# CONFIG is a YAML file or a shipped config's name (default: digits); the rest
+# are overrides for `distlearn train`. Settings (environment variables, all optional):
+#
+#   NPROC_PER_NODE       processes on this machine; default: the GPU count, or
+#                        DISTLEARN_CPU_PROCS when there is no GPU
+#   DISTLEARN_CPU_PROCS  processes on a machine without GPUs (default 1)
+#   DISTLEARN_GPUS       GPUs on this machine; default: the entries of
+#                        CUDA_VISIBLE_DEVICES when set, else the lines of `nvidia-smi -L`
+#   MAX_RESTARTS         torchrun --max_restarts (default 0): after a failure, start
+#                        every process again, this many times at most. A restart reruns
+#                        the command from the top; until checkpoint resume (run.resume)
+#                        lands it trains from scratch, in a new timestamped folder, or in
+#                        a named run.output_dir only with run.overwrite=true
+#   NNODES               machines (default 1: standalone, a free local port)
+#   NODE_RANK            this machine's rank (default 0; c10d assigns ranks anyway)
+#   RDZV_ENDPOINT        host:port of the c10d rendezvous, required when NNODES > 1
+#   RDZV_ID              rendezvous id shared by the nodes of one job (default distlearn)
+#   TORCHRUN_ARGS        more torchrun flags, split on spaces
+#   PYTHON               the interpreter distlearn is installed in (default: python3)
+#   DRY_RUN=1            print the command instead of running it
+#
+# Without a GPU, ACCELERATE_USE_CPU=1 is exported so that every process joins
+# one gloo group instead of training alone (../shared/PITFALLS.md).
+set -euo pipefail
+
+PYTHON=${PYTHON:-python3}
+MAX_RESTARTS=${MAX_RESTARTS:-0}
+NNODES=${NNODES:-1}
+
+count_gpus() {
+    if [[ -n ${DISTLEARN_GPUS:-} ]]; then
+        echo "$DISTLEARN_GPUS"
+    elif [[ -n ${CUDA_VISIBLE_DEVICES+set} ]]; then
+        # "0,1" -> 2; "" or "-1" -> 0 (CUDA's ways of hiding every GPU)
+        local ids=${CUDA_VISIBLE_DEVICES//[[:space:]]/}
+        if [[ -z $ids || $ids == -1* ]]; then echo 0; else tr ',' '\n' <<<"$ids" | grep -c .; fi
+    elif command -v nvidia-smi >/dev/null 2>&1; then
+        nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
+    else
+        echo 0
+    fi
+}
+
+GPUS=$(count_gpus)
+if (( GPUS > 0 )); then
+    NPROC_PER_NODE=${NPROC_PER_NODE:-$GPUS}
+else
+    NPROC_PER_NODE=${NPROC_PER_NODE:-${DISTLEARN_CPU_PROCS:-1}}
+    export ACCELERATE_USE_CPU=1
+fi
+
+cmd=("$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC_PER_NODE" --max_restarts "$MAX_RESTARTS")
+if (( NNODES > 1 )); then
+    if [[ -z ${RDZV_ENDPOINT:-} ]]; then
+        echo "launch/torchrun.sh: NNODES=$NNODES needs RDZV_ENDPOINT=host:port (a port on the first node)" >&2
+        exit 2
+    fi
+    cmd+=(--nnodes "$NNODES" --node_rank "${NODE_RANK:-0}" --rdzv_backend c10d
+          --rdzv_endpoint "$RDZV_ENDPOINT" --rdzv_id "${RDZV_ID:-distlearn}")
+else
+    cmd+=(--standalone)  # a local c10d rendezvous on a free port: several jobs can share the machine
+fi
+# shellcheck disable=SC2206  # word splitting of TORCHRUN_ARGS is the point
+cmd+=(${TORCHRUN_ARGS:-})
+cmd+=(-m distlearn train "$@")
+
+if [[ -n ${DRY_RUN:-} ]]; then
+    [[ -n ${ACCELERATE_USE_CPU:-} ]] && printf 'ACCELERATE_USE_CPU=%s ' "$ACCELERATE_USE_CPU"
+    printf '%q ' "${cmd[@]}"
+    echo
+    exit 0
+fi
+echo "launch/torchrun.sh: $NPROC_PER_NODE process(es) per node x $NNODES node(s), $GPUS GPU(s) found" >&2
+exec "${cmd[@]}"

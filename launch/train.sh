@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Train a distlearn experiment on this machine with `accelerate launch`, one
+# process per GPU, or DISTLEARN_CPU_PROCS CPU processes on a machine without GPUs.
+#
+#   launch/train.sh [CONFIG] [key.path=value ...]
+#   launch/train.sh configs/digits.yaml learner_configs.learner_parameters.n_epochs=10
+#   DISTLEARN_CPU_PROCS=2 launch/train.sh configs/wine.yaml      # 2 CPU processes (gloo)
+#
+# CONFIG is a YAML file or a shipped config's name (default: digits); the rest
+# are overrides for `distlearn train`. Settings (environment variables, all optional):
+#
+#   NUM_PROCESSES        processes to start; default: the GPU count, or
+#                        DISTLEARN_CPU_PROCS when there is no GPU
+#   DISTLEARN_CPU_PROCS  processes on a machine without GPUs (default 1; at most
+#                        the number of cores is sensible)
+#   DISTLEARN_GPUS       GPUs on this machine; default: the entries of
+#                        CUDA_VISIBLE_DEVICES when set, else the lines of `nvidia-smi -L`
+#   MAIN_PROCESS_PORT    rendezvous port (default 0: a free port is picked)
+#   ACCELERATE_CONFIG    an accelerate config file (e.g. configs/accelerate/fsdp.yaml)
+#                        used instead of the detected topology; NUM_PROCESSES, when
+#                        set, still overrides its process count
+#   ACCELERATE_ARGS      more `accelerate launch` flags, split on spaces
+#                        (e.g. "--num_cpu_threads_per_process 2")
+#   PYTHON               the interpreter distlearn is installed in (default: python3)
+#   DRY_RUN=1            print the command instead of running it
+#
+# Without a GPU, several processes need `--multi_gpu` plus ACCELERATE_USE_CPU=1:
+# `--cpu` (or distributed_type MULTI_CPU) starts a single process, and without
+# the variable each process trains alone on all the data (../shared/PITFALLS.md).
+set -euo pipefail
+
+PYTHON=${PYTHON:-python3}
+USER_NUM_PROCESSES=${NUM_PROCESSES:-}
+USER_PORT=${MAIN_PROCESS_PORT:-}
+
+count_gpus() {
+    if [[ -n ${DISTLEARN_GPUS:-} ]]; then
+        echo "$DISTLEARN_GPUS"
+    elif [[ -n ${CUDA_VISIBLE_DEVICES+set} ]]; then
+        # "0,1" -> 2; "" or "-1" -> 0 (CUDA's ways of hiding every GPU)
+        local ids=${CUDA_VISIBLE_DEVICES//[[:space:]]/}
+        if [[ -z $ids || $ids == -1* ]]; then echo 0; else tr ',' '\n' <<<"$ids" | grep -c .; fi
+    elif command -v nvidia-smi >/dev/null 2>&1; then
+        nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
+    else
+        echo 0
+    fi
+}
+
+GPUS=$(count_gpus)
+if (( GPUS > 0 )); then
+    NUM_PROCESSES=${NUM_PROCESSES:-$GPUS}
+else
+    NUM_PROCESSES=${NUM_PROCESSES:-${DISTLEARN_CPU_PROCS:-1}}
+    export ACCELERATE_USE_CPU=1  # the workers must see it: the launcher does not pass use_cpu on
+fi
+
+cmd=("$PYTHON" -m accelerate.commands.launch)
+if [[ -n ${ACCELERATE_CONFIG:-} ]]; then
+    # The file describes the topology; only what the user set here overrides it.
+    cmd+=(--config_file "$ACCELERATE_CONFIG")
+    [[ -z $USER_NUM_PROCESSES ]] || cmd+=(--num_processes "$USER_NUM_PROCESSES")
+    [[ -z $USER_PORT ]] || cmd+=(--main_process_port "$USER_PORT")
+else
+    if (( NUM_PROCESSES > 1 )); then
+        cmd+=(--multi_gpu)  # also the working multi-process form on CPU, with ACCELERATE_USE_CPU=1
+    elif (( GPUS == 0 )); then
+        cmd+=(--cpu)
+    fi
+    # The launcher's precision flag only silences its warning: the config's
+    # learner_parameters.mixed_precision is what distlearn's Accelerator uses.
+    cmd+=(--num_processes "$NUM_PROCESSES" --num_machines 1 --mixed_precision no --dynamo_backend no
+          --main_process_port "${USER_PORT:-0}")
+fi
+# shellcheck disable=SC2206  # word splitting of ACCELERATE_ARGS is the point
+cmd+=(${ACCELERATE_ARGS:-})
+cmd+=(-m distlearn train "$@")
+
+if [[ -n ${DRY_RUN:-} ]]; then
+    [[ -n ${ACCELERATE_USE_CPU:-} ]] && printf 'ACCELERATE_USE_CPU=%s ' "$ACCELERATE_USE_CPU"
+    printf '%q ' "${cmd[@]}"
+    echo
+    exit 0
+fi
+echo "launch/train.sh: $NUM_PROCESSES process(es), $GPUS GPU(s) found" >&2
+exec "${cmd[@]}"

@@ -1,0 +1,234 @@
+"""The `distlearn train` command: outputs, the printed summary, refusing to overwrite, bad input.
+
+Runs are real subprocesses (`python -m distlearn`, the console script), short digits trainings
+(N_EPOCHS epochs). The one-process baseline run is shared with tests/test_launch.py through
+`baseline_run` (cached under pytest's session temp folder).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+N_EPOCHS = 5
+EPOCHS = f"learner_configs.learner_parameters.n_epochs={N_EPOCHS}"
+NO_TRACKING = "run.tracking.backend=none"
+TIMEOUT = 240
+
+
+def run_env(**extra: str) -> dict[str, str]:
+    """The environment of a launched run: no leftover rank variables, one thread per process."""
+    drop = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    # One intra-op thread per process: tiny matmuls gain nothing from more, and on a busy 2-core
+    # machine two spinning threads per process made a step 70x slower (160 ms instead of 2.3 ms).
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHON"] = sys.executable  # for the launch scripts
+    env.update(extra)
+    return env
+
+
+def run_command(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = TIMEOUT):
+    """Run a command in its own process group; on a timeout kill the whole group (launchers have children)."""
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=env or run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{command} timed out after {timeout} s\nstdout:\n{out}\nstderr:\n{err[-5000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def distlearn(*args: str, cwd: Path, env: dict[str, str] | None = None):
+    """`python -m distlearn train ARGS` (quiet)."""
+    return run_command([sys.executable, "-m", "distlearn", "train", *args, "-q"], cwd, env)
+
+
+def baseline_run(tmp_path_factory) -> Path:
+    """The default config, one process, N_EPOCHS epochs, no CONFIG argument; run once per session."""
+    out = tmp_path_factory.getbasetemp() / "baseline-1proc"
+    if not (out / "record.json").exists():
+        result = distlearn(EPOCHS, NO_TRACKING, f"run.output_dir={out}", cwd=out.parent)
+        assert result.returncode == 0, result.stderr[-5000:]
+        (out.parent / "baseline-1proc.stdout").write_text(result.stdout)
+    return out
+
+
+def final_test_score(run_dir: Path) -> float:
+    record = json.loads((run_dir / "record.json").read_text())
+    last = record["training"][str(max(map(int, record["training"])))]
+    return last["test_result"]["test_score"]
+
+
+def strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    return baseline_run(tmp_path_factory)
+
+
+# --------------------------------------------------------------------------- a good run
+
+
+def test_default_config_is_digits_and_all_outputs_are_valid(baseline):
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_model
+
+    from distlearn.config import instantiate
+    from distlearn.data import SklearnDataset
+
+    assert sorted(p.name for p in baseline.iterdir()) == ["config.yaml", "curves.png", "model.safetensors", "record.json"]
+
+    config = OmegaConf.to_container(OmegaConf.load(baseline / "config.yaml"))
+    assert config["data_configs"]["data_parameters"]["name"] == "digits"
+    assert config["learner_configs"]["learner_parameters"]["n_epochs"] == N_EPOCHS
+    assert config["run"]["output_dir"] == str(baseline)
+
+    record = strict_json((baseline / "record.json").read_text())
+    assert sorted(map(int, record["training"])) == list(range(N_EPOCHS))
+    for epoch in record["training"].values():
+        assert math.isfinite(epoch["train_loss"]) and 0 <= epoch["train_score"] <= 1
+        assert epoch["test_result"]["metric_name"] == "accuracy"
+
+    # The safetensors file holds the FINAL weights: they give exactly the recorded final test accuracy.
+    params = dict(config["model_configs"]["model_parameters"], in_features=64, out_features=10)
+    model = instantiate({"model_class": config["model_configs"]["model_class"], "model_parameters": params}, "model")
+    missing, unexpected = load_model(model, baseline / "model.safetensors")
+    assert not missing and not unexpected
+    _, x_test, _, y_test = SklearnDataset(**config["data_configs"]["data_parameters"]).split()
+    with torch.no_grad():
+        accuracy = (model.eval()(torch.from_numpy(x_test)).argmax(-1) == torch.from_numpy(y_test)).double().mean()
+    assert float(accuracy) == pytest.approx(final_test_score(baseline), abs=1e-12)
+
+    png = (baseline / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    height, width, _ = matplotlib.image.imread(baseline / "curves.png").shape
+    assert width > 2 * height > 300  # three panels side by side
+
+    stdout = (baseline.parent / "baseline-1proc.stdout").read_text().strip().splitlines()
+    assert stdout[0].startswith("distlearn train: digits: MLP") and "1 process on cpu" in stdout[0]
+    assert stdout[-1] == f"Output directory: {baseline}"
+    assert any(line.split()[:2] == ["test", "loss"] for line in stdout)
+
+
+def test_refuses_to_overwrite_an_earlier_run(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "record.json").write_text("the earlier run's record")
+    result = distlearn(EPOCHS, NO_TRACKING, f"run.output_dir={out}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "already holds an earlier run" in result.stderr and "run.overwrite=true" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [p.name for p in out.iterdir()] == ["record.json"]
+    assert (out / "record.json").read_text() == "the earlier run's record"
+
+
+def test_overwrite_true_replaces_the_outputs_and_a_user_wandb_mode_is_respected(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "record.json").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    env = run_env(WANDB_MODE="disabled")  # the user's WANDB_MODE wins over tracking.backend: wandb
+    result = distlearn("learner_configs.learner_parameters.n_epochs=1", "run.overwrite=true",
+                       f"run.output_dir={out}", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(strict_json((out / "record.json").read_text())["training"]) == 1
+    assert (out / "notes.txt").read_text() == "mine"  # not ours: left alone
+    assert not (out / "wandb").exists()
+    assert "tracking   off (WANDB_MODE=disabled)" in result.stdout
+    assert not list(out.glob(".*.tmp"))
+    assert result.stdout.strip().splitlines()[-1] == f"Output directory: {out.resolve()}"
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["run.sede=3", "learner_configs.learner_parameters.n_epoch=2", "model_configs.model_parameters.dropout=2"],
+            ["3 problems", "run.sede", "did you mean 'run.seed'", "learner_configs.learner_parameters.n_epoch",
+             "'n_epochs'", "model_configs.model_parameters.dropout"],
+        ),
+        (["missing.yaml"], ["'missing.yaml'", "not found"]),
+    ],
+    ids=["bad-keys-and-values", "missing-file"],
+)
+def test_bad_input_exits_2_with_a_message_naming_the_problem(tmp_path, args, expected):
+    result = distlearn(*args, NO_TRACKING, f"run.output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("distlearn: error: ")
+    for text in expected:
+        assert text in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was created
+
+
+def test_console_script_and_usage(tmp_path):
+    exe = shutil.which("distlearn")
+    if exe is None:
+        pytest.skip("the distlearn console script is not installed (pip install -e .)")
+    result = run_command([exe, "train", "--help"], tmp_path)
+    assert result.returncode == 0 and "key.path=value" in result.stdout
+
+
+# --------------------------------------------------------------------------- the pieces, in-process
+
+
+def test_output_dir_rules(tmp_path, monkeypatch):
+    from datetime import datetime
+
+    from distlearn.report import OutputDirError, prepare_output_dir
+
+    monkeypatch.chdir(tmp_path)
+    now = datetime(2026, 1, 2, 3, 4, 5)
+    first = prepare_output_dir(None, False, "configs/wine.yaml", now)
+    second = prepare_output_dir(None, False, "configs/wine.yaml", now)  # same second: a new folder, never shared
+    assert first == tmp_path / "runs" / "wine-20260102-030405"
+    assert second == tmp_path / "runs" / "wine-20260102-030405-2"
+    assert prepare_output_dir("empty", False) == tmp_path / "empty"  # an empty folder is fine
+    (tmp_path / "empty" / "x").write_text("")
+    with pytest.raises(OutputDirError, match="already holds an earlier run"):
+        prepare_output_dir("empty", False)
+    assert prepare_output_dir("empty", True) == tmp_path / "empty"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputDirError, match="not a folder"):
+        prepare_output_dir("file", True)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    from distlearn.report import atomic_write, write_record
+
+    target = tmp_path / "record.json"
+    target.write_text("old")
+
+    def fail(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, fail)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["record.json"]
+
+    write_record(target, {"training": {0: {"loss": float("nan"), "score": torch.tensor(0.5), "n": torch.tensor(3)}}})
+    assert strict_json(target.read_text()) == {"training": {"0": {"loss": None, "score": 0.5, "n": 3}}}

@@ -1,0 +1,167 @@
+"""launch/: train.sh (accelerate launch), torchrun.sh and slurm.sbatch, really launched on CPU.
+
+Each multi-process run trains the digits config for N_EPOCHS epochs with 2 processes and a
+per-process batch of 32, so that every optimizer step sees the same 64 rows as the one-process
+baseline (batch 64): the test scores must agree within TOLERANCE (dropout masks differ between
+1 and 2 processes, so not to the last digit). slurm.sbatch runs as a real script with stand-ins
+for `srun` (one copy of the command per "node", with its own SLURM_NODEID) and `scontrol`:
+two accelerate launchers on this host, node ranks 0 and 1, meeting in a c10d rendezvous.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from test_cli import EPOCHS, NO_TRACKING, REPO, baseline_run, final_test_score, run_command, run_env
+
+LAUNCH = REPO / "launch"
+HALF_BATCH = "data_configs.data_parameters.batch_size=32"
+TOLERANCE = 0.02  # test accuracy, 360 test rows: 7 rows
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    return baseline_run(tmp_path_factory)
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """For the scripts: no GPU hints from the caller's environment."""
+    env = run_env(**extra)
+    for key in ("CUDA_VISIBLE_DEVICES", "DISTLEARN_GPUS", "NUM_PROCESSES", "NPROC_PER_NODE", "ACCELERATE_CONFIG"):
+        if key not in extra:
+            env.pop(key, None)
+    return env
+
+
+def check_same_score(run_dir: Path, baseline: Path, result: subprocess.CompletedProcess, processes: int) -> None:
+    assert result.returncode == 0, result.stderr[-5000:]
+    lines = result.stdout.strip().splitlines()
+    assert f"{processes} processes on cpu" in lines[0], lines[0]
+    assert lines[-1] == f"Output directory: {run_dir}"
+    assert final_test_score(run_dir) == pytest.approx(final_test_score(baseline), abs=TOLERANCE)
+    ours = json.loads((run_dir / "record.json").read_text())["training"]
+    theirs = json.loads((baseline / "record.json").read_text())["training"]
+    assert ours.keys() == theirs.keys()
+    assert ours["0"]["samples"] == theirs["0"]["samples"] == 1437  # each sample once, not once per process
+    last = str(len(ours) - 1)
+    assert ours[last]["train_loss"] == pytest.approx(theirs[last]["train_loss"], rel=0.05)
+
+
+# --------------------------------------------------------------------------- the scripts themselves
+
+
+@pytest.mark.parametrize("script", ["train.sh", "torchrun.sh", "slurm.sbatch"])
+def test_scripts_are_valid_bash_with_strict_mode_and_documented_settings(script):
+    path = LAUNCH / script
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    text = path.read_text()
+    assert "set -euo pipefail" in text
+    header = text.split("set -euo pipefail")[0]
+    for setting in {"train.sh": ["DISTLEARN_CPU_PROCS", "NUM_PROCESSES", "MAIN_PROCESS_PORT", "PYTHON"],
+                    "torchrun.sh": ["DISTLEARN_CPU_PROCS", "NPROC_PER_NODE", "MAX_RESTARTS", "RDZV_ENDPOINT"],
+                    "slurm.sbatch": ["GPUS_PER_NODE", "DISTLEARN_CPU_PROCS", "MAIN_PROCESS_PORT"]}[script]:
+        assert f"#   {setting}" in header, f"{setting} is not documented at the top of {script}"
+
+
+def _dry(script: str, *args: str, **env: str) -> str:
+    result = subprocess.run(["bash", str(LAUNCH / script), *args], env=script_env(DRY_RUN="1", **env),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_processes_are_picked_from_the_machine():
+    cpu = _dry("train.sh", "configs/wine.yaml", "run.seed=1")
+    assert cpu.startswith("ACCELERATE_USE_CPU=1 ") and " --cpu --num_processes 1 " in cpu
+    assert cpu.rstrip().endswith("-m distlearn train configs/wine.yaml run.seed=1")
+    two = _dry("train.sh", DISTLEARN_CPU_PROCS="2")
+    assert two.startswith("ACCELERATE_USE_CPU=1 ") and "--multi_gpu --num_processes 2 " in two  # the form that works
+    gpus = _dry("train.sh", CUDA_VISIBLE_DEVICES="0,1,3")
+    assert "ACCELERATE_USE_CPU" not in gpus and "--multi_gpu --num_processes 3 " in gpus
+    assert "--num_processes 2 " in _dry("train.sh", DISTLEARN_GPUS="4", NUM_PROCESSES="2")
+    assert "ACCELERATE_USE_CPU=1" in _dry("train.sh", CUDA_VISIBLE_DEVICES="")  # every GPU hidden
+
+    torchrun = _dry("torchrun.sh", "x=1", DISTLEARN_CPU_PROCS="2", MAX_RESTARTS="3")
+    assert "--nproc_per_node 2 --max_restarts 3 --standalone -m distlearn train x=1" in torchrun
+    nodes = _dry("torchrun.sh", NNODES="2", NODE_RANK="1", RDZV_ENDPOINT="node0:29400", DISTLEARN_GPUS="8")
+    assert "--nproc_per_node 8 " in nodes and "--nnodes 2 --node_rank 1 --rdzv_backend c10d --rdzv_endpoint node0:29400" in nodes
+    missing = subprocess.run(["bash", str(LAUNCH / "torchrun.sh")], env=script_env(NNODES="2"), capture_output=True, text=True)
+    assert missing.returncode == 2 and "RDZV_ENDPOINT" in missing.stderr
+
+
+# --------------------------------------------------------------------------- real launches
+
+
+def test_two_cpu_processes_through_train_sh_give_the_one_process_score(baseline, tmp_path):
+    out = tmp_path / "run"
+    result = run_command(
+        ["bash", str(LAUNCH / "train.sh"), EPOCHS, HALF_BATCH, NO_TRACKING, f"run.output_dir={out}", "-q"],
+        tmp_path, script_env(DISTLEARN_CPU_PROCS="2", MAIN_PROCESS_PORT=free_port()),
+    )
+    check_same_score(out, baseline, result, 2)
+
+
+def test_two_processes_through_torchrun_sh_with_wandb_on_the_main_process_only(baseline, tmp_path):
+    out = tmp_path / "run"
+    env = script_env(DISTLEARN_CPU_PROCS="2", WANDB_MODE="offline")
+    env.pop("WANDB_DIR", None)
+    result = run_command(
+        ["bash", str(LAUNCH / "torchrun.sh"), "digits", EPOCHS, HALF_BATCH, f"run.output_dir={out}", "-q"],
+        tmp_path, env,
+    )
+    check_same_score(out, baseline, result, 2)
+    assert len(list((out / "wandb").glob("offline-run-*/run-*.wandb"))) == 1  # one W&B run, not one per rank
+
+
+def test_two_nodes_on_localhost_through_slurm_sbatch(baseline, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(
+        "#!/usr/bin/env bash\n"
+        "# stand-in for srun: run the command once per node of the allocation, all on this host\n"
+        "while [[ $# -gt 0 && $1 == -* ]]; do shift; done\n"
+        "pids=()\n"
+        "for (( i = 0; i < SLURM_NNODES; i++ )); do SLURM_NODEID=$i SLURM_PROCID=$i \"$@\" & pids+=($!); done\n"
+        "rc=0; for p in \"${pids[@]}\"; do wait \"$p\" || rc=$?; done; exit $rc\n"
+    )
+    (bin_dir / "scontrol").write_text(
+        "#!/usr/bin/env bash\n# stand-in for `scontrol show hostnames LIST`: every node is this host\n"
+        "for (( i = 0; i < SLURM_NNODES; i++ )); do echo 127.0.0.1; done\n"
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = script_env(
+        PATH=f"{bin_dir}:{run_env()['PATH']}", SLURM_NNODES="2", SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="node[0-1]",
+        MAIN_PROCESS_PORT=free_port(), RDZV_CONF="join_timeout=60",  # fail within the test's time if a node is lost
+    )
+    out = tmp_path / "run"
+    result = run_command(
+        ["bash", str(LAUNCH / "slurm.sbatch"), EPOCHS, HALF_BATCH, NO_TRACKING, f"run.output_dir={out}", "-q"],
+        tmp_path, env,
+    )
+    assert "2 node(s) x 1 process(es), head node 127.0.0.1" in result.stderr
+    check_same_score(out, baseline, result, 2)
+
+
+def test_an_earlier_run_is_refused_on_every_rank_without_hanging(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "record.json").write_text("earlier")
+    result = run_command(
+        ["bash", str(LAUNCH / "train.sh"), EPOCHS, NO_TRACKING, f"run.output_dir={out}", "-q"],
+        tmp_path, script_env(DISTLEARN_CPU_PROCS="2", MAIN_PROCESS_PORT=free_port()), timeout=120,
+    )
+    assert result.returncode != 0
+    assert result.stderr.count("distlearn: error:") == 1 and "already holds an earlier run" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["record.json"] and (out / "record.json").read_text() == "earlier"

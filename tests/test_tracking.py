@@ -1,0 +1,156 @@
+"""W&B tracking: the mode rules (offline without credentials, a user's WANDB_MODE wins), and a real
+offline run whose config and per-epoch metrics are read back from the .wandb file wandb wrote.
+
+wandb 0.31 ships no Python reader for its run files (the writer is the Go wandb-core), so
+`wandb_records` reads the format itself: a 7-byte header (":W&B", magic 0xBEE1, version 0), then
+LevelDB-log-style 32 KiB blocks of chunks (crc32 4 bytes, length 2, type 1: full/first/middle/last)
+holding serialized `wandb_internal_pb2.Record` messages.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from distlearn.tracking import Tracker, epoch_metrics, resolve_mode, wandb_credentials
+from test_cli import distlearn, run_env
+
+TRACKED_EPOCHS = 2
+
+
+def wandb_records(path: Path):
+    """Every Record in a .wandb file, in order."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    ident, magic, version = data[:4], *struct.unpack("<HB", data[4:7])
+    assert (ident, magic, version) == (b":W&B", 0xBEE1, 0), f"unknown .wandb header {data[:7]!r}"
+    block, header = 32768, 7
+    pos, chunks = 7, []
+    while pos + header <= len(data):
+        left = block - pos % block
+        if left < header:  # a block's tail too short for a chunk header is zero padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + header])
+        if kind == 0:  # preallocated, unwritten space
+            pos += left
+            continue
+        chunks.append(data[pos + header : pos + header + length])
+        pos += header + length
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(chunks))
+            chunks = []
+            yield record
+
+
+def read_wandb_run(path: Path) -> dict:
+    """The run's project, name, config and history rows (step -> {key: value}) from its .wandb file."""
+    out = {"config": {}, "history": {}}
+    for record in wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            out["project"], out["name"] = record.run.project, record.run.display_name
+            items = record.run.config.update
+        elif kind == "config":
+            items = record.config.update
+        elif kind == "history":
+            row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            out["history"][row["_step"]] = row
+            continue
+        else:
+            continue
+        out["config"].update({item.key: json.loads(item.value_json) for item in items})
+    return out
+
+
+# --------------------------------------------------------------------------- a real offline run
+
+
+def test_offline_run_holds_the_config_and_every_epoch(tmp_path):
+    out = tmp_path / "run"
+    env = run_env(WANDB_MODE="offline")
+    env.pop("WANDB_DIR", None)  # the default: the W&B files go into the run's folder
+    result = distlearn(
+        f"learner_configs.learner_parameters.n_epochs={TRACKED_EPOCHS}",
+        "run.tracking.project=distlearn-tests",
+        "run.tracking.name=tiny-digits",
+        f"run.output_dir={out}",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    assert f"W&B offline (WANDB_MODE=offline): {files[0].parent}" in result.stdout
+    assert f"wandb sync {files[0].parent}" in result.stdout
+
+    run = read_wandb_run(files[0])
+    assert run["project"] == "distlearn-tests" and run["name"] == "tiny-digits"
+    config = run["config"]
+    assert config["data_configs"]["data_parameters"]["name"] == "digits"
+    assert config["learner_configs"]["learner_parameters"]["n_epochs"] == TRACKED_EPOCHS
+    assert config["run"]["output_dir"] == str(out)
+    assert config["launch"]["num_processes"] == 1
+
+    record = json.loads((out / "record.json").read_text())["training"]
+    assert sorted(run["history"]) == list(range(TRACKED_EPOCHS))  # step = epoch
+    for step, row in run["history"].items():
+        epoch = record[str(step)]
+        assert row["epoch"] == step
+        assert row["train/loss"] == epoch["train_loss"] and row["train/accuracy"] == epoch["train_score"]
+        assert row["test/loss"] == epoch["test_result"]["test_loss"]
+        assert row["test/accuracy"] == epoch["test_result"]["test_score"]
+        assert row["lr"] == epoch["lr"] and row["samples_per_second"] == pytest.approx(epoch["samples_per_second"])
+    assert not list(files[0].parent.rglob("wandb-summary.json"))  # offline writes none (PITFALLS)
+
+
+# --------------------------------------------------------------------------- the mode rules
+
+
+def _netrc(tmp_path: Path, host: str) -> dict[str, str]:
+    path = tmp_path / "netrc"
+    path.write_text(f"machine {host}\n  login user\n  password {'k' * 40}\n")
+    return {"NETRC": str(path), "HOME": str(tmp_path)}
+
+
+def test_offline_without_credentials_online_with_them(tmp_path):
+    tracking = {"backend": "wandb", "mode": None}
+    bare = {"HOME": str(tmp_path)}  # no ~/.netrc there
+    assert wandb_credentials(bare) is None
+    assert resolve_mode(tracking, bare)[0] == "offline"
+    assert resolve_mode(tracking, {**bare, "WANDB_API_KEY": "k" * 40}) == ("online", "W&B credentials from WANDB_API_KEY")
+    assert resolve_mode(tracking, _netrc(tmp_path, "api.wandb.ai"))[0] == "online"
+    assert resolve_mode(tracking, _netrc(tmp_path, "example.org"))[0] == "offline"  # a key for another host
+    own_server = {**_netrc(tmp_path, "wandb.mycorp.net"), "WANDB_BASE_URL": "https://wandb.mycorp.net"}
+    assert resolve_mode(tracking, own_server)[0] == "online"
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai login user password " + "k" * 40 + "\n")
+    assert wandb_credentials(bare) == str(tmp_path / ".netrc")
+
+
+def test_the_users_wandb_mode_wins_and_backend_none_turns_tracking_off():
+    key = {"WANDB_API_KEY": "k" * 40}
+    assert resolve_mode({"backend": "wandb", "mode": None}, {**key, "WANDB_MODE": "offline"})[0] == "offline"
+    assert resolve_mode({"backend": "wandb", "mode": "online"}, {"WANDB_MODE": "disabled"})[0] == "disabled"
+    assert resolve_mode({"backend": "wandb", "mode": "offline"}, key)[0] == "offline"  # the config over credentials
+    assert resolve_mode({"backend": "none", "mode": "online"}, {**key, "WANDB_MODE": "online"})[0] == "disabled"
+    assert Tracker({"backend": "none"}, {}).accelerator_kwargs() == {}
+    assert Tracker({"backend": "wandb"}, {"WANDB_MODE": "offline"}).accelerator_kwargs() == {"log_with": "wandb"}
+    assert Tracker({"backend": "wandb"}, {"WANDB_MODE": "disabled"}).accelerator_kwargs() == {}
+
+
+def test_epoch_metrics_names_and_drops_missing_values():
+    import torch
+
+    summary = {
+        "train_loss": 0.5, "train_score": torch.tensor(0.9), "metric_name": "mse", "lr": 1e-3,
+        "samples_per_second": float("nan"), "time_cost": 2.0, "test_result": None,
+    }
+    assert epoch_metrics(3, summary) == {
+        "epoch": 3, "train/loss": 0.5, "train/mse": pytest.approx(0.9), "lr": 1e-3, "epoch_time": 2.0,
+    }
+
