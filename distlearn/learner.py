@@ -344,7 +344,10 @@ class BackwardLearner:
                 "BackwardLearner has no optimizer: pass optimizer=... or optimizer_configs={'optimizer_class': ...}"
             )
         accelerator = self.accelerator(device)
-        set_seed(self.seed)
+        # seed + rank: ranks draw different dropout masks for their different rows. The
+        # weights start equal anyway (DDP broadcasts rank 0's), and the data order has its
+        # own seed (the seedable sampler), so it stays the same for any number of ranks.
+        set_seed(self.seed, device_specific=True)
         optimizer = self.optimizer or _build(self._optimizer_spec, model.parameters())
         scheduler = self.lr_scheduler or _build(self._lr_scheduler_spec, optimizer)
         model, optimizer = accelerator.prepare(model, optimizer)
