@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .accumulators import SUM, TensorAccumulator
+from .accumulators import SUM, TensorAccumulator, _state_device
 
 __all__ = ["F1", "MAE", "MSE", "Accuracy", "Metric", "evaluate"]
 
@@ -44,7 +44,7 @@ class Metric(TensorAccumulator):
 
     def predict(self, y_score: Any) -> torch.Tensor:
         """Predictions from model outputs (identity unless the metric says otherwise)."""
-        return torch.as_tensor(y_score).detach()
+        return _detached(y_score)
 
     def update(self, y_pred: Any = None, y_true: Any = None, y_score: Any = None) -> None:
         """Accumulate one batch; ``y_pred`` is derived from ``y_score`` when not given."""
@@ -54,12 +54,13 @@ class Metric(TensorAccumulator):
             if y_score is None:
                 raise ValueError(f"{type(self).__name__}: pass y_pred or y_score")
             y_pred = self.predict(y_score)
-        y_true = torch.as_tensor(y_true).detach()
-        y_pred = torch.as_tensor(y_pred).detach().to(y_true.device)
-        states = self._states
-        if states is not None and next(iter(states.values())).device != y_true.device:
-            self._states = states = {n: s.to(y_true.device) for n, s in states.items()}
-        self._device = y_true.device
+        y_true, y_pred = _detached(y_true), _detached(y_pred)
+        if y_true.device != self._device:  # first batch on a new device: the states follow, once
+            self._device = y_true.device
+            self._states = {n: s.to(_state_device(self._device)) for n, s in self._states.items()}
+        state_device = next(iter(self._states.values())).device
+        if y_true.device != state_device or y_pred.device != state_device:
+            y_true, y_pred = y_true.to(state_device), y_pred.to(state_device)
         self._accumulate(self._states, y_pred, y_true)
 
     def _accumulate(self, states: dict[str, torch.Tensor], y_pred: torch.Tensor, y_true: torch.Tensor) -> None:
@@ -229,8 +230,12 @@ class MAE(_Regression):
         return diff.abs()
 
 
+def _detached(value: Any) -> torch.Tensor:
+    return value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+
+
 def _classify(y_score: Any, threshold: float) -> torch.Tensor:
-    scores = torch.as_tensor(y_score).detach()
+    scores = _detached(y_score)
     if scores.dim() >= 2 and scores.shape[-1] > 1:
         return scores.argmax(-1)
     return (scores.reshape(scores.shape[:-1] if scores.dim() >= 2 else scores.shape) > threshold).long()
