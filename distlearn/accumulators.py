@@ -51,7 +51,7 @@ __all__ = [
 
 SUM, MAX = "sum", "max"
 _HASH_CHUNKS = 3  # 3 x 20 bits of signature hash; squares stay exact in float64
-_INLINE = 1024  # sum-like numbers carried in the first, fixed-length collective
+_INLINE = 4096  # sum-like numbers carried in the first, fixed-length collective (32 KiB: still latency-bound)
 
 
 class DivergenceError(RuntimeError):
@@ -232,6 +232,9 @@ class TensorAccumulator(Accumulator):
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    def _check_states(self, states: Mapping[str, torch.Tensor]) -> None:
+        """Raise on invalid global states; called with the reduced states, so on every rank alike."""
+
     def _empty_mask(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """Where nothing was accumulated (the result is NaN there), if that can happen."""
         return None
@@ -278,9 +281,11 @@ class TensorAccumulator(Accumulator):
             return self._empty_value()
         it_sum, it_max = iter(sums), iter(maxes)
         states = {n: next(it_sum) if r == SUM else next(it_max) for n, r in self._reductions.items()}
+        self._check_states(states)
         result = self._compute(states)
-        # A rank that saw nothing takes the type the others agreed on.
-        kind, device = (self._kind, self._device) if self._states is not None else (spec[1], result.device)
+        # The type all ranks agreed on (Python ints here and floats there give floats everywhere);
+        # a rank that saw nothing returns on the device the reduction ran on.
+        kind, device = spec[1], (self._device if self._states is not None else result.device)
         empty = self._empty_mask(states)
         if empty is not None and bool(empty.any()):
             _nan_warning(self._name)
@@ -362,7 +367,7 @@ class Mean(TensorAccumulator):
         """Add one value with a weight (a number, or a tensor broadcastable to the value)."""
         tensor, kind = _as_tensor(value)
         states = self._states_for(tensor.shape, "float" if kind in ("int", "float") else kind, tensor.device)
-        w = torch.as_tensor(weight, dtype=torch.float64, device=states["weight"].device)
+        w = _as_tensor(weight)[0].to(dtype=torch.float64, device=states["weight"].device)
         states["total"] += tensor.to(torch.float64) * w
         states["weight"] += w
 
@@ -375,7 +380,7 @@ class Mean(TensorAccumulator):
             states["total"] += rows.sum(0)
             states["weight"] += rows.shape[0]
             return
-        w = torch.as_tensor(weights, dtype=torch.float64, device=rows.device)
+        w = _as_tensor(weights)[0].to(dtype=torch.float64, device=rows.device)
         w = w.reshape(w.shape + (1,) * (rows.dim() - w.dim()))
         states["total"] += (rows * w).sum(0)
         states["weight"] += torch.broadcast_to(w, rows.shape).sum(0)
@@ -570,8 +575,12 @@ class Except(Accumulator):
     """
 
     def __init__(self, accumulator: Accumulator, begin: Any = None, end: Any = None, period: int | None = None) -> None:
-        begins = _index_list("begin", begin) or [0]
-        ends = _index_list("end", end) or list(begins)
+        begins = _index_list("begin", begin)
+        begins = [0] if begins is None else begins
+        ends = _index_list("end", end)
+        ends = list(begins) if ends is None else ends
+        if not begins or not ends:
+            raise ValueError(f"Except: begin and end must not be empty, got begin={begin!r}, end={end!r}")
         if len(begins) != len(ends):
             raise ValueError(f"Except: begin and end must have equal lengths, got {len(begins)} and {len(ends)}")
         for b, e in zip(begins, ends):
@@ -649,7 +658,7 @@ def _comm_device(group: dist.ProcessGroup | None) -> torch.device:
     return torch.device(accelerator.type, torch.accelerator.current_device_index())
 
 
-def _signature(specs: Sequence[tuple]) -> list[float]:
+def _signature(specs: Any) -> list[float]:
     digest = int.from_bytes(hashlib.blake2b(repr(specs).encode(), digest_size=8).digest(), "big")
     chunks = [float((digest >> (20 * k)) & 0xFFFFF) for k in range(_HASH_CHUNKS)]
     # Summed over ranks, sum(s) == n*s and sum(s*s) == n*s*s on a rank iff all ranks
@@ -693,13 +702,16 @@ def _reconcile(all_specs: list[list[tuple]], accs: Sequence[Accumulator]) -> lis
     return agreed
 
 
-def _flatten(accumulators: Sequence[Accumulator] | Mapping[str, Accumulator]) -> tuple[list[Accumulator], Any]:
+def _flatten(
+    accumulators: Sequence[Accumulator] | Mapping[str, Accumulator],
+) -> tuple[list[Accumulator], Any, list[str] | None]:
+    """The accumulators, a function that rebuilds the caller's structure, and the dict keys (if a dict)."""
     if isinstance(accumulators, Mapping):
         keys = list(accumulators)
-        return [accumulators[k] for k in keys], lambda values: dict(zip(keys, values))
+        return [accumulators[k] for k in keys], lambda values: dict(zip(keys, values)), keys
     if isinstance(accumulators, Accumulator):
         raise TypeError("calculate() takes a list or dict of accumulators; for one, call acc.calculate()")
-    return list(accumulators), list
+    return list(accumulators), list, None
 
 
 def calculate(
@@ -724,7 +736,7 @@ def calculate(
         DivergenceError: on every rank, when ranks passed different
             accumulators, kinds or shapes.
     """
-    accs, rebuild = _flatten(accumulators)
+    accs, rebuild, keys = _flatten(accumulators)
     for acc in accs:
         if not isinstance(acc, Accumulator):
             raise TypeError(f"calculate(): expected accumulators, got {type(acc).__name__}")
@@ -735,12 +747,15 @@ def calculate(
         return rebuild(_local_results(accs, specs))
     device = _comm_device(group)
 
-    first, contributions, blob = _first_collective(accs, specs, group, world, device)
+    first, contributions, blob = _first_collective(accs, keys, specs, group, world, device)
     if first is None:  # signatures differ: agree on shapes or raise on every rank
-        all_specs: list[Any] = [None] * world
-        dist.all_gather_object(all_specs, specs, group=group)
-        specs = _reconcile(all_specs, accs)
-        first, contributions, blob = _first_collective(accs, specs, group, world, device)
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, (keys, specs), group=group)
+        if any(other_keys != keys for other_keys, _ in gathered):
+            described = "; ".join(f"rank {r}: {k}" for r, (k, _) in enumerate(gathered))
+            raise DivergenceError(f"calculate(): ranks passed dicts with different keys or key order ({described})")
+        specs = _reconcile([other_specs for _, other_specs in gathered], accs)
+        first, contributions, blob = _first_collective(accs, keys, specs, group, world, device)
         if first is None:
             raise DivergenceError("calculate(): ranks still disagree after exchanging signatures")
     sums, sizes = first
@@ -771,7 +786,7 @@ def _flat(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor
     return torch.cat([t.reshape(-1).to(device=device, dtype=torch.float64) for t in tensors])
 
 
-def _first_collective(accs, specs, group, world, device):
+def _first_collective(accs, keys, specs, group, world, device):
     """The fixed-length all_reduce: signature, List/Cat byte sizes, inline sums.
 
     Returns ``(None, None, None)`` when the ranks' signatures differ; otherwise
@@ -780,7 +795,7 @@ def _first_collective(accs, specs, group, world, device):
     contributions = [acc._contribute(spec) for acc, spec in zip(accs, specs)]
     segments = [c.blob for c in contributions if c.blob is not None]
     blob = _pack_segments(segments) if segments else None
-    signature = _signature(specs)
+    signature = _signature((keys, specs))
     sizes = [0.0] * world
     sizes[dist.get_rank(group)] = float(len(blob)) if blob is not None else 0.0
     header = torch.tensor(signature + sizes, dtype=torch.float64)

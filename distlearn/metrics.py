@@ -77,6 +77,7 @@ class Metric(TensorAccumulator):
         fresh = copy.copy(self)
         fresh.reset()
         fresh.update(y_pred=y_pred, y_true=y_true, y_score=y_score)
+        fresh._check_states(fresh._states)
         return float(fresh._compute(fresh._states))
 
 
@@ -124,7 +125,7 @@ class F1(Metric):
     """
 
     higher_is_better = True
-    _reductions = {"confusion": SUM}
+    _reductions = {"confusion": SUM, "out_of_range": SUM}
     _growable = True
 
     def __init__(
@@ -143,7 +144,7 @@ class F1(Metric):
 
     def _initial_shapes(self) -> dict[str, tuple[int, ...]]:
         n = self.num_classes or 0
-        return {"confusion": (n, n)}
+        return {"confusion": (n, n), "out_of_range": ()}
 
     def predict(self, y_score: Any) -> torch.Tensor:
         return _classify(y_score, self.threshold)
@@ -162,9 +163,24 @@ class F1(Metric):
                 grown[:n, :n] = confusion
                 states["confusion"] = confusion = grown
                 n = needed
-        confusion.view(-1).index_add_(
-            0, y_true * n + y_pred, torch.ones(y_true.numel(), dtype=torch.float64, device=confusion.device)
-        )
+        # Labels outside [0, n) are counted, not indexed (which would land in another cell or
+        # fail on one rank only); calculate() raises on every rank when the global count is > 0.
+        valid = (y_true >= 0) & (y_true < n) & (y_pred >= 0) & (y_pred < n)
+        states["out_of_range"] += (~valid).sum()
+        index = torch.where(valid, y_true * n + y_pred, 0)
+        confusion.view(-1).index_add_(0, index, valid.to(torch.float64))
+
+    def _check_states(self, states: Mapping[str, torch.Tensor]) -> None:
+        count = int(states["out_of_range"])
+        if count:
+            n = states["confusion"].shape[0]
+            if self.average == "binary":
+                fix = "binary F1 takes labels 0 and 1: use F1('macro') or F1('micro') for more classes"
+            elif self.num_classes:
+                fix = f"set num_classes to the number of classes (got num_classes={self.num_classes})"
+            else:
+                fix = "labels must be >= 0"
+            raise ValueError(f"F1(average={self.average!r}): {count} labels or predictions outside [0, {n}); {fix}")
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         confusion = states["confusion"]

@@ -260,7 +260,7 @@ def test_collective_count_does_not_grow_with_the_number_of_accumulators(dist_poo
 
 
 def test_sums_longer_than_the_inline_part_take_one_more_all_reduce(dist_pool):
-    for n in (1023, 1024, 1025, 5000):
+    for n in (4095, 4096, 4097, 9000):
         results = dist_pool.run(many_states, 3, n)
         expected = torch.arange(n, dtype=torch.float64) * 6
         assert all(torch.equal(r, expected) for r in results)
@@ -438,4 +438,48 @@ def test_except_counts_from_the_last_reset_and_delegates():
 )
 def test_except_rejects_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
+        Except(Sum(), **kwargs)
+
+
+def dict_keys_in_rank_order(rank, world):
+    a, b = Mean(), Mean()
+    a(1.0), b(2.0)
+    accs = {"a": a, "b": b} if rank == 0 else {"b": b, "a": a}
+    try:
+        calculate(accs)
+    except DivergenceError as error:
+        return str(error)
+    return "no error"
+
+
+def ints_here_floats_there(rank, world):
+    total, top = Sum(), Max()
+    value = 1 if rank == 0 else 1.5
+    total(value), top(value)
+    return calculate([total, top])
+
+
+def test_dicts_with_different_key_order_raise_instead_of_mixing_values(dist_pool):
+    for message in dist_pool.run(dict_keys_in_rank_order, 2):
+        assert "different keys" in message and "['a', 'b']" in message and "['b', 'a']" in message
+
+
+def test_python_ints_on_one_rank_and_floats_on_another_give_one_float_everywhere(dist_pool):
+    results = dist_pool.run(ints_here_floats_there, 2)
+    assert results == [[2.5, 1.5], [2.5, 1.5]]
+    assert all(isinstance(v, float) for r in results for v in r)
+
+
+def test_weights_that_require_grad_are_detached():
+    w = torch.tensor(2.0, requires_grad=True)
+    mean = Mean()
+    mean(torch.tensor(3.0), weight=w * 1)
+    mean.extend(torch.ones(2), weights=torch.ones(2, requires_grad=True) * 1)
+    assert not mean.value().requires_grad
+    assert all(not s.requires_grad for s in mean.state_dict()["states"].values())
+
+
+@pytest.mark.parametrize("kwargs", [{"begin": []}, {"begin": [1], "end": []}, {"begin": torch.tensor([], dtype=torch.long)}])
+def test_except_rejects_empty_ranges(kwargs):
+    with pytest.raises(ValueError, match="must not be empty"):
         Except(Sum(), **kwargs)

@@ -160,3 +160,24 @@ def test_metric_state_dict_round_trip():
     b.load_state_dict(a.state_dict())
     a(y_pred=[1], y_true=[1]), b(y_pred=[1], y_true=[1])
     assert a.calculate() == b.calculate()
+
+
+def label_out_of_range_on_one_rank(rank, world):
+    f1 = F1("macro", num_classes=3)
+    f1(y_pred=[0, 1], y_true=[0, 5 if rank == world - 1 else 1])
+    try:
+        f1.calculate()
+    except ValueError as error:
+        return str(error)
+    return "no error"
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_label_out_of_range_on_one_rank_raises_on_every_rank(dist_pool, world):
+    for message in dist_pool.run(label_out_of_range_on_one_rank, world, timeout=30):
+        assert "1 labels or predictions outside [0, 3)" in message and "num_classes" in message
+
+
+def test_binary_f1_on_multiclass_labels_is_a_clear_error():
+    with pytest.raises(ValueError, match="binary F1 takes labels 0 and 1"):
+        evaluate(y_true=[0, 1, 2], y_pred=[0, 2, 2], metrics=["f1"])
