@@ -35,10 +35,7 @@ def launched_world_size() -> int:
 
 
 def _has_gpu() -> bool:
-    accel = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ... in one call
-    if accel is not None:
-        return accel.is_available()
-    return torch.cuda.is_available()
+    return torch.accelerator.is_available()  # CUDA, XPU, MPS, ... in one call
 
 
 def build_accelerator(

@@ -18,8 +18,6 @@ step.
 from __future__ import annotations
 
 import copy
-import difflib
-import importlib
 import inspect
 import logging
 import math
@@ -118,14 +116,17 @@ class BackwardLearner:
             _check_matches(accelerator, "gradient_accumulation_steps", gradient_accumulation_steps)
         self.name = name
         self.n_epochs = n_epochs
-        self.loss = loss if loss is not None else _build(_resolve("loss", loss_configs))
+        if loss is None and loss_configs is not None:
+            loss_class, loss_parameters = _config_spec("loss", loss_configs)
+            loss = loss_class(**loss_parameters)
+        self.loss = loss
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.loss_configs = loss_configs  # kept as given, never modified
         self.optimizer_configs = optimizer_configs
         self.lr_scheduler_configs = lr_scheduler_configs
-        self._optimizer_spec = _resolve("optimizer", optimizer_configs)  # (class, parameters), built in train()
-        self._lr_scheduler_spec = _resolve("lr_scheduler", lr_scheduler_configs)
+        self._optimizer_spec = _config_spec("optimizer", optimizer_configs)  # (class, parameters), built in train()
+        self._lr_scheduler_spec = _config_spec("lr_scheduler", lr_scheduler_configs)
         if lr_scheduler is not None and getattr(lr_scheduler, "optimizer", None) is not optimizer:
             raise ValueError(
                 "an lr_scheduler object must be built on the optimizer object passed as optimizer=...; "
@@ -143,8 +144,10 @@ class BackwardLearner:
         self.accelerator_kwargs = dict(accelerator_kwargs or {})
         self._accelerator = accelerator
         self._prepared_loaders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # user's loader -> prepared
-        self.epoch = 0  # epochs completed in the current train() call
-        self.step = 0  # optimizer steps taken in the current train() call
+        self._prepared: dict[str, Any] = {}  # Accelerator list name -> what the last train() prepared into it
+        self.epoch = 0  # epochs completed (train() starts at 0, or where load_state_dict() left it)
+        self.step = 0  # optimizer steps taken, counted like epoch
+        self._resume = False  # set by load_state_dict(): the next train() continues from epoch/step
 
     # ------------------------------------------------------------------ #
     # Public API
@@ -184,6 +187,10 @@ class BackwardLearner:
     ) -> dict[str, Any]:
         """Train ``model`` for ``n_epochs``; returns the training record (identical on every rank).
 
+        Training runs epochs ``0 .. n_epochs - 1``, or, after :meth:`load_state_dict`, continues
+        from the loaded epoch and step count (``range(epoch, n_epochs)``; the record holds those
+        epochs). The model, optimizer and scheduler states come from ``accelerator.load_state``.
+
         Args:
             model: an ``nn.Module`` called as ``model(features)``.
             data_loader: ``{"train_loader": ..., "test_loader": ...}`` or one training loader;
@@ -214,9 +221,12 @@ class BackwardLearner:
         say = logger.info if accelerator.is_main_process else _quiet  # the one rank check for logging
         preparation = time.time() - begin
         record: dict[str, Any] = {"preparation": {"preparation_time_cost": preparation}, "training": {}}
-        self.epoch = self.step = 0
+        if not self._resume:
+            self.epoch = self.step = 0
+        self._resume = False
+        first_epoch = self.epoch
 
-        for epoch in range(self.n_epochs):
+        for epoch in range(first_epoch, self.n_epochs):
             start = time.time()
             loader.set_epoch(epoch)  # the shuffle depends only on (seed, epoch): resumable
             model.train()
@@ -225,7 +235,8 @@ class BackwardLearner:
             log = _BatchLog()
             bar = tqdm(loader, desc=f"epoch {epoch}", disable=disable_tqdm or not accelerator.is_main_process)
             for step, batch in enumerate(bar):
-                features, labels = _unpack(batch, "data_loader['train_loader']", first=epoch == 0 and step == 0)
+                first = epoch == first_epoch and step == 0
+                features, labels = _unpack(batch, "data_loader['train_loader']", first=first)
                 with accelerator.accumulate(model):
                     # prepare() already runs model.forward under Accelerate's autocast
                     output, target = _pick(model(features), labels, train_idx)
@@ -236,6 +247,7 @@ class BackwardLearner:
                     lr = optimizer.param_groups[0]["lr"]
                     optimizer.step()  # a no-op between accumulation boundaries
                     optimizer.zero_grad()
+                # step_was_skipped is a Python flag; under fp16 the GradScaler in optimizer.step() syncs per step.
                 if accelerator.sync_gradients and not optimizer.step_was_skipped:
                     self.step += 1
                     if scheduler is not None and self.scheduler_interval == "step":
@@ -297,10 +309,11 @@ class BackwardLearner:
                 real = target.shape[0]
                 if self.loss is not None and real:
                     log.add(self.loss(output, target), real)
+                score = _scores(self.loss, output)
                 if real and metric is not None:
-                    metric.update(y_score=output, y_true=target)
+                    metric.update(y_score=score, y_true=target)
                 if real and return_full_result:
-                    scores.update(output.float())
+                    scores.update(score.float())
                     trues.update(target)
 
         accumulators: dict[str, Any] = {"seconds": Mean()}
@@ -325,11 +338,24 @@ class BackwardLearner:
         return result
 
     def state_dict(self) -> dict[str, Any]:
-        """The learner's own progress counters (model/optimizer/scheduler states live with Accelerate)."""
+        """The learner's own progress counters: epochs completed, optimizer steps taken, seed.
+
+        Model, optimizer and scheduler states are saved by ``accelerator.save_state``.
+        """
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore the counters of :meth:`state_dict`: the next :meth:`train` continues from them.
+
+        That train() runs epochs ``epoch .. n_epochs - 1`` and counts optimizer steps on from
+        ``step``; a later train() starts from 0 again. Restore the model, optimizer and
+        scheduler states with ``accelerator.load_state`` (after the learner's Accelerator exists).
+
+        Args:
+            state_dict: ``{"epoch": int, "step": int, "seed": int}``.
+        """
         self.epoch, self.step, self.seed = int(state_dict["epoch"]), int(state_dict["step"]), int(state_dict["seed"])
+        self._resume = True
 
     # ------------------------------------------------------------------ #
     # Helpers the loop calls
@@ -348,15 +374,36 @@ class BackwardLearner:
         # weights start equal anyway (DDP broadcasts rank 0's), and the data order has its
         # own seed (the seedable sampler), so it stays the same for any number of ranks.
         set_seed(self.seed, device_specific=True)
-        optimizer = self.optimizer or _build(self._optimizer_spec, model.parameters())
-        scheduler = self.lr_scheduler or _build(self._lr_scheduler_spec, optimizer)
+        optimizer, scheduler = self.optimizer, self.lr_scheduler
+        if optimizer is None:
+            optimizer_class, parameters = self._optimizer_spec
+            optimizer = optimizer_class(model.parameters(), **copy.deepcopy(parameters))
+        if scheduler is None and self._lr_scheduler_spec is not None:
+            scheduler_class, parameters = self._lr_scheduler_spec
+            scheduler = scheduler_class(optimizer, **copy.deepcopy(parameters))
+        self._forget_prepared(accelerator)
         model, optimizer = accelerator.prepare(model, optimizer)
         loader = self._prepare_loader(accelerator, train_loader)
         if scheduler is not None:
             scheduler = accelerator.prepare(scheduler)  # so that save_state() includes it ...
             scheduler.step_with_optimizer = False  # ... but stepped by us, once (PITFALLS: not num_processes times)
+        self._prepared = {"_models": model, "_optimizers": optimizer, "_schedulers": scheduler}
         _check_loader("data_loader['train_loader']", train_loader, loader)
         return accelerator, model, optimizer, scheduler, loader
+
+    def _forget_prepared(self, accelerator: Accelerator) -> None:
+        """Drop what this learner's previous train() prepared from the Accelerator's lists.
+
+        Accelerate has no public way to unregister prepared objects, and ``save_state``
+        saves every entry of these private lists: without this, a second train() would
+        save the stale optimizer and scheduler next to the new ones. Only this learner's
+        own objects go (by identity): a user's Accelerator may hold others.
+        """
+        for name, old in self._prepared.items():
+            items = getattr(accelerator, name, None)
+            if old is not None and isinstance(items, list):
+                items[:] = [item for item in items if item is not old]  # in place: schedulers hold the list
+        self._prepared = {}
 
     def _prepare_loader(self, accelerator: Accelerator, loader: Any) -> Any:
         """Prepare a loader once per learner (re-preparing would register it with Accelerate again)."""
@@ -376,7 +423,7 @@ class BackwardLearner:
             with torch.no_grad():  # (with no real sample: weight 0, but a NaN still shows)
                 log.add(self.loss(real_output, real_target) if real else loss, real)
         if real and metric is not None:
-            metric.update(y_score=real_output.detach(), y_true=real_target)
+            metric.update(y_score=_scores(self.loss, real_output.detach()), y_true=real_target)
 
     def _summarise_epoch(self, log, metric, epoch, start, end, preparation) -> dict[str, Any]:
         """All of the epoch's train numbers in ONE collective; identical on every rank."""
@@ -421,41 +468,47 @@ class _BatchLog:
     """One pass's per-batch losses (detached tensors, left on the device), real sizes and end times.
 
     Appending a detached loss costs no kernel and no host sync; sizes and times
-    are Python numbers the host already has. Stacked once, at the end.
+    are Python numbers the host already has. Stacked once, at the end (and, for
+    the running loss, once per display step: only the batches since the last one).
     """
 
     def __init__(self) -> None:
         self.losses: list[torch.Tensor] = []
         self.sizes: list[int] = []
         self.times: list[float] = []
+        self._running = Mean()  # the losses of batches [0, _running_upto), for running_loss()
+        self._running_upto = 0
 
     def add(self, loss: torch.Tensor, size: int) -> None:
         self.losses.append(loss.detach())
         self.sizes.append(size)
         self.times.append(time.time())
 
-    def _stacked(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        losses = torch.stack(self.losses[:n]).reshape(n)
-        weights = torch.tensor(self.sizes[:n], dtype=torch.float64, device=losses.device)
+    def _stacked(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        losses = torch.stack(self.losses[start:stop]).reshape(stop - start)
+        weights = torch.tensor(self.sizes[start:stop], dtype=torch.float64, device=losses.device)
         return losses, weights
 
-    def loss_mean(self, upto: int | None = None) -> Mean:
+    def loss_mean(self) -> Mean:
         """The sample-weighted mean loss: each batch's mean loss weighted by its real size."""
         mean = Mean()
         if self.losses:
-            mean.extend(*self._stacked(len(self.losses) if upto is None else upto))
+            mean.extend(*self._stacked(0, len(self.losses)))
         return mean
 
     def batch_loss(self, upto: int | None = None) -> Mean:
         """Each batch's loss over all ranks (a vector Mean: elementwise weighted)."""
         mean = Mean()
-        losses, weights = self._stacked(len(self.losses) if upto is None else upto)
+        losses, weights = self._stacked(0, len(self.losses) if upto is None else upto)
         mean(losses, weight=weights)
         return mean
 
     def running_loss(self, upto: int, epoch: int) -> float:
         """The global mean loss of the first ``upto`` batches; a collective. Raises on NaN/inf."""
-        value = float(self.loss_mean(upto).calculate())
+        if upto > self._running_upto:  # extend with the new batches only: O(steps) per epoch, not O(steps^2)
+            self._running.extend(*self._stacked(self._running_upto, upto))
+            self._running_upto = upto
+        value = float(self._running.calculate())
         if not math.isfinite(value):  # every rank sees the same value: all take this path
             self.raise_if_non_finite(self.batch_loss(upto).calculate().tolist(), epoch)
         return value
@@ -571,12 +624,21 @@ def _eval_module(accelerator: Accelerator, model: nn.Module) -> nn.Module:
     return accelerator.unwrap_model(model).to(accelerator.device)
 
 
+def _scores(loss: Any, output: torch.Tensor) -> torch.Tensor:
+    """The scores metrics and ``y_score`` get from model outputs: probabilities for BCEWithLogitsLoss.
+
+    The one place that decides it: metrics threshold 1-D scores at 0.5 (probabilities), so
+    logits would be misread; :func:`_default_predict` uses the same 0.5 on these scores.
+    """
+    return torch.sigmoid(output) if isinstance(loss, nn.BCEWithLogitsLoss) else output
+
+
 def _default_predict(loss: Any, y_score: torch.Tensor) -> torch.Tensor:
     """Predictions without a metric: class indices for classification losses, else the outputs."""
     if isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)):
         return y_score.argmax(-1)
     if isinstance(loss, nn.BCEWithLogitsLoss):
-        return (y_score > 0).long()
+        return (y_score > 0.5).long()  # y_score holds probabilities here (see _scores), as metrics threshold them
     return y_score
 
 
@@ -636,33 +698,44 @@ def _check_matches(accelerator: Accelerator, key: str, value: Any) -> None:
 # The reference's {X_class, X_parameters} configs
 # ---------------------------------------------------------------------- #
 
-_KINDS: dict[str, tuple[tuple[type, ...], int]] = {  # kind -> (accepted bases, leading positional arguments)
-    "loss": ((object,), 0),
-    "optimizer": ((torch.optim.Optimizer,), 1),  # built on the model's parameters
-    "lr_scheduler": ((LRScheduler, ReduceLROnPlateau), 1),  # built on the optimizer
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {  # kind -> (accepted bases, an example class path)
+    "loss": ((object,), "torch.nn.CrossEntropyLoss"),
+    "optimizer": ((torch.optim.Optimizer,), "torch.optim.AdamW"),
+    "lr_scheduler": ((LRScheduler, ReduceLROnPlateau), "torch.optim.lr_scheduler.StepLR"),
 }
 
 
-def _resolve(kind: str, configs: Mapping[str, Any] | None) -> tuple[type, dict[str, Any]] | None:
-    """Resolve ``{kind}_class`` and bind a copy of ``{kind}_parameters`` against its signature."""
+def _config_spec(kind: str, configs: Mapping[str, Any] | None) -> tuple[type, dict[str, Any]] | None:
+    """``({kind}_class, a copy of {kind}_parameters)``, checked against the class's signature.
+
+    Raises:
+        ValueError, TypeError: a malformed config, an unknown class (ConfigError, with the
+            nearest name) or parameters that do not fit, naming the key.
+    """
     if configs is None:
         return None
-    key = f"{kind}_configs"
-    configs = _plain(configs)
-    class_key, params_key = f"{kind}_class", f"{kind}_parameters"
+    from omegaconf import OmegaConf
+
+    from .config import resolve_class  # lazily: the config layer sits above the learner
+
+    key, class_key, params_key = f"{kind}_configs", f"{kind}_class", f"{kind}_parameters"
+    bases, example = _KINDS[kind]
+    if OmegaConf.is_config(configs):  # the config layer may hand OmegaConf nodes over as they are
+        configs = OmegaConf.to_container(configs, resolve=True)
     if not isinstance(configs, Mapping):
         raise TypeError(f"{key} must be a dict like {{'{class_key}': ..., '{params_key}': {{...}}}}, got {configs!r}")
     unknown = sorted(set(configs) - {class_key, params_key})
     if unknown:
         raise ValueError(f"{key}: unknown keys {unknown}; expected '{class_key}' and optionally '{params_key}'")
     if class_key not in configs:
-        raise ValueError(f"{key}.{class_key} is missing: give a class path such as {_EXAMPLES[kind]!r}")
-    cls = _import(configs[class_key], f"{key}.{class_key}")
-    bases, leading = _KINDS[kind]
-    if not (isinstance(cls, type) and issubclass(cls, bases)):
+        raise ValueError(f"{key}.{class_key} is missing: give a class path such as {example!r}")
+    path = configs[class_key]
+    cls = path if isinstance(path, type) else resolve_class(path, f"{key}.{class_key}")
+    if not issubclass(cls, bases):
         expected = " or ".join(b.__module__ + "." + b.__qualname__ for b in bases)
-        raise TypeError(f"{key}.{class_key}={configs[class_key]!r} is not a {expected} class")
+        raise TypeError(f"{key}.{class_key}={path!r} is not a {expected} class")
     params = copy.deepcopy(dict(configs.get(params_key) or {}))
+    leading = 0 if kind == "loss" else 1  # the optimizer is built on the parameters, the scheduler on the optimizer
     try:
         signature = inspect.signature(cls)
     except (TypeError, ValueError):  # some builtins have no signature: let the constructor judge
@@ -673,43 +746,3 @@ def _resolve(kind: str, configs: Mapping[str, Any] | None) -> tuple[type, dict[s
         accepted = [p for p in list(signature.parameters)[leading:] if p not in ("args", "kwargs")]
         raise ValueError(f"{key}.{params_key} does not fit {cls.__name__}: {error}; it accepts {accepted}") from None
     return cls, params
-
-
-_EXAMPLES = {
-    "loss": "torch.nn.CrossEntropyLoss",
-    "optimizer": "torch.optim.AdamW",
-    "lr_scheduler": "torch.optim.lr_scheduler.StepLR",
-}
-
-
-def _build(spec: tuple[type, dict[str, Any]] | None, *leading: Any) -> Any:
-    if spec is None:
-        return None
-    cls, params = spec
-    return cls(*leading, **copy.deepcopy(params))
-
-
-def _import(path: Any, key: str) -> Any:
-    if isinstance(path, type):
-        return path
-    if not isinstance(path, str) or "." not in path:
-        raise ValueError(f"{key} must be a dotted class path such as 'torch.optim.AdamW', got {path!r}")
-    module_name, _, attr = path.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"{key}={path!r}: cannot import module {module_name!r} ({error})") from None
-    if not hasattr(module, attr):
-        near = difflib.get_close_matches(attr, dir(module), n=1)
-        hint = f"; did you mean '{module_name}.{near[0]}'?" if near else ""
-        raise ValueError(f"{key}={path!r}: module {module_name!r} has no {attr!r}{hint}")
-    return getattr(module, attr)
-
-
-def _plain(configs: Any) -> Any:
-    """OmegaConf configs as plain containers (the config layer may hand them over as they are)."""
-    try:
-        from omegaconf import OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return configs
-    return OmegaConf.to_container(configs, resolve=True) if OmegaConf.is_config(configs) else configs

@@ -298,7 +298,7 @@ def test_objects_win_over_configs_and_omegaconf_configs_work(fresh_accelerate):
     ("kwargs", "message"),
     [
         ({"optimizer_configs": {"optimizer_class": "torch.optim.AdamWW"}}, "did you mean 'torch.optim.AdamW'"),
-        ({"optimizer_configs": {"optimizer_class": "torch.optimz.AdamW"}}, "cannot import module 'torch.optimz'"),
+        ({"optimizer_configs": {"optimizer_class": "torch.optimz.AdamW"}}, "module 'torch.optimz' not found — did you mean 'torch.optim.AdamW'"),
         ({"optimizer_configs": {"optimizer_class": "torch.optim.SGD", "optimizer_parameters": {"lrr": 1}}},
          "optimizer_configs.optimizer_parameters does not fit SGD"),
         ({"optimizer_configs": {"optimizer_parameters": {"lr": 1}}}, "optimizer_configs.optimizer_class is missing"),
@@ -374,3 +374,52 @@ def test_no_host_sync_per_training_step(fresh_accelerate, monkeypatch):
     assert few == many, f"{few} host syncs for 5 steps, {many} for 25: something syncs every step"
     assert few < 40
 
+
+
+def test_bce_with_logits_scores_are_probabilities_everywhere(fresh_accelerate):
+    """Logits in (-0.3, 0.3): thresholding them at 0.5 (as for probabilities) would call every positive 0."""
+    x = torch.tensor([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0]).reshape(-1, 1)
+    y = (x > 0).float()
+    net = nn.Linear(1, 1)
+    with torch.no_grad():
+        net.weight.fill_(0.1)
+        net.bias.zero_()
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    learner = BackwardLearner(n_epochs=1, loss=nn.BCEWithLogitsLoss(),  # lr 0: the weights stay as set
+                              optimizer_configs={"optimizer_class": "torch.optim.SGD", "optimizer_parameters": {"lr": 0.0}})
+    record = learner.train(net, {"train_loader": loader, "test_loader": loader}, metric=Accuracy(), disable_tqdm=True)
+    assert record["training"][0]["train_score"] == 1.0 and record["training"][0]["test_result"]["test_score"] == 1.0
+    for metric in (Accuracy(), None):  # the metric's rule and the learner's default rule agree
+        full = learner.test(net, loader, metric=metric)
+        assert torch.tensor(full["y_score"]) == pytest.approx(torch.sigmoid(0.1 * x))
+        assert torch.tensor(full["y_pred"]).reshape(-1).tolist() == y.reshape(-1).long().tolist()
+    assert full["test_score"] is None and full["metric_name"] is None
+
+
+def test_train_twice_leaves_one_of_each_in_the_accelerator(fresh_accelerate):
+    """A second train() replaces the learner's own prepared objects, and keeps the user's."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    other = accelerator.prepare(nn.Linear(2, 2))
+    learner = BackwardLearner(n_epochs=1, loss=nn.CrossEntropyLoss(), accelerator=accelerator, **{
+        k: REFERENCE_CONFIGS[k] for k in ("optimizer_configs", "lr_scheduler_configs")})
+    net, loaders = _net(), _tiny()
+    for _ in range(2):
+        learner.train(net, loaders, disable_tqdm=True)
+    assert len(accelerator._models) == 2 and accelerator._models[0] is other and accelerator._models[1] is net
+    assert len(accelerator._optimizers) == 1 and len(accelerator._schedulers) == 1
+    optimizer = accelerator._optimizers[0].optimizer  # the current pair, not a stale one
+    assert accelerator._schedulers[0].scheduler.optimizer is optimizer
+    assert optimizer.param_groups[0]["params"][0] is next(net.parameters())
+
+
+def test_load_state_dict_resumes_from_the_loaded_epoch_and_step(fresh_accelerate):
+    learner = BackwardLearner(n_epochs=3, loss=nn.CrossEntropyLoss(), optimizer_configs=REFERENCE_CONFIGS["optimizer_configs"])
+    net, loaders = _net(), _tiny()  # 6 batches: 6 optimizer steps an epoch
+    learner.load_state_dict({"epoch": 2, "step": 12, "seed": 0})
+    record = learner.train(net, loaders, disable_tqdm=True)
+    assert list(record["training"]) == [2] and record["training"][2]["optimizer_steps"] == 18
+    assert learner.state_dict() == {"epoch": 3, "step": 18, "seed": 0}
+    record = learner.train(net, loaders, disable_tqdm=True)  # no load before it: from 0 again
+    assert list(record["training"]) == [0, 1, 2] and learner.state_dict()["step"] == 18
