@@ -40,7 +40,7 @@ def _has_gpu() -> bool:
 
 def build_accelerator(
     *,
-    mixed_precision: str = "no",
+    mixed_precision: str | None = None,
     gradient_accumulation_steps: int = 1,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -49,7 +49,8 @@ def build_accelerator(
     """An Accelerator that sees every launched process, with a seedable data order.
 
     Args:
-        mixed_precision: "no", "bf16" or "fp16" (fp16 needs a GPU).
+        mixed_precision: "no", "bf16" or "fp16" (fp16 needs a GPU); None: the
+            launcher's (``accelerate launch --mixed_precision``, its config file), else "no".
         gradient_accumulation_steps: micro-batches per optimizer step.
         seed: seed of the shuffled data order; the order of epoch e depends only
             on (seed, e), whatever the number of processes (for exact resume).
@@ -66,6 +67,8 @@ def build_accelerator(
         ValueError: fp16 without a GPU, an unknown mixed_precision.
         RuntimeError: the Accelerator still disagrees with the launcher.
     """
+    if mixed_precision is None:  # Accelerate's own rule: the script's value, else the launcher's
+        mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
     if mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
     world = launched_world_size()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import logging
 import os
 import sys
@@ -150,7 +149,8 @@ def _build_accelerator(resolved: dict[str, Any], tracker: Any) -> Any:
     kwargs.update(tracker.accelerator_kwargs())
     try:
         return build_accelerator(
-            mixed_precision=params.get("mixed_precision") or "no",
+            # the config's value wins over the launcher's, as in Accelerate; null: the launcher's
+            mixed_precision=params.get("mixed_precision"),
             gradient_accumulation_steps=params.get("gradient_accumulation_steps") or 1,
             seed=resolved["run"]["seed"] if seed is None else seed,
             **kwargs,
@@ -160,14 +160,14 @@ def _build_accelerator(resolved: dict[str, Any], tracker: Any) -> Any:
 
 
 def _build(resolved: dict[str, Any], accelerator: Any) -> Any:
-    """The experiment's data, model, learner and metric; bad data files are input errors."""
+    """The experiment's data, model, learner and metric (the config is validated); bad data files are input errors."""
     from .config import ConfigError, build_experiment
 
     cfg = copy.deepcopy(resolved)
     params = cfg["learner_configs"].get("learner_parameters") or {}
     params.pop("accelerator_kwargs", None)  # went into the Accelerator, which the learner gets instead
     try:
-        return build_experiment(cfg, accelerator=accelerator)
+        return build_experiment(cfg, validated=True, accelerator=accelerator)
     except ConfigError as exc:
         raise RunError(str(exc)) from None
     except (ValueError, OSError) as exc:  # e.g. a CSV file with a missing column (the same on every rank)
@@ -178,19 +178,16 @@ def _fit(experiment: Any, tracker: Any, disable_tqdm: bool) -> dict[str, Any]:
     """``learner.train`` with per-epoch tracking; a non-finite loss ends the command without a traceback."""
     from .learner import NonFiniteLossError
 
-    learner = experiment.learner
-    kwargs: dict[str, Any] = {"metric": experiment.metric, "disable_tqdm": disable_tqdm}
-    live = "on_epoch_end" in inspect.signature(learner.train).parameters
-    if live:
-        kwargs["on_epoch_end"] = tracker.log_epoch
     try:
-        record = learner.train(experiment.model, experiment.data_loaders, **kwargs)
+        return experiment.learner.train(
+            experiment.model,
+            experiment.data_loaders,
+            metric=experiment.metric,
+            disable_tqdm=disable_tqdm,
+            on_epoch_end=tracker.log_epoch,
+        )
     except NonFiniteLossError as exc:
         raise RunError(f"training failed: {exc}", EXIT_TRAINING_FAILED) from None
-    if not live:  # a learner class without the hook: log its record once training is over
-        for epoch, summary in sorted(record["training"].items(), key=lambda item: int(item[0])):
-            tracker.log_epoch(int(epoch), summary)
-    return record
 
 
 def _on_main(accelerator: Any, what: str, fn: Callable[..., T], *args: Any) -> T:

@@ -18,8 +18,11 @@ section for the run itself::
           tracking: {backend: wandb, project: distlearn, entity: null, name: null, mode: null},
           checkpoint: {}, resume: null}
 
-``in_features``/``out_features`` set to ``auto`` (or null) are filled from the data
-object's ``n_features``/``n_outputs``. ``run`` keys left out take ``RUN_DEFAULTS``.
+Sizes come from the data object (``AUTO_SIZED``): the model's ``in_features``/
+``out_features`` left out, ``auto`` or null take its ``n_features``/``n_outputs``; a
+metric's ``num_classes`` left out or ``auto`` takes its ``n_classes`` (a fixed-size
+confusion matrix: no host sync to grow it during training; null keeps the metric's own
+default). ``run`` keys left out take ``RUN_DEFAULTS``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +63,17 @@ LEARNER_NESTED: dict[str, tuple[str, frozenset[str]]] = {
 # Learner constructor arguments that only code can supply (objects, not YAML values).
 LEARNER_SUPPLIED = frozenset({"accelerator", "optimizer", "loss", "lr_scheduler"})
 
-# Model parameters a config may leave as `auto` (or null): filled from the data object.
-AUTO_SIZED: dict[str, str] = {"in_features": "n_features", "out_features": "n_outputs"}
+# Section -> (parameter -> the data object's attribute filling it). A parameter the class accepts
+# is filled when the config leaves it out or writes `auto`; for the model also when it writes null.
+AUTO_SIZED: dict[str, dict[str, str]] = {
+    "model_configs": {"in_features": "n_features", "out_features": "n_outputs"},
+    "metric_configs": {"num_classes": "n_classes"},
+}
 AUTO = "auto"
 
 RUN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
-    "output_dir": None,  # None: runs/<config name>-<timestamp>, see default_output_dir()
+    "output_dir": None,  # None: runs/<config name>-<timestamp>, see report.default_output_dir()
     "overwrite": False,
     "tracking": {
         "backend": "wandb",
@@ -146,20 +152,6 @@ def config_dir() -> Path:
 def shipped_configs() -> list[Path]:
     """All shipped experiment configs (``configs/*.yaml``), sorted by name."""
     return sorted(config_dir().glob("*.yaml"))
-
-
-def default_output_dir(config_path: str | Path | None = None, now: datetime | None = None) -> Path:
-    """``runs/<config name>-<YYYYmmdd-HHMMSS>``, the output folder when ``run.output_dir`` is null.
-
-    Every process of a run must use the same folder: compute it on the main process and
-    broadcast it (the clock can tick between ranks).
-
-    Args:
-        config_path: The config given to ``load_config`` (None: the default config).
-        now: The time to stamp; defaults to now.
-    """
-    name = Path(config_path).stem if config_path is not None else DEFAULT_CONFIG_NAME
-    return Path("runs") / f"{name}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:
@@ -371,8 +363,8 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
         if prefix == "data":
             data_cls = cls
             _check_parameters(cls, params, f"{key}.{prefix}_parameters", problems)
-        elif prefix == "model":
-            _check_model(cls, params, data_cls, key, problems)
+        elif key in AUTO_SIZED:
+            _check_auto_sized(cls, params, data_cls, key, f"{key}.{prefix}_parameters", problems)
         elif prefix == "learner":
             _check_learner(cls, params, f"{key}.{prefix}_parameters", problems)
         else:
@@ -409,23 +401,19 @@ def _check_section(
     return cls, params
 
 
-def _check_model(cls: type, params: dict, data_cls: type | None, key: str, problems: list[str]) -> None:
-    at = f"{key}.model_parameters"
-    sig = _signature(cls)
-    auto = set()
-    for name, attr in AUTO_SIZED.items():
-        if sig is None or name not in sig.parameters:
-            continue
-        value = params.get(name, AUTO if sig.parameters[name].default is inspect.Parameter.empty else None)
-        if value is None or value == AUTO:
-            auto.add(name)
-            if data_cls is not None and not hasattr(data_cls, attr):
-                problems.append(
-                    f"{at}.{name}: {value!r} takes the size from the data's {attr!r}, but "
-                    f"{_qualname(data_cls)} has none; set {name} to an int"
-                )
+def _check_auto_sized(
+    cls: type, params: dict, data_cls: type | None, key: str, at: str, problems: list[str]
+) -> None:
+    """Bind a model's or metric's parameters, the ones sized from the data counted as supplied."""
+    auto = _auto_sized(cls, params, key)
+    for name, (attr, needed) in auto.items():
+        if needed and data_cls is not None and not hasattr(data_cls, attr):
+            problems.append(
+                f"{at}.{name}: {params.get(name, AUTO)!r} takes the size from the data's {attr!r}, but "
+                f"{_qualname(data_cls)} has none; set {name} to an int"
+            )
     given = {k: v for k, v in params.items() if k not in auto}
-    _check_parameters(cls, given, at, problems, supplied=auto)
+    _check_parameters(cls, given, at, problems, supplied=set(auto))
 
 
 def _check_learner(cls: type, params: dict, at: str, problems: list[str]) -> None:
@@ -581,16 +569,20 @@ def _check_parameters(
 # --------------------------------------------------------------------------- building
 
 
-def build_experiment(cfg: DictConfig | Mapping[str, Any], **learner_kwargs: Any) -> Experiment:
+def build_experiment(
+    cfg: DictConfig | Mapping[str, Any], *, validated: bool = False, **learner_kwargs: Any
+) -> Experiment:
     """Validate ``cfg``, then build the data loaders, model, learner and metric.
 
-    The model's ``in_features``/``out_features`` left as ``auto`` come from the data
-    object's ``n_features``/``n_outputs``; the learner gets ``seed=run.seed`` unless its
-    parameters set one. torch's global RNG is seeded with ``run.seed`` just before the
-    model is built, so its initial weights are the same in every process and every run.
+    Sizes the config leaves to the data come from the data object (``AUTO_SIZED``: the
+    model's ``in_features``/``out_features``, a metric's ``num_classes``); the learner gets
+    ``seed=run.seed`` unless its parameters set one. torch's global RNG is seeded with
+    ``run.seed`` just before the model is built, so its initial weights are the same in
+    every process and every run.
 
     Args:
         cfg: A config from ``load_config`` (or a plain dict of the same shape).
+        validated: The caller has run ``validate_config`` on ``cfg`` already: skip it.
         **learner_kwargs: Extra learner constructor arguments only code can give
             (e.g. ``accelerator=...``).
 
@@ -598,44 +590,67 @@ def build_experiment(cfg: DictConfig | Mapping[str, Any], **learner_kwargs: Any)
         The ``Experiment``; ``cfg`` is not modified.
 
     Raises:
-        ConfigError: If the config is invalid (see ``validate_config``).
+        ConfigError: If the config is invalid (see ``validate_config``), or a size set to
+            ``auto`` has no value in the data (``num_classes`` of a regression data set).
     """
-    validate_config(cfg)
+    if not validated:
+        validate_config(cfg)
     c = _with_run_defaults(_plain(cfg))
     run = c["run"]
 
-    data = instantiate(c["data_configs"], "data")
+    def build(key: str, **extra: Any) -> Any:
+        """One section's object, its class resolved once: ``cls(**parameters, **sizes, **extra)``."""
+        prefix = SECTIONS[key]
+        cls = resolve_class(c[key][f"{prefix}_class"], f"{key}.{prefix}_class")
+        params = dict(c[key].get(f"{prefix}_parameters") or {})
+        if key in AUTO_SIZED:
+            params.update(_data_sizes(cls, params, key, data))
+        if key == "learner_configs" and params.get("seed") is None and "seed" in _parameters(cls):
+            params["seed"] = run["seed"]
+        return cls(**{**params, **extra})
+
+    data = build("data_configs")
     data_loaders = data.load()
-
-    model_section = c["model_configs"]
-    model_cls = resolve_class(model_section["model_class"], "model_configs.model_class")
-    sig = _signature(model_cls)
-    model_params = model_section.get("model_parameters") or {}
-    sizes = {}
-    for name, attr in AUTO_SIZED.items():
-        if sig is None or name not in sig.parameters:
-            continue
-        required = sig.parameters[name].default is inspect.Parameter.empty
-        value = model_params.get(name, AUTO if required else None)
-        if value is None or value == AUTO:
-            sizes[name] = getattr(data, attr)
     torch.manual_seed(run["seed"])
-    model = instantiate(model_section, "model", **sizes)
-
-    learner_section = c["learner_configs"]
-    learner_cls = resolve_class(learner_section["learner_class"], "learner_configs.learner_class")
-    learner_params = learner_section.get("learner_parameters") or {}
-    lsig = _signature(learner_cls)
-    extra = dict(learner_kwargs)
-    if lsig is not None and "seed" in lsig.parameters and learner_params.get("seed") is None:
-        extra.setdefault("seed", run["seed"])
-    learner = instantiate(learner_section, "learner", **extra)
-
-    metric = instantiate(c["metric_configs"], "metric") if c.get("metric_configs") else None
-    logger.debug("built experiment: data=%r model=%s sizes=%s", data, type(model).__name__, sizes)
+    model = build("model_configs")
+    learner = build("learner_configs", **learner_kwargs)
+    metric = build("metric_configs") if c.get("metric_configs") else None
+    logger.debug("built experiment: data=%r model=%s metric=%r", data, type(model).__name__, metric)
     return Experiment(
         data=data, data_loaders=data_loaders, model=model, learner=learner, metric=metric, run=run, config=c
     )
+
+
+def _auto_sized(cls: type, params: Mapping[str, Any], key: str) -> dict[str, tuple[str, bool]]:
+    """The parameters of ``cls`` that section ``key`` leaves to the data (see ``AUTO_SIZED``).
+
+    Returns:
+        name -> (the data attribute giving it, whether the data must give it: the config
+        wrote ``auto`` or null, or the parameter has no default).
+    """
+    null_is_auto = key == "model_configs"  # a metric's null is its own default (F1: grow as labels come)
+    accepted = _parameters(cls)
+    auto = {}
+    for name, attr in AUTO_SIZED[key].items():
+        value = params.get(name, AUTO)
+        if name in accepted and (value == AUTO or (value is None and null_is_auto)):
+            auto[name] = (attr, name in params or accepted[name].default is inspect.Parameter.empty)
+    return auto
+
+
+def _data_sizes(cls: type, params: Mapping[str, Any], key: str, data: Any) -> dict[str, Any]:
+    """The values of ``_auto_sized`` parameters, read from the data object."""
+    sizes = {}
+    for name, (attr, needed) in _auto_sized(cls, params, key).items():
+        value = getattr(data, attr, None)
+        if value is not None:
+            sizes[name] = value
+        elif needed:
+            raise ConfigError([
+                f"{key}.{SECTIONS[key]}_parameters.{name}: {params.get(name, AUTO)!r} takes the size from the data's "
+                f"{attr!r}, but {type(data).__name__} gives {value!r}; set {name} to an int or remove it"
+            ])
+    return sizes
 
 
 # --------------------------------------------------------------------------- helpers
@@ -670,6 +685,12 @@ def _signature(cls: type) -> inspect.Signature | None:
             return inspect.signature(cls)
         except (TypeError, ValueError):
             return None
+
+
+def _parameters(cls: type) -> Mapping[str, inspect.Parameter]:
+    """``cls``'s named parameters (empty when it has no inspectable signature)."""
+    sig = _signature(cls)
+    return sig.parameters if sig is not None else {}
 
 
 def _has_var_kw(sig: inspect.Signature) -> bool:

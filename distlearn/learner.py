@@ -61,7 +61,8 @@ class BackwardLearner:
             the scheduler on that optimizer. The dicts are never modified.
         gradient_accumulation_steps: micro-batches per optimizer step (default 1).
         max_grad_norm: clip the global gradient norm to this before each step.
-        mixed_precision: "no" (default), "bf16" or "fp16" (GPU only).
+        mixed_precision: "no", "bf16" or "fp16" (GPU only); None (default): the
+            launcher's (``accelerate launch --mixed_precision``), else "no".
         scheduler_interval: step the scheduler once per "epoch" or once per
             optimizer "step"; never more, whatever the number of processes.
         seed: seeds the RNGs at the start of :meth:`train` and the shuffled data
@@ -157,7 +158,7 @@ class BackwardLearner:
         """The Accelerator this learner trains with, built on first use (this starts the process group)."""
         if self._accelerator is None:
             self._accelerator = build_accelerator(
-                mixed_precision=self.mixed_precision or "no",
+                mixed_precision=self.mixed_precision,
                 gradient_accumulation_steps=self.gradient_accumulation_steps or 1,
                 seed=self.seed,
                 device=device,

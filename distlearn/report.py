@@ -27,6 +27,8 @@ __all__ = [
     "OUTPUT_FILES",
     "OutputDirError",
     "atomic_write",
+    "default_output_dir",
+    "finite",
     "prepare_output_dir",
     "summary_text",
     "write_outputs",
@@ -37,6 +39,22 @@ OUTPUT_FILES = ("config.yaml", "record.json", "model.safetensors", "curves.png")
 
 class OutputDirError(FileExistsError):
     """The output folder holds an earlier run and ``run.overwrite`` is false (or it cannot be used)."""
+
+
+def default_output_dir(config_path: str | Path | None = None, now: datetime | None = None) -> Path:
+    """``runs/<config name>-<YYYYmmdd-HHMMSS>``, the output folder when ``run.output_dir`` is null.
+
+    Every process of a run must use the same folder: compute it on the main process and
+    broadcast it (the clock can tick between ranks).
+
+    Args:
+        config_path: The config given on the command line (None: the default config).
+        now: The time to stamp; defaults to now.
+    """
+    from .config import DEFAULT_CONFIG_NAME
+
+    name = Path(config_path).stem if config_path is not None else DEFAULT_CONFIG_NAME
+    return Path("runs") / f"{name}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
 
 
 def prepare_output_dir(
@@ -63,8 +81,6 @@ def prepare_output_dir(
             the path exists and is not a folder.
     """
     if output_dir is None:
-        from .config import default_output_dir
-
         base = default_output_dir(config_path, now)
         path, n = base, 1
         while path.exists():  # two runs started within the same second: never share a folder
@@ -211,8 +227,8 @@ def summary_text(
     if epochs:
         last_epoch, last = epochs[-1]
         name = last.get("metric_name") or "score"
-        speeds = [e["samples_per_second"] for _, e in epochs if _finite(e.get("samples_per_second")) is not None]
-        train_time = sum(_finite(e.get("time_cost")) or 0.0 for _, e in epochs)
+        speeds = [e["samples_per_second"] for _, e in epochs if finite(e.get("samples_per_second")) is not None]
+        train_time = sum(finite(e.get("time_cost")) or 0.0 for _, e in epochs)
         lines.append(
             f"  epochs     {len(epochs)} in {train_time:.1f} s of training, {wall_time:.1f} s in all"
             + (f" ({sum(speeds) / len(speeds):,.0f} samples/s)" if speeds else "")
@@ -225,7 +241,7 @@ def summary_text(
                 f"  test       {_pair('loss', test.get('test_loss'), name, test.get('test_score'))}"
                 + (f" (epoch {i + 1})" if i != last_epoch else "")
             )
-            scored = [(i, t["test_score"]) for i, t in tested if _finite(t.get("test_score")) is not None]
+            scored = [(i, t["test_score"]) for i, t in tested if finite(t.get("test_score")) is not None]
             if higher_is_better is not None and len(scored) > 1:
                 best_i, best = (max if higher_is_better else min)(scored, key=lambda p: p[1])
                 lines.append(f"  best test  {name} {best:.4f} at epoch {best_i + 1}")
@@ -251,6 +267,17 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
+def finite(value: Any) -> float | None:
+    """``value`` as a finite Python float (0-d tensors and numpy scalars too), else None."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
+        return None
+    return number if math.isfinite(number) else None
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -266,28 +293,18 @@ def _epochs(record: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
 
 
 def _plot(ax: Any, epochs: list, get: Callable[[Mapping[str, Any]], Any], label: str) -> None:
-    points = [(i + 1, _finite(get(e))) for i, e in epochs]
+    points = [(i + 1, finite(get(e))) for i, e in epochs]
     points = [(x, y) for x, y in points if y is not None]
     if points:
         xs, ys = zip(*points)
         ax.plot(xs, ys, marker="." if len(points) < 30 else None, label=label)
 
 
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _fmt(value: Any) -> str:
-    number = _finite(value)
+    number = finite(value)
     return "n/a" if number is None else f"{number:.4g}"
 
 
 def _pair(a: str, x: Any, b: str, y: Any) -> str:
     text = f"{a} {_fmt(x)}"
-    return text + (f", {b} {_finite(y):.4f}" if _finite(y) is not None else "")
+    return text + (f", {b} {finite(y):.4f}" if finite(y) is not None else "")

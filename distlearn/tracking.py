@@ -23,13 +23,14 @@ folder) as ``wandb/offline-run-*``; upload it later with ``wandb sync``.
 from __future__ import annotations
 
 import logging
-import math
 import netrc
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from .report import finite
 
 __all__ = ["Tracker", "epoch_metrics", "resolve_mode", "wandb_credentials"]
 
@@ -127,7 +128,7 @@ def epoch_metrics(epoch: int, summary: Mapping[str, Any]) -> dict[str, float]:
     }
     out: dict[str, float] = {"epoch": epoch}
     for key, value in values.items():
-        number = _number(value)
+        number = finite(value)
         if number is not None:
             out[key] = number
     return out
@@ -228,14 +229,3 @@ class Tracker:
         if self.mode == "offline" and self.run_dir is not None:
             text += f"; upload with: wandb sync {self.run_dir}"
         return text
-
-
-def _number(value: Any) -> float | None:
-    """A finite Python number, or None (tensors and numpy scalars included)."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value.item() if hasattr(value, "item") else value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None

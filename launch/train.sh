@@ -21,6 +21,8 @@
 #                        set, still overrides its process count
 #   ACCELERATE_ARGS      more `accelerate launch` flags, split on spaces
 #                        (e.g. "--num_cpu_threads_per_process 2")
+#   MIXED_PRECISION      no | bf16 | fp16 for configs whose learner_parameters.mixed_precision
+#                        is null (default no); a value in the config wins
 #   PYTHON               the interpreter distlearn is installed in (default: python3)
 #   DRY_RUN=1            print the command instead of running it
 #
@@ -67,9 +69,9 @@ else
     elif (( GPUS == 0 )); then
         cmd+=(--cpu)
     fi
-    # The launcher's precision flag only silences its warning: the config's
-    # learner_parameters.mixed_precision is what distlearn's Accelerator uses.
-    cmd+=(--num_processes "$NUM_PROCESSES" --num_machines 1 --mixed_precision no --dynamo_backend no
+    # The precision for configs that leave learner_parameters.mixed_precision null;
+    # a value set in the config wins (as Accelerator(mixed_precision=...) does).
+    cmd+=(--num_processes "$NUM_PROCESSES" --num_machines 1 --mixed_precision "${MIXED_PRECISION:-no}" --dynamo_backend no
           --main_process_port "${USER_PORT:-0}")
 fi
 # shellcheck disable=SC2206  # word splitting of ACCELERATE_ARGS is the point

@@ -184,6 +184,28 @@ def test_bad_input_exits_2_with_a_message_naming_the_problem(tmp_path, args, exp
     assert not (tmp_path / "out").exists()  # refused before anything was created
 
 
+def test_mixed_precision_is_the_configs_else_the_launchers(monkeypatch):
+    from accelerate.state import AcceleratorState, GradientState
+
+    from distlearn.accelerator import build_accelerator
+
+    def built(configured):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        try:
+            return build_accelerator(mixed_precision=configured).mixed_precision
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert built(None) == "no" and built("bf16") == "bf16"  # no launcher: Accelerate's default
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # e.g. configs/accelerate/fsdp.yaml
+    assert built(None) == "bf16"
+    assert built("no") == "no"  # an explicit config value wins, as Accelerator(mixed_precision=...) does
+
+
+
 def test_console_script_and_usage(tmp_path):
     exe = shutil.which("distlearn")
     if exe is None:
@@ -198,10 +220,11 @@ def test_console_script_and_usage(tmp_path):
 def test_output_dir_rules(tmp_path, monkeypatch):
     from datetime import datetime
 
-    from distlearn.report import OutputDirError, prepare_output_dir
+    from distlearn.report import OutputDirError, default_output_dir, prepare_output_dir
 
     monkeypatch.chdir(tmp_path)
     now = datetime(2026, 1, 2, 3, 4, 5)
+    assert default_output_dir(None, now) == Path("runs") / "digits-20260102-030405"  # the default config's name
     first = prepare_output_dir(None, False, "configs/wine.yaml", now)
     second = prepare_output_dir(None, False, "configs/wine.yaml", now)  # same second: a new folder, never shared
     assert first == tmp_path / "runs" / "wine-20260102-030405"

@@ -2,6 +2,7 @@
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,6 @@ from distlearn.config import (
     ConfigError,
     build_experiment,
     config_dir,
-    default_output_dir,
     instantiate,
     load_config,
     resolve_class,
@@ -61,8 +61,6 @@ def test_default_config_is_digits_from_any_directory(tmp_path, monkeypatch):
     assert cfg.data_configs.data_parameters.name == "digits"
     assert load_config("wine").data_configs.data_parameters.name == "wine"  # a shipped config by name
     assert config_dir() == REPO / "configs"
-    assert default_output_dir(None).parent == Path("runs")
-    assert default_output_dir("x/wine.yaml").name.startswith("wine-")
     with pytest.raises(ConfigError, match=r"not found.*did you mean .*wine.yaml"):
         load_config("wnie")
 
@@ -223,6 +221,57 @@ def test_build_experiment_sizes_model_from_data_and_seeds_it():
     c = build_experiment(_with("data_configs.data_parameters.name=iris", "run.seed=1"))
     assert not torch.equal(a.model.layers[0].weight, c.model.layers[0].weight)
     assert c.learner.seed == 1  # run.seed reaches the learner when its parameters set none
+
+
+def test_metric_num_classes_is_sized_from_the_data():
+    """A fixed-size confusion matrix: F1 never has to grow it (a host sync) during training."""
+    wine = build_experiment(load_config("wine"))
+    assert wine.metric.num_classes == 3 and wine.config["metric_configs"]["metric_parameters"]["num_classes"] == "auto"
+    f1 = ("metric_configs.metric_class=distlearn.metrics.F1", "metric_configs.metric_parameters.average=macro")
+    assert build_experiment(_with(*f1)).metric.num_classes == 10  # left out: from the data too
+    assert build_experiment(_with(*f1, "metric_configs.metric_parameters.num_classes=12")).metric.num_classes == 12
+    assert build_experiment(_with(*f1, "metric_configs.metric_parameters.num_classes=null")).metric.num_classes is None
+    regression = load_config("diabetes", [*f1, "metric_configs.metric_parameters.num_classes=auto"])
+    validate_config(regression)  # the class count of a data set is only known once it is read
+    with pytest.raises(ConfigError, match=r"metric_parameters.num_classes: 'auto' takes the size from the data's "
+                                          r"'n_classes', but SklearnDataset gives None"):
+        build_experiment(regression)
+    assert build_experiment(load_config("diabetes", f1)).metric.num_classes is None  # left out: F1's own default
+
+
+def test_build_experiment_validates_unless_told_it_was_done():
+    bad = _with("model_configs.model_parameters.hiden_sizes=[8]")
+    with pytest.raises(ConfigError, match="did you mean 'hidden_sizes'"):
+        build_experiment(bad)
+    with pytest.raises(TypeError, match="hiden_sizes"):  # validated=True: straight to the constructor
+        build_experiment(bad, validated=True)
+
+
+@pytest.mark.timeout(120)
+def test_a_built_wheel_ships_the_configs(tmp_path):
+    """`pip install .` (not editable) must find the default config: configs/ is package data."""
+    import zipfile
+
+    src = tmp_path / "src"
+    for name in ("distlearn", "configs"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("distlearn-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"distlearn/configs/{p.relative_to(REPO / 'configs')}" for p in (REPO / "configs").rglob("*.yaml")}
+    assert {"distlearn/configs/digits.yaml", "distlearn/configs/accelerate/cpu_multi.yaml"} <= shipped <= names
+
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = "from distlearn.config import config_dir, load_config; print(config_dir()); load_config()"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(site / "distlearn" / "configs")
 
 
 def test_every_accelerate_config_parses():
