@@ -35,27 +35,8 @@ PYTHON=${PYTHON:-python3}
 MAX_RESTARTS=${MAX_RESTARTS:-0}
 NNODES=${NNODES:-1}
 
-count_gpus() {
-    if [[ -n ${DISTLEARN_GPUS:-} ]]; then
-        echo "$DISTLEARN_GPUS"
-    elif [[ -n ${CUDA_VISIBLE_DEVICES+set} ]]; then
-        # "0,1" -> 2; "" or "-1" -> 0 (CUDA's ways of hiding every GPU)
-        local ids=${CUDA_VISIBLE_DEVICES//[[:space:]]/}
-        if [[ -z $ids || $ids == -1* ]]; then echo 0; else tr ',' '\n' <<<"$ids" | grep -c .; fi
-    elif command -v nvidia-smi >/dev/null 2>&1; then
-        nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
-    else
-        echo 0
-    fi
-}
-
-GPUS=$(count_gpus)
-if (( GPUS > 0 )); then
-    NPROC_PER_NODE=${NPROC_PER_NODE:-$GPUS}
-else
-    NPROC_PER_NODE=${NPROC_PER_NODE:-${DISTLEARN_CPU_PROCS:-1}}
-    export ACCELERATE_USE_CPU=1
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
+NPROC_PER_NODE=${NPROC_PER_NODE:-$LOCAL_PROCS}
 
 cmd=("$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC_PER_NODE" --max_restarts "$MAX_RESTARTS")
 if (( NNODES > 1 )); then

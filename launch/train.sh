@@ -35,27 +35,8 @@ PYTHON=${PYTHON:-python3}
 USER_NUM_PROCESSES=${NUM_PROCESSES:-}
 USER_PORT=${MAIN_PROCESS_PORT:-}
 
-count_gpus() {
-    if [[ -n ${DISTLEARN_GPUS:-} ]]; then
-        echo "$DISTLEARN_GPUS"
-    elif [[ -n ${CUDA_VISIBLE_DEVICES+set} ]]; then
-        # "0,1" -> 2; "" or "-1" -> 0 (CUDA's ways of hiding every GPU)
-        local ids=${CUDA_VISIBLE_DEVICES//[[:space:]]/}
-        if [[ -z $ids || $ids == -1* ]]; then echo 0; else tr ',' '\n' <<<"$ids" | grep -c .; fi
-    elif command -v nvidia-smi >/dev/null 2>&1; then
-        nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
-    else
-        echo 0
-    fi
-}
-
-GPUS=$(count_gpus)
-if (( GPUS > 0 )); then
-    NUM_PROCESSES=${NUM_PROCESSES:-$GPUS}
-else
-    NUM_PROCESSES=${NUM_PROCESSES:-${DISTLEARN_CPU_PROCS:-1}}
-    export ACCELERATE_USE_CPU=1  # the workers must see it: the launcher does not pass use_cpu on
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
+NUM_PROCESSES=${NUM_PROCESSES:-$LOCAL_PROCS}
 
 cmd=("$PYTHON" -m accelerate.commands.launch)
 if [[ -n ${ACCELERATE_CONFIG:-} ]]; then
