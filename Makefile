@@ -18,3 +18,5 @@ test: install
 
 bench: install
 	$(PYTHON) benchmarks/bench_accumulators.py
+	$(PYTHON) benchmarks/bench_learner.py
+	$(PYTHON) benchmarks/bench_digits_vs_sklearn.py
