@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -207,10 +206,10 @@ def test_mixed_precision_is_the_configs_else_the_launchers(monkeypatch):
 
 
 def test_console_script_and_usage(tmp_path):
-    exe = shutil.which("distlearn")
-    if exe is None:
-        pytest.skip("the distlearn console script is not installed (pip install -e .)")
-    result = run_command([exe, "train", "--help"], tmp_path)
+    # pip puts console scripts beside the interpreter (a PATH lookup may miss them, e.g. un-rehashed pyenv shims)
+    exe = Path(sys.executable).parent / "distlearn"
+    assert exe.is_file(), f"no console script at {exe}: install the package (pip install -e .)"
+    result = run_command([str(exe), "train", "--help"], tmp_path)
     assert result.returncode == 0 and "key.path=value" in result.stdout
 
 
