@@ -35,7 +35,7 @@ PYTHON=${PYTHON:-python3}
 MAX_RESTARTS=${MAX_RESTARTS:-0}
 NNODES=${NNODES:-1}
 
-source "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 NPROC_PER_NODE=${NPROC_PER_NODE:-$LOCAL_PROCS}
 
 cmd=("$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC_PER_NODE" --max_restarts "$MAX_RESTARTS")
@@ -53,11 +53,5 @@ fi
 cmd+=(${TORCHRUN_ARGS:-})
 cmd+=(-m distlearn train "$@")
 
-if [[ -n ${DRY_RUN:-} ]]; then
-    [[ -n ${ACCELERATE_USE_CPU:-} ]] && printf 'ACCELERATE_USE_CPU=%s ' "$ACCELERATE_USE_CPU"
-    printf '%q ' "${cmd[@]}"
-    echo
-    exit 0
-fi
-echo "launch/torchrun.sh: $NPROC_PER_NODE process(es) per node x $NNODES node(s), $GPUS GPU(s) found" >&2
-exec "${cmd[@]}"
+[[ -n ${DRY_RUN:-} ]] || echo "launch/torchrun.sh: $NPROC_PER_NODE process(es) per node x $NNODES node(s), $GPUS GPU(s) found" >&2
+run_or_print "${cmd[@]}"

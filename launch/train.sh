@@ -35,7 +35,7 @@ PYTHON=${PYTHON:-python3}
 USER_NUM_PROCESSES=${NUM_PROCESSES:-}
 USER_PORT=${MAIN_PROCESS_PORT:-}
 
-source "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 NUM_PROCESSES=${NUM_PROCESSES:-$LOCAL_PROCS}
 
 cmd=("$PYTHON" -m accelerate.commands.launch)
@@ -59,11 +59,5 @@ fi
 cmd+=(${ACCELERATE_ARGS:-})
 cmd+=(-m distlearn train "$@")
 
-if [[ -n ${DRY_RUN:-} ]]; then
-    [[ -n ${ACCELERATE_USE_CPU:-} ]] && printf 'ACCELERATE_USE_CPU=%s ' "$ACCELERATE_USE_CPU"
-    printf '%q ' "${cmd[@]}"
-    echo
-    exit 0
-fi
-echo "launch/train.sh: $NUM_PROCESSES process(es), $GPUS GPU(s) found" >&2
-exec "${cmd[@]}"
+[[ -n ${DRY_RUN:-} ]] || echo "launch/train.sh: $NUM_PROCESSES process(es), $GPUS GPU(s) found" >&2
+run_or_print "${cmd[@]}"

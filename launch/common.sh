@@ -1,4 +1,5 @@
-# Sourced by launch/train.sh and launch/torchrun.sh: how many processes to start here.
+# Sourced by launch/train.sh and launch/torchrun.sh: how many processes to start
+# here, and how to run (or with DRY_RUN=1 print) the final command.
 #
 # Sets GPUS (the GPUs of this machine: DISTLEARN_GPUS, else the entries of
 # CUDA_VISIBLE_DEVICES when set, else the lines of `nvidia-smi -L`) and
@@ -27,3 +28,15 @@ else
     LOCAL_PROCS=${DISTLEARN_CPU_PROCS:-1}
     export ACCELERATE_USE_CPU=1
 fi
+
+# Run the command (replacing this shell), or with DRY_RUN set print it with the
+# environment it needs.
+run_or_print() {
+    if [[ -n ${DRY_RUN:-} ]]; then
+        [[ -n ${ACCELERATE_USE_CPU:-} ]] && printf 'ACCELERATE_USE_CPU=%s ' "$ACCELERATE_USE_CPU"
+        printf '%q ' "$@"
+        echo
+        exit 0
+    fi
+    exec "$@"
+}
