@@ -492,56 +492,55 @@ class Cat(Accumulator):
     """Tensors concatenated along dim 0 from all ranks, chunk by chunk in step-major order.
 
     Each call adds one chunk (a batch); ranks may hold different numbers of
-    chunks and rows. The result is on the input's device.
+    chunks and rows. The result is on the input's device. The chunks are kept
+    and gathered by a :class:`List`; Cat checks and concatenates them.
     """
 
     def __init__(self) -> None:
-        self.reset()
+        self._chunks = List()
 
     def update(self, chunk: torch.Tensor) -> None:
         """Append one chunk; its trailing shape and dtype must match earlier chunks."""
         chunk = torch.as_tensor(chunk).detach()
         if chunk.dim() == 0:
             raise ValueError(f"{self._name}: got a 0-d tensor; Cat concatenates along dim 0, pass shape (n, ...)")
-        if self._chunks:
-            first = self._chunks[0]
+        if self._chunks._items:
+            first = self._chunks._items[0]
             if chunk.shape[1:] != first.shape[1:] or chunk.dtype != first.dtype:
                 raise ValueError(
                     f"{self._name}: got a chunk of shape {tuple(chunk.shape)} and {chunk.dtype} after "
                     f"(n, {', '.join(map(str, first.shape[1:]))}) and {first.dtype}; chunks may differ in dim 0 only"
                 )
-        self._chunks.append(chunk)
+        self._chunks.update(chunk)
 
     def value(self) -> torch.Tensor:
-        return torch.cat(self._chunks) if self._chunks else torch.empty(0)
+        chunks = self._chunks.value()
+        return torch.cat(chunks) if chunks else torch.empty(0)
 
     def reset(self) -> None:
-        self._chunks: list[torch.Tensor] = []
+        self._chunks.reset()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"chunks": list(self._chunks)}
+        return self._chunks.state_dict()
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        self._chunks = list(state_dict["chunks"])
+        self._chunks.load_state_dict(state_dict)
 
     def _spec(self) -> tuple:
         return (self._name,)
 
     def _contribute(self, spec: tuple) -> _Contribution:
-        buffer = io.BytesIO()
-        torch.save([c.cpu() for c in self._chunks], buffer)
-        return _Contribution(blob=buffer.getvalue())
+        return self._chunks._contribute(spec)
 
     def _finish(self, spec: tuple, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
-        per_rank = [torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True) for blob in blobs or ()]
-        chunks = _step_major(per_rank)
+        chunks = self._chunks._finish(spec, sums, maxes, blobs)
         if not chunks:
             return torch.empty(0)
         layouts = {(tuple(c.shape[1:]), c.dtype) for c in chunks}
         if len(layouts) > 1:
             raise DivergenceError(f"{self._name}: ranks accumulated chunks of different trailing shapes/dtypes: {sorted(map(str, layouts))}")
-        device = self._chunks[0].device if self._chunks else torch.device("cpu")
-        return torch.cat(chunks).to(device)
+        local = self._chunks._items
+        return torch.cat(chunks).to(local[0].device if local else torch.device("cpu"))
 
 
 # --------------------------------------------------------------------------- #
