@@ -1,8 +1,36 @@
-"""distlearn: exact distributed metrics and a readable training loop on PyTorch + Accelerate."""
+"""distlearn: exact distributed metrics and a readable training loop on PyTorch + Accelerate.
 
-from .accumulators import Cat, Except, List, Max, Mean, Min, Sum, calculate
-from .learner import BackwardLearner, NonFiniteLossError
-from .metrics import F1, MAE, MSE, Accuracy, evaluate
+The public names are imported on first use (PEP 562), so ``distlearn --help`` and the
+config checks start without importing torch.
+"""
 
-__all__ = ["BackwardLearner", "NonFiniteLossError", "F1", "MAE", "MSE", "Accuracy", "Cat", "Except", "List", "Max", "Mean", "Min", "Sum", "calculate", "evaluate"]
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
 __version__ = "0.1.0"
+
+# public name -> the module defining it
+_EXPORTS = {
+    **dict.fromkeys(["Cat", "Except", "List", "Max", "Mean", "Min", "Sum", "calculate"], "accumulators"),
+    **dict.fromkeys(["BackwardLearner", "NonFiniteLossError"], "learner"),
+    **dict.fromkeys(["F1", "MAE", "MSE", "Accuracy", "evaluate"], "metrics"),
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module 'distlearn' has no attribute {name!r}")
+        return importlib.import_module(f".{name}", __name__)  # `distlearn.learner` without importing it first
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

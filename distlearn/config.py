@@ -17,7 +17,6 @@ default). ``run`` keys left out take ``RUN_DEFAULTS``.
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib
 import inspect
 import logging
@@ -29,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .options import MIXED_PRECISION, SCHEDULER_INTERVALS, TRACKING_BACKENDS, TRACKING_MODES, did_you_mean, is_int, is_number
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +69,6 @@ RUN_DEFAULTS: dict[str, Any] = {
     "checkpoint": {},  # reserved for the checkpoint settings (not validated yet)
     "resume": None,  # reserved: None, true/false, or a checkpoint path
 }
-TRACKING_BACKENDS = ("wandb", "none")
-TRACKING_MODES = ("online", "offline", "disabled")
-MIXED_PRECISION = ("no", "fp16", "bf16")
-SCHEDULER_INTERVALS = ("epoch", "step")
 
 DEFAULT_CONFIG_NAME = "digits"
 
@@ -103,7 +99,7 @@ class Experiment:
 
     data: Any
     data_loaders: dict[str, Any]
-    model: torch.nn.Module
+    model: Any  # a torch.nn.Module
     learner: Any
     metric: Any
     run: dict[str, Any]
@@ -183,7 +179,7 @@ def _find_config(path: str | Path | None) -> Path:
         shipped = {}
     if p.suffix == "" and str(path) in shipped:
         return Path(shipped[str(path)])
-    hint = _hint(p.stem, shipped)
+    hint = did_you_mean(p.stem, shipped)
     raise ConfigError([f"config file {str(path)!r}: not found (shipped configs: {sorted(shipped)}){hint}"])
 
 
@@ -216,13 +212,13 @@ def resolve_class(path: str, key: str) -> type:
     except Exception as exc:
         missing = getattr(exc, "name", None) or module_name
         if isinstance(exc, ModuleNotFoundError) and (module_name + ".").startswith(missing + "."):
-            fail(f"no class {path!r}: module {missing!r} not found{_module_hint(path, missing)}")
+            fail(f"no class {path!r}: module {missing!r} not found{_moduledid_you_mean(path, missing)}")
         fail(f"importing {module_name!r} for {path!r} failed: {type(exc).__name__}: {exc}")
     obj = getattr(module, attr, None)
     if obj is None:
         public = [n for n in dir(module) if not n.startswith("_")]
         classes = {n: f"{module_name}.{n}" for n in public if inspect.isclass(getattr(module, n, None))}
-        fail(f"no class {path!r}{_hint(attr, classes)}")
+        fail(f"no class {path!r}{did_you_mean(attr, classes)}")
     if inspect.ismodule(obj):
         fail(f"{path!r} is a module; expected a class inside it ({path}.<Class>)")
     if not inspect.isclass(obj):
@@ -249,7 +245,7 @@ def instantiate(section_cfg: Mapping[str, Any] | DictConfig, prefix: str, **extr
     return cls(**{**(section.get(f"{prefix}_parameters") or {}), **extra})
 
 
-def _module_hint(path: str, missing: str) -> str:
+def _moduledid_you_mean(path: str, missing: str) -> str:
     """A hint for a path through a missing module: the same path through its nearest sibling."""
     parent_name, _, leaf = missing.rpartition(".")
     if parent_name:
@@ -262,18 +258,7 @@ def _module_hint(path: str, missing: str) -> str:
     else:
         names = [m.name for m in pkgutil.iter_modules()]
     fixed = {n: ".".join(p for p in (parent_name, n) if p) + path[len(missing):] for n in sorted(set(names))}
-    return _hint(leaf, fixed)
-
-
-def _hint(word: str, candidates: typing.Iterable[str]) -> str:
-    """`` — did you mean 'X'?`` for the closest candidate ignoring case (``Adamw`` finds ``AdamW``),
-    or ""; for a mapping, the closest key's value is shown."""
-    shown = candidates if isinstance(candidates, Mapping) else {c: c for c in candidates}
-    by_lower: dict[str, str] = {}
-    for c in shown:
-        by_lower.setdefault(c.lower(), c)
-    close = difflib.get_close_matches(word.lower(), by_lower, n=1, cutoff=0.6)
-    return f" — did you mean {shown[by_lower[close[0]]]!r}?" if close else ""
+    return did_you_mean(leaf, fixed)
 
 
 # --------------------------------------------------------------------------- validation
@@ -338,7 +323,7 @@ def _check_keys(mapping: dict, known: Sequence[str], at: str, problems: list[str
     prefix, what = (f"{at}.", f"key of {at}") if at else ("", "top-level key")
     for k in mapping:
         if k not in known:
-            hint = _hint(str(k), {n: prefix + n for n in known})
+            hint = did_you_mean(str(k), {n: prefix + n for n in known})
             problems.append(f"{prefix}{k}: unknown {what}{hint} (expected: {', '.join(known)})")
 
 
@@ -390,12 +375,12 @@ def _check_learner(cls: type, params: dict, at: str, problems: list[str]) -> Non
             _check_parameters(n_cls, n_params, f"{at}.{k}.{prefix}_parameters", problems, excluded=supplied)
     # BackwardLearner's own options first: their messages are more specific than a type mismatch.
     flagged = _check_values(options, {
-        "n_epochs": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-        "gradient_accumulation_steps": (lambda v: v is None or _is_int(v) and v >= 1, "null or an int >= 1"),
-        "max_grad_norm": (lambda v: v is None or _is_number(v) and v > 0, "null or a number > 0"),
+        "n_epochs": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+        "gradient_accumulation_steps": (lambda v: v is None or is_int(v) and v >= 1, "null or an int >= 1"),
+        "max_grad_norm": (lambda v: v is None or is_number(v) and v > 0, "null or a number > 0"),
         "mixed_precision": (lambda v: v is None or v in MIXED_PRECISION, f"one of {list(MIXED_PRECISION)}"),
         "scheduler_interval": (lambda v: v in SCHEDULER_INTERVALS, f"one of {list(SCHEDULER_INTERVALS)}"),
-        "seed": (lambda v: v is None or _is_int(v) and v >= 0, "null or an int >= 0"),
+        "seed": (lambda v: v is None or is_int(v) and v >= 0, "null or an int >= 0"),
     }, at, problems)
     # Nested configs are checked above; bind them by name only.
     nested_names = {k: None for k in nested}
@@ -408,7 +393,7 @@ def _check_run(run: Any, problems: list[str]) -> None:
         return
     _check_keys(run, list(RUN_DEFAULTS), "run", problems)
     _check_values(run, {
-        "seed": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+        "seed": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
         "output_dir": (lambda v: v is None or isinstance(v, str) and v.strip(),
                        "null (a new folder under runs/) or a path string"),
         "overwrite": (lambda v: isinstance(v, bool), "true or false"),
@@ -420,7 +405,7 @@ def _check_run(run: Any, problems: list[str]) -> None:
         backend = tracking.get("backend")
         if backend not in TRACKING_BACKENDS:
             hint = " — to turn tracking off write the word none, not null" if backend is None else ""
-            hint = _hint(backend, TRACKING_BACKENDS) if isinstance(backend, str) else hint
+            hint = did_you_mean(backend, TRACKING_BACKENDS) if isinstance(backend, str) else hint
             problems.append(f"run.tracking.backend: expected one of {list(TRACKING_BACKENDS)}, got {backend!r}{hint}")
         text = (lambda v: v is None or isinstance(v, str) and v.strip(), "null or a non-empty string")
         _check_values(tracking, {"project": text, "entity": text, "name": text, "mode": (
@@ -456,7 +441,7 @@ def _check_parameters(
         if key in excluded:
             problems.append(f"{at}.{key}: set by distlearn at build time; remove it from the config")
         elif key not in accepted and not var_kw:
-            hint = _hint(str(key), accepted)
+            hint = did_you_mean(str(key), accepted)
             problems.append(f"{at}.{key}: {name} has no parameter {key!r}{hint} (accepted: {', '.join(accepted)})")
     for p in sig.parameters.values():
         required = p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.default is p.empty
@@ -523,6 +508,8 @@ def build_experiment(
             params["seed"] = run["seed"]
         return cls(**{**params, **extra})
 
+    import torch
+
     data = build("data_configs")
     data_loaders = data.load()
     torch.manual_seed(run["seed"])
@@ -587,16 +574,11 @@ def _parameters(cls: type) -> Mapping[str, inspect.Parameter]:
     return sig.parameters if sig is not None else {}
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _not_from_yaml() -> tuple[type, ...]:
+    """Types a YAML value can never be (so a Union member of these types never matches)."""
+    import torch
 
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-# Objects a YAML value can never be (so a Union member of these types never matches).
-_NOT_FROM_YAML = (torch.Tensor, torch.nn.Module, torch.optim.Optimizer)
+    return (torch.Tensor, torch.nn.Module, torch.optim.Optimizer)
 
 
 def _matches(value: Any, ann: Any) -> bool | None:
@@ -612,7 +594,7 @@ def _matches(value: Any, ann: Any) -> bool | None:
     if ann is bool or ann is str:
         return isinstance(value, ann)
     if ann is int or ann is float:
-        return _is_int(value) if ann is int else _is_number(value)
+        return is_int(value) if ann is int else is_number(value)
     if origin in (list, tuple, Sequence) or ann in (list, tuple):
         if not isinstance(value, (list, tuple)):
             return False
@@ -628,7 +610,7 @@ def _matches(value: Any, ann: Any) -> bool | None:
         return False if False in results else (True if all(results) else None)
     if origin in (dict, Mapping) or ann is dict:
         return isinstance(value, dict)
-    if inspect.isclass(ann) and issubclass(ann, _NOT_FROM_YAML):
+    if inspect.isclass(ann) and issubclass(ann, _not_from_yaml()):
         return False
     return None
 

@@ -1,0 +1,58 @@
+"""The option values distlearn accepts, and the small checks every module shares.
+
+One owner for each constant (the config validator, the learner and the Accelerator
+builder all read them from here) and one helper each for the two checks written in
+many places: an int that is not a bool, and the "did you mean" hint of an error
+message. Nothing here imports torch: the command line's error paths stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = [
+    "MIXED_PRECISION",
+    "SCHEDULER_INTERVALS",
+    "TRACKING_BACKENDS",
+    "TRACKING_MODES",
+    "did_you_mean",
+    "is_int",
+    "is_number",
+]
+
+MIXED_PRECISION = ("no", "bf16", "fp16")  # fp16 needs a GPU: on CPU Accelerate would silently train in fp32
+SCHEDULER_INTERVALS = ("epoch", "step")
+TRACKING_BACKENDS = ("wandb", "none")
+TRACKING_MODES = ("online", "offline", "disabled")
+
+
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an int and not a bool (YAML's ``true`` is an int to Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is an int or a float and not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def did_you_mean(word: str, candidates: Iterable[str] | Mapping[str, str], cutoff: float = 0.6) -> str:
+    """``" — did you mean 'X'?"`` for the candidate closest to ``word`` (ignoring case), or "".
+
+    Args:
+        word: What the user wrote.
+        candidates: The valid names; for a mapping, the closest key is matched and its value shown
+            (e.g. a class name matched, its dotted path shown).
+        cutoff: The least similarity (0..1) worth a suggestion.
+
+    Returns:
+        The hint, starting with a space, or "" when nothing is close.
+    """
+    shown = candidates if isinstance(candidates, Mapping) else {c: c for c in candidates}
+    by_lower: dict[str, str] = {}
+    for c in shown:
+        by_lower.setdefault(str(c).lower(), c)
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=cutoff)
+    return f" — did you mean {shown[by_lower[close[0]]]!r}?" if close else ""
