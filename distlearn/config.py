@@ -132,6 +132,9 @@ def shipped_configs() -> list[Path]:
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:
     """Load an experiment config, merged onto the run defaults, with command-line overrides.
 
+    A tinybig experiment file (a top-level ``configurations:`` mapping with ``tinybig.*``
+    class paths) is translated to distlearn's layout on the way; see ``distlearn.tinybig``.
+
     Args:
         path: A YAML file, a shipped config's name (``"wine"``), or ``None`` for digits.
         overrides: ``key.path=value`` strings applied last (OmegaConf dotlist syntax, e.g.
@@ -141,38 +144,55 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         The merged config, not yet validated (call ``validate_config``).
 
     Raises:
-        ConfigError: If the file is missing or not a YAML mapping, or an override is malformed.
+        ConfigError: If the file is missing, unreadable (a folder, a pipe, no permission) or
+            not a YAML mapping, or an override is malformed (each bad one is named).
     """
     source = _find_config(path)
     if isinstance(overrides, str):
         overrides = [overrides]
-    try:
-        file_cfg = OmegaConf.load(source)
-    except Exception as exc:  # yaml errors carry the line and column
-        raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
-    if not isinstance(file_cfg, DictConfig):
-        raise ConfigError([f"{source}: expected a mapping at the top level, got a {type(file_cfg).__name__}"])
-    ok = [isinstance(o, str) and "=" in o and not o.startswith("=") for o in overrides]
-    problems = [f"override {o!r}: expected key.path=value, e.g. run.seed=3" for o, g in zip(overrides, ok) if not g]
-    dotlist = [o for o, g in zip(overrides, ok) if g]
-    try:
-        cli_cfg = OmegaConf.from_dotlist(dotlist)
-    except Exception as exc:
-        problems.append(f"overrides {dotlist}: {type(exc).__name__}: {exc}")
+    file_cfg = _read_yaml(source)
+    from .tinybig import from_tinybig, is_tinybig
+
+    if is_tinybig(file_cfg):
+        file_cfg = OmegaConf.create(from_tinybig(OmegaConf.to_container(file_cfg), source=str(source)))
+    problems: list[str] = []
+    parsed = []
+    for o in overrides:
+        cli_cfg, problem = _parse_override(o)
+        if problem:
+            problems.append(problem)
+        else:
+            parsed.append((o, cli_cfg))
     if problems:
         raise ConfigError(problems)
     try:
-        return OmegaConf.merge(OmegaConf.create({"run": RUN_DEFAULTS}), file_cfg, cli_cfg)
-    except Exception as exc:  # e.g. run=5 replacing a mapping by a scalar
-        raise ConfigError([f"merging {source} with overrides {list(overrides)}: {exc}"]) from None
+        merged = OmegaConf.merge(OmegaConf.create({"run": RUN_DEFAULTS}), file_cfg)
+    except Exception as exc:  # e.g. `run: 5` in the file
+        raise ConfigError([f"{source}: {_first_line(exc)}"]) from None
+    for o, cli_cfg in parsed:  # one by one, so that a failure names its override
+        try:
+            merged = OmegaConf.merge(merged, cli_cfg)
+        except Exception as exc:
+            raise ConfigError([f"override {o!r}: {_first_line(exc)}"]) from None
+    return merged
 
 
 def _find_config(path: str | Path | None) -> Path:
     if path is None:
         return config_dir() / f"{DEFAULT_CONFIG_NAME}.yaml"
-    p = Path(path)
+    p = Path(path).expanduser()
     if p.is_file():
         return p
+    if p.is_dir():
+        inside = sorted(c.name for c in p.glob("*.y*ml"))
+        example = f" (it holds {', '.join(inside[:4])}{', ...' if len(inside) > 4 else ''}: " \
+            f"e.g. {str(p / inside[0])!r})" if inside else ""
+        raise ConfigError([f"config file {str(path)!r}: is a folder; pass a YAML file{example}"])
+    if p.exists():  # never opened: reading a pipe would wait for a writer
+        raise ConfigError([
+            f"config file {str(path)!r}: not a regular file (a pipe, socket or device); "
+            f"write the config to a .yaml file and pass its path"
+        ])
     try:
         shipped = {c.stem: str(c) for c in shipped_configs()}
     except FileNotFoundError:
@@ -180,7 +200,57 @@ def _find_config(path: str | Path | None) -> Path:
     if p.suffix == "" and str(path) in shipped:
         return Path(shipped[str(path)])
     hint = did_you_mean(p.stem, shipped)
+    if not hint and "." in str(path) and p.suffix not in (".yaml", ".yml") and "/" not in str(path):
+        hint = f" — an override needs a value: {path}=VALUE"
     raise ConfigError([f"config file {str(path)!r}: not found (shipped configs: {sorted(shipped)}){hint}"])
+
+
+def _read_yaml(source: Path) -> DictConfig:
+    """The file's YAML mapping; unreadable files and bad YAML are ``ConfigError``s naming the file."""
+    try:
+        text = source.read_text(encoding="utf-8")
+    except PermissionError:
+        raise ConfigError([
+            f"config file {str(source)!r}: permission denied; make it readable (chmod u+r) or copy it"
+        ]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"config file {str(source)!r}: not a UTF-8 text file ({exc.reason} at byte {exc.start})"]) \
+            from None
+    except OSError as exc:
+        raise ConfigError([f"config file {str(source)!r}: cannot be read: {exc.strerror or exc}"]) from None
+    try:
+        file_cfg = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
+    except Exception as exc:  # yaml errors carry the line and column
+        raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
+    if not isinstance(file_cfg, DictConfig):
+        raise ConfigError([f"{source}: expected a mapping at the top level, got a {type(file_cfg).__name__}"])
+    return file_cfg
+
+
+def _parse_override(override: Any) -> tuple[DictConfig | None, str | None]:
+    """One ``key.path=value`` override as a config, or the problem with it (naming it)."""
+    example = "expected key.path=value, e.g. run.seed=3"
+    if not isinstance(override, str) or "=" not in override:
+        return None, f"override {override!r}: no '='; {example}"
+    key, _, value = override.partition("=")
+    if not key.strip() or any(not part.strip() for part in key.split(".")):
+        return None, f"override {override!r}: the key {key!r} has an empty part; {example}"
+    if " " in key.strip():
+        return None, f"override {override!r}: the key {key!r} has a space; {example}"
+    try:
+        return OmegaConf.from_dotlist([override]), None
+    except Exception as exc:
+        return None, (
+            f"override {override!r}: the value {value!r} is not valid ({_first_line(exc)}); "
+            "close brackets and quotes, and quote the whole argument in the shell: 'key=[1,2]'"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without OmegaConf's ``full_key:`` trailer."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = " ".join(ln for ln in lines[:3] if not ln.startswith(("full_key:", "object_type", "in \"<unicode")))
+    return text or type(exc).__name__
 
 
 # --------------------------------------------------------------------------- classes
@@ -206,6 +276,10 @@ def resolve_class(path: str, key: str) -> type:
 
     if not isinstance(path, str) or "." not in path.strip(".") or " " in path:
         fail(f"expected a dotted class path like 'distlearn.models.MLP', got {path!r}")
+    if path.startswith("tinybig."):  # left by the tinybig translation: no distlearn counterpart
+        from .tinybig import unmapped_problem
+
+        raise ConfigError([unmapped_problem(path, key)])
     module_name, _, attr = path.rpartition(".")
     try:
         module = importlib.import_module(module_name)
@@ -255,10 +329,10 @@ def _moduledid_you_mean(path: str, missing: str) -> str:
             return ""
         names = [m.name for m in pkgutil.iter_modules(getattr(parent, "__path__", []))]
         names += [n for n in dir(parent) if not n.startswith("_")]
-    else:
+    else:  # a top-level package: only a near-certain typo is worth naming (not 'typing' for 'tinybig')
         names = [m.name for m in pkgutil.iter_modules()]
     fixed = {n: ".".join(p for p in (parent_name, n) if p) + path[len(missing):] for n in sorted(set(names))}
-    return did_you_mean(leaf, fixed)
+    return did_you_mean(leaf, fixed, cutoff=0.6 if parent_name else 0.8)
 
 
 # --------------------------------------------------------------------------- validation
@@ -314,6 +388,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
             data_cls = cls  # only the data section gets here
             _check_parameters(cls, params, at, problems)
     _check_run(c.get("run"), problems)
+    _check_output_dir(c.get("run"), problems)
     if problems:
         raise ConfigError(problems)
 
@@ -364,15 +439,19 @@ def _check_section(section: Any, key: str, prefix: str, problems: list[str]) -> 
 def _check_learner(cls: type, params: dict, at: str, problems: list[str]) -> None:
     nested = {k: params[k] for k in LEARNER_NESTED if k in params}
     options = {k: v for k, v in params.items() if k not in nested}
+    buildable: dict[str, tuple[type, dict]] = {}
     sig = _signature(cls)
     var_kw = sig is not None and any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     for k, v in nested.items():
         if v is None or (sig is not None and k not in sig.parameters and not var_kw):
             continue  # an unknown one is reported by _check_parameters below
         prefix, supplied = LEARNER_NESTED[k]
+        before = len(problems)
         n_cls, n_params = _check_section(v, f"{at}.{k}", prefix, problems)
         if n_cls is not None and n_params is not None:
             _check_parameters(n_cls, n_params, f"{at}.{k}.{prefix}_parameters", problems, excluded=supplied)
+            if len(problems) == before:
+                buildable[k] = (n_cls, n_params)
     # BackwardLearner's own options first: their messages are more specific than a type mismatch.
     flagged = _check_values(options, {
         "n_epochs": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
@@ -385,6 +464,55 @@ def _check_learner(cls: type, params: dict, at: str, problems: list[str]) -> Non
     # Nested configs are checked above; bind them by name only.
     nested_names = {k: None for k in nested}
     _check_parameters(cls, {**options, **nested_names}, at, problems, excluded=LEARNER_SUPPLIED, flagged=flagged)
+    _check_builds(buildable, at, problems)
+
+
+def _check_builds(sections: dict[str, tuple[type, dict]], at: str, problems: list[str]) -> None:
+    """Build the loss, optimizer and scheduler on a stand-in parameter: what the classes themselves
+    refuse (a negative lr, an unknown scheduler mode) is found now, not after the data is loaded."""
+    if not sections:
+        return
+    import torch
+
+    stand_in = [torch.nn.Parameter(torch.zeros(1))]
+    optimizer = None
+    if "loss_configs" in sections:
+        _try_build("loss_configs", *sections["loss_configs"], at, problems)
+    if "optimizer_configs" in sections:
+        optimizer = _try_build("optimizer_configs", *sections["optimizer_configs"], at, problems, stand_in)
+    if "lr_scheduler_configs" in sections:
+        if optimizer is None:  # none configured (an object given in code) or refused: any will do
+            optimizer = torch.optim.SGD(stand_in, lr=0.1)
+        _try_build("lr_scheduler_configs", *sections["lr_scheduler_configs"], at, problems, optimizer)
+
+
+def _try_build(key: str, cls: type, params: dict, at: str, problems: list[str], *args: Any) -> Any:
+    """``cls(*args, **params)``, or a problem naming the parameter it refused (the one whose removal lets
+    it build), with the class's own words."""
+    import warnings
+
+    def build(kwargs: dict) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls(*args, **copy.deepcopy(kwargs))
+
+    try:
+        return build(params)
+    except Exception as exc:
+        culprit = None
+        for name in params:
+            try:
+                build({k: v for k, v in params.items() if k != name})
+            except Exception:
+                continue
+            culprit = name
+            break
+        prefix = LEARNER_NESTED[key][0]
+        where = f"{at}.{key}.{prefix}_parameters" + (f".{culprit}" if culprit else "")
+        what = f"the value {params[culprit]!r}" if culprit else "these parameters"
+        fix = f"; fix {culprit} or remove it to use the default" if culprit else ""
+        problems.append(f"{where}: {cls.__module__}.{cls.__qualname__} refuses {what}: {_first_line(exc)}{fix}")
+        return None
 
 
 def _check_run(run: Any, problems: list[str]) -> None:
@@ -416,6 +544,32 @@ def _check_run(run: Any, problems: list[str]) -> None:
         "checkpoint": (lambda v: v is None or isinstance(v, dict), "a mapping or null"),
         "resume": (lambda v: v is None or isinstance(v, (bool, str)), "null, true/false or a checkpoint path"),
     }, "run", problems)
+
+
+def _check_output_dir(run: Any, problems: list[str]) -> None:
+    """An output folder that cannot be written is found now, before any training (read-only checks)."""
+    import os
+
+    if not isinstance(run, dict):
+        return
+    value = run.get("output_dir")
+    if value is not None and not (isinstance(value, str) and value.strip()):
+        return  # reported by _check_run
+    path = Path(value).expanduser() if value is not None else Path("runs")
+    shown = f"run.output_dir {str(path)!r}" if value is not None else f"the default output folder {str(path.absolute())!r}"
+    if path.exists() and not path.is_dir():
+        problems.append(f"run.output_dir: {str(path)!r} exists and is not a folder; choose another path")
+        return
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        problems.append(f"run.output_dir: {shown} lies under {str(existing)!r}, which is not a folder; choose another path")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" ({str(existing)!r}, where it would be created)"
+        problems.append(
+            f"run.output_dir: {shown} is not writable{where}; choose a folder you can write (run.output_dir=...)"
+        )
 
 
 def _check_parameters(
@@ -506,6 +660,8 @@ def build_experiment(
                 ])
         if key == "learner_configs" and params.get("seed") is None and "seed" in _parameters(cls):
             params["seed"] = run["seed"]
+        if key == "model_configs":
+            _check_outputs(params.get("out_features"), data, f"{at}.out_features")
         return cls(**{**params, **extra})
 
     import torch
@@ -520,6 +676,28 @@ def build_experiment(
     return Experiment(
         data=data, data_loaders=data_loaders, model=model, learner=learner, metric=metric, run=run, config=c
     )
+
+
+def _check_outputs(out_features: Any, data: Any, key: str) -> None:
+    """A model with fewer outputs than the data has classes (or several outputs for one regression
+    target) fails mid-training or trains on broadcast shapes: refuse it at build time."""
+    if not is_int(out_features):
+        return
+    task, n_classes, n_outputs = (getattr(data, a, None) for a in ("task", "n_classes", "n_outputs"))
+    if task == "classification" and is_int(n_classes) and out_features < n_classes:
+        classes = getattr(data, "classes", None)
+        found = list(classes) if classes is not None else list(range(n_classes))
+        shown = ", ".join(str(getattr(c, "item", lambda c=c: c)()) for c in found[:12]) + (", ..." if len(found) > 12 else "")
+        raise ConfigError([
+            f"{key}: {out_features}, but the data has {n_classes} classes ({shown}): labels "
+            f"{out_features}..{n_classes - 1} would be outside the model's outputs; set out_features: auto "
+            f"(or {n_classes})"
+        ])
+    if task == "regression" and is_int(n_outputs) and out_features != n_outputs:
+        raise ConfigError([
+            f"{key}: {out_features}, but the data has {n_outputs} regression target{'s' if n_outputs != 1 else ''}; "
+            f"set out_features: auto (or {n_outputs})"
+        ])
 
 
 def _auto_sized(cls: type, params: Mapping[str, Any], key: str) -> dict[str, tuple[str, bool]]:
