@@ -55,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 2 for bad input, 1 when training failed (e.g. a NaN loss).
     """
     args = _parser().parse_args(argv)
+    from .launch_check import single_process_launch_warning
+
+    if (warning := single_process_launch_warning()) is not None:
+        print(f"distlearn: warning: {warning}", file=sys.stderr, flush=True)
     if args.config is not None and "=" in args.config and not Path(args.config).exists():
         args.overrides.insert(0, args.config)  # `distlearn train run.seed=3`: an override, not a file
         args.config = None

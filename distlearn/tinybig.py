@@ -43,6 +43,8 @@ OFFERS = {
         "or distlearn.data.CSVDataset (path, target, task) for your own table"
     ),
 }
+OFFERS["learner_configs"] = "distlearn.learner.BackwardLearner (tinybig.learner.backward_learner maps to it)"
+OFFERS["metric_configs"] = "distlearn.metrics.Accuracy, F1, MSE or MAE"
 DEFAULT_OFFER = "the distlearn class of the same role (see configs/digits.yaml) or any class path"
 
 
@@ -71,25 +73,27 @@ def from_tinybig(cfg: Mapping[str, Any], source: str = "the config") -> dict[str
     ignored: list[str] = []
     for key in ("device",):
         if key in body:
-            ignored.append(f"{key}: {body.pop(key)!r} (the launcher chooses the device)")
+            body.pop(key)
+            ignored.append(key)  # the launcher chooses the device
     if "random_seed" in body:
         seed = body.pop("random_seed")
         out.setdefault("run", {})["seed"] = seed
-        mapped.append(f"random_seed -> run.seed={seed}")
+        mapped.append("random_seed -> run.seed")
     for key in ("output_configs", "result_configs"):
         if key in body:
             body.pop(key)
-            ignored.append(f"{key} (distlearn writes record.json and model.safetensors to run.output_dir)")
+            ignored.append(key)  # distlearn writes its outputs to run.output_dir
     for key, section in body.items():
         if isinstance(section, dict) and "device" in section:  # model_configs.device in some files
-            ignored.append(f"{key}.device: {section.pop('device')!r} (the launcher chooses the device)")
+            section.pop("device")
+            ignored.append(f"{key}.device")
     _map_class(body.get("learner_configs"), "learner", LEARNERS, mapped)
     _map_metric(body.get("metric_configs"), mapped)
-    _map_data(body.get("data_configs"), mapped)
+    ignored.extend(_map_data(body.get("data_configs"), mapped))
     out.update(body)
     logger.warning(
-        "%s is a tinybig experiment file: mapped %s%s", source, "; ".join(mapped) or "nothing",
-        f"; ignored {'; '.join(ignored)}" if ignored else "",
+        "distlearn: %s is a tinybig experiment file: mapped %s%s", source, ", ".join(mapped) or "nothing",
+        f"; ignored {', '.join(ignored)}" if ignored else "",
     )
     return out
 
@@ -107,7 +111,7 @@ def _map_class(section: Any, prefix: str, table: Mapping[str, str], mapped: list
     path = section.get(f"{prefix}_class")
     if isinstance(path, str) and path in table:
         section[f"{prefix}_class"] = table[path]
-        mapped.append(f"{prefix}_class {path} -> {table[path]}")
+        mapped.append(f"{path} -> {table[path]}")
     return None
 
 
@@ -120,16 +124,17 @@ def _map_metric(section: Any, mapped: list[str]) -> None:
     _map_class(section, "metric", METRICS, mapped)
     params = section.get("metric_parameters")
     if isinstance(params, dict) and "name" in params and not _accepts(METRICS[path], "name"):
-        mapped.append(f"metric_parameters.name {params.pop('name')!r} dropped (the metric's name is its class)")
+        params.pop("name")  # the metric's name is its class's
 
 
-def _map_data(section: Any, mapped: list[str]) -> None:
+def _map_data(section: Any, mapped: list[str]) -> list[str]:
+    """Map a tinybig scikit-learn data set; returns the parameters left out."""
     if not isinstance(section, dict):
-        return
+        return []
     path = section.get("data_class")
     name = path[len("tinybig.data."):] if isinstance(path, str) and path.startswith("tinybig.data.") else None
     if name not in SKLEARN_DATA:
-        return
+        return []
     params = dict(section.get("data_parameters") or {})
     new = {"name": name}
     if "train_batch_size" in params:
@@ -139,11 +144,9 @@ def _map_data(section: Any, mapped: list[str]) -> None:
     section["data_class"] = "distlearn.data.SklearnDataset"
     section["data_parameters"] = new
     dropped = sorted(set(params) - {"name", "train_batch_size"})
-    mapped.append(
-        f"data_class {path} -> distlearn.data.SklearnDataset(name={name!r}"
-        + (f", batch_size={new['batch_size']}" if "batch_size" in new else "") + ")"
-        + (f" without {', '.join(dropped)} (the test loader uses the same batch size)" if dropped else "")
-    )
+    mapped.append(f"{path} -> distlearn.data.SklearnDataset(name={name!r})")
+    mapped.extend(f"{k} -> batch_size" for k in params if k == "train_batch_size")
+    return [f"data_parameters.{k}" for k in dropped]  # test_batch_size: the test loader uses batch_size
 
 
 def _accepts(class_path: str, parameter: str) -> bool:

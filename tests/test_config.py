@@ -312,3 +312,54 @@ def test_cpu_multi_accelerate_config_starts_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("RANK"))
     assert lines == ["RANK 0 OF 2 WORLD 2", "RANK 1 OF 2 WORLD 2"], proc.stdout + proc.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- tinybig experiment files
+
+TINYBIG = Path(__file__).resolve().parent / "data" / "tinybig"
+
+
+def test_tinybig_files_load_and_map_learner_metric_data_and_seed(caplog):
+    """tinybig's own experiment files (tests/data/tinybig, copied unchanged) load as they are."""
+    for name, data_name in (("iris", "iris"), ("diabetes", "diabetes"), ("banknote", None)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="distlearn"):
+            cfg = load_config(TINYBIG / f"{name}_configs.yaml")
+        assert "configurations" not in cfg and cfg.run.seed == 1234
+        assert cfg.learner_configs.learner_class == "distlearn.learner.BackwardLearner"
+        assert cfg.metric_configs.metric_class == "distlearn.metrics.MSE"
+        assert "name" not in cfg.metric_configs.metric_parameters
+        assert "output_configs" not in cfg and "result_configs" not in cfg and "device" not in cfg.model_configs
+        log = caplog.text
+        assert "tinybig.learner.backward_learner -> distlearn.learner.BackwardLearner" in log, log
+        assert "tinybig.metric.mse -> distlearn.metrics.MSE" in log and "ignored device" in log
+        problems = _problems(cfg)
+        model = [p for p in problems if p.startswith("model_configs.model_class")]
+        assert len(model) == 1 and "tinybig.model.rpn" in model[0] and "distlearn.models.MLP" in model[0], problems
+        if data_name is None:  # tinybig's own data set: named, with what distlearn offers
+            assert any(p.startswith("data_configs.data_class") and "SklearnDataset" in p and "CSVDataset" in p
+                       for p in problems), problems
+            assert len(problems) == 2, problems
+        else:
+            assert cfg.data_configs.data_class == "distlearn.data.SklearnDataset"
+            assert cfg.data_configs.data_parameters.name == data_name
+            assert cfg.data_configs.data_parameters.batch_size == 1000
+            assert len(problems) == 1, problems
+        assert not any("typing" in p for p in problems)
+
+
+def test_tinybig_file_with_a_distlearn_model_builds():
+    cfg = load_config(TINYBIG / "diabetes_configs.yaml")
+    cfg.model_configs = {"model_class": "distlearn.models.MLP", "model_parameters": {"hidden_sizes": [8]}}
+    validate_config(cfg)
+    exp = build_experiment(cfg)
+    x, y = next(iter(exp.data_loaders["train_loader"]))
+    assert exp.model(x).shape == y.shape and exp.learner.n_epochs == 3000 and exp.run["seed"] == 1234
+
+
+def test_unknown_top_level_package_gets_no_unrelated_suggestion():
+    with pytest.raises(ConfigError) as info:
+        resolve_class("tinybg.learner.backward_learner", "learner_configs.learner_class")
+    assert "did you mean" not in str(info.value)  # 'typing' is not what a tinybig user meant
+    with pytest.raises(ConfigError, match="did you mean 'torch.optim.AdamW'"):
+        resolve_class("torhc.optim.AdamW", "k")

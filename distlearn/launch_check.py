@@ -1,0 +1,80 @@
+"""Noticing a launch that asked for several CPU processes and started one.
+
+``accelerate launch --cpu --num_processes 2`` takes Accelerate's simple launcher,
+which fans out only through ``mpirun``: it starts ONE process, with the
+rendezvous variables (``MASTER_ADDR``/``MASTER_PORT``) of a multi-process run but
+no ``WORLD_SIZE``. The run is then correct but single-process, which is not what
+was asked for; :func:`single_process_launch_warning` says so and names a command
+that starts the processes. It reads the environment and, on Linux, the
+launcher's command line; it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+__all__ = ["single_process_launch_warning"]
+
+_ACCELERATE_MARK = "ACCELERATE_MIXED_PRECISION"  # every `accelerate launch` sets it for its children
+
+
+def single_process_launch_warning(
+    environ: Mapping[str, str] | None = None, parent_cmdline: list[str] | None = None
+) -> str | None:
+    """A warning when ``accelerate launch`` was asked for several processes and started this one alone.
+
+    Args:
+        environ: The environment (default ``os.environ``).
+        parent_cmdline: The launcher's arguments (default: read from ``/proc`` where it exists).
+
+    Returns:
+        The warning text, or None when the launch looks as intended.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("WORLD_SIZE") or env.get("RANK") or _ACCELERATE_MARK not in env or not env.get("MASTER_PORT"):
+        return None  # a real multi-process launch, no accelerate launch, or one process asked for
+    argv = _parent_cmdline() if parent_cmdline is None else parent_cmdline
+    if argv and "accelerate" not in " ".join(argv[:3]):
+        return None  # MASTER_PORT came from somewhere else
+    n = _num_processes(argv) or "several"
+    script = _script(argv)
+    return (
+        f"accelerate launch was asked for {n} processes but started only this one: with --cpu (or a "
+        f"MULTI_CPU config) it starts several only through mpirun. This run trains on one process. "
+        f"To start {n} CPU processes use: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+        f"--num_processes {n if isinstance(n, int) else 'N'} {script}  (or DISTLEARN_CPU_PROCS="
+        f"{n if isinstance(n, int) else 'N'} launch/train.sh CONFIG)"
+    )
+
+
+def _parent_cmdline() -> list[str]:
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _num_processes(argv: list[str]) -> int | None:
+    for i, arg in enumerate(argv):
+        match = re.fullmatch(r"--num[_-]processes(?:=(\d+))?", arg)
+        if match:
+            value = match.group(1) or (argv[i + 1] if i + 1 < len(argv) else "")
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def _script(argv: list[str]) -> str:
+    """What was launched (``-m distlearn train ...`` or ``script.py ...``), for the suggested command."""
+    try:
+        start = argv.index("launch") + 1
+    except ValueError:
+        return "-m distlearn train ..."
+    rest = argv[start:]
+    i = 0
+    while i < len(rest) and rest[i].startswith("-") and rest[i] not in ("-m", "--module"):
+        flag = rest[i]
+        i += 1 if "=" in flag or flag in ("--cpu", "--multi_gpu", "--use_cpu", "--debug") else 2
+    return " ".join(rest[i:]) or "-m distlearn train ..."
