@@ -174,6 +174,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             merged = OmegaConf.merge(merged, cli_cfg)
         except Exception as exc:
             raise ConfigError([f"override {o!r}: {_first_line(exc)}"]) from None
+    if len(parsed) > 1:  # `run=5 run.seed=3` rebuilt `run` without its defaults: fill them in again
+        merged = OmegaConf.merge(OmegaConf.create({"run": RUN_DEFAULTS}), merged)
     return merged
 
 
