@@ -175,27 +175,113 @@ def write_model(path: str | Path, state_dict: Mapping[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
 
 
-def write_curves(path: str | Path, record: Mapping[str, Any]) -> Path:
-    """Loss, score and learning rate per epoch (train and test) as a PNG."""
+def write_curves(
+    path: str | Path,
+    record: Mapping[str, Any],
+    *,
+    title: str | None = None,
+    higher_is_better: bool | None = None,
+) -> Path:
+    """Loss, score and learning rate per epoch (train and test) as a PNG.
+
+    Each panel's y axis is labelled; a panel whose values span more than a decade
+    is drawn on a log scale (a first-epoch loss of 28,000 would flatten the rest); the
+    best test epoch is marked; the score panel is left out when it repeats the loss
+    (an MSE metric next to an MSE loss). Epochs are numbered from 1, as in the summary.
+
+    Args:
+        path: The PNG file to write.
+        record: The learner's training record.
+        title: The run's name, shown on the figure (default: the name of ``path``'s folder).
+        higher_is_better: Whether a higher test score is better (default: from the metric's name).
+
+    Returns:
+        ``path``.
+    """
+    fig = curves_figure(record, title=title if title is not None else Path(path).resolve().parent.name,
+                        higher_is_better=higher_is_better)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+
+
+def curves_figure(record: Mapping[str, Any], *, title: str = "", higher_is_better: bool | None = None) -> Any:
+    """The matplotlib ``Figure`` that :func:`write_curves` saves (Agg canvas, no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     epochs = _epochs(record)
     name = next((e["metric_name"] for _, e in epochs if e.get("metric_name")), None) or "score"
-    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    series = {
+        ("loss", "train"): _series(epochs, lambda e: e.get("train_loss")),
+        ("loss", "test"): _series(epochs, lambda e: (e.get("test_result") or {}).get("test_loss")),
+        ("score", "train"): _series(epochs, lambda e: e.get("train_score")),
+        ("score", "test"): _series(epochs, lambda e: (e.get("test_result") or {}).get("test_score")),
+        ("lr", "lr"): _series(epochs, lambda e: e.get("lr")),
+    }
+    has_score = any(series[("score", s)] for s in ("train", "test"))
+    same = has_score and all(_same(series[("loss", s)], series[("score", s)]) for s in ("train", "test"))
+    panels = [("loss", f"loss (= {name})" if same else "loss")]
+    if has_score and not same:
+        panels.append(("score", name))
+    panels.append(("lr", "learning rate"))
+
+    fig = Figure(figsize=(4.4 * len(panels), 3.9), layout="constrained")
     FigureCanvasAgg(fig)  # the Agg canvas, without pyplot's global state or a display
-    loss_ax, score_ax, lr_ax = fig.subplots(1, 3)
-    for ax, key, title in ((loss_ax, "loss", "loss"), (score_ax, "score", name)):
-        _plot(ax, epochs, lambda e: e.get(f"train_{key}"), "train")
-        _plot(ax, epochs, lambda e: (e.get("test_result") or {}).get(f"test_{key}"), "test")
-        ax.set_title(title)
+    fig.suptitle(title, fontsize=11)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (kind, label) in zip(axes, panels):
+        for (k, which), points in series.items():
+            if k == kind and points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="." if len(points) < 30 else None, label=which)
         ax.set_xlabel("epoch")
-        if ax.has_data():
+        ax.set_ylabel(label)
+        values = [y for (k, _), pts in series.items() if k == kind for _, y in pts]
+        if values and min(values) > 0 and max(values) / min(values) > 10:  # a decade or more
+            ax.set_yscale("log")
+        if kind != "lr" and ax.has_data():
             ax.legend()
-    _plot(lr_ax, epochs, lambda e: e.get("lr"), "lr")
-    lr_ax.set_title("learning rate")
-    lr_ax.set_xlabel("epoch")
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    best = _best_epoch(series, name, same or not has_score, higher_is_better)
+    if best is not None:
+        epoch, value, kind = best
+        ax = axes[[k for k, _ in panels].index(kind)]
+        ax.axvline(epoch, color="0.6", linestyle="--", linewidth=1)
+        ax.plot([epoch], [value], marker="*", markersize=12, color="C3", linestyle="none",
+                label=f"best test: epoch {epoch} ({value:.4g})")
+        ax.legend()
+    return fig
+
+
+# Metric names for which lower is better (the rest, e.g. accuracy and F1, are higher-is-better).
+_LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "error", "perplexity")
+
+
+def _best_epoch(
+    series: Mapping[tuple[str, str], list[tuple[int, float]]], name: str, on_loss: bool, higher_is_better: bool | None
+) -> tuple[int, float, str] | None:
+    """The best test epoch (1-based), its value and the panel to mark it on: the test score's,
+    else the test loss's (lowest)."""
+    kind = "loss" if on_loss else "score"
+    points = series[(kind, "test")]
+    if not points:
+        return None
+    if kind == "score":
+        higher = higher_is_better if higher_is_better is not None else name.lower() not in _LOWER_IS_BETTER
+    else:
+        higher = False
+    epoch, value = (max if higher else min)(points, key=lambda p: p[1])
+    return epoch, value, kind
+
+
+def _series(epochs: list, get: Callable[[Mapping[str, Any]], Any]) -> list[tuple[int, float]]:
+    """(1-based epoch, finite value) pairs; missing and non-finite values are left out."""
+    points = [(i + 1, finite(get(e))) for i, e in epochs]
+    return [(x, y) for x, y in points if y is not None]
+
+
+def _same(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
+    """Whether two curves are the same numbers (an MSE score next to an MSE loss)."""
+    return len(a) == len(b) and all(x == u and math.isclose(y, v, rel_tol=1e-6, abs_tol=1e-12)
+                                    for (x, y), (u, v) in zip(a, b))
 
 
 def summary_text(
@@ -246,7 +332,7 @@ def summary_text(
                 best_i, best = (max if higher_is_better else min)(scored, key=lambda p: p[1])
                 lines.append(f"  best test  {name} {best:.4f} at epoch {best_i + 1}")
         lines.append(f"  lr         {_fmt(last.get('lr'))} at the end")
-    lines.append(f"  tracking   {tracking}")
+    lines.append(f"  tracking   {_short_tracking(tracking, output_dir)}")
     lines.append(f"  files      {', '.join(p.name for p in files)}")
     lines.append(f"Output directory: {output_dir}")
     return "\n".join(lines)
@@ -292,12 +378,21 @@ def _epochs(record: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
     return sorted(((int(k), v) for k, v in (record.get("training") or {}).items()), key=lambda p: p[0])
 
 
-def _plot(ax: Any, epochs: list, get: Callable[[Mapping[str, Any]], Any], label: str) -> None:
-    points = [(i + 1, finite(get(e))) for i, e in epochs]
-    points = [(x, y) for x, y in points if y is not None]
-    if points:
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="." if len(points) < 30 else None, label=label)
+def _short_tracking(text: str, output_dir: str | Path) -> str:
+    """The tracking line without repeats: the reason in parentheses dropped when the line is long, a
+    path given twice kept once, and paths inside the run folder written relative to it (the last
+    line of the summary names that folder)."""
+    import re
+
+    if len(text) > 80:
+        text = re.sub(r" \((?:[^()]|\([^()]*\))*\)", "", text, count=1)  # "(no W&B credentials (...))"
+    paths = re.findall(r"(/[^\s;()]+)", text)
+    for p in {p for p in paths if paths.count(p) > 1}:
+        text = text.replace(f": {p};", ";", 1)  # "...: P; upload with: wandb sync P" -> "...; upload with: ... P"
+    root = str(output_dir).rstrip("/") + "/"
+    if root in text:
+        text = text.replace(root, "") + " (from the output directory)"
+    return text
 
 
 def _fmt(value: Any) -> str:
