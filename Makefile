@@ -1,22 +1,34 @@
 # Developer entry points. `make train` and `make test` work on a fresh machine:
 # they install torch first when it is missing (TORCH_SPEC: this machine's local
-# CPU build by default; any torch>=2.6 works for users elsewhere).
+# CPU build by default; any torch>=2.6 works for users elsewhere), then distlearn
+# with its test extras, once: again only when pyproject.toml changes (the stamp
+# file .install.stamp, ignored by git; `make install` forces it).
+#
+#   make train                                   # the digits MLP, configs/digits.yaml
+#   make train ARGS="configs/wine.yaml run.seed=3"   # any `distlearn train` arguments
+#   make test                                    # the whole suite
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
+STAMP := .install.stamp
 
 .PHONY: install train test bench
 
-install:
+$(STAMP): pyproject.toml
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_SPEC)"
 	$(PYTHON) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
 
-train: install
+install:
+	@rm -f $(STAMP)
+	@$(MAKE) --no-print-directory $(STAMP)
+
+train: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PYTHON) -m distlearn train $(ARGS)
 
-test: install
+test: $(STAMP)
 	$(PYTHON) -m pytest -q
 
-bench: install
+bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_accumulators.py
 	$(PYTHON) benchmarks/bench_learner.py
 	$(PYTHON) benchmarks/bench_digits_vs_sklearn.py
