@@ -1,0 +1,525 @@
+#!/usr/bin/env python
+"""distlearn on one GPU: the checks a CPU cannot make, in one run of a few minutes.
+
+    python benchmarks/gpu_check.py             # needs CUDA; about 1-3 minutes on one GPU
+    python benchmarks/gpu_check.py --dry-cpu   # no CUDA: the same plumbing on tiny sizes, on the CPU
+
+One line per check, ``[id] what: VERDICT (details)``, VERDICT one of PASS, FAIL, SKIP (cannot
+run here, with the reason) or INFO (a measurement). The exit code is 1 when any check FAILs.
+
+Checks:
+  acc-sync     calling accumulators and metrics per step never waits for the GPU
+               (torch.cuda.set_sync_debug_mode("error") around the loop)
+  step-sync    the learner's training steps never wait for the GPU, for mixed precision
+               no/bf16/fp16, with and without a metric ("error" mode from the second
+               step's loss to the last step's; fp16 allows only the GradScaler's own check)
+  fp16-skip    steps the GradScaler skips (inf gradients) neither count as optimizer
+               steps nor step the scheduler
+  group-1      a 1-rank NCCL group (gloo with --dry-cpu): the primitives calculate() uses
+               (float64 SUM and MAX all_reduce, uint8 all_gather) and calculate() itself
+  gloo-2       two ranks sharing the device over gloo, one rank without data: the
+               results are right and come back on the device of the inputs
+  max-nan      a NaN on rank 1 survives Max across ranks, as on one process
+  speed        the learner against a hand-written Accelerate loop doing the same work
+               (interleaved repeats; a time ratio)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import statistics
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # this checkout's distlearn, also without an install
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*nothing was accumulated.*")
+
+
+class Checks:
+    """Runs checks, prints one line each, remembers failures."""
+
+    def __init__(self, dry: bool) -> None:
+        self.dry = dry
+        self.device = torch.device("cpu") if dry else torch.device("cuda", 0)
+        self.failed: list[str] = []
+
+    def line(self, cid: str, what: str, verdict: str, detail: str = "") -> None:
+        if verdict == "FAIL":
+            self.failed.append(cid)
+        print(f"[{cid}] {what}: {verdict}" + (f" ({detail})" if detail else ""), flush=True)
+
+    def run(self, cid: str, what: str, check: Callable[[], tuple[str, str]]) -> None:
+        """``check()`` returns (verdict, detail); an unexpected exception is a FAIL line, not the end."""
+        try:
+            verdict, detail = check()
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one line
+            verdict, detail = "FAIL", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''} at {_site(exc)}"
+        finally:
+            sync_mode(self, 0)
+            reset_accelerate()
+        self.line(cid, what, verdict, detail)
+
+    def synchronize(self) -> None:
+        if not self.dry:
+            torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sync_mode(checks: Checks, mode: int | str) -> None:
+    """torch.cuda.set_sync_debug_mode where CUDA exists; nothing with --dry-cpu."""
+    if not checks.dry:
+        torch.cuda.set_sync_debug_mode(mode)
+
+
+@contextlib.contextmanager
+def error_on_sync(checks: Checks) -> Iterator[None]:
+    checks.synchronize()
+    sync_mode(checks, "error")
+    try:
+        yield
+    finally:
+        sync_mode(checks, 0)
+
+
+def reset_accelerate() -> None:
+    """Forget Accelerate's process-wide state, so that the next learner may choose another precision."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def _site(exc: BaseException) -> str:
+    """The frame that raised, and the last distlearn frame on the way (where a sync came from)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    ours = [f for f in frames if "/distlearn/" in f.filename.replace(os.sep, "/")]
+    where = f"{Path(last.filename).name}:{last.lineno}"
+    if ours and ours[-1] is not last:
+        where += f" via distlearn/{Path(ours[-1].filename).name}:{ours[-1].lineno}"
+    return where
+
+
+def data(n: int, features: int, classes: int, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=g)
+    y = (x @ torch.randn(features, classes, generator=g)).argmax(1)
+    return TensorDataset(x, y)
+
+
+def model(features: int, classes: int, hidden: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+
+ADAMW = {"optimizer_class": "torch.optim.AdamW", "optimizer_parameters": {"lr": 1e-3}}
+
+
+class Sizes:
+    def __init__(self, dry: bool) -> None:
+        self.features, self.classes = 32, 10
+        self.hidden = 64 if dry else 1024
+        self.n, self.batch = (256, 32) if dry else (16384, 256)
+        self.repeats = 2 if dry else 5
+
+
+# --------------------------------------------------------------------------- accumulators
+
+
+def check_accumulator_loop(checks: Checks) -> tuple[str, str]:
+    from distlearn import Accuracy, Cat, Max, Mean, Sum
+
+    out = torch.randn(64, 10, device=checks.device)
+    y = torch.randint(0, 10, (64,), device=checks.device)
+    loss = torch.nn.functional.cross_entropy(out, y)
+    total, mean, weighted, peak, preds, acc = Sum(), Mean(), Mean(), Max(), Cat(), Accuracy()
+
+    def step() -> None:
+        total(loss)
+        mean(loss)  # the default weight
+        weighted(loss, weight=len(y))  # a Python int weight: the README's idiom
+        peak(loss)
+        preds(out.argmax(-1))
+        acc.update(y_score=out, y_true=y)
+
+    step()  # the first call may create the states
+    acc.reset()  # what the learner does at each epoch start: the next update must not sync either
+    with error_on_sync(checks):
+        for _ in range(20):
+            step()
+    values = [float(v.calculate()) for v in (total, mean, weighted, peak)]
+    expected = float(loss)
+    ok = abs(values[0] - 21 * expected) < 1e-6 * max(1.0, abs(21 * expected)) and all(
+        abs(v - expected) < 1e-6 for v in values[1:]
+    )
+    armed = "set_sync_debug_mode('error')" if not checks.dry else "no CUDA: sync mode not armed"
+    return ("PASS" if ok else "FAIL"), f"20 steps of Sum/Mean/Mean(weight=int)/Max/Cat/Accuracy, {armed}; values {values}"
+
+
+# --------------------------------------------------------------------------- learner
+
+
+class GuardedLoss(nn.CrossEntropyLoss):
+    """A CrossEntropyLoss that arms "error" sync mode from its 2nd call and disarms at its last
+    training call: the window covers every step's forward, backward, optimizer and metric work
+    but not the epoch's closing collective (which syncs by design)."""
+
+    def __init__(self, checks: Checks, steps: int) -> None:
+        super().__init__()
+        self.checks, self.steps, self.calls = checks, steps, 0
+        self.dtypes: set[str] = set()
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():  # training steps only (test batches run under no_grad)
+            self.calls += 1
+            self.dtypes.add(str(input.dtype).removeprefix("torch."))
+            if self.calls == 2:
+                self.checks.synchronize()
+                sync_mode(self.checks, "error")
+            elif self.calls == self.steps:
+                sync_mode(self.checks, 0)
+        return super().forward(input, target)
+
+
+def check_step_loop(checks: Checks, sizes: Sizes, precision: str, with_metric: bool) -> tuple[str, str]:
+    from distlearn import Accuracy, BackwardLearner
+
+    if precision == "fp16" and checks.dry:
+        try:
+            BackwardLearner(n_epochs=1, loss=nn.CrossEntropyLoss(), optimizer_configs=ADAMW,
+                            mixed_precision="fp16").accelerator()
+        except ValueError as exc:
+            return "PASS", f"fp16 refused on CPU, as it must be: {str(exc)[:70]}..."
+        return "FAIL", "fp16 accepted on CPU, where Accelerate would silently train in float32"
+    steps = sizes.n // sizes.batch
+    loss = GuardedLoss(checks, steps)
+    learner = BackwardLearner(n_epochs=1, loss=loss, optimizer_configs=ADAMW, mixed_precision=precision,
+                              max_grad_norm=1.0, display_every_n_steps=0, scheduler_interval="step",
+                              lr_scheduler_configs={"lr_scheduler_class": "torch.optim.lr_scheduler.StepLR",
+                                                    "lr_scheduler_parameters": {"step_size": 10, "gamma": 0.5}})
+    loader = DataLoader(data(sizes.n, sizes.features, sizes.classes), batch_size=sizes.batch, shuffle=True,
+                        pin_memory=not checks.dry)
+    try:
+        record = learner.train(model(sizes.features, sizes.classes, sizes.hidden), loader,
+                               metric=Accuracy() if with_metric else None, test_check=False, disable_tqdm=True)
+    except RuntimeError as exc:
+        if "synchroniz" not in str(exc):
+            raise
+        site = _site(exc)
+        if precision == "fp16" and "grad_scaler" in site:
+            return "PASS", f"the only sync is the GradScaler's inf check, inherent to fp16 ({site})"
+        return "FAIL", f"a training step waited for the GPU at {site}"
+    epoch = record["training"][0]
+    ok = epoch["optimizer_steps"] == steps and loss.calls == steps
+    return ("PASS" if ok else "FAIL"), (
+        f"{steps} steps, {epoch['optimizer_steps']} optimizer steps, train loss {epoch['train_loss']:.4f}, "
+        f"loss saw {sorted(loss.dtypes)} logits" + ("" if not checks.dry else "; no CUDA: sync mode not armed")
+    )
+
+
+def check_fp16_skipped_steps(checks: Checks, sizes: Sizes) -> tuple[str, str]:
+    if checks.dry:
+        return "SKIP", "fp16 needs CUDA (the GradScaler's skipped steps exist only there)"
+    from accelerate.utils import GradScalerKwargs
+
+    from distlearn import BackwardLearner
+
+    net = model(sizes.features, sizes.classes, sizes.hidden)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
+    learner = BackwardLearner(n_epochs=1, loss=nn.CrossEntropyLoss(), optimizer=optimizer, lr_scheduler=scheduler,
+                              mixed_precision="fp16", scheduler_interval="step", display_every_n_steps=0,
+                              accelerator_kwargs={"kwargs_handlers": [GradScalerKwargs(init_scale=2.0**40)]})
+    steps = 40
+    loader = DataLoader(data(steps * 32, sizes.features, sizes.classes), batch_size=32, shuffle=True)
+    record = learner.train(net, loader, test_check=False, disable_tqdm=True)
+    done = record["training"][0]["optimizer_steps"]
+    lr = optimizer.param_groups[0]["lr"]
+    expected = 1e-3 * 0.9**done
+    if done == steps:
+        return "FAIL", "no step was skipped: the scale 2^40 should overflow the first steps"
+    ok = abs(lr - expected) <= 1e-9 * expected
+    return ("PASS" if ok else "FAIL"), (
+        f"{steps - done} of {steps} steps skipped; lr {lr:.6g}, expected 1e-3*0.9^{done} = {expected:.6g}"
+    )
+
+
+def check_speed(checks: Checks, sizes: Sizes) -> tuple[str, str]:
+    import torch.nn.functional as F
+
+    from distlearn import Accuracy, BackwardLearner
+
+    precision = "no" if checks.dry else "bf16"
+    learner = BackwardLearner(n_epochs=1, loss=nn.CrossEntropyLoss(), optimizer_configs=ADAMW,
+                              mixed_precision=precision, display_every_n_steps=0)
+    accelerator = learner.accelerator()
+    dataset = data(sizes.n, sizes.features, sizes.classes)
+
+    def loader() -> DataLoader:
+        return DataLoader(dataset, batch_size=sizes.batch, shuffle=True, pin_memory=not checks.dry)
+
+    def run_learner() -> None:
+        learner.train(model(sizes.features, sizes.classes, sizes.hidden), loader(), metric=Accuracy(),
+                      test_check=False, disable_tqdm=True)
+
+    def run_hand() -> None:  # the same work: forward, loss, backward, step, running loss and accuracy
+        net = model(sizes.features, sizes.classes, sizes.hidden)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+        net, optimizer, batches = accelerator.prepare(net, optimizer, loader())
+        batches.set_epoch(0)
+        net.train()
+        totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+        for x, y in batches:
+            with accelerator.autocast():
+                out = net(x)
+            loss = F.cross_entropy(out.float(), y)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            totals += torch.stack([loss.detach().double() * len(y), (out.argmax(-1) == y).sum().double(),
+                                   torch.tensor(float(len(y)), dtype=torch.float64, device=accelerator.device)])
+        totals = accelerator.reduce(totals, "sum")
+        float(totals[0] / totals[2])
+
+    run_learner(), run_hand()  # warm-up
+    times: dict[str, list[float]] = {"learner": [], "hand": []}
+    for _ in range(sizes.repeats):
+        for name, fn in (("learner", run_learner), ("hand", run_hand)):
+            checks.synchronize()
+            began = time.perf_counter()
+            fn()
+            checks.synchronize()
+            times[name].append(time.perf_counter() - began)
+    steps = sizes.n // sizes.batch
+    ratio = statistics.median(times["learner"]) / statistics.median(times["hand"])
+    return "INFO", (
+        f"{precision}, {steps} steps per run, {sizes.repeats} interleaved repeats: learner "
+        f"{1e3 * statistics.median(times['learner']) / steps:.3f} ms/step, hand-written "
+        f"{1e3 * statistics.median(times['hand']) / steps:.3f} ms/step, time ratio {ratio:.3f} (of medians)"
+    )
+
+
+# --------------------------------------------------------------------------- process groups
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_one_rank_group(checks: Checks) -> tuple[str, str]:
+    import datetime
+
+    import torch.distributed as dist
+
+    from distlearn import Cat, Max, Mean, Sum, calculate
+
+    backend = "gloo" if checks.dry else "nccl"
+    kwargs: dict[str, Any] = {}
+    if not checks.dry:
+        torch.cuda.set_device(0)
+        kwargs["device_id"] = torch.device("cuda", 0)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=60), **kwargs)
+    try:
+        dev = checks.device
+        x = torch.tensor([1.0, float("nan"), -float("inf"), 2.5], dtype=torch.float64, device=dev)
+        summed = torch.tensor([1.5, 2.5], dtype=torch.float64, device=dev)
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+        peak = x.clone()
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        blob = torch.arange(7, dtype=torch.uint8, device=dev)
+        gathered = [torch.empty_like(blob)]
+        dist.all_gather(gathered, blob)
+        primitives = (summed.tolist() == [1.5, 2.5] and peak[0].item() == 1.0 and bool(peak[1].isnan())
+                      and torch.equal(gathered[0], blob))
+        mean, total, top, cat = Mean(), Sum(), Max(), Cat()
+        for v in (1.0, 2.0, 3.0):
+            mean(torch.tensor(v, device=dev))
+        total(torch.tensor(4.0, device=dev))
+        top(torch.tensor(0.5, device=dev))
+        top(torch.tensor(7.0, device=dev))
+        cat(torch.arange(3.0, device=dev))
+        values = calculate([mean, total, top, cat])
+        results = (abs(float(values[0]) - 2.0) < 1e-12 and float(values[1]) == 4.0 and float(values[2]) == 7.0
+                   and values[3].tolist() == [0.0, 1.0, 2.0])
+        devices = sorted({str(v.device) for v in values if isinstance(v, torch.Tensor)})
+        forced, how = _through_collectives([mean, total, top, cat])
+        same = forced is None or all(_equal(a, b) for a, b in zip(values, forced))
+        ok = primitives and results and same
+        return ("PASS" if ok else "FAIL"), (
+            f"{backend}: float64 SUM/MAX all_reduce and uint8 all_gather {'right' if primitives else 'WRONG'}; "
+            f"calculate() {'right' if results else 'WRONG'}, results on {devices}; {how}"
+            + ("" if same else f": {forced} vs {values}")
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def _through_collectives(accs: list[Any]) -> tuple[list[Any] | None, str]:
+    """calculate()'s multi-rank path on a 1-rank group: on one rank calculate() skips the collectives,
+    so drive the internals it uses for several ranks (the signature all_reduce, the MAX all_reduce,
+    the byte all_gather and the split) directly. Returns (results, what was done)."""
+    import torch.distributed as dist
+
+    import distlearn.accumulators as A
+
+    names = ("_comm_device", "_first_collective", "_flat", "_gather_bytes", "_split_results")
+    if not all(hasattr(A, n) for n in names):
+        return None, "collective internals not driven (renamed: update gpu_check)"
+    try:
+        specs = [a._spec() for a in accs]
+        device = A._comm_device(None)
+        (sums, sizes), contributions, blob = A._first_collective(accs, None, specs, None, 1, device)
+        max_flat = A._flat([t for c in contributions for t in c.maxes], device)
+        if max_flat.numel():
+            dist.all_reduce(max_flat, op=dist.ReduceOp.MAX)
+        blobs = A._gather_bytes(blob, sizes, None, device) if blob is not None else None
+        results = A._split_results(accs, specs, contributions, sums, max_flat, blobs)
+    except TypeError as exc:  # a changed signature
+        return None, f"collective internals not driven (changed: {exc}; update gpu_check)"
+    return results, f"the multi-rank path (over {device}) gives the same results"
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and bool(torch.equal(a.cpu().double(), b.cpu().double()))
+    return a == b
+
+
+def _two_ranks(rank: int, port: int, dry: bool, queue: Any) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    from distlearn import Cat, Max, Mean, calculate
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    dev = torch.device("cpu") if dry else torch.device("cuda", 0)
+    mean, cat, top = Mean(), Cat(), Max()
+    if rank == 0:  # rank 1 saw no data at all
+        mean(torch.tensor(1.0, device=dev))
+        mean(torch.tensor(2.0, device=dev))
+        cat(torch.arange(6.0, device=dev).reshape(3, 2))
+    top(torch.tensor([1.0, 2.0], device=dev) if rank == 0 else torch.tensor([float("nan"), 0.0], device=dev))
+    values = calculate([mean, cat, top])
+    queue.put((rank, float(values[0]), values[1].cpu().tolist(), values[2].cpu().tolist(),
+               [str(v.device) for v in values]))
+    dist.destroy_process_group()
+
+
+def run_two_ranks(checks: Checks) -> dict[int, Any]:
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_two_ranks, args=(r, port, checks.dry, queue))
+             for port in [free_port()] for r in range(2)]
+    for p in procs:
+        p.start()
+    results = {}
+    try:
+        for _ in procs:
+            rank, *rest = queue.get(timeout=90)
+            results[rank] = rest
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return results
+
+
+def check_two_ranks(checks: Checks, results: dict[int, Any]) -> tuple[str, str]:
+    expected_dev = str(checks.device if checks.dry else torch.device("cuda", 0))
+    problems = [f"only ranks {sorted(results)} answered"] if len(results) != 2 else []
+    for rank, (mean, cat, _, devices) in sorted(results.items()):
+        if mean != 1.5 or cat != [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]:
+            problems.append(f"rank {rank}: mean {mean}, cat {cat}")
+        if any(d != expected_dev for d in devices):
+            problems.append(f"rank {rank}: results on {devices}, expected {expected_dev}")
+    return ("PASS" if not problems else "FAIL"), ("; ".join(problems) or f"both ranks agree, results on {expected_dev}")
+
+
+def check_max_nan(results: dict[int, Any]) -> tuple[str, str]:
+    """One process gives NaN for max([1, nan]); so must two ranks when the NaN is on rank 1 (gloo's MAX
+    alone drops it)."""
+    tops = {rank: r[2] for rank, r in results.items()}
+    ok = len(tops) == 2 and all(t[0] != t[0] and t[1] == 2.0 for t in tops.values())
+    return ("PASS" if ok else "FAIL"), f"max of [1, 2] (rank 0) and [nan, 0] (rank 1): {tops}, expected [nan, 2.0]"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dry-cpu", action="store_true", help="no CUDA: run the plumbing on the CPU, tiny sizes")
+    parser.add_argument("--skip", nargs="*", default=[], help="check ids to leave out (e.g. speed gloo-2)")
+    args = parser.parse_args(argv)
+    if not args.dry_cpu and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device; run with --dry-cpu for the plumbing only", file=sys.stderr)
+        return 2
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    checks, sizes = Checks(args.dry_cpu), Sizes(args.dry_cpu)
+    began = time.time()
+    import accelerate
+
+    checks.line("env", "versions", "INFO", f"torch {torch.__version__}, accelerate {accelerate.__version__}, "
+                f"{torch.cuda.get_device_name(0) if not args.dry_cpu else 'cpu (--dry-cpu)'}")
+    plan: list[tuple[str, str, Callable[[], tuple[str, str]]]] = [
+        ("acc-sync", "accumulator and metric calls per step", lambda: check_accumulator_loop(checks)),
+    ]
+    for precision in ("no", "bf16", "fp16"):
+        for with_metric in (False, True):
+            plan.append(("step-sync", f"learner steps, mixed_precision={precision}, metric={'Accuracy' if with_metric else 'none'}",
+                         lambda p=precision, m=with_metric: check_step_loop(checks, sizes, p, m)))
+    plan += [
+        ("fp16-skip", "fp16 skipped steps vs optimizer steps and the scheduler", lambda: check_fp16_skipped_steps(checks, sizes)),
+        ("group-1", "1-rank group: collective primitives and calculate()", lambda: check_one_rank_group(checks)),
+        ("gloo-2", "2 ranks over gloo, rank 1 without data", lambda: check_two_ranks(checks, two_ranks())),
+        ("max-nan", "Max across 2 ranks with a NaN on rank 1", lambda: check_max_nan(two_ranks())),
+        ("speed", "learner vs hand-written Accelerate loop", lambda: check_speed(checks, sizes)),
+    ]
+    cache: dict[int, Any] = {}
+
+    def two_ranks() -> dict[int, Any]:  # one 2-rank run serves both checks
+        if not cache:
+            cache.update(run_two_ranks(checks))
+        return cache
+
+    for cid, what, check in plan:
+        if cid in args.skip:
+            checks.line(cid, what, "SKIP", "--skip")
+        else:
+            checks.run(cid, what, check)
+    checks.line("env", "total wall time", "INFO", f"{time.time() - began:.1f} s")
+    if checks.failed:
+        print(f"gpu_check: {len(checks.failed)} check(s) failed: {', '.join(checks.failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""benchmarks/gpu_check.py --dry-cpu: the GPU script's plumbing runs on a machine without CUDA."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LINE = re.compile(r"^\[(?P<id>[\w-]+)\] (?P<what>.+?): (?P<verdict>PASS|FAIL|SKIP|INFO)(?: \((?P<detail>.*)\))?$")
+# Max across ranks with a NaN on rank 1 fails until the reduction carries NaN from any rank (gloo's MAX
+# alone keeps only rank 0's): its line must be there, its verdict is the script's to report.
+NOT_YET = {"max-nan"}
+
+
+def test_gpu_check_dry_cpu_runs_every_check():
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-cpu"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=240)
+    lines = [LINE.match(ln) for ln in result.stdout.splitlines()]
+    assert all(lines), f"lines not in the [id] what: VERDICT (detail) format:\n{result.stdout}"
+    by_id: dict[str, list[re.Match]] = {}
+    for m in lines:
+        by_id.setdefault(m["id"], []).append(m)
+    expected = {"env", "acc-sync", "step-sync", "fp16-skip", "group-1", "gloo-2", "max-nan", "speed"}
+    assert expected <= set(by_id), result.stdout + result.stderr
+    assert len(by_id["step-sync"]) == 6  # no/bf16/fp16 x with/without a metric
+    failed = [m for m in lines if m["verdict"] == "FAIL"]
+    assert result.returncode == (1 if failed else 0), result.stderr
+    assert not [m for m in failed if m["id"] not in NOT_YET], result.stdout + result.stderr
+    assert all(m["verdict"] == "PASS" for m in by_id["acc-sync"] + by_id["step-sync"] + by_id["group-1"] + by_id["gloo-2"])
+    assert all("fp16 refused on CPU" in m["detail"] for m in by_id["step-sync"] if "fp16" in m["what"])
+    assert by_id["fp16-skip"][0]["verdict"] == "SKIP" and "needs CUDA" in by_id["fp16-skip"][0]["detail"]
+    assert "the multi-rank path" in by_id["group-1"][0]["detail"]
+    assert re.search(r"time ratio \d+\.\d+", by_id["speed"][0]["detail"])
