@@ -340,7 +340,7 @@ def _moduledid_you_mean(path: str, missing: str) -> str:
 # --------------------------------------------------------------------------- validation
 
 
-def validate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
+def validate_config(cfg: DictConfig | Mapping[str, Any], *, check_output_dir: bool = True) -> None:
     """Check a whole experiment config before any process group or data exists.
 
     Every ``*_class`` must resolve; every parameter set (the learner's nested optimizer/
@@ -351,6 +351,8 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
 
     Args:
         cfg: A config from ``load_config`` or a plain dict of the same shape.
+        check_output_dir: Also check that ``run.output_dir`` (or ``runs/``) could be written
+            (read-only checks; ``build_experiment``, which writes nothing, skips them).
 
     Raises:
         ConfigError: Listing every problem found, each naming the key path, what was
@@ -390,7 +392,8 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
             data_cls = cls  # only the data section gets here
             _check_parameters(cls, params, at, problems)
     _check_run(c.get("run"), problems)
-    _check_output_dir(c.get("run"), problems)
+    if check_output_dir:
+        _check_output_dir(c.get("run"), problems)
     if problems:
         raise ConfigError(problems)
 
@@ -642,7 +645,7 @@ def build_experiment(
             the data (``num_classes`` of a regression data set).
     """
     if not validated:
-        validate_config(cfg)
+        validate_config(cfg, check_output_dir=False)  # nothing is written here
     c = _with_run_defaults(_plain(cfg))
     run = c["run"]
 
