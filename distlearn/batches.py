@@ -263,6 +263,7 @@ class Batches:
                 with torch.no_grad():
                     loss = self._loss(output, labels)
             weight = self.weight(labels, labels.shape[0]) if keep.numel() else 0
+            real = labels.shape[0]  # the rows that count are the selected ones
         else:
             weight = self.weight(labels, real) if real else 0
         loss = None if loss is None else loss.detach()
