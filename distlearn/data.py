@@ -1,4 +1,4 @@
-"""Tabular data sets as the reference's dict of loaders.
+"""Data sets as the reference's dict of loaders: tables, arrays, text, any torch or Hugging Face set.
 
 ``SklearnDataset`` serves the data sets scikit-learn ships (no download) and
 ``CSVDataset`` a user's own table. Both split with a fixed seed (stratified for
@@ -18,20 +18,40 @@ and return ``{"train_loader": DataLoader, "test_loader": DataLoader}`` over
 
 The training loader shuffles with its own seeded ``torch.Generator``, never the
 global RNG, so its batch order is reproducible from ``seed`` alone.
+
+In-memory tensors take a fast path (:class:`TensorBatches`): the loader asks for
+a whole batch of indices at once and gets it by one ``index_select`` per tensor,
+instead of indexing sample by sample and stacking. The sampler is untouched, so
+the order, the sharding across processes and Accelerate's padding of the last
+batch are exactly those of a plain ``TensorDataset`` loader, and the loader still
+goes through ``accelerator.prepare`` (``set_epoch`` and the seedable sampler work
+as before).
+
+Other sources, each with the same ``load()`` and size attributes:
+
+- :class:`NumpyDataset`: ``.npy``/``.npz`` arrays;
+- :class:`TextDataset`: a character-level language-modelling set over a text file,
+  by default the English help texts that ship with Python (``pydoc_data.topics``);
+- :class:`TorchDataset`: any ``torch.utils.data.Dataset`` class by path, with a
+  ``collate_fn`` by path;
+- :class:`HFDataset`: Hugging Face ``datasets`` from local files (needs the
+  ``distlearn[hf]`` extra).
 """
 
 from __future__ import annotations
 
 import csv
 import difflib
+import importlib
 import logging
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +134,51 @@ def make_loaders(
     Returns:
         ``{"train_loader": DataLoader, "test_loader": DataLoader}``.
     """
-    train = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
-    test = TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test))
+    train = TensorBatches(torch.from_numpy(x_train), torch.from_numpy(y_train))
+    test = TensorBatches(torch.from_numpy(x_test), torch.from_numpy(y_test))
+    return tensor_loaders(train, test, batch_size=batch_size, shuffle=shuffle, seed=seed)
+
+
+class TensorBatches(TensorDataset):
+    """A ``TensorDataset`` that hands out whole batches: one ``index_select`` per tensor.
+
+    A ``DataLoader`` calls ``__getitems__`` with a batch's indices (in the sampler's order);
+    use it with ``collate_fn=batched`` (what :func:`tensor_loaders` does), which passes the
+    ready batch through. ``dataset[i]`` still gives one sample.
+    """
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t.index_select(0, index) for t in self.tensors)
+
+
+def batched(batch: Any) -> Any:
+    """The collate function of :class:`TensorBatches`: the batch is already made.
+
+    Samples fetched one by one (a dataset without ``__getitems__``) are stacked as usual.
+    """
+    if isinstance(batch, tuple) and batch and all(isinstance(t, torch.Tensor) for t in batch):
+        return list(batch)
+    return torch.utils.data.default_collate(batch)
+
+
+def tensor_loaders(
+    train: Dataset, test: Dataset, *, batch_size: int, shuffle: bool, seed: int, collate_fn: Callable | None = None
+) -> dict[str, DataLoader]:
+    """``{"train_loader", "test_loader"}`` over two data sets; the training order seeded by ``seed``.
+
+    :class:`TensorBatches` get the batched fast path unless ``collate_fn`` is given.
+    """
     generator = torch.Generator().manual_seed(seed) if shuffle else None
+
+    def collate(data: Dataset) -> Callable | None:
+        return collate_fn or (batched if isinstance(data, TensorBatches) else None)
+
     return {
-        "train_loader": DataLoader(train, batch_size=batch_size, shuffle=shuffle, generator=generator),
-        "test_loader": DataLoader(test, batch_size=batch_size, shuffle=False),
+        "train_loader": DataLoader(
+            train, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate(train)
+        ),
+        "test_loader": DataLoader(test, batch_size=batch_size, shuffle=False, collate_fn=collate(test)),
     }
 
 
