@@ -37,6 +37,7 @@ without gradients (every rank does, so sharded models stay in step).
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -105,6 +106,13 @@ class Batches:
         ignore_index: int = -100,
         label_shift: int = 0,
     ) -> None:
+        if isinstance(loss_fn, str):  # a dotted path, from a YAML config
+            module, _, name = loss_fn.rpartition(".")
+            try:
+                loss_fn = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError, ValueError) as error:
+                raise ValueError(f"loss_fn: cannot import {loss_fn!r} ({error}); give 'package.module.function'") \
+                    from None
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be a function loss_fn(model, batch) -> loss, got {type(loss_fn).__name__}")
         if not isinstance(label_key, str):
