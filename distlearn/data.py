@@ -1009,8 +1009,9 @@ class HFDataset:
         feature = train.features.get("labels")
         if getattr(feature, "num_classes", None) is not None:
             return int(feature.num_classes)
-        labels = torch.cat([train["labels"].reshape(-1), test["labels"].reshape(-1)])
-        if labels.dtype.is_floating_point:
+        labels = np.concatenate([np.asarray(part.with_format(None).to_dict()["labels"]).reshape(-1)
+                                 for part in (train, test)])
+        if not np.issubdtype(labels.dtype, np.integer):
             return None
         return int(labels.max()) + 1
 

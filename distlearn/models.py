@@ -333,3 +333,46 @@ def _init_weights(module: nn.Module) -> None:
 
 def _is_probability(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < 1
+
+
+class HFModel(nn.Module):
+    """A Hugging Face ``transformers`` model built from its class path, for YAML configs.
+
+    ``HFModel("transformers.BertForSequenceClassification", {"num_hidden_layers": 2, ...})``
+    builds the model from its config class (``model_class.config_class(**config_parameters)``)
+    with random weights, or loads it from a local folder (``pretrained``, never downloaded).
+    Called with a dict batch (``model(**batch)``), it returns the model's output, with its
+    ``loss`` when the batch has labels. The wrapped model is ``self.model``.
+
+    Args:
+        model_class: Dotted path of a ``transformers`` model class (or the class).
+        config_parameters: Keyword arguments of its config class (random initialisation).
+        pretrained: A local folder for ``from_pretrained`` (``local_files_only``) instead.
+
+    Raises:
+        ImportError: ``transformers`` is missing (``pip install 'distlearn[hf]'``).
+        ValueError: The class cannot be imported or is not a ``transformers`` model.
+    """
+
+    def __init__(
+        self,
+        model_class: str | type,
+        config_parameters: Mapping[str, Any] | None = None,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__()
+        from .data import require_hf, resolve_object
+
+        require_hf("transformers")
+        cls = resolve_object(model_class, "model_class")
+        config_class = getattr(cls, "config_class", None)
+        if config_class is None or not hasattr(cls, "from_pretrained"):
+            raise ValueError(f"model_class: {model_class!r} is not a transformers model class (it has no config_class)")
+        if pretrained is not None:
+            self.model = cls.from_pretrained(pretrained, local_files_only=True, **dict(config_parameters or {}))
+        else:
+            self.model = cls(config_class(**dict(config_parameters or {})))
+
+    def forward(self, **batch: Any) -> Any:
+        """The wrapped model's output for a dict batch."""
+        return self.model(**batch)
