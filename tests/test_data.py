@@ -134,48 +134,56 @@ def test_csv_errors_name_the_file_line_and_column(table, tmp_path):
 # --------------------------------------------------------------------------- #
 
 
-def loader_batches(rank, world, n, batch, shuffle, epochs):
-    """Every batch of a plain TensorDataset loader and of TensorBatches, both prepared by Accelerate."""
+CASES = [(n, batch, shuffle) for n, batch in ((23, 4), (24, 4), (5, 3)) for shuffle in (True, False)]
+EPOCHS = 3
+
+
+def loader_batches(rank, world):
+    """Every batch of a plain TensorDataset loader and of TensorBatches, both prepared by Accelerate,
+    for each case of CASES and each epoch: {case: [(plain batches, fast batches) per epoch]}."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from distlearn.accelerator import build_accelerator
     from distlearn.data import TensorBatches, tensor_loaders
 
-    x = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3)
-    y = torch.arange(n) * 10
     accelerator = build_accelerator(seed=4)
-    generator = torch.Generator().manual_seed(1) if shuffle else None
-    plain = accelerator.prepare(DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=shuffle, generator=generator))
-    fast_loader = tensor_loaders(TensorBatches(x, y), TensorBatches(x, y), batch_size=batch, shuffle=shuffle, seed=1)
-    fast = accelerator.prepare(fast_loader["train_loader"])
-    out = []
-    for epoch in range(epochs):
-        pairs = []
-        for name, loader in (("plain", plain), ("fast", fast)):
-            loader.set_epoch(epoch)
-            pairs.append([(bx.clone(), by.clone(), accelerator.gradient_state.remainder) for bx, by in loader])
-        out.append(pairs)
+    out = {}
+    for n, batch, shuffle in CASES:
+        x = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3)
+        y = torch.arange(n) * 10
+        generator = torch.Generator().manual_seed(1) if shuffle else None
+        plain = accelerator.prepare(DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=shuffle,
+                                               generator=generator))
+        fast = tensor_loaders(TensorBatches(x, y), TensorBatches(x, y), batch_size=batch, shuffle=shuffle, seed=1)
+        fast = accelerator.prepare(fast["train_loader"])
+        epochs = []
+        for epoch in range(EPOCHS):
+            pair = []
+            for loader in (plain, fast):
+                loader.set_epoch(epoch)
+                pair.append([(bx.clone(), by.clone(), accelerator.gradient_state.remainder) for bx, by in loader])
+            epochs.append(pair)
+        out[(n, batch, shuffle)] = epochs
     return out
 
 
-@pytest.mark.parametrize("n,batch", [(23, 4), (24, 4), (5, 3)])
-@pytest.mark.parametrize("shuffle", [True, False])
-def test_fast_path_batches_equal_accelerates_loader_element_by_element(dist_pool, n, batch, shuffle):
-    for world in (1, 2, 3):
-        results = dist_pool.run(loader_batches, world, n, batch, shuffle, 3)
-        seen = [[] for _ in range(3)]
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_fast_path_batches_equal_accelerates_loader_element_by_element(dist_pool, world):
+    results = dist_pool.run(loader_batches, world)
+    for n, batch, shuffle in CASES:
+        seen = [[] for _ in range(EPOCHS)]
         for rank_result in results:
-            for epoch, (plain, fast) in enumerate(rank_result):
+            for epoch, (plain, fast) in enumerate(rank_result[(n, batch, shuffle)]):
                 assert len(plain) == len(fast) > 0
                 for (px, py, pr), (fx, fy, fr) in zip(plain, fast):
                     assert torch.equal(px, fx) and torch.equal(py, fy) and pr == fr
                     assert fx.dtype == px.dtype and fx.shape == px.shape
                 seen[epoch] += [v for _, by, _ in fast for v in by.tolist()]
-        for epoch in range(3):  # every sample in each epoch (plus Accelerate's repeats)
+        for epoch in range(EPOCHS):  # every sample in each epoch (plus Accelerate's repeats)
             assert set(seen[epoch]) == set(range(0, n * 10, 10))
-        if shuffle and n > batch:
-            first = [by.tolist() for _, by, _ in results[0][0][1]]
-            second = [by.tolist() for _, by, _ in results[0][1][1]]
+        if shuffle and n > batch * world:
+            first = [by.tolist() for _, by, _ in results[0][(n, batch, shuffle)][0][1]]
+            second = [by.tolist() for _, by, _ in results[0][(n, batch, shuffle)][1][1]]
             assert first != second  # set_epoch reshuffles
 
 
