@@ -48,6 +48,12 @@ def pad_collate(items: list[dict]) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def pad_pair(items: list[dict]) -> tuple:
+    """(input_ids, labels) batches: the model is called as model(input_ids)."""
+    batch = pad_collate(items)
+    return batch["input_ids"], batch["labels"]
+
+
 class TinyLM(nn.Module):
     """Embedding -> linear per position; computes its own loss when given labels (as Hugging Face models do)."""
 
@@ -83,10 +89,11 @@ def train_lm(rank: int, world: int, mode: str) -> dict:
     """Train TinyLM with lr 0 on dict batches; the loss from the learner, the model or loss_fn."""
     from distlearn.learner import BackwardLearner
 
-    loader = DataLoader(Sequences(), batch_size=GLOBAL_BATCH // world, shuffle=True, collate_fn=pad_collate)
-    test = DataLoader(Sequences(), batch_size=4, collate_fn=pad_collate)
+    collate = pad_pair if mode == "pair" else pad_collate
+    loader = DataLoader(Sequences(), batch_size=GLOBAL_BATCH // world, shuffle=True, collate_fn=collate)
+    test = DataLoader(Sequences(), batch_size=4, collate_fn=collate)
     kwargs: dict = {}
-    if mode == "learner":
+    if mode in ("learner", "pair"):
         kwargs["loss"] = nn.CrossEntropyLoss()  # on (B, T, V) logits and (B, T) labels: flattened
     elif mode == "loss_fn":
         def loss_fn(model, batch):
@@ -111,7 +118,7 @@ def train_lm(rank: int, world: int, mode: str) -> dict:
     }
 
 
-@pytest.mark.parametrize("mode", ["learner", "model", "loss_fn"])
+@pytest.mark.parametrize("mode", ["learner", "pair", "model", "loss_fn"])
 def test_per_token_loss_is_exact_on_1_2_3_processes_with_uneven_padding(dist_pool, mode):
     expected, targets = reference_loss()
     for world in (1, 2, 3):
