@@ -11,8 +11,8 @@ all alike:
 - ``sliced``: the same training steps written by hand, each batch sliced from one permuted
   tensor (no DataLoader at all): the floor the loaders are measured against.
 
-Prints the median time of each and the ratios loader/sliced and fast/sliced (of medians and
-the median of adjacent-run ratios).
+Prints the median wall and CPU time of each and the ratios loader/sliced and fast/sliced (of
+medians, of minimums, and the median of adjacent-run ratios).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_loader.py [--repeats 7] [--epochs 10]
 """
@@ -101,22 +101,28 @@ def main() -> None:
     }
     for run in runs.values():  # warm-up
         run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}  # this process's CPU time: less sensitive to load
     for _ in range(args.repeats):
         for name, run in runs.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
-            times[name].append(time.perf_counter() - start)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
     steps = args.epochs * math_ceil(len(x), BATCH)
     print(f"digits, {len(x)} training rows, batch {BATCH}, {args.epochs} epochs ({steps} steps), "
           f"{args.repeats} interleaved repeats")
-    for name in runs:
-        median = statistics.median(times[name])
-        print(f"{name:6s} median {median:.3f} s ({1e3 * median / steps:.3f} ms/step), min {min(times[name]):.3f} s")
-    for name in ("loader", "fast"):
-        of_medians = statistics.median(times[name]) / statistics.median(times["sliced"])
-        pairs = statistics.median(a / b for a, b in zip(times[name], times["sliced"]))
-        print(f"ratio {name}/sliced: of medians {of_medians:.3f}, median of adjacent pairs {pairs:.3f}")
+    for label, times in (("wall", wall), ("cpu", cpu)):
+        for name in runs:
+            median = statistics.median(times[name])
+            print(f"{label:4s} {name:6s} median {median:.3f} s ({1e3 * median / steps:.3f} ms/step), "
+                  f"min {min(times[name]):.3f} s")
+        for name in ("loader", "fast"):
+            of_medians = statistics.median(times[name]) / statistics.median(times["sliced"])
+            of_mins = min(times[name]) / min(times["sliced"])
+            pairs = statistics.median(a / b for a, b in zip(times[name], times["sliced"]))
+            print(f"{label:4s} ratio {name}/sliced: of medians {of_medians:.3f}, of mins {of_mins:.3f}, "
+                  f"median of adjacent pairs {pairs:.3f}")
 
 
 def math_ceil(n: int, d: int) -> int:
