@@ -809,10 +809,25 @@ class TorchDataset:
             self._train = self.dataset_class(**self.dataset_parameters)
         return self._train
 
-    def __getattr__(self, name: str) -> Any:
-        if name in ("n_features", "n_classes", "n_outputs", "vocab_size"):
-            return getattr(self.dataset, name, None)
-        raise AttributeError(name)
+    @property
+    def n_features(self) -> int | None:
+        """The data set's ``n_features`` attribute, if it has one."""
+        return getattr(self.dataset, "n_features", None)
+
+    @property
+    def n_classes(self) -> int | None:
+        """The data set's ``n_classes`` attribute, if it has one."""
+        return getattr(self.dataset, "n_classes", None)
+
+    @property
+    def n_outputs(self) -> int | None:
+        """The data set's ``n_outputs`` attribute, else ``n_classes``."""
+        return getattr(self.dataset, "n_outputs", None) or self.n_classes
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The data set's ``vocab_size`` attribute, if it has one."""
+        return getattr(self.dataset, "vocab_size", None)
 
     def load(self) -> dict[str, DataLoader]:
         """``{"train_loader", "test_loader"}``."""

@@ -74,3 +74,42 @@ def test_charlm_trains_end_to_end_and_beats_the_unigram_baseline(records):
     assert losses[-1] < losses[0]
     epoch = records["charlm"]["training"]["0"]
     assert epoch["samples"] == (54000 - 33) // 32 + 1  # windows, not tokens
+
+
+def _config(data_class: str, data_parameters: dict, model: dict | None = None) -> dict:
+    from distlearn.config import load_config
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(load_config("digits"), resolve=True)
+    cfg["data_configs"] = {"data_class": data_class, "data_parameters": data_parameters}
+    if model is not None:
+        cfg["model_configs"] = model
+    return cfg
+
+
+def test_every_new_data_source_validates_and_reports_bad_parameters_by_key(tmp_path):
+    import numpy as np
+
+    from distlearn.config import ConfigError, validate_config
+
+    np.savez(tmp_path / "a.npz", x=np.zeros((10, 3)), y=np.arange(10) % 2)
+    (tmp_path / "t.csv").write_text("a,label\n1,0\n2,1\n")
+    good = {
+        "distlearn.data.TextDataset": {"block_size": 16, "max_chars": 5000},
+        "distlearn.data.NumpyDataset": {"path": str(tmp_path / "a.npz")},
+        "distlearn.data.TorchDataset": {"dataset_class": "torch.utils.data.TensorDataset"},
+        "distlearn.data.HFDataset": {"data_files": str(tmp_path / "t.csv")},
+    }
+    bad = {
+        "distlearn.data.TextDataset": ({"block_size": 0}, "block_size"),
+        "distlearn.data.NumpyDataset": ({"path": str(tmp_path / "a.txt")}, "path"),
+        "distlearn.data.TorchDataset": ({"dataset_class": "torch.utils.data.TensorDatset"}, "dataset_class"),
+        "distlearn.data.HFDataset": ({"data_files": str(tmp_path / "t.csv"), "format": "xml"}, "format"),
+    }
+    lm = {"model_class": "distlearn.models.CharTransformer", "model_parameters": {"block_size": 16, "d_model": 16}}
+    for cls, params in good.items():
+        validate_config(_config(cls, params, lm if cls.endswith("TextDataset") else None))
+    for cls, (params, key) in bad.items():
+        with pytest.raises(ConfigError, match=rf"data_configs\.data_parameters\.{key}"):
+            validate_config(_config(cls, params))
