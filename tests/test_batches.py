@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from distlearn.batches import Batches, describe, flat_tokens, token_labels
 
