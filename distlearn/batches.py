@@ -32,11 +32,13 @@ completed with samples repeated from the start: rank r of P holds
 ``min(rows, max(0, remainder - r * rows))`` real rows of its last batch.
 :meth:`Batches.real` reports only those: it slices the outputs (learner loss)
 or, when the model or ``loss_fn`` computes the loss, runs the real rows again
-without gradients (every rank does, so sharded models stay in step).
+without gradients and in eval mode (every rank does, so sharded models stay in
+step; dropout is off and batch norm's statistics are left alone).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
@@ -243,7 +245,7 @@ class Batches:
         Args:
             accelerator: gives ``gradient_state`` (end of data, remainder) and ``process_index``.
             step: what :meth:`step` returned.
-            model: the model :meth:`step` ran (run again, without gradients, on the real rows
+            model: the model :meth:`step` ran (run again, without gradients and in eval mode, on the real rows
                 of the last batch when the model or ``loss_fn`` computes the loss).
             idx: the output rows used (full-batch training), or None.
             scores: also return scores and targets (False: both None, nothing is computed).
@@ -256,10 +258,10 @@ class Batches:
                 if real and loss is not None:
                     with torch.no_grad():
                         loss = self._loss(logits_of(output), self.labels(batch))
-            else:  # the model or loss_fn computed the loss: run the real rows again (every rank on this
-                # last batch does, one without a real row on all its rows, which then weigh 0)
+            else:  # the model or loss_fn computed the loss: run the real rows again, in eval mode (every
+                # rank on this last batch does, one without a real row on all its rows, which then weigh 0)
                 part = slice_rows(batch, real) if real else batch
-                with torch.no_grad(), accelerator.autocast():
+                with torch.no_grad(), accelerator.autocast(), _eval_mode(model):
                     again = self.step(model, part, require_loss=loss is not None)
                 batch, output, loss = part, again.output, again.loss
         labels = self.labels(batch)
@@ -302,6 +304,19 @@ class Batches:
 # ---------------------------------------------------------------------- #
 # Helpers (also used by the learner)
 # ---------------------------------------------------------------------- #
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Evaluation mode for a forward pass that only reports: no dropout, and batch norm neither
+    updates its running statistics nor fails on a single row. Each module's mode is restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:

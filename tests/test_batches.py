@@ -245,3 +245,35 @@ def test_token_helpers():
         from distlearn.batches import model_loss
 
         model_loss(torch.zeros(2))
+
+
+def test_reporting_the_last_batch_again_works_on_one_row_and_leaves_batch_norm_alone():
+    class Norm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.lin = nn.BatchNorm1d(3), nn.Linear(3, 2)
+
+        def forward(self, x, labels=None):
+            out = self.lin(self.norm(x))
+            return {"logits": out, "loss": nn.functional.cross_entropy(out, labels)}
+
+    class LastBatch:  # what Accelerate's gradient state says on a padded last batch: 1 real row of 4 here
+        gradient_state = type("State", (), {"end_of_dataloader": True, "remainder": 1})()
+        process_index = 0
+
+        @staticmethod
+        def autocast():
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    model = Norm().train()
+    batch = {"x": torch.randn(4, 3), "labels": torch.tensor([0, 1, 1, 0])}
+    batches = Batches()
+    batches.problem(batch, "loader", model)
+    step = batches.step(model, batch)
+    before = model.norm.running_mean.clone(), model.norm.num_batches_tracked.clone()
+    report = batches.real(LastBatch(), step, model)
+    assert report.rows == 1 and report.weight == 1 and report.target.tolist() == [0]
+    assert torch.equal(model.norm.running_mean, before[0]) and torch.equal(model.norm.num_batches_tracked, before[1])
+    assert model.training and model.norm.training  # the mode is restored
