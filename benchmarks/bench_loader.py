@@ -11,7 +11,7 @@ all alike:
 - ``sliced``: the same training steps written by hand, each batch sliced from one permuted
   tensor (no DataLoader at all): the floor the loaders are measured against.
 
-Prints the median wall and CPU time of each and the ratios loader/sliced and fast/sliced (of
+Also times fetching the batches alone (no training), per batch. Prints the median wall and CPU time of each and the ratios loader/sliced and fast/sliced (of
 medians, of minimums, and the median of adjacent-run ratios).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_loader.py [--repeats 7] [--epochs 10]
@@ -79,6 +79,30 @@ def run_sliced(epochs: int, x: torch.Tensor, y: torch.Tensor) -> float:
     return accuracy
 
 
+def iterate_only(loaders: dict, x: torch.Tensor, y: torch.Tensor, epochs: int) -> dict[str, float]:
+    """Microseconds per batch of only fetching the batches: each loader prepared by Accelerate
+    (seedable sampler, set_epoch) against slicing a permuted tensor."""
+    accelerator = learner(1).accelerator()
+    out = {}
+    for name, make in loaders.items():
+        loader = accelerator.prepare(make())
+        start = time.perf_counter()
+        for epoch in range(epochs):
+            loader.set_epoch(epoch)
+            for _ in loader:
+                pass
+        out[name] = 1e6 * (time.perf_counter() - start) / (epochs * len(loader))
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        xs, ys = x[order], y[order]
+        for i in range(0, len(x), BATCH):
+            xs[i:i + BATCH], ys[i:i + BATCH]
+    out["sliced"] = 1e6 * (time.perf_counter() - start) / (epochs * math_ceil(len(x), BATCH))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -112,6 +136,8 @@ def main() -> None:
     steps = args.epochs * math_ceil(len(x), BATCH)
     print(f"digits, {len(x)} training rows, batch {BATCH}, {args.epochs} epochs ({steps} steps), "
           f"{args.repeats} interleaved repeats")
+    fetch = iterate_only({"loader": plain_loader, "fast": lambda: data.load()["train_loader"]}, x, y, 20)
+    print("fetching only, per batch: " + ", ".join(f"{name} {us:.0f} us" for name, us in fetch.items()))
     for label, times in (("wall", wall), ("cpu", cpu)):
         for name in runs:
             median = statistics.median(times[name])
