@@ -55,7 +55,7 @@ LEARNER_SUPPLIED = frozenset({"accelerator", "optimizer", "loss", "lr_scheduler"
 # Section -> (parameter -> the data object's attribute filling it). A parameter the class accepts
 # is filled when the config leaves it out or writes `auto`; for the model also when it writes null.
 AUTO_SIZED: dict[str, dict[str, str]] = {
-    "model_configs": {"in_features": "n_features", "out_features": "n_outputs"},
+    "model_configs": {"in_features": "n_features", "out_features": "n_outputs", "vocab_size": "vocab_size"},
     "metric_configs": {"num_classes": "n_classes"},
 }
 AUTO = "auto"

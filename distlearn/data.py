@@ -1,4 +1,4 @@
-"""Tabular data sets as the reference's dict of loaders.
+"""Data sets as the reference's dict of loaders: tables, arrays, text, any torch or Hugging Face set.
 
 ``SklearnDataset`` serves the data sets scikit-learn ships (no download) and
 ``CSVDataset`` a user's own table. Both split with a fixed seed (stratified for
@@ -18,20 +18,40 @@ and return ``{"train_loader": DataLoader, "test_loader": DataLoader}`` over
 
 The training loader shuffles with its own seeded ``torch.Generator``, never the
 global RNG, so its batch order is reproducible from ``seed`` alone.
+
+In-memory tensors take a fast path (:class:`TensorBatches`): the loader asks for
+a whole batch of indices at once and gets it by one ``index_select`` per tensor,
+instead of indexing sample by sample and stacking. The sampler is untouched, so
+the order, the sharding across processes and Accelerate's padding of the last
+batch are exactly those of a plain ``TensorDataset`` loader, and the loader still
+goes through ``accelerator.prepare`` (``set_epoch`` and the seedable sampler work
+as before).
+
+Other sources, each with the same ``load()`` and size attributes:
+
+- :class:`NumpyDataset`: ``.npy``/``.npz`` arrays;
+- :class:`TextDataset`: a character-level language-modelling set over a text file,
+  by default the English help texts that ship with Python (``pydoc_data.topics``);
+- :class:`TorchDataset`: any ``torch.utils.data.Dataset`` class by path, with a
+  ``collate_fn`` by path;
+- :class:`HFDataset`: Hugging Face ``datasets`` from local files (needs the
+  ``distlearn[hf]`` extra).
 """
 
 from __future__ import annotations
 
 import csv
 import difflib
+import importlib
 import logging
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +134,51 @@ def make_loaders(
     Returns:
         ``{"train_loader": DataLoader, "test_loader": DataLoader}``.
     """
-    train = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
-    test = TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test))
+    train = TensorBatches(torch.from_numpy(x_train), torch.from_numpy(y_train))
+    test = TensorBatches(torch.from_numpy(x_test), torch.from_numpy(y_test))
+    return tensor_loaders(train, test, batch_size=batch_size, shuffle=shuffle, seed=seed)
+
+
+class TensorBatches(TensorDataset):
+    """A ``TensorDataset`` that hands out whole batches: one ``index_select`` per tensor.
+
+    A ``DataLoader`` calls ``__getitems__`` with a batch's indices (in the sampler's order);
+    use it with ``collate_fn=batched`` (what :func:`tensor_loaders` does), which passes the
+    ready batch through. ``dataset[i]`` still gives one sample.
+    """
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t.index_select(0, index) for t in self.tensors)
+
+
+def batched(batch: Any) -> Any:
+    """The collate function of :class:`TensorBatches`: the batch is already made.
+
+    Samples fetched one by one (a dataset without ``__getitems__``) are stacked as usual.
+    """
+    if isinstance(batch, tuple) and batch and all(isinstance(t, torch.Tensor) for t in batch):
+        return list(batch)
+    return torch.utils.data.default_collate(batch)
+
+
+def tensor_loaders(
+    train: Dataset, test: Dataset, *, batch_size: int, shuffle: bool, seed: int, collate_fn: Callable | None = None
+) -> dict[str, DataLoader]:
+    """``{"train_loader", "test_loader"}`` over two data sets; the training order seeded by ``seed``.
+
+    :class:`TensorBatches` get the batched fast path unless ``collate_fn`` is given.
+    """
     generator = torch.Generator().manual_seed(seed) if shuffle else None
+
+    def collate(data: Dataset) -> Callable | None:
+        return collate_fn or (batched if isinstance(data, TensorBatches) else None)
+
     return {
-        "train_loader": DataLoader(train, batch_size=batch_size, shuffle=shuffle, generator=generator),
-        "test_loader": DataLoader(test, batch_size=batch_size, shuffle=False),
+        "train_loader": DataLoader(
+            train, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate(train)
+        ),
+        "test_loader": DataLoader(test, batch_size=batch_size, shuffle=False, collate_fn=collate(test)),
     }
 
 
@@ -416,3 +475,604 @@ def _labels_array(labels: list[str]) -> np.ndarray:
         return np.asarray(labels)
     arr = np.asarray(numbers)
     return arr.astype(np.int64) if np.all(arr == np.round(arr)) else arr
+
+
+# ---------------------------------------------------------------------- #
+# Shared by the sources below
+# ---------------------------------------------------------------------- #
+
+
+def resolve_object(path: Any, key: str) -> Any:
+    """The object a dotted path names (``package.module.name``); objects pass through.
+
+    Raises:
+        ValueError: the path does not name an importable object, naming ``key``.
+    """
+    if not isinstance(path, str):
+        return path
+    module_name, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"{key}: cannot import {path!r} ({error}); give a dotted path like 'package.module.name'") \
+            from None
+
+
+def _check_loader_params(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return _TabularData._check_common({k: v for k, v in params.items() if k in ("batch_size", "test_size", "seed",
+                                                                                 "shuffle")})
+
+
+def _split_sizes(n: int, test_size: float | int) -> tuple[int, int]:
+    n_test = int(math.ceil(test_size * n)) if isinstance(test_size, float) else int(test_size)
+    if not 0 < n_test < n:
+        raise ValueError(f"test_size={test_size!r} leaves {n - n_test} of {n} samples for training; lower it")
+    return n - n_test, n_test
+
+
+# ---------------------------------------------------------------------- #
+# Arrays
+# ---------------------------------------------------------------------- #
+
+
+class NumpyDataset(_TabularData):
+    """Arrays from a ``.npz`` file (or two ``.npy`` files), split and standardised like the tables.
+
+    Features may have any shape ``(n, ...)`` (standardised per position). A ``.npz`` holding
+    ``{x_key}_test`` and ``{y_key}_test`` arrays brings its own test part (no split then).
+
+    Args:
+        path: A ``.npz`` file with arrays ``x_key`` and ``y_key``, or a ``.npy`` file of features.
+        y_path: The ``.npy`` file of targets when ``path`` is a ``.npy``.
+        x_key, y_key: Array names in the ``.npz``.
+        task: ``"classification"`` or ``"regression"``.
+        batch_size, test_size, seed, shuffle, standardize, stratify: As for ``SklearnDataset``.
+
+    Raises:
+        ValueError: When the file is read: a missing array, or features and targets of different lengths.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        y_path: str | Path | None = None,
+        x_key: str = "x",
+        y_key: str = "y",
+        task: str = "classification",
+        batch_size: int = 64,
+        test_size: float | int = 0.2,
+        seed: int = 0,
+        shuffle: bool = True,
+        standardize: bool = True,
+        stratify: bool = True,
+    ) -> None:
+        problems = self.check_parameters({"path": path, "y_path": y_path, "task": task})
+        if problems:
+            raise ValueError(f"NumpyDataset: {problems[0][0]}: {problems[0][1]}")
+        self.path, self.y_path = Path(path), None if y_path is None else Path(y_path)
+        self.x_key, self.y_key = x_key, y_key
+        self._test: tuple[np.ndarray, np.ndarray] | None = None
+        super().__init__(task, batch_size, test_size, seed, shuffle, standardize, stratify)
+
+    def _read(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.path.suffix == ".npz":
+            with np.load(self.path, allow_pickle=False) as arrays:
+                for key in (self.x_key, self.y_key):
+                    if key not in arrays:
+                        raise ValueError(f"{self.path}: no array {key!r} (arrays: {sorted(arrays)}); set x_key/y_key")
+                x, y = arrays[self.x_key], arrays[self.y_key]
+                test_keys = (f"{self.x_key}_test", f"{self.y_key}_test")
+                if all(k in arrays for k in test_keys):
+                    self._test = (arrays[test_keys[0]], arrays[test_keys[1]])
+        else:
+            x, y = np.load(self.path, allow_pickle=False), np.load(self.y_path, allow_pickle=False)
+        if len(x) != len(y):
+            raise ValueError(f"{self.path}: {len(x)} feature rows but {len(y)} targets")
+        if self._test is not None:  # one label encoding for both parts
+            n = len(x)
+            x, y = np.concatenate([x, self._test[0]]), np.concatenate([y, self._test[1]])
+            self._n_train = n
+        return x, y
+
+    def split(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(x_train, x_test, y_train, y_test)``: the file's own test part, else a seeded split."""
+        x, y = self._arrays()
+        if self._test is None:
+            return super().split()
+        n = self._n_train
+        x_train, x_test = x[:n], x[n:]
+        if self.standardize:
+            mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+            std[std == 0] = 1.0
+            x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+        if self.task == "classification":
+            y_train, y_test = y[:n].astype(np.int64), y[n:].astype(np.int64)
+        else:
+            y_train, y_test = y[:n].astype(np.float32).reshape(-1, 1), y[n:].astype(np.float32).reshape(-1, 1)
+        return x_train.astype(np.float32), x_test.astype(np.float32), y_train, y_test
+
+    def __repr__(self) -> str:
+        return f"NumpyDataset(path={str(self.path)!r}, seed={self.seed})"
+
+    @staticmethod
+    def check_parameters(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Check parameter values without reading the files (used by config validation)."""
+        problems = _TabularData._check_common(params)
+        if "task" in params and params["task"] not in TASKS:
+            problems.append(("task", f"expected one of {list(TASKS)}, got {params['task']!r}"))
+        path, y_path = params.get("path"), params.get("y_path")
+        if isinstance(path, (str, Path)):
+            if Path(path).suffix not in (".npz", ".npy"):
+                problems.append(("path", f"expected a .npz or .npy file, got {str(path)!r}"))
+            elif not Path(path).is_file():
+                problems.append(("path", f"no file {str(path)!r} (relative to {Path.cwd()})"))
+            elif Path(path).suffix == ".npy" and y_path is None:
+                problems.append(("y_path", "a .npy path holds the features only: give the targets' .npy as y_path"))
+        if isinstance(y_path, (str, Path)) and not Path(y_path).is_file():
+            problems.append(("y_path", f"no file {str(y_path)!r} (relative to {Path.cwd()})"))
+        return problems
+
+
+# ---------------------------------------------------------------------- #
+# Text
+# ---------------------------------------------------------------------- #
+
+
+def python_help_text() -> str:
+    """The English help texts that ship with Python (``pydoc_data.topics``): about 465k characters."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[name] for name in sorted(topics))
+
+
+class TextDataset:
+    """A character-level language-modelling set: next-character prediction over a text.
+
+    The text is cut into windows of ``block_size + 1`` characters, every ``stride``
+    characters; a window gives the inputs (its first ``block_size`` characters) and the
+    labels (the next character at every position). The first ``1 - test_size`` of the
+    text makes the training windows and the rest the test windows, so no test
+    character is seen in training. Batches are ``(input_ids, labels)``, both int64
+    ``(batch, block_size)``: a token loss, weighed by tokens in the learner.
+
+    Args:
+        path: A UTF-8 text file; None (default): Python's own help texts (no download).
+        block_size: Characters of context per window.
+        stride: Characters between window starts (default ``block_size``: no overlap).
+        batch_size: Windows per batch (per process).
+        test_size: Fraction of the text (from its end) for testing, in (0, 1).
+        seed: Seed of the training order.
+        shuffle: Shuffle the training windows every epoch.
+        max_chars: Use only the first this many characters (small runs); None for all.
+
+    Attributes:
+        vocab_size: Number of distinct characters (the model's ``vocab_size``).
+        n_classes, n_outputs: The same (for metrics' ``num_classes: auto``).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        block_size: int = 64,
+        stride: int | None = None,
+        batch_size: int = 32,
+        test_size: float = 0.1,
+        seed: int = 0,
+        shuffle: bool = True,
+        max_chars: int | None = None,
+    ) -> None:
+        problems = self.check_parameters({"path": path, "block_size": block_size, "stride": stride,
+                                          "batch_size": batch_size, "test_size": test_size, "seed": seed,
+                                          "shuffle": shuffle, "max_chars": max_chars})
+        if problems:
+            raise ValueError(f"TextDataset: {problems[0][0]}: {problems[0][1]}")
+        self.path = None if path is None else Path(path)
+        self.block_size, self.stride = block_size, stride or block_size
+        self.batch_size, self.test_size, self.seed, self.shuffle = batch_size, test_size, seed, shuffle
+        self.max_chars = max_chars
+        self._text: str | None = None
+        self.chars: list[str] = []
+
+    @property
+    def text(self) -> str:
+        """The text, read once."""
+        if self._text is None:
+            text = python_help_text() if self.path is None else self.path.read_text(encoding="utf-8")
+            self._text = text[: self.max_chars] if self.max_chars else text
+            self.chars = sorted(set(self._text))
+            self._index = {c: i for i, c in enumerate(self.chars)}
+        return self._text
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct characters in the text."""
+        self.text  # noqa: B018 (reads it)
+        return len(self.chars)
+
+    n_classes = n_outputs = vocab_size
+    n_features = None
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Character ids of ``text`` (int64)."""
+        self.text  # noqa: B018
+        return torch.tensor([self._index[c] for c in text], dtype=torch.long)
+
+    def decode(self, ids: Any) -> str:
+        """The text of character ids."""
+        self.text  # noqa: B018
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def parts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training and test parts of the text as character ids."""
+        ids = torch.from_numpy(np.frombuffer(self.text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64))
+        ids = torch.as_tensor(np.searchsorted(np.array([ord(c) for c in self.chars]), ids.numpy()))
+        cut = int(len(ids) * (1 - self.test_size))
+        return ids[:cut], ids[cut:]
+
+    def windows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, labels)`` of every window of ``ids``: ``(n, block_size)`` each."""
+        span = self.block_size + 1
+        if len(ids) < span:
+            raise ValueError(
+                f"TextDataset: a part of {len(ids)} characters is shorter than one window ({span}); "
+                "lower block_size or test_size, or use more text"
+            )
+        w = ids.unfold(0, span, self.stride)
+        return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+    def load(self) -> dict[str, DataLoader]:
+        """``{"train_loader", "test_loader"}`` of ``(input_ids, labels)`` batches (fast path)."""
+        train, test = self.parts()
+        return tensor_loaders(TensorBatches(*self.windows(train)), TensorBatches(*self.windows(test)),
+                              batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed)
+
+    def unigram_loss(self) -> float:
+        """Per-character loss (nats) on the test part of a model that knows only the training
+        part's character frequencies (add-one smoothed): the baseline a language model must beat.
+        """
+        train, test = self.parts()
+        counts = torch.bincount(train, minlength=self.vocab_size).double() + 1
+        log_p = torch.log(counts / counts.sum())
+        _, labels = self.windows(test)
+        return float(-log_p[labels].mean())
+
+    def __repr__(self) -> str:
+        return f"TextDataset(path={None if self.path is None else str(self.path)!r}, block_size={self.block_size})"
+
+    @staticmethod
+    def check_parameters(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Check parameter values without reading the text (used by config validation)."""
+        problems = _check_loader_params({k: v for k, v in params.items() if k != "test_size"})
+        for key in ("block_size", "stride", "max_chars"):
+            value = params.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                problems.append((key, f"expected a positive int{' or null' if key != 'block_size' else ''}, "
+                                      f"got {value!r}"))
+        t = params.get("test_size")
+        if t is not None and not (isinstance(t, float) and 0 < t < 1):
+            problems.append(("test_size", f"expected a fraction of the text in (0, 1), got {t!r}"))
+        path = params.get("path")
+        if isinstance(path, (str, Path)) and not Path(path).is_file():
+            problems.append(("path", f"no file {str(path)!r} (relative to {Path.cwd()}); null uses Python's "
+                                     "own help texts"))
+        return problems
+
+
+# ---------------------------------------------------------------------- #
+# Any torch Dataset
+# ---------------------------------------------------------------------- #
+
+
+class TorchDataset:
+    """Any ``torch.utils.data.Dataset`` class, by path, with an optional ``collate_fn`` by path.
+
+    The training set is ``dataset_class(**dataset_parameters)``; the test set is
+    ``dataset_class(**test_parameters)`` when given, else a seeded random ``test_size``
+    part of the training set. Sizes (``n_features``, ``n_classes``, ``n_outputs``) are
+    read from the data set's attributes of those names when it has them.
+
+    Args:
+        dataset_class: Dotted path of the class (or the class).
+        dataset_parameters: Its keyword arguments.
+        test_parameters: Keyword arguments of the test set (None: split the training set).
+        collate_fn: Dotted path of a collate function (or one); None: torch's default.
+        batch_size, test_size, seed, shuffle: As for ``SklearnDataset``.
+    """
+
+    def __init__(
+        self,
+        dataset_class: str | type,
+        dataset_parameters: Mapping[str, Any] | None = None,
+        test_parameters: Mapping[str, Any] | None = None,
+        collate_fn: str | Callable | None = None,
+        batch_size: int = 64,
+        test_size: float | int = 0.2,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        problems = self.check_parameters({"dataset_class": dataset_class, "collate_fn": collate_fn,
+                                          "batch_size": batch_size, "test_size": test_size, "seed": seed,
+                                          "shuffle": shuffle})
+        if problems:
+            raise ValueError(f"TorchDataset: {problems[0][0]}: {problems[0][1]}")
+        self.dataset_class = resolve_object(dataset_class, "dataset_class")
+        self.collate_fn = resolve_object(collate_fn, "collate_fn")
+        self.dataset_parameters = dict(dataset_parameters or {})
+        self.test_parameters = None if test_parameters is None else dict(test_parameters)
+        self.batch_size, self.test_size, self.seed, self.shuffle = batch_size, test_size, seed, shuffle
+        self._train: Dataset | None = None
+
+    @property
+    def dataset(self) -> Dataset:
+        """The training data set (built once)."""
+        if self._train is None:
+            self._train = self.dataset_class(**self.dataset_parameters)
+        return self._train
+
+    @property
+    def n_features(self) -> int | None:
+        """The data set's ``n_features`` attribute, if it has one."""
+        return getattr(self.dataset, "n_features", None)
+
+    @property
+    def n_classes(self) -> int | None:
+        """The data set's ``n_classes`` attribute, if it has one."""
+        return getattr(self.dataset, "n_classes", None)
+
+    @property
+    def n_outputs(self) -> int | None:
+        """The data set's ``n_outputs`` attribute, else ``n_classes``."""
+        return getattr(self.dataset, "n_outputs", None) or self.n_classes
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The data set's ``vocab_size`` attribute, if it has one."""
+        return getattr(self.dataset, "vocab_size", None)
+
+    def load(self) -> dict[str, DataLoader]:
+        """``{"train_loader", "test_loader"}``."""
+        train = self.dataset
+        if self.test_parameters is not None:
+            test = self.dataset_class(**self.test_parameters)
+        else:
+            sizes = _split_sizes(len(train), self.test_size)
+            train, test = torch.utils.data.random_split(train, sizes, generator=torch.Generator().manual_seed(self.seed))
+        return tensor_loaders(train, test, batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed,
+                              collate_fn=self.collate_fn)
+
+    def __repr__(self) -> str:
+        return f"TorchDataset({self.dataset_class.__qualname__})"
+
+    @staticmethod
+    def check_parameters(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Check parameter values and import the classes (used by config validation)."""
+        problems = _check_loader_params(params)
+        for key in ("dataset_class", "collate_fn"):
+            if params.get(key) is not None:
+                try:
+                    obj = resolve_object(params[key], key)
+                except ValueError as error:
+                    problems.append((key, str(error).split(": ", 1)[1]))
+                    continue
+                if key == "dataset_class" and not (isinstance(obj, type) and issubclass(obj, Dataset)):
+                    problems.append((key, f"{params[key]!r} is not a torch.utils.data.Dataset class"))
+                if key == "collate_fn" and not callable(obj):
+                    problems.append((key, f"{params[key]!r} is not callable"))
+        return problems
+
+
+# ---------------------------------------------------------------------- #
+# Hugging Face datasets
+# ---------------------------------------------------------------------- #
+
+HF_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
+
+
+def require_hf(module: str) -> Any:
+    """Import ``transformers`` or ``datasets``, or say which extra installs it.
+
+    Raises:
+        ImportError: naming ``pip install 'distlearn[hf]'``.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"{module!r} is not installed ({error}); it comes with the hf extra: pip install 'distlearn[hf]'"
+        ) from None
+
+
+class HFDataset:
+    """A Hugging Face ``datasets`` set from local files, as dict batches (no network).
+
+    Reads parquet, csv, json/jsonl or arrow files (``data_files``: one path, a list, or
+    ``{"train": ..., "test": ...}``), or a ``save_to_disk`` folder. Without a test split,
+    ``test_size`` of the training split is held out with ``seed``. The label column is
+    renamed to ``labels`` (what Hugging Face models take), text can be tokenized by a
+    tokenizer built from a class path, and batches are collated by ``collate_fn`` (a path),
+    else padded by the tokenizer (``DataCollatorWithPadding``), else torch's default.
+
+    Args:
+        data_files: File(s) or a ``{"split": file(s)}`` dict; or a ``save_to_disk`` folder.
+        format: ``parquet``, ``csv``, ``json`` or ``arrow``; None: from the file suffix.
+        columns: Columns to keep (after tokenizing; the labels are always kept); None: all.
+        label_column: The column of labels (renamed to ``labels``); None: no labels.
+        text_column: The column the tokenizer reads.
+        tokenizer_class: Dotted path of a tokenizer class (e.g.
+            ``transformers.PreTrainedTokenizerFast``), built with ``tokenizer_parameters``
+            (e.g. ``tokenizer_file``: a local ``tokenizer.json``), or with
+            ``from_pretrained(tokenizer_path)`` when ``tokenizer_path`` is given (a local folder).
+        tokenizer_parameters: Keyword arguments of the tokenizer.
+        tokenizer_path: A local folder for ``from_pretrained`` (no download: ``local_files_only``).
+        max_length: Truncate tokenized texts to this many tokens.
+        collate_fn: Dotted path of a collate function.
+        train_split, test_split: Split names.
+        batch_size, test_size, seed, shuffle: As for ``SklearnDataset``.
+
+    Raises:
+        ImportError: ``datasets`` (or ``transformers``, for a tokenizer) is missing, naming the extra.
+    """
+
+    def __init__(
+        self,
+        data_files: str | Path | Sequence[str] | Mapping[str, Any],
+        format: str | None = None,
+        columns: Sequence[str] | None = None,
+        label_column: str | None = "label",
+        text_column: str = "text",
+        tokenizer_class: str | None = None,
+        tokenizer_parameters: Mapping[str, Any] | None = None,
+        tokenizer_path: str | None = None,
+        max_length: int | None = None,
+        collate_fn: str | Callable | None = None,
+        train_split: str = "train",
+        test_split: str = "test",
+        batch_size: int = 32,
+        test_size: float | int = 0.2,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        problems = self.check_parameters({"data_files": data_files, "format": format, "batch_size": batch_size,
+                                          "test_size": test_size, "seed": seed, "shuffle": shuffle})
+        if problems:
+            raise ValueError(f"HFDataset: {problems[0][0]}: {problems[0][1]}")
+        self.data_files, self.format = data_files, format
+        self.columns = None if columns is None else list(columns)
+        self.label_column, self.text_column = label_column, text_column
+        self.tokenizer_class, self.tokenizer_parameters = tokenizer_class, dict(tokenizer_parameters or {})
+        self.tokenizer_path, self.max_length = tokenizer_path, max_length
+        self.collate_fn = resolve_object(collate_fn, "collate_fn")
+        self.train_split, self.test_split = train_split, test_split
+        self.batch_size, self.test_size, self.seed, self.shuffle = batch_size, test_size, seed, shuffle
+        self._splits: tuple[Any, Any] | None = None
+        self.tokenizer: Any = None
+
+    def _read(self) -> Any:
+        datasets = require_hf("datasets")
+        files = self.data_files
+        if isinstance(files, (str, Path)) and Path(files).is_dir():
+            return datasets.load_from_disk(str(files))
+        fmt = self.format or HF_FORMATS.get(Path(_first_file(files)).suffix)
+        if fmt is None:
+            raise ValueError(f"HFDataset: cannot tell the format of {files!r}; set format (one of "
+                             f"{sorted(set(HF_FORMATS.values()))})")
+        if isinstance(files, Mapping):
+            files = {k: [str(f) for f in v] if isinstance(v, (list, tuple)) else str(v) for k, v in files.items()}
+        elif isinstance(files, (list, tuple)):
+            files = [str(f) for f in files]
+        else:
+            files = str(files)
+        return datasets.load_dataset(fmt, data_files=files)
+
+    def splits(self) -> tuple[Any, Any]:
+        """``(train, test)`` ``datasets.Dataset``s, tokenized, columns selected, torch-formatted."""
+        if self._splits is not None:
+            return self._splits
+        data = self._read()
+        if hasattr(data, "keys"):  # a DatasetDict
+            if self.train_split not in data:
+                raise ValueError(f"HFDataset: no split {self.train_split!r} (splits: {sorted(data)}); set train_split")
+            train = data[self.train_split]
+            test = data[self.test_split] if self.test_split in data else None
+        else:
+            train, test = data, None
+        if test is None:
+            held = train.train_test_split(test_size=self.test_size, seed=self.seed, shuffle=True)
+            train, test = held["train"], held["test"]
+        train, test = (self._prepare(part) for part in (train, test))
+        self._splits = (train, test)
+        return train, test
+
+    def _prepare(self, part: Any) -> Any:
+        tokenizer = self._tokenizer()
+        if tokenizer is not None:
+            if self.text_column not in part.column_names:
+                raise ValueError(f"HFDataset: no text column {self.text_column!r} (columns: {part.column_names})")
+            kwargs = {"truncation": True, "max_length": self.max_length} if self.max_length else {}
+            part = part.map(lambda rows: tokenizer(rows[self.text_column], **kwargs), batched=True)
+            part = part.remove_columns([self.text_column])
+        if self.label_column is not None:
+            if self.label_column not in part.column_names:
+                raise ValueError(f"HFDataset: no label column {self.label_column!r} (columns: {part.column_names}); "
+                                 "set label_column (null: no labels)")
+            if self.label_column != "labels":
+                part = part.rename_column(self.label_column, "labels")
+        if self.columns is not None:
+            keep = set(self.columns) | ({"labels"} if self.label_column is not None else set())
+            missing = keep - set(part.column_names)
+            if missing:
+                raise ValueError(f"HFDataset: columns {sorted(missing)} not found (columns: {part.column_names})")
+            part = part.remove_columns([c for c in part.column_names if c not in keep])
+        return part.with_format("torch")
+
+    def _tokenizer(self) -> Any:
+        if self.tokenizer is None and self.tokenizer_class is not None:
+            cls = resolve_object(self.tokenizer_class, "tokenizer_class")
+            if self.tokenizer_path is not None:
+                self.tokenizer = cls.from_pretrained(self.tokenizer_path, local_files_only=True,
+                                                     **self.tokenizer_parameters)
+            else:
+                self.tokenizer = cls(**self.tokenizer_parameters)
+        return self.tokenizer
+
+    @property
+    def n_classes(self) -> int | None:
+        """Number of classes of the labels (a ``ClassLabel`` column, else integer labels 0..max)."""
+        if self.label_column is None:
+            return None
+        train, test = self.splits()
+        feature = train.features.get("labels")
+        if getattr(feature, "num_classes", None) is not None:
+            return int(feature.num_classes)
+        labels = np.concatenate([np.asarray(part.with_format(None).to_dict()["labels"]).reshape(-1)
+                                 for part in (train, test)])
+        if not np.issubdtype(labels.dtype, np.integer):
+            return None
+        return int(labels.max()) + 1
+
+    n_outputs = n_classes
+    n_features = None
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The tokenizer's vocabulary size (None without a tokenizer)."""
+        tokenizer = self._tokenizer()
+        return None if tokenizer is None else len(tokenizer)
+
+    def load(self) -> dict[str, DataLoader]:
+        """``{"train_loader", "test_loader"}`` of dict batches."""
+        train, test = self.splits()
+        collate = self.collate_fn
+        if collate is None and self.tokenizer is not None:
+            transformers = require_hf("transformers")
+            collate = transformers.DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
+        return tensor_loaders(train, test, batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed,
+                              collate_fn=collate)
+
+    def __repr__(self) -> str:
+        return f"HFDataset(data_files={self.data_files!r})"
+
+    @staticmethod
+    def check_parameters(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Check parameter values without reading the files (used by config validation)."""
+        problems = _check_loader_params(params)
+        fmt = params.get("format")
+        if fmt is not None and fmt not in set(HF_FORMATS.values()):
+            problems.append(("format", f"expected one of {sorted(set(HF_FORMATS.values()))} or null, got {fmt!r}"))
+        files = params.get("data_files")
+        if files is not None:
+            paths = list(files.values()) if isinstance(files, Mapping) else files
+            paths = paths if isinstance(paths, (list, tuple)) else [paths]
+            flat = [p for item in paths for p in (item if isinstance(item, (list, tuple)) else [item])]
+            missing = [str(p) for p in flat if isinstance(p, (str, Path)) and not Path(p).exists()]
+            if missing:
+                problems.append(("data_files", f"no file or folder {missing[0]!r} (relative to {Path.cwd()})"))
+        return problems
+
+
+def _first_file(files: Any) -> str:
+    if isinstance(files, Mapping):
+        files = next(iter(files.values()))
+    if isinstance(files, (list, tuple)):
+        files = files[0]
+    return str(files)

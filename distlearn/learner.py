@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .accelerator import MIXED_PRECISION, build_accelerator, check_accelerator
 from .accumulators import Cat, List, Mean, Sum, calculate
+from .batches import Batches, Report
 from .metrics import Metric
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
@@ -74,6 +75,12 @@ class BackwardLearner:
         accelerator: an existing Accelerator (checked against the launch).
         accelerator_kwargs: more keyword arguments for the Accelerator the
             learner builds (e.g. ``log_with``, ``kwargs_handlers``).
+        loss_fn: ``loss_fn(model, batch) -> loss`` (or ``(loss, output)``) for any other loss;
+            wins over ``loss``. Without both, the model's ``output.loss`` / ``output["loss"]``.
+        label_key: the labels' key in dict batches (default ``"labels"``).
+        ignore_index: token labels equal to this are not targets (default -100).
+        label_shift: leading labels per row the model does not predict (1 for causal LMs
+            that shift labels themselves, as Hugging Face ``*ForCausalLM``).
 
     Raises:
         ValueError, TypeError: an invalid option or config, naming the key.
@@ -98,6 +105,10 @@ class BackwardLearner:
         display_every_n_steps: int = 50,
         accelerator: Accelerator | None = None,
         accelerator_kwargs: Mapping[str, Any] | None = None,
+        loss_fn: Callable[[nn.Module, Any], Any] | None = None,
+        label_key: str = "labels",
+        ignore_index: int = -100,
+        label_shift: int = 0,
     ) -> None:
         _check_int("n_epochs", n_epochs, 1)
         _check_int("display_every_n_steps", display_every_n_steps, 0)
@@ -143,6 +154,9 @@ class BackwardLearner:
         self.seed = seed
         self.display_every_n_steps = display_every_n_steps
         self.accelerator_kwargs = dict(accelerator_kwargs or {})
+        self.loss_fn = loss_fn
+        self._batch_options = {"label_key": label_key, "ignore_index": ignore_index, "label_shift": label_shift}
+        Batches(loss, loss_fn, **self._batch_options)  # checks the options now
         self._accelerator = accelerator
         self._prepared_loaders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # user's loader -> prepared
         self._prepared: dict[str, Any] = {}  # Accelerator list name -> what the last train() prepared into it
@@ -193,9 +207,10 @@ class BackwardLearner:
         epochs). The model, optimizer and scheduler states come from ``accelerator.load_state``.
 
         Args:
-            model: an ``nn.Module`` called as ``model(features)``.
+            model: an ``nn.Module`` called as ``model(features)``, ``model(*inputs)`` or
+                ``model(**batch)`` (see :mod:`distlearn.batches`).
             data_loader: ``{"train_loader": ..., "test_loader": ...}`` or one training loader;
-                batches are ``(features, labels)``.
+                batches are ``(features, labels)``, ``(input_1, ..., input_k, labels)`` or dicts.
             device: None lets Accelerate choose; honoured on a single process.
             metric: a :class:`~distlearn.metrics.Metric` (left untouched: copies accumulate).
             test_check: test after every ``display_step``-th epoch and the last one.
@@ -209,8 +224,8 @@ class BackwardLearner:
             ``{"preparation": {...}, "training": {epoch: {...}}}``, see the README.
 
         Raises:
-            ValueError: no loss or optimizer, an empty loader, batches that are
-                not (features, labels); on every rank.
+            ValueError: no loss or optimizer, an empty loader, batches of no known form;
+                on every rank.
             NonFiniteLossError: the loss became NaN/inf, naming epoch and step; on every rank.
         """
         begin = time.time()
@@ -218,6 +233,7 @@ class BackwardLearner:
         metric = _fresh(metric)
         _check_int("display_step", display_step, 1)
         accelerator, model, optimizer, scheduler, loader = self._prepare(model, train_loader, device)
+        batches = self._batches()
         train_idx = None if train_idx is None else torch.as_tensor(train_idx, device=accelerator.device)
         say = logger.info if accelerator.is_main_process else _quiet  # the one rank check for logging
         preparation = time.time() - begin
@@ -237,12 +253,12 @@ class BackwardLearner:
             bar = tqdm(loader, desc=f"epoch {epoch}", disable=disable_tqdm or not accelerator.is_main_process)
             for step, batch in enumerate(bar):
                 first = epoch == first_epoch and step == 0
-                features, labels = _unpack(batch, "data_loader['train_loader']", first=first)
+                if first:  # the batch form, decided on every rank together
+                    _agree(batches.problem(batch, "data_loader['train_loader']", model))
                 with accelerator.accumulate(model):
                     # prepare() already runs model.forward under Accelerate's autocast
-                    output, target = _pick(model(features), labels, train_idx)
-                    loss = self.loss(output, target)
-                    accelerator.backward(loss)
+                    out = batches.step(model, batch, train_idx)
+                    accelerator.backward(out.loss)
                     if self.max_grad_norm and accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
                     lr = optimizer.param_groups[0]["lr"]
@@ -253,7 +269,7 @@ class BackwardLearner:
                     self.step += 1
                     if scheduler is not None and self.scheduler_interval == "step":
                         scheduler.step()
-                self._log_batch(accelerator, log, output, target, loss, labels.shape[0], train_idx, metric)
+                self._log_batch(batches.real(accelerator, out, model, train_idx, metric is not None), log, metric)
                 if self.display_every_n_steps and (step + 1) % self.display_every_n_steps == 0:
                     running = log.running_loss(step + 1, epoch)  # a collective, on every rank
                     bar.set_postfix(loss=f"{running:.4g}", lr=f"{lr:.3g}", refresh=False)
@@ -283,13 +299,19 @@ class BackwardLearner:
         metric: Metric | None = None,
         return_full_result: bool = True,
         test_idx: torch.Tensor | None = None,
+        return_scores: bool = True,
     ) -> dict[str, Any]:
         """Evaluate ``model`` on ``test_loader``; the result is identical on every rank.
+
+        Args:
+            return_scores: with ``return_full_result``, also return ``y_score``; False keeps
+                memory bounded for sequence outputs (``y_score`` is then None).
 
         Returns:
             ``test_loss``, ``test_score``, ``time_cost``, ``metric_name``, and with
             ``return_full_result`` also ``y_pred``, ``y_true``, ``y_score``
-            (lists): every test sample exactly once, in dataset order.
+            (lists): every test sample exactly once, in dataset order (for token labels:
+            every target token, row by row).
         """
         begin = time.time()
         metric = _fresh(metric)
@@ -299,32 +321,41 @@ class BackwardLearner:
         module = _eval_module(accelerator, model)
         idx = None if test_idx is None else torch.as_tensor(test_idx, device=accelerator.device)
         log = _BatchLog()
-        scores, trues = Cat(), Cat()
+        scores, preds, trues = Cat(), Cat(), Cat()
+        batches = self._batches()
+        has_loss = False
         module.eval()
         with torch.no_grad():
             for step, batch in enumerate(loader):
-                features, labels = _unpack(batch, "test_loader", first=step == 0)
+                if step == 0:  # the batch form, decided on every rank together
+                    _agree(batches.problem(batch, "test_loader", module))
                 with accelerator.autocast():  # the model may not have been prepared (no train() before)
-                    output, target = _pick(module(features), labels, idx)
-                output, target = _real_rows(accelerator, output, target, labels.shape[0], idx)
-                real = target.shape[0]
-                if self.loss is not None and real:
-                    log.add(self.loss(output, target), real)
-                score = _scores(self.loss, output)
-                if real and metric is not None:
-                    metric.update(y_score=score, y_true=target)
-                if real and return_full_result:
-                    scores.update(score.float())
-                    trues.update(target)
+                    out = batches.step(module, batch, idx, require_loss=False)
+                report = batches.real(accelerator, out, module, idx, metric is not None or return_full_result)
+                has_loss = has_loss or out.loss is not None  # the same on every rank: each has a first batch
+                if report.loss is not None and report.rows:
+                    log.add(report.loss, report.weight, report.rows)
+                if report.scores is None:
+                    continue
+                score = _scores(self.loss, report.scores)
+                if metric is not None:
+                    metric.update(y_score=score, y_true=report.target)
+                if return_full_result:
+                    preds.update(metric.predict(score) if metric is not None else _default_predict(self.loss, score, report.target))
+                    trues.update(report.target)
+                    if return_scores:
+                        scores.update(score.float())
 
         accumulators: dict[str, Any] = {"seconds": Mean()}
         accumulators["seconds"](time.time() - begin)  # the mean over ranks, so all ranks report the same
-        if self.loss is not None:
+        if has_loss:
             accumulators["loss"] = log.loss_mean()
         if metric is not None:
             accumulators["score"] = metric
         if return_full_result:
-            accumulators.update(y_score=scores, y_true=trues)
+            accumulators.update(y_pred=preds, y_true=trues)
+            if return_scores:
+                accumulators["y_score"] = scores
         values = calculate(accumulators)
         result: dict[str, Any] = {
             "test_loss": float(values["loss"]) if "loss" in values else None,
@@ -333,9 +364,8 @@ class BackwardLearner:
             "metric_name": metric.name if metric is not None else None,
         }
         if return_full_result:
-            y_score = values["y_score"]
-            y_pred = metric.predict(y_score) if metric is not None else _default_predict(self.loss, y_score)
-            result.update(y_pred=y_pred.tolist(), y_true=values["y_true"].tolist(), y_score=y_score.tolist())
+            y_score = values["y_score"].tolist() if return_scores else None
+            result.update(y_pred=values["y_pred"].tolist(), y_true=values["y_true"].tolist(), y_score=y_score)
         return result
 
     def state_dict(self) -> dict[str, Any]:
@@ -364,8 +394,6 @@ class BackwardLearner:
 
     def _prepare(self, model: nn.Module, train_loader: Any, device: Any) -> tuple:
         """Check the learner can train, build the optimizer and scheduler, prepare everything with Accelerate."""
-        if self.loss is None:
-            raise ValueError("BackwardLearner has no loss: pass loss=... or loss_configs={'loss_class': ...}")
         if self.optimizer is None and self._optimizer_spec is None:
             raise ValueError(
                 "BackwardLearner has no optimizer: pass optimizer=... or optimizer_configs={'optimizer_class': ...}"
@@ -414,22 +442,24 @@ class BackwardLearner:
             self._prepared_loaders[loader] = accelerator.prepare(loader)
         return self._prepared_loaders[loader]
 
-    def _log_batch(self, accelerator, log, output, target, loss, rows, idx, metric) -> None:
-        """Record one training batch's loss and metric on its real samples only (local, no sync)."""
-        real_output, real_target = _real_rows(accelerator, output, target, rows, idx)
-        real = real_target.shape[0]
-        if real == target.shape[0]:
-            log.add(loss, real)
-        else:  # the last batch: Accelerate trained on repeated samples too; report only the real ones
-            with torch.no_grad():  # (with no real sample: weight 0, but a NaN still shows)
-                log.add(self.loss(real_output, real_target) if real else loss, real)
-        if real and metric is not None:
-            metric.update(y_score=_scores(self.loss, real_output.detach()), y_true=real_target)
+    def _batches(self) -> Batches:
+        """How batches are called and weighed, for this train()/test() (the loss may have been set since)."""
+        return Batches(self.loss, self.loss_fn, **self._batch_options)
+
+    def _log_batch(self, report: Report, log: _BatchLog, metric: Metric | None) -> None:
+        """Record one training batch's loss and metric on its real samples only (local, no sync).
+
+        On the last batch, Accelerate trained on repeated samples too; ``report`` holds only
+        the real ones (with no real sample: weight 0, but a NaN still shows).
+        """
+        log.add(report.loss, report.weight, report.rows)
+        if report.scores is not None and metric is not None:
+            metric.update(y_score=_scores(self.loss, report.scores), y_true=report.target)
 
     def _summarise_epoch(self, log, metric, epoch, start, end, preparation) -> dict[str, Any]:
         """All of the epoch's train numbers in ONE collective; identical on every rank."""
         accumulators: dict[str, Any] = {"loss": log.loss_mean(), "batch_loss": log.batch_loss(), "samples": Sum()}
-        accumulators["samples"](sum(log.sizes))
+        accumulators["samples"](sum(log.rows))
         # Clock readings averaged over ranks, so every rank records the same times; a Mean rides in the
         # same all-reduce as the sums (a Max would cost one more collective per epoch).
         accumulators["times"] = Mean()
@@ -475,19 +505,25 @@ class _BatchLog:
 
     def __init__(self) -> None:
         self.losses: list[torch.Tensor] = []
-        self.sizes: list[int] = []
+        self.sizes: list[Any] = []  # each loss's weight: rows (int) or target tokens (0-d tensor, no sync)
+        self.rows: list[int] = []
         self.times: list[float] = []
         self._running = Mean()  # the losses of batches [0, _running_upto), for running_loss()
         self._running_upto = 0
 
-    def add(self, loss: torch.Tensor, size: int) -> None:
+    def add(self, loss: torch.Tensor, size: Any, rows: int) -> None:
         self.losses.append(loss.detach())
         self.sizes.append(size)
+        self.rows.append(rows)
         self.times.append(time.time())
 
     def _stacked(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         losses = torch.stack(self.losses[start:stop]).reshape(stop - start)
-        weights = torch.tensor(self.sizes[start:stop], dtype=torch.float64, device=losses.device)
+        sizes = self.sizes[start:stop]
+        if all(isinstance(s, int) for s in sizes):
+            weights = torch.tensor(sizes, dtype=torch.float64, device=losses.device)
+        else:
+            weights = torch.stack([torch.as_tensor(s, device=losses.device).double() for s in sizes])
         return losses, weights
 
     def loss_mean(self) -> Mean:
@@ -534,57 +570,11 @@ def _step_per_epoch(scheduler: Any, summary: Mapping[str, Any]) -> None:
     scheduler.step(test["test_loss"] if test is not None and test["test_loss"] is not None else summary["train_loss"])
 
 
-def _real_rows(accelerator: Accelerator, output, target, rows: int, idx):
-    """The outputs and targets of the batch's real samples.
-
-    With ``even_batches`` Accelerate completes the last global batch with
-    samples from the start of the data, after the real ones and in rank order
-    (what ``gather_for_metrics`` truncates): of the ``remainder`` real samples
-    of the last step, rank r holds ``remainder - r * rows`` (clamped to [0, rows]).
-    """
-    state = accelerator.gradient_state
-    if not state.end_of_dataloader or state.remainder <= 0:
-        return output, target
-    real = min(rows, max(0, state.remainder - accelerator.process_index * rows))
-    if real == rows:
-        return output, target
-    if idx is None:
-        return output[:real], target[:real]
-    keep = idx < real  # the selected rows that are real samples (a sync, at most once per epoch)
-    return output[keep], target[keep]
-
-
-def _pick(output, labels, idx):
-    return (output, labels) if idx is None else (output[idx], labels[idx])
-
-
-def _unpack(batch: Any, name: str, first: bool) -> tuple[Any, torch.Tensor]:
-    if first:  # decided on every rank together, so a bad batch on one rank cannot leave the others waiting
-        _agree(_batch_problem(batch, name))
-    return batch[0], batch[1]
-
-
-def _batch_problem(batch: Any, name: str) -> str | None:
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor):
-        return None
-    if isinstance(batch, Mapping):
-        found = f"a dict with keys {sorted(map(str, batch))}"
-    elif isinstance(batch, (tuple, list)):
-        kinds = ", ".join(type(item).__name__ for item in batch)
-        found = f"a {type(batch).__name__} of {len(batch)} items ({kinds})"
-    else:
-        found = f"a {type(batch).__name__}"
-    return (
-        f"{name} must yield (features, labels) batches with labels a tensor, got {found}. "
-        "Make the dataset return (x, y) pairs (e.g. TensorDataset(x, y)) or give the DataLoader a collate_fn that does."
-    )
-
-
 def _check_loader(name: str, raw: Any, prepared: Any) -> None:
     """Raise on every rank if this rank's loader gives no batch.
 
     Only a rank with a problem calls the collective here; the others meet it
-    in the check of their first batch (:func:`_unpack`), so a healthy run pays
+    in the check of their first batch (``Batches.problem``), so a healthy run pays
     one collective for both checks.
     """
     problem = _loader_problem(name, raw, prepared)
@@ -634,9 +624,11 @@ def _scores(loss: Any, output: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(output) if isinstance(loss, nn.BCEWithLogitsLoss) else output
 
 
-def _default_predict(loss: Any, y_score: torch.Tensor) -> torch.Tensor:
-    """Predictions without a metric: class indices for classification losses, else the outputs."""
-    if isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)):
+def _default_predict(loss: Any, y_score: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    """Predictions without a metric: class indices for classification losses (or class-index labels
+    when the model computes its loss), else the outputs."""
+    classes = loss is None and not y_true.dtype.is_floating_point and y_score.dim() == y_true.dim() + 1
+    if isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)) or classes:
         return y_score.argmax(-1)
     if isinstance(loss, nn.BCEWithLogitsLoss):
         return (y_score > 0.5).long()  # y_score holds probabilities here (see _scores), as metrics threshold them

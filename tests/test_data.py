@@ -1,5 +1,6 @@
 """distlearn.data: split sizes, train-only standardisation, seeded order, stratification, CSV."""
 
+import math
 import warnings
 
 import numpy as np
@@ -126,3 +127,153 @@ def test_csv_errors_name_the_file_line_and_column(table, tmp_path):
     with pytest.raises(ValueError, match="task: expected one of"):
         CSVDataset(bad, target="y", task="clustering")
     assert [k for k, _ in CSVDataset.check_parameters({"path": tmp_path / "nope.csv"})] == ["path"]
+
+
+# --------------------------------------------------------------------------- #
+# The fast path: exactly Accelerate's order, sharding and padding
+# --------------------------------------------------------------------------- #
+
+
+CASES = [(n, batch, shuffle) for n, batch in ((23, 4), (24, 4), (5, 3)) for shuffle in (True, False)]
+EPOCHS = 3
+
+
+def loader_batches(rank, world):
+    """Every batch of a plain TensorDataset loader and of TensorBatches, both prepared by Accelerate,
+    for each case of CASES and each epoch: {case: [(plain batches, fast batches) per epoch]}."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from distlearn.accelerator import build_accelerator
+    from distlearn.data import TensorBatches, tensor_loaders
+
+    accelerator = build_accelerator(seed=4)
+    out = {}
+    for n, batch, shuffle in CASES:
+        x = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3)
+        y = torch.arange(n) * 10
+        generator = torch.Generator().manual_seed(1) if shuffle else None
+        plain = accelerator.prepare(DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=shuffle,
+                                               generator=generator))
+        fast = tensor_loaders(TensorBatches(x, y), TensorBatches(x, y), batch_size=batch, shuffle=shuffle, seed=1)
+        fast = accelerator.prepare(fast["train_loader"])
+        epochs = []
+        for epoch in range(EPOCHS):
+            pair = []
+            for loader in (plain, fast):
+                loader.set_epoch(epoch)
+                pair.append([(bx.clone(), by.clone(), accelerator.gradient_state.remainder) for bx, by in loader])
+            epochs.append(pair)
+        out[(n, batch, shuffle)] = epochs
+    return out
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_fast_path_batches_equal_accelerates_loader_element_by_element(dist_pool, world):
+    results = dist_pool.run(loader_batches, world)
+    for n, batch, shuffle in CASES:
+        seen = [[] for _ in range(EPOCHS)]
+        for rank_result in results:
+            for epoch, (plain, fast) in enumerate(rank_result[(n, batch, shuffle)]):
+                assert len(plain) == len(fast) > 0
+                for (px, py, pr), (fx, fy, fr) in zip(plain, fast):
+                    assert torch.equal(px, fx) and torch.equal(py, fy) and pr == fr
+                    assert fx.dtype == px.dtype and fx.shape == px.shape
+                seen[epoch] += [v for _, by, _ in fast for v in by.tolist()]
+        for epoch in range(EPOCHS):  # every sample in each epoch (plus Accelerate's repeats)
+            assert set(seen[epoch]) == set(range(0, n * 10, 10))
+        if shuffle and n > batch * world:
+            first = [by.tolist() for _, by, _ in results[0][(n, batch, shuffle)][0][1]]
+            second = [by.tolist() for _, by, _ in results[0][(n, batch, shuffle)][1][1]]
+            assert first != second  # set_epoch reshuffles
+
+
+def test_fast_path_is_what_the_tabular_sets_use():
+    from distlearn.data import TensorBatches, batched
+
+    loader = SklearnDataset("iris", batch_size=8).load()["train_loader"]
+    assert isinstance(loader.dataset, TensorBatches) and loader.collate_fn is batched
+    x, y = loader.dataset.__getitems__([3, 1])
+    assert torch.equal(x[1], loader.dataset[1][0]) and y.shape == (2,)
+
+
+# --------------------------------------------------------------------------- #
+# Other sources
+# --------------------------------------------------------------------------- #
+
+
+def test_text_dataset_windows_split_and_baseline(tmp_path):
+    from distlearn.data import TextDataset
+
+    data = TextDataset(block_size=16, batch_size=5, max_chars=4000)
+    assert data.vocab_size == len(set(data.text)) == data.n_outputs
+    x, y = next(iter(data.load()["train_loader"]))
+    assert x.shape == y.shape == (5, 16) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])  # labels are the next characters
+    train, test = data.parts()
+    assert len(train) == 3600 and len(test) == 400 and data.decode(data.encode("def")) == "def"
+    assert data.decode(torch.cat([train, test])) == data.text
+    assert 1.0 < data.unigram_loss() < math.log(data.vocab_size)
+    assert len(TextDataset().text) > 400_000  # the embedded corpus, no download
+    (tmp_path / "t.txt").write_text("abcabcabc" * 20)
+    small = TextDataset(tmp_path / "t.txt", block_size=4, stride=2, batch_size=2)
+    assert small.vocab_size == 3 and len(small.windows(small.parts()[0])[0]) == (162 - 5) // 2 + 1
+    assert [k for k, _ in TextDataset.check_parameters({"block_size": 0, "test_size": 1.5})] == ["block_size",
+                                                                                                  "test_size"]
+
+
+def test_numpy_dataset_npz_npy_and_own_test_part(tmp_path):
+    from distlearn.data import NumpyDataset
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 1, 4, 4)), rng.integers(0, 3, 40)
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    data = NumpyDataset(tmp_path / "a.npz", test_size=0.25, batch_size=8)
+    bx, by = next(iter(data.load()["train_loader"]))
+    assert bx.shape == (8, 1, 4, 4) and by.dtype == torch.int64 and data.n_classes == 3
+    np.save(tmp_path / "x.npy", x[:, 0, 0])
+    np.save(tmp_path / "y.npy", y.astype(float))
+    reg = NumpyDataset(tmp_path / "x.npy", y_path=tmp_path / "y.npy", task="regression", stratify=False)
+    assert reg.n_features == 4 and reg.split()[3].shape == (8, 1)
+    np.savez(tmp_path / "b.npz", x=x[:30], y=y[:30], x_test=x[30:], y_test=y[30:])
+    own = NumpyDataset(tmp_path / "b.npz")
+    x_train, x_test, y_train, y_test = own.split()
+    assert len(x_train) == 30 and len(x_test) == 10 and list(y_test) == list(y[30:])
+    with pytest.raises(ValueError, match="no array 'features'"):
+        NumpyDataset(tmp_path / "a.npz", x_key="features").load()
+    assert [k for k, _ in NumpyDataset.check_parameters({"path": str(tmp_path / "x.npy")})] == ["y_path"]
+
+
+class Squares(torch.utils.data.Dataset):
+    """A data set for TorchDataset by path: (x, x**2) pairs."""
+
+    n_features = 1
+
+    def __init__(self, n: int = 10, offset: int = 0) -> None:
+        self.n, self.offset = n, offset
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        v = float(i + self.offset)
+        return {"x": torch.tensor([v]), "labels": torch.tensor([v * v])}
+
+
+def stack_collate(items):
+    return {"x": torch.stack([i["x"] for i in items]), "labels": torch.stack([i["labels"] for i in items]),
+            "collated": True}
+
+
+def test_torch_dataset_by_path_with_collate_by_path():
+    from distlearn.data import TorchDataset
+
+    data = TorchDataset("test_data.Squares", {"n": 10}, collate_fn="test_data.stack_collate", batch_size=4,
+                        test_size=0.3)
+    loaders = data.load()
+    assert len(loaders["train_loader"].dataset) == 7 and len(loaders["test_loader"].dataset) == 3
+    batch = next(iter(loaders["train_loader"]))
+    assert batch["collated"] and batch["x"].shape == (4, 1) and data.n_features == 1 and data.n_classes is None
+    own = TorchDataset("test_data.Squares", {"n": 6}, test_parameters={"n": 2, "offset": 100}).load()
+    assert next(iter(own["test_loader"]))["x"].tolist() == [[100.0], [101.0]]
+    problems = dict(TorchDataset.check_parameters({"dataset_class": "test_data.Nope", "collate_fn": "math.pi"}))
+    assert "cannot import 'test_data.Nope'" in problems["dataset_class"] and "not callable" in problems["collate_fn"]

@@ -46,3 +46,40 @@ def test_check_parameters_reports_every_problem_without_building():
     problems = MLP.check_parameters({"out_features": True, "hidden_sizes": "64", "activation": "swish"})
     assert [key for key, _ in problems] == ["out_features", "hidden_sizes", "activation"]
     assert all(MLP.check_parameters({"activation": name}) == [] for name in ACTIVATIONS)
+
+
+# --------------------------------------------------------------------------- #
+# CNN and CharTransformer
+# --------------------------------------------------------------------------- #
+
+from distlearn.models import CNN, CharTransformer  # noqa: E402
+
+
+def test_cnn_reads_flat_pixels_as_images():
+    model = CNN(out_features=10, in_features=64).eval()
+    flat = torch.randn(5, 64)
+    assert model(flat).shape == (5, 10)
+    assert torch.equal(model(flat), model(flat.view(5, 1, 8, 8)))
+    assert CNN(3, in_channels=3, image_size=6)(torch.randn(2, 3, 6, 6)).shape == (2, 3)
+    with pytest.raises(ValueError, match="in_features: 63 features are not 1 channel"):
+        CNN(10, in_features=63)
+    assert [k for k, _ in CNN.check_parameters({"channels": [8], "dropout": 2})] == ["channels", "dropout"]
+
+
+def test_char_transformer_is_causal_and_shapes():
+    torch.manual_seed(0)
+    model = CharTransformer(vocab_size=13, block_size=8, d_model=16, n_layers=2, n_heads=4).eval()
+    idx = torch.randint(0, 13, (3, 8))
+    logits = model(idx)
+    assert logits.shape == (3, 8, 13)
+    changed = idx.clone()
+    changed[:, 5] = (changed[:, 5] + 1) % 13
+    after = model(changed)
+    assert torch.allclose(after[:, :5], logits[:, :5], atol=1e-6)  # position t sees 0..t only
+    assert not torch.allclose(after[:, 5:], logits[:, 5:])
+    assert model.head.weight is model.token_embedding.weight  # tied
+    assert model.generate(idx[:, :2], 4, generator=torch.Generator().manual_seed(0)).shape == (3, 6)
+    with pytest.raises(ValueError, match="longer than block_size"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="n_heads: 3 heads do not divide d_model=16"):
+        CharTransformer(13, d_model=16, n_heads=3)

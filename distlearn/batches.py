@@ -1,0 +1,460 @@
+"""What one batch is, how the model is called on it, its loss and its weight.
+
+The learner's loop calls :meth:`Batches.step` once per batch and
+:meth:`Batches.real` once per batch for what it reports. Three batch forms
+are accepted, decided on the first batch (:meth:`Batches.problem`, which the
+learner agrees on across ranks):
+
+- ``(features, labels)``: ``model(features)``;
+- ``(input_1, ..., input_k, labels)``: ``model(input_1, ..., input_k)``;
+- a dict (Hugging Face style): ``model(**batch)``, labels under ``label_key``
+  (``"labels"``). With a learner loss the labels are left out of the call and
+  the loss is ``loss(logits, labels)``; without one they are passed, and the
+  model computes its own loss (``output.loss`` or ``output["loss"]``).
+
+The loss comes from, in this order: ``loss_fn(model, batch)`` (returning the
+loss, or ``(loss, output)``), the learner's ``loss(output, labels)``, or the
+model's output. A batch weighs its number of rows, or, for token losses
+(integer labels with a time axis, shape ``(batch, T, ...)``), its number of
+target tokens: labels not equal to ``ignore_index``. Weighted by that, losses
+averaged over batches and ranks are exact per-token means however the ranks'
+batches are padded. For causal language models that shift the labels inside
+(Hugging Face ``*ForCausalLM``), set ``label_shift=1`` so the first label of
+each row is not counted.
+
+Sequence outputs ``(batch, T, V)`` against token labels ``(batch, T)`` are
+flattened to ``(batch * T, V)`` and ``(batch * T,)`` for the learner's
+``CrossEntropyLoss``/``NLLLoss`` (which honour their ``ignore_index``), and
+for metrics and predictions only the target tokens are kept.
+
+With Accelerate's ``even_batches``, the last global batch of an epoch is
+completed with samples repeated from the start: rank r of P holds
+``min(rows, max(0, remainder - r * rows))`` real rows of its last batch.
+:meth:`Batches.real` reports only those: it slices the outputs (learner loss)
+or, when the model or ``loss_fn`` computes the loss, runs the real rows again
+without gradients and in eval mode (every rank does, so sharded models stay in
+step; dropout is off and batch norm's statistics are left alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Batches", "Report", "Step", "describe", "real_rows"]
+
+@dataclass
+class Step:
+    """One batch's forward pass: what backward gets and what reporting needs.
+
+    Attributes:
+        batch: the batch as the loader gave it.
+        output: the model's output (``None`` when ``loss_fn`` returned only a loss).
+        loss: the loss to backpropagate (a scalar mean over the batch's rows or tokens).
+        rows: the batch's number of rows.
+    """
+
+    batch: Any
+    output: Any
+    loss: torch.Tensor | None
+    rows: int
+
+
+@dataclass
+class Report:
+    """What the learner reports of one batch (its real rows only).
+
+    Attributes:
+        loss: the detached mean loss over the real rows or tokens (None: no loss to report).
+        weight: the loss's weight: real rows, or target tokens as a 0-d tensor (no host sync).
+        rows: the number of real rows.
+        scores: the model's predictions of the real rows (target tokens only, flattened, for
+            sequence outputs), or None.
+        target: the matching labels, or None.
+    """
+
+    loss: torch.Tensor | None
+    weight: Any
+    rows: int
+    scores: torch.Tensor | None
+    target: torch.Tensor | None
+
+
+class Batches:
+    """Calls the model on a batch and computes its loss and weight; see the module doc.
+
+    Args:
+        loss: the learner's loss module/function ``loss(output, target)``, or None.
+        loss_fn: ``loss_fn(model, batch) -> loss`` or ``(loss, output)``; wins over ``loss``.
+        label_key: the labels' key in dict batches.
+        ignore_index: labels equal to this are not target tokens (-100, as Hugging Face and
+            ``CrossEntropyLoss``); a loss with its own ``ignore_index`` uses that one.
+        label_shift: leading labels per row that the model does not predict (1 for causal LMs
+            that shift the labels themselves, 0 otherwise).
+    """
+
+    def __init__(
+        self,
+        loss: Callable[..., torch.Tensor] | None = None,
+        loss_fn: Callable[[nn.Module, Any], Any] | None = None,
+        label_key: str = "labels",
+        ignore_index: int = -100,
+        label_shift: int = 0,
+    ) -> None:
+        if isinstance(loss_fn, str):  # a dotted path, from a YAML config
+            module, _, name = loss_fn.rpartition(".")
+            try:
+                loss_fn = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError, ValueError) as error:
+                raise ValueError(f"loss_fn: cannot import {loss_fn!r} ({error}); give 'package.module.function'") \
+                    from None
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be a function loss_fn(model, batch) -> loss, got {type(loss_fn).__name__}")
+        if not isinstance(label_key, str):
+            raise TypeError(f"label_key must be a str, got {label_key!r}")
+        if not isinstance(label_shift, int) or isinstance(label_shift, bool) or label_shift < 0:
+            raise ValueError(f"label_shift must be an int >= 0, got {label_shift!r}")
+        self.loss = loss
+        self.loss_fn = loss_fn
+        self.label_key = label_key
+        self.ignore_index = getattr(loss, "ignore_index", ignore_index)
+        self.label_shift = label_shift
+        self.form: str | None = None
+
+    # ------------------------------------------------------------------ #
+    # The form, decided once
+    # ------------------------------------------------------------------ #
+
+    def problem(self, batch: Any, name: str, model: nn.Module | None = None) -> str | None:
+        """Decide the batch form from the first batch; the problem with it, or None.
+
+        The learner agrees on the answer across ranks (every rank calls this on its
+        first batch), so a bad batch on one rank raises on all of them.
+        """
+        form = _form(batch, self.label_key)
+        if form is None and self.loss_fn is not None:
+            form = "other"  # loss_fn(model, batch) takes any batch
+        if form is None or (form == "dict" and self.loss is not None and self.label_key not in batch):
+            return (
+                f"{name} must yield (features, labels), (input_1, ..., input_k, labels) with labels a tensor, "
+                f"or a dict of tensors with the labels under {self.label_key!r} (label_key); got {describe(batch)}. "
+                "Make the dataset return (x, y) pairs (e.g. TensorDataset(x, y)), give the DataLoader a collate_fn "
+                "that does, or set label_key / loss_fn."
+            )
+        if form in ("pair", "inputs") and self.loss_fn is None and model is not None:
+            forward = _unwrapped(model).forward
+            try:
+                inspect.signature(forward).bind(*batch[:-1])
+            except TypeError as error:
+                return (
+                    f"{name} yields {describe(batch)}: the model is called with the first {len(batch) - 1} item(s) "
+                    f"as inputs and the last as labels, but {type(_unwrapped(model)).__name__}.forward does not take "
+                    f"them ({error}). Yield (features, labels), or (input_1, ..., input_k, labels) for a model "
+                    "with k inputs."
+                )
+            except ValueError:  # no signature to check: the call itself will tell
+                pass
+        self.form = form
+        return None
+
+    def _check(self, batch: Any) -> None:
+        form = _form(batch, self.label_key) or "other"
+        if self.form is None:
+            self.form = form
+        elif form != self.form:  # a cheap local check: the forms were agreed on the first batch
+            raise ValueError(
+                f"the batch form changed: the first batch was {self.form!r}, this one is {describe(batch)}; "
+                "every batch must have the same form"
+            )
+
+    # ------------------------------------------------------------------ #
+    # Per step
+    # ------------------------------------------------------------------ #
+
+    def step(self, model: nn.Module, batch: Any, idx: torch.Tensor | None = None, require_loss: bool = True) -> Step:
+        """Run the model on ``batch`` and compute the loss to backpropagate.
+
+        Args:
+            model: the (prepared) model.
+            batch: one batch of the agreed form.
+            idx: the output rows that count (full-batch training); learner loss only.
+            require_loss: raise when no loss can be had (training); else the loss is None (testing).
+
+        Raises:
+            ValueError: idx without a learner loss; no loss anywhere (with ``require_loss``).
+        """
+        self._check(batch)
+        rows = batch_rows(batch, self.form, self.label_key)
+        if idx is not None and (self.loss is None or self.loss_fn is not None):
+            raise ValueError("train_idx/test_idx need the learner's loss (loss=... or loss_configs)")
+        if self.loss_fn is not None:
+            output = self.loss_fn(model, batch)
+            loss, output = output if isinstance(output, tuple) else (output, None)
+            return Step(batch, output, loss, rows)
+        output = self._forward(model, batch)
+        if self.loss is not None:
+            labels = self.labels(batch)
+            if labels is None:  # a dict batch of the test set without labels
+                return Step(batch, output, None, rows)
+            logits, target = _pick(logits_of(output), labels, idx)
+            return Step(batch, output, self._loss(logits, target), rows)
+        if not require_loss and not _has_loss(output):
+            return Step(batch, output, None, rows)
+        return Step(batch, output, model_loss(output), rows)
+
+    def _forward(self, model: nn.Module, batch: Any) -> Any:
+        if self.form == "dict":
+            if self.loss is not None:  # the learner computes the loss: the model gets its inputs only
+                return model(**{k: v for k, v in batch.items() if k != self.label_key})
+            return model(**batch)
+        return model(*batch[:-1])
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = flat_tokens(self.loss, logits, target)
+        return self.loss(logits, target)
+
+    def labels(self, batch: Any) -> torch.Tensor | None:
+        """The batch's labels (None for a dict batch without them, or a batch only loss_fn understands)."""
+        if self.form == "dict":
+            return batch.get(self.label_key)
+        if self.form == "other":
+            return None
+        return batch[-1]
+
+    # ------------------------------------------------------------------ #
+    # What is reported: real rows only
+    # ------------------------------------------------------------------ #
+
+    def real(
+        self,
+        accelerator: Any,
+        step: Step,
+        model: nn.Module,
+        idx: torch.Tensor | None = None,
+        scores: bool = True,
+    ) -> Report:
+        """What is reported of a batch: its real rows' loss and weight, scores and targets.
+
+        Args:
+            accelerator: gives ``gradient_state`` (end of data, remainder) and ``process_index``.
+            step: what :meth:`step` returned.
+            model: the model :meth:`step` ran (run again, without gradients and in eval mode, on the real rows
+                of the last batch when the model or ``loss_fn`` computes the loss).
+            idx: the output rows used (full-batch training), or None.
+            scores: also return scores and targets (False: both None, nothing is computed).
+        """
+        real = real_rows(accelerator, step.rows)
+        batch, output, loss = step.batch, step.output, step.loss
+        if real < step.rows and idx is None:
+            if self.loss is not None and self.loss_fn is None:  # the learner's loss: slice the outputs
+                batch, output = slice_rows(batch, real), _slice_output(output, real)
+                if real and loss is not None:
+                    with torch.no_grad():
+                        loss = self._loss(logits_of(output), self.labels(batch))
+            else:  # the model or loss_fn computed the loss: run the real rows again, in eval mode (every
+                # rank on this last batch does, one without a real row on all its rows, which then weigh 0)
+                part = slice_rows(batch, real) if real else batch
+                with torch.no_grad(), accelerator.autocast(), _eval_mode(model):
+                    again = self.step(model, part, require_loss=loss is not None)
+                batch, output, loss = part, again.output, again.loss
+        labels = self.labels(batch)
+        if idx is not None:  # full-batch training on the rows idx (learner loss only, see step())
+            output = logits_of(output)
+            keep = idx if real == step.rows else idx[idx < real]  # a sync, at most once per epoch
+            output, labels = output[keep], labels[keep]
+            if real < step.rows and keep.numel() and loss is not None:
+                with torch.no_grad():
+                    loss = self._loss(output, labels)
+            weight = self.weight(labels, labels.shape[0]) if keep.numel() else 0
+            real = labels.shape[0]  # the rows that count are the selected ones
+        else:
+            weight = self.weight(labels, real) if real else 0
+        loss = None if loss is None else loss.detach()
+        if not scores or labels is None or output is None or not real:
+            return Report(loss, weight, real, None, None)
+        logits, target = logits_of(output).detach(), labels
+        if token_labels(target) and logits.dim() == target.dim() + 1:
+            logits, target = self._target_tokens(logits, target)
+        return Report(loss, weight, real, logits, target)
+
+    def weight(self, labels: torch.Tensor | None, rows: int | None) -> Any:
+        """Rows, or for token labels the number of target tokens (a 0-d tensor: no host sync)."""
+        if labels is None or not token_labels(labels):
+            return rows if rows is not None else (labels.shape[0] if labels is not None else 0)
+        if self.label_shift:
+            labels = labels[:, self.label_shift:]
+        return (labels != self.ignore_index).sum()
+
+    def _target_tokens(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.label_shift:  # the model predicts label t+shift from position t
+            logits, target = logits[:, : -self.label_shift], target[:, self.label_shift:]
+        logits = logits.reshape(-1, logits.shape[-1])
+        target = target.reshape(-1)
+        keep = target != self.ignore_index  # boolean indexing: a host sync (only with a metric or test results)
+        return logits[keep], target[keep]
+
+
+# ---------------------------------------------------------------------- #
+# Helpers (also used by the learner)
+# ---------------------------------------------------------------------- #
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Evaluation mode for a forward pass that only reports: no dropout, and batch norm neither
+    updates its running statistics nor fails on a single row. Each module's mode is restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP/compile wrappers (for its forward signature)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _form(batch: Any, label_key: str) -> str | None:
+    if isinstance(batch, Mapping):
+        return "dict" if batch and all(isinstance(k, str) for k in batch) else None
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[-1], torch.Tensor):
+        return "pair" if len(batch) == 2 else "inputs"
+    return None
+
+
+def describe(batch: Any) -> str:
+    """A batch's structure in words: its type, keys or items, and their shapes."""
+    def one(item: Any) -> str:
+        if isinstance(item, torch.Tensor):
+            return f"Tensor{tuple(item.shape)}"
+        return type(item).__name__
+
+    if isinstance(batch, Mapping):
+        return "a dict {" + ", ".join(f"{k!r}: {one(v)}" for k, v in batch.items()) + "}"
+    if isinstance(batch, (tuple, list)):
+        return f"a {type(batch).__name__} of {len(batch)} items (" + ", ".join(one(v) for v in batch) + ")"
+    return f"a {one(batch)}"
+
+
+def batch_rows(batch: Any, form: str | None, label_key: str = "labels") -> int:
+    """The batch's number of rows: dim 0 of its labels, else of its first tensor (else 1)."""
+    if form == "dict":
+        first = batch.get(label_key)
+        if not isinstance(first, torch.Tensor):
+            first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+    elif form in ("pair", "inputs"):
+        first = batch[-1]
+    else:
+        items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else [batch]
+        first = next((v for v in items if isinstance(v, torch.Tensor)), None)
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
+
+
+def real_rows(accelerator: Any, rows: int) -> int:
+    """How many of this rank's ``rows`` are real samples (not Accelerate's end-of-epoch repeats).
+
+    With ``even_batches`` Accelerate completes the last global batch with samples from the
+    start of the data, after the real ones and in rank order (what ``gather_for_metrics``
+    truncates): of the ``remainder`` real samples of the last step, rank r holds
+    ``remainder - r * rows``, clamped to [0, rows].
+    """
+    state = accelerator.gradient_state
+    if not state.end_of_dataloader or state.remainder <= 0:
+        return rows
+    return min(rows, max(0, state.remainder - accelerator.process_index * rows))
+
+
+def slice_rows(batch: Any, n: int) -> Any:
+    """The first ``n`` rows of every tensor in the batch (a tuple, list or dict)."""
+    if isinstance(batch, Mapping):
+        return {k: _head(v, n) for k, v in batch.items()}  # the model is called with **batch: a dict will do
+    return type(batch)(_head(v, n) for v in batch)
+
+
+def _head(value: Any, n: int) -> Any:
+    return value[:n] if isinstance(value, torch.Tensor) and value.dim() else value
+
+
+def _slice_output(output: Any, n: int) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output[:n]
+    return logits_of(output)[:n]
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The prediction tensor of a model output: the tensor, ``.logits``, ``["logits"]`` or the first item."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and "logits" in output:
+        return output["logits"]
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(
+        f"cannot find the predictions in the model's output ({type(output).__name__}): return a tensor, "
+        "an object with .logits, or a dict with 'logits'"
+    )
+
+
+def _has_loss(output: Any) -> bool:
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    return isinstance(loss, torch.Tensor)
+
+
+def model_loss(output: Any) -> torch.Tensor:
+    """The loss a model computed itself: ``output.loss`` or ``output["loss"]``.
+
+    Raises:
+        ValueError: the output has no loss (and no loss was configured).
+    """
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if not isinstance(loss, torch.Tensor):
+        raise ValueError(
+            f"the learner has no loss and the model's output ({type(output).__name__}) has no .loss / ['loss']: "
+            "pass loss=... or loss_configs, give loss_fn(model, batch), or make the model compute its loss "
+            "(for Hugging Face models: pass labels in the batch)"
+        )
+    return loss
+
+
+def token_labels(labels: torch.Tensor | None) -> bool:
+    """Integer labels with a time axis ``(batch, T, ...)``: the loss is per token."""
+    return (
+        isinstance(labels, torch.Tensor)
+        and labels.dim() >= 2
+        and not labels.dtype.is_floating_point
+        and not labels.dtype.is_complex
+        and labels.dtype != torch.bool
+    )
+
+
+def flat_tokens(loss: Any, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, T, V)`` logits and ``(B, T)`` labels flattened for a class-index loss; others unchanged."""
+    if (
+        isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss))
+        and token_labels(target)
+        and logits.dim() == target.dim() + 1
+        and logits.shape[:-1] == target.shape
+    ):
+        return logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+    return logits, target
+
+
+def _pick(output: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None) -> tuple:
+    return (output, labels) if idx is None else (output[idx], labels[idx])
