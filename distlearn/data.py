@@ -401,6 +401,8 @@ class CSVDataset(_TabularData):
         if not rows:
             raise ValueError(f"{self.path}: empty file, expected a header row and data rows")
         header, body = [h.strip() for h in rows[0]], rows[1:]
+        if not any(cell.strip() for row in body for cell in row):
+            raise ValueError(f"{self.path}: a header row and no data rows; add rows of data below the header")
         wanted = self.features if self.features is not None else [h for h in header if h != self.target]
         for column in [self.target, *wanted]:
             if column not in header:
@@ -461,10 +463,15 @@ def load_csv(path: str | Path, target: str, **kwargs: Any) -> dict[str, DataLoad
 
 def _parse_number(text: str, path: Path, line: int, column: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         what = "empty value" if text.strip() == "" else f"value {text!r} is not a number"
         raise ValueError(f"{path}, line {line}, column {column!r}: {what}") from None
+    if not math.isfinite(value):
+        raise ValueError(
+            f"{path}, line {line}, column {column!r}: value {text.strip()!r} is not a finite number; fill or drop that row"
+        )
+    return value
 
 
 def _labels_array(labels: list[str]) -> np.ndarray:

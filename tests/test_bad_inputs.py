@@ -30,7 +30,6 @@ L = "learner_configs.learner_parameters"
 OPT = f"{L}.optimizer_configs.optimizer_parameters"
 SCHED = f"{L}.lr_scheduler_configs"
 HANG_LIMIT_S = 120  # a hang check, not a speed assertion: a stuck collective waits far longer
-CSV_PATCH = "needs the data.py patch in the ux report (NaN cells and header-only files named); remove this marker with it"
 
 
 # --------------------------------------------------------------------------- the earlier run
@@ -293,14 +292,12 @@ def test_csv_missing_column(tmp_path, workdir, earlier):
     _check(result.returncode, result.stderr, 2, ("table.csv", "no column 'y'", "did you mean 'y_'"))
 
 
-@pytest.mark.xfail(strict=True, reason=CSV_PATCH)
 def test_csv_nan_cell(tmp_path, workdir, earlier):
     config = _csv_config(tmp_path, "a,b,y\n1,2,0\n3,nan,1\n5,6,0\n7,8,1\n", earlier)
     result = _distlearn(str(config), cwd=workdir)
     _check(result.returncode, result.stderr, 2, ("table.csv", "line 3", "column 'b'", "nan"))
 
 
-@pytest.mark.xfail(strict=True, reason=CSV_PATCH)
 def test_csv_header_only(tmp_path, workdir, earlier):
     config = _csv_config(tmp_path, "a,b,y\n", earlier)
     result = _distlearn(str(config), cwd=workdir)
