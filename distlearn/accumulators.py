@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import os
 import pickle
 import warnings
 from collections.abc import Mapping, Sequence
@@ -86,6 +88,42 @@ def _dtype(kind: str) -> torch.dtype:
 def _state_device(device: torch.device) -> torch.device:
     # MPS has no float64; keep such states on the host.
     return torch.device("cpu") if device.type == "mps" else device
+
+
+def _f64(tensor: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as float64 on the state's device; no copy when it is there already.
+
+    The device move comes first: MPS has no float64, so converting there would fail.
+    """
+    if tensor.device != state.device:
+        tensor = tensor.to(state.device)
+    return tensor.to(torch.float64)
+
+
+NAN_STRATEGIES = ("disable", "error", "warn", "ignore")
+
+
+def _check_nan_strategy(owner: str, nan_strategy: str) -> str:
+    if nan_strategy not in NAN_STRATEGIES:
+        raise ValueError(
+            f"{owner}: nan_strategy must be one of {', '.join(map(repr, NAN_STRATEGIES))}, got {nan_strategy!r}"
+        )
+    return nan_strategy
+
+
+def _report_nans(owner: str, nan_strategy: str, count: torch.Tensor) -> None:
+    """Raise or warn about NaN inputs counted over all ranks (so every rank does the same)."""
+    if nan_strategy not in ("error", "warn"):
+        return
+    n = int(count.sum())
+    if not n:
+        return
+    if nan_strategy == "error":
+        raise ValueError(
+            f"{owner}: {n} NaN input value(s) on some rank (nan_strategy='error'); "
+            "remove them, or pass nan_strategy='ignore' to leave them out or 'disable' to let them propagate"
+        )
+    warnings.warn(f"{owner}: left out {n} NaN input value(s) (nan_strategy='warn')", RuntimeWarning, stacklevel=4)
 
 
 def _nan_warning(name: str) -> None:
@@ -150,6 +188,23 @@ class Accumulator:
     def _spec(self) -> tuple:
         raise NotImplementedError
 
+    def _members(self) -> Mapping[str, Accumulator] | None:
+        """The accumulators a collection is made of (reduced in the same call), or None."""
+        return None
+
+    def _assemble(self, values: dict[str, Any]) -> Any:
+        """A collection's result from its members' results."""
+        return values
+
+    def _tensor_device(self) -> torch.device | None:
+        """The device of this accumulator's tensor states, None while it holds none."""
+        return None
+
+    def _local(self, spec: tuple) -> Any:
+        """The global value on one process: the local states, finished like reduced ones."""
+        c = self._contribute(spec)
+        return self._finish(spec, list(c.sums), list(c.maxes), None if c.blob is None else [c.blob])
+
     def _contribute(self, spec: tuple) -> _Contribution:
         raise NotImplementedError
 
@@ -212,12 +267,12 @@ class TensorAccumulator(Accumulator):
                 return tuple(state.shape)
         return ()
 
-    @classmethod
-    def _neutral(cls, shapes: Mapping[str, tuple[int, ...]], device: torch.device) -> dict[str, torch.Tensor]:
+    def _neutral(self, shapes: Mapping[str, tuple[int, ...]], device: torch.device) -> dict[str, torch.Tensor]:
+        # Created on the device directly: a fill kernel, no host-to-device copy.
         fill = {SUM: 0.0, MAX: float("-inf")}
         return {
-            name: torch.full(shapes[name], fill[cls._reductions[name]], dtype=torch.float64, device=device)
-            for name in cls._reductions
+            name: torch.full(shapes[name], fill[self._reductions[name]], dtype=torch.float64, device=device)
+            for name in self._reductions
         }
 
     def value(self) -> Any:
@@ -251,6 +306,9 @@ class TensorAccumulator(Accumulator):
         return result.to(device)
 
     # -- the calculate() protocol ------------------------------------------ #
+
+    def _tensor_device(self) -> torch.device | None:
+        return None if self._states is None else next(iter(self._states.values())).device
 
     def _spec(self) -> tuple:
         shapes = None if self._states is None else tuple((n, tuple(s.shape)) for n, s in self._states.items())
@@ -320,26 +378,98 @@ class TensorAccumulator(Accumulator):
 # --------------------------------------------------------------------------- #
 
 
-class Sum(TensorAccumulator):
+class _Aggregate(TensorAccumulator):
+    """Sum, Mean, Max and Min: a NaN policy and Python numbers kept on the host side.
+
+    ``nan_strategy`` (torchmetrics' names):
+
+    - ``"disable"`` (the default): NaN propagates, as in numpy and torch on the
+      concatenated data (a NaN anywhere gives NaN there on every rank).
+    - ``"error"``: :func:`calculate` raises ``ValueError`` on every rank when
+      any rank saw a NaN. Checked at ``calculate()`` only, never per update
+      (that would sync the device), so local ``value()`` may still show NaN.
+    - ``"warn"``: NaN values are left out, with a warning at ``calculate()``.
+    - ``"ignore"``: NaN values are left out silently.
+    """
+
+    _counts_nans: ClassVar[bool] = False  # keep a NaN count state even with "disable"
+
+    def __init__(self, nan_strategy: str = "disable") -> None:
+        self.nan_strategy = _check_nan_strategy(type(self).__name__, nan_strategy)
+        reductions = dict(type(self)._reductions)
+        if nan_strategy == "disable" and not self._counts_nans:
+            reductions.pop("nans", None)
+        self._reductions = reductions
+        super().__init__()
+
+    @property
+    def _drops_nans(self) -> bool:
+        return self.nan_strategy in ("warn", "ignore")
+
+    def _nan_mask(self, x: torch.Tensor, states: dict[str, torch.Tensor], rows: bool) -> torch.Tensor | None:
+        """Where ``x`` (float64) is NaN, counted into the ``nans`` state; None when nothing is counted."""
+        if "nans" not in states:
+            return None
+        nan = x.isnan()
+        states["nans"] += nan.sum(0) if rows else nan
+        return nan
+
+    def _check_states(self, states: Mapping[str, torch.Tensor]) -> None:
+        if "nans" in states:
+            _report_nans(self._name, self.nan_strategy, states["nans"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "nan_strategy": self.nan_strategy}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class Sum(_Aggregate):
     """Elementwise sum of everything accumulated.
 
     State is float64 whatever the input dtype. The result is a Python number
     for Python numbers; for tensors, float64 (int64 for integer and bool
     inputs) of the input's shape on the input's device. Integer sums are exact
-    up to 2**53.
+    up to 2**53. ``+inf`` on one rank and ``-inf`` on another give NaN, as
+    one process would.
+
+    Args:
+        nan_strategy: ``"disable"`` (NaN propagates), ``"error"``, ``"warn"``
+            or ``"ignore"``; see :class:`_Aggregate`.
     """
 
-    _reductions = {"total": SUM}
+    _reductions = {"total": SUM, "nans": SUM}
 
     def update(self, value: Any) -> None:
         """Add one value (a number or a tensor of any fixed shape)."""
+        if _is_number(value) and self._states is not None and not self._value_shape():
+            # A Python number into existing scalar state: host arithmetic, no tensor made or copied.
+            states = self._states_for((), "float" if isinstance(value, float) else "int", self._device)
+            if isinstance(value, float) and math.isnan(value) and "nans" in states:
+                states["nans"] += 1
+                if self._drops_nans:
+                    return
+            states["total"] += value
+            return
         tensor, kind = _as_tensor(value)
-        self._states_for(tensor.shape, kind, tensor.device)["total"] += tensor.to(torch.float64)
+        states = self._states_for(tensor.shape, kind, tensor.device)
+        x = _f64(tensor, states["total"])
+        nan = self._nan_mask(x, states, rows=False) if x.is_floating_point() and tensor.is_floating_point() else None
+        if nan is not None and self._drops_nans:
+            x = x.masked_fill(nan, 0.0)
+        states["total"] += x
 
     def extend(self, values: Any) -> None:
         """Add every row of ``values`` (dim 0) as one value each."""
         tensor, kind = _as_tensor(values)
-        self._states_for(tensor.shape[1:], kind, tensor.device)["total"] += tensor.to(torch.float64).sum(0)
+        states = self._states_for(tensor.shape[1:], kind, tensor.device)
+        x = _f64(tensor, states["total"])
+        nan = self._nan_mask(x, states, rows=True) if tensor.is_floating_point() else None
+        if nan is not None and self._drops_nans:
+            x = x.masked_fill(nan, 0.0)
+        states["total"] += x.sum(0)
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["total"]
@@ -353,37 +483,72 @@ class Sum(TensorAccumulator):
         return 0
 
 
-class Mean(TensorAccumulator):
+class Mean(_Aggregate):
     """Elementwise (weighted) mean of everything accumulated.
 
     ``mean(batch_loss, weight=batch_size)`` gives the exact per-sample mean
     over uneven batches. Sums are float64 whatever the input dtype. A total
-    weight of zero gives NaN with a warning.
+    weight of zero gives NaN with a warning. A Python weight (the default 1
+    too) stays on the host: updating never copies host data to the device.
+
+    Args:
+        nan_strategy: ``"disable"`` (NaN propagates), ``"error"``, ``"warn"``
+            or ``"ignore"`` (a NaN value is left out with its weight).
     """
 
-    _reductions = {"total": SUM, "weight": SUM}
+    _reductions = {"total": SUM, "weight": SUM, "nans": SUM}
 
     def update(self, value: Any, weight: Any = 1) -> None:
         """Add one value with a weight (a number, or a tensor broadcastable to the value)."""
+        if _is_number(value) and _is_number(weight) and self._states is not None and not self._value_shape():
+            states = self._states_for((), "float", self._device)
+            if math.isnan(value) and "nans" in states:
+                states["nans"] += 1
+                if self._drops_nans:
+                    return
+            states["total"] += value * weight
+            states["weight"] += weight
+            return
         tensor, kind = _as_tensor(value)
         states = self._states_for(tensor.shape, "float" if kind in ("int", "float") else kind, tensor.device)
-        w = _as_tensor(weight)[0].to(dtype=torch.float64, device=states["weight"].device)
-        states["total"] += tensor.to(torch.float64) * w
+        x = _f64(tensor, states["total"])
+        nan = self._nan_mask(x, states, rows=False)
+        if _is_number(weight):  # host number: an argument of the kernels, never a tensor on the device
+            w = float(weight)
+            if nan is not None and self._drops_nans:
+                states["total"].add_(x.masked_fill(nan, 0.0), alpha=w)
+                states["weight"].add_((~nan).to(torch.float64), alpha=w)
+            else:
+                states["total"].add_(x, alpha=w)
+                states["weight"] += w
+            return
+        w = _f64(_as_tensor(weight)[0], states["weight"])
+        if nan is not None and self._drops_nans:
+            x, w = x.masked_fill(nan, 0.0), torch.where(nan, 0.0, w)
+        states["total"] += x * w
         states["weight"] += w
 
     def extend(self, values: Any, weights: Any = None) -> None:
         """Add every row of ``values`` (dim 0) as one value, optionally weighted per row."""
         tensor, kind = _as_tensor(values)
         states = self._states_for(tensor.shape[1:], "float" if kind in ("int", "float") else kind, tensor.device)
-        rows = tensor.to(torch.float64)
+        rows = _f64(tensor, states["total"])
+        nan = self._nan_mask(rows, states, rows=True)
+        drop = nan is not None and self._drops_nans
         if weights is None:
-            states["total"] += rows.sum(0)
-            states["weight"] += rows.shape[0]
+            if drop:
+                states["total"] += rows.masked_fill(nan, 0.0).sum(0)
+                states["weight"] += (~nan).sum(0)
+            else:
+                states["total"] += rows.sum(0)
+                states["weight"] += rows.shape[0]
             return
-        w = _as_tensor(weights)[0].to(dtype=torch.float64, device=rows.device)
-        w = w.reshape(w.shape + (1,) * (rows.dim() - w.dim()))
+        w = _f64(_as_tensor(weights)[0], states["weight"])
+        w = torch.broadcast_to(w.reshape(w.shape + (1,) * (rows.dim() - w.dim())), rows.shape)
+        if drop:
+            rows, w = rows.masked_fill(nan, 0.0), torch.where(nan, 0.0, w)
         states["total"] += (rows * w).sum(0)
-        states["weight"] += torch.broadcast_to(w, rows.shape).sum(0)
+        states["weight"] += w.sum(0)
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["total"] / states["weight"]
@@ -395,22 +560,34 @@ class Mean(TensorAccumulator):
         return result.item() if kind == "float" else result.to(device)
 
 
-class Max(TensorAccumulator):
+class Max(_Aggregate):
     """Elementwise maximum of everything accumulated on all ranks.
 
     The result has the input's dtype (integers exact up to 2**53). With
-    nothing accumulated anywhere it is NaN with a warning.
+    nothing accumulated anywhere it is NaN with a warning. A NaN on any rank
+    gives NaN (as ``torch.max`` on the concatenated data), unless
+    ``nan_strategy`` leaves NaN out: the running extreme ignores NaN and a
+    count of NaN values rides in the sum reduction, because a MAX all-reduce
+    (gloo's) keeps a NaN only when rank 0 holds it.
+
+    Args:
+        nan_strategy: ``"disable"`` (NaN propagates), ``"error"``, ``"warn"``
+            or ``"ignore"``; see :class:`_Aggregate`.
     """
 
-    _reductions = {"extreme": MAX, "count": SUM}
+    _reductions = {"extreme": MAX, "count": SUM, "nans": SUM}
     _scalar_states = frozenset({"count"})
+    _counts_nans = True
     _sign = 1.0
 
     def update(self, value: Any) -> None:
         """Take one value into the running extreme."""
         tensor, kind = _as_tensor(value)
         states = self._states_for(tensor.shape, kind, tensor.device)
-        torch.maximum(states["extreme"], self._sign * tensor.to(torch.float64), out=states["extreme"])
+        x = _f64(tensor, states["extreme"])
+        if tensor.is_floating_point():
+            self._nan_mask(x, states, rows=False)
+        torch.fmax(states["extreme"], x if self._sign > 0 else -x, out=states["extreme"])
         states["count"] += 1
 
     def extend(self, values: Any) -> None:
@@ -418,12 +595,20 @@ class Max(TensorAccumulator):
         tensor, kind = _as_tensor(values)
         states = self._states_for(tensor.shape[1:], kind, tensor.device)
         if tensor.shape[0]:
-            rows = self._sign * tensor.to(torch.float64)
-            torch.maximum(states["extreme"], rows.amax(0), out=states["extreme"])
+            rows = _f64(tensor, states["extreme"])
+            if tensor.is_floating_point():
+                nan = self._nan_mask(rows, states, rows=True)
+                rows = rows.masked_fill(nan, -math.inf if self._sign > 0 else math.inf)
+            torch.fmax(states["extreme"], (self._sign * rows).amax(0), out=states["extreme"])
         states["count"] += tensor.shape[0]
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return torch.where(states["count"] > 0, self._sign * states["extreme"], torch.nan)
+        result = self._sign * states["extreme"]
+        if self._drops_nans:  # only NaN seen at an element: nothing there
+            result = torch.where(states["nans"] >= states["count"], torch.nan, result)
+        else:
+            result = torch.where(states["nans"] > 0, torch.nan, result)
+        return torch.where(states["count"] > 0, result, torch.nan)
 
     def _empty_mask(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["count"] == 0
@@ -475,16 +660,41 @@ class List(Accumulator):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self._items = list(state_dict["items"])
 
+    def _device_type(self) -> str:
+        for item in self._items:
+            if isinstance(item, torch.Tensor):
+                return item.device.type
+        return "cpu"  # no tensor here: the ranks that have some decide (see _reconcile)
+
+    def _tensor_device(self) -> torch.device | None:
+        return next((item.device for item in self._items if isinstance(item, torch.Tensor)), None)
+
     def _spec(self) -> tuple:
-        return (self._name,)
+        return (self._name, self._device_type())
+
+    def _local(self, spec: tuple) -> Any:
+        return list(self._items)  # one process: no serialisation round trip
 
     def _contribute(self, spec: tuple) -> _Contribution:
         buffer = io.BytesIO()
         torch.save(self._items, buffer)  # pickles anything; tensors without copies through numpy
         return _Contribution(blob=buffer.getvalue())
 
+    def _result_device(self, spec: tuple) -> torch.device:
+        """Where gathered tensors go: the device type the ranks agreed on, this rank's device of that type."""
+        kind = spec[1]
+        local = self._tensor_device()
+        if local is not None and local.type == kind:
+            return local
+        if kind == "cpu":
+            return torch.device("cpu")
+        count = torch.accelerator.device_count() if torch.accelerator.is_available() else 0
+        current = torch.accelerator.current_device_index() if count else 0
+        return torch.device(kind, _local_device_index(count, current))
+
     def _finish(self, spec: tuple, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
-        per_rank = [torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False) for blob in blobs or ()]
+        device = self._result_device(spec)
+        per_rank = [torch.load(io.BytesIO(blob), map_location=device, weights_only=False) for blob in blobs or ()]
         return _step_major(per_rank)
 
 
@@ -526,8 +736,14 @@ class Cat(Accumulator):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self._chunks.load_state_dict(state_dict)
 
+    def _tensor_device(self) -> torch.device | None:
+        return self._chunks._tensor_device()
+
     def _spec(self) -> tuple:
-        return (self._name,)
+        return (self._name, self._chunks._device_type())
+
+    def _local(self, spec: tuple) -> torch.Tensor:
+        return self.value()
 
     def _contribute(self, spec: tuple) -> _Contribution:
         return self._chunks._contribute(spec)
@@ -535,12 +751,11 @@ class Cat(Accumulator):
     def _finish(self, spec: tuple, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
         chunks = self._chunks._finish(spec, sums, maxes, blobs)
         if not chunks:
-            return torch.empty(0)
+            return torch.empty(0, device=self._chunks._result_device(spec))
         layouts = {(tuple(c.shape[1:]), c.dtype) for c in chunks}
         if len(layouts) > 1:
             raise DivergenceError(f"{self._name}: ranks accumulated chunks of different trailing shapes/dtypes: {sorted(map(str, layouts))}")
-        local = self._chunks._items
-        return torch.cat(chunks).to(local[0].device if local else torch.device("cpu"))
+        return torch.cat(chunks)
 
 
 # --------------------------------------------------------------------------- #
@@ -630,6 +845,12 @@ class Except(Accumulator):
     def _spec(self) -> tuple:
         return self.accumulator._spec()
 
+    def _tensor_device(self) -> torch.device | None:
+        return self.accumulator._tensor_device()
+
+    def _local(self, spec: tuple) -> Any:
+        return self.accumulator._local(spec)
+
     def _contribute(self, spec: tuple) -> _Contribution:
         return self.accumulator._contribute(spec)
 
@@ -646,15 +867,83 @@ class Except(Accumulator):
 # --------------------------------------------------------------------------- #
 
 
-def _comm_device(group: dist.ProcessGroup | None) -> torch.device:
-    """The device the group's backend reduces on: the host for gloo/mpi, else the accelerator."""
-    backend = str(dist.get_backend(group))
-    accelerator = torch.accelerator.current_accelerator()
-    # A group started without naming a backend reports "undefined"; it reduces
-    # CPU tensors with gloo unless an accelerator is present.
-    if "gloo" in backend or backend == "mpi" or accelerator is None:
+_CPU_BACKENDS = ("gloo", "mpi", "ucc")
+_DEVICE_BACKENDS = {"nccl": "cuda", "xccl": "xpu", "hccl": "npu"}
+
+
+def _backend_devices(backend: str, accelerator: str | None) -> set[str]:
+    """Device types a backend string can reduce on.
+
+    ``"gloo"`` -> cpu, ``"nccl"`` -> cuda, ``"cuda:nccl,cpu:gloo"`` (what
+    Accelerate starts for FSDP with CPU offload) -> both. A group started
+    without naming a backend reports ``"undefined"``: it reduces on the
+    accelerator when there is one, else on the host.
+    """
+    backend = backend.lower()
+    if ":" in backend:
+        return {pair.split(":", 1)[0].strip() for pair in backend.split(",") if ":" in pair}
+    if backend in _CPU_BACKENDS:
+        return {"cpu", accelerator} - {None} if backend == "ucc" else {"cpu"}
+    if backend in _DEVICE_BACKENDS:
+        return {_DEVICE_BACKENDS[backend]}
+    return {accelerator} if accelerator else {"cpu"}
+
+
+def _local_device_index(device_count: int, current: int) -> int:
+    """This rank's accelerator: the current device once set, else LOCAL_RANK's.
+
+    Under plain torchrun without ``set_device`` every rank's current device
+    is 0; NCCL then needs LOCAL_RANK to find the rank's own device.
+    """
+    local_rank = os.environ.get("LOCAL_RANK")
+    if current == 0 and local_rank is not None and local_rank.isdigit() and device_count > 0:
+        return int(local_rank) % device_count
+    return current
+
+
+def _choose_device(
+    backend: str, states: torch.device | None, accelerator: str | None, device_count: int = 0, current: int = 0
+) -> torch.device:
+    """Where ``calculate()`` reduces: the states' device when the backend reduces there, else one it can.
+
+    Args:
+        backend: ``dist.get_backend(group)``, e.g. ``"gloo"`` or ``"cuda:nccl,cpu:gloo"``.
+        states: the device of the accumulators' tensor states, None if none.
+        accelerator: the accelerator type (``"cuda"``) or None.
+        device_count, current: the accelerator's device count and current index.
+    """
+    supported = _backend_devices(backend, accelerator)
+    if states is not None and states.type in supported:
+        if states.type == "cpu" or states.index is not None:
+            return states
+        return torch.device(states.type, _local_device_index(device_count, current))
+    if "cpu" in supported:
         return torch.device("cpu")
-    return torch.device(accelerator.type, torch.accelerator.current_device_index())
+    kind = accelerator if accelerator in supported else next(iter(sorted(supported)))
+    return torch.device(kind, _local_device_index(device_count, current))
+
+
+def _comm_device(group: dist.ProcessGroup | None, states: torch.device | None = None) -> torch.device:
+    """The device the group's backend reduces this call's tensors on."""
+    accelerator = torch.accelerator.current_accelerator()
+    if accelerator is None:
+        return _choose_device(str(dist.get_backend(group)), states, None)
+    return _choose_device(
+        str(dist.get_backend(group)), states, accelerator.type,
+        torch.accelerator.device_count(), torch.accelerator.current_device_index(),
+    )
+
+
+def _states_device(accs: Sequence[Accumulator]) -> torch.device | None:
+    """The device of the first accumulator holding tensor states off the host, else the host (None: none)."""
+    found = None
+    for acc in accs:
+        device = acc._tensor_device()
+        if device is not None:
+            if device.type != "cpu":
+                return device
+            found = device
+    return found
 
 
 def _signature(specs: Any) -> list[float]:
@@ -681,8 +970,9 @@ def _reconcile(all_specs: list[list[tuple]], accs: Sequence[Accumulator]) -> lis
         described = "; ".join(f"rank {r}: {spec}" for r, spec in enumerate(column))
         if len({spec[0] for spec in column}) > 1:
             raise DivergenceError(f"calculate(): accumulator {i} differs in kind across ranks ({described})")
-        if len(column[0]) == 1:  # List/Cat: nothing to agree on before gathering
-            agreed.append(column[0])
+        if len(column[0]) == 2:  # List/Cat: agree on the device type results come back on
+            types = {spec[1] for spec in column} - {"cpu"}
+            agreed.append((column[0][0], types.pop() if len(types) == 1 else "cpu"))
             continue
         kinds = {spec[1] for spec in column if spec[1] is not None}
         if kinds == {"int", "float"}:  # Python ints on some ranks, floats on others
@@ -701,16 +991,46 @@ def _reconcile(all_specs: list[list[tuple]], accs: Sequence[Accumulator]) -> lis
     return agreed
 
 
+def _expand(acc: Any, path: str, flat: list[Accumulator], names: list[str]) -> Any:
+    """Put ``acc`` (or a collection's members, recursively) into ``flat``; return how to rebuild its result."""
+    if not isinstance(acc, Accumulator):
+        raise TypeError(f"calculate(): expected accumulators, got {type(acc).__name__} at {path or 'the top'}")
+    members = acc._members()
+    if members is None:
+        flat.append(acc)
+        names.append(path)
+        return len(flat) - 1
+    return acc, {key: _expand(member, f"{path}.{key}", flat, names) for key, member in members.items()}
+
+
+def _assembled(node: Any, values: list[Any]) -> Any:
+    if isinstance(node, int):
+        return values[node]
+    acc, children = node
+    return acc._assemble({key: _assembled(child, values) for key, child in children.items()})
+
+
 def _flatten(
     accumulators: Sequence[Accumulator] | Mapping[str, Accumulator],
 ) -> tuple[list[Accumulator], Any, list[str] | None]:
-    """The accumulators, a function that rebuilds the caller's structure, and the dict keys (if a dict)."""
-    if isinstance(accumulators, Mapping):
-        keys = list(accumulators)
-        return [accumulators[k] for k in keys], lambda values: dict(zip(keys, values)), keys
+    """The accumulators (collections expanded), a function that rebuilds the caller's structure, and names.
+
+    The names (dict keys and collection member keys) are part of the signature
+    the ranks compare, so dicts or collections keyed differently never mix values.
+    """
     if isinstance(accumulators, Accumulator):
         raise TypeError("calculate() takes a list or dict of accumulators; for one, call acc.calculate()")
-    return list(accumulators), list, None
+    keyed = isinstance(accumulators, Mapping)
+    items = list(accumulators.items()) if keyed else [(str(i), a) for i, a in enumerate(accumulators)]
+    flat: list[Accumulator] = []
+    names: list[str] = []
+    nodes = [_expand(acc, key, flat, names) for key, acc in items]
+    if keyed:
+        keys = [key for key, _ in items]
+        return flat, lambda values: dict(zip(keys, (_assembled(n, values) for n in nodes))), names
+    if all(isinstance(node, int) for node in nodes):
+        return flat, list, None
+    return flat, lambda values: [_assembled(n, values) for n in nodes], names
 
 
 def calculate(
@@ -736,15 +1056,12 @@ def calculate(
             accumulators, kinds or shapes.
     """
     accs, rebuild, keys = _flatten(accumulators)
-    for acc in accs:
-        if not isinstance(acc, Accumulator):
-            raise TypeError(f"calculate(): expected accumulators, got {type(acc).__name__}")
     distributed = dist.is_available() and dist.is_initialized()
     world = dist.get_world_size(group) if distributed else 1
     specs = [acc._spec() for acc in accs]
     if world == 1:
         return rebuild(_local_results(accs, specs))
-    device = _comm_device(group)
+    device = _comm_device(group, _states_device(accs))
 
     first, contributions, blob = _first_collective(accs, keys, specs, group, world, device)
     if first is None:  # signatures differ: agree on shapes or raise on every rank
@@ -772,11 +1089,7 @@ def calculate(
 
 
 def _local_results(accs: Sequence[Accumulator], specs: list[tuple]) -> list[Any]:
-    results = []
-    for acc, spec in zip(accs, specs):
-        c = acc._contribute(spec)
-        results.append(acc._finish(spec, list(c.sums), list(c.maxes), None if c.blob is None else [c.blob]))
-    return results
+    return [acc._local(spec) for acc, spec in zip(accs, specs)]
 
 
 def _flat(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
