@@ -2,7 +2,55 @@
 
 from .accumulators import Cat, Except, List, Max, Mean, Min, Sum, calculate
 from .learner import BackwardLearner, NonFiniteLossError
-from .metrics import F1, MAE, MSE, Accuracy, evaluate
+from .metrics import (
+    AUROC,
+    F1,
+    MAE,
+    MSE,
+    R2,
+    RMSE,
+    Accuracy,
+    AveragePrecision,
+    BinnedAUROC,
+    BinnedAveragePrecision,
+    ConfusionMatrix,
+    FBeta,
+    Metrics,
+    Perplexity,
+    Precision,
+    Recall,
+    evaluate,
+)
+from .padding import drop_padding
 
-__all__ = ["BackwardLearner", "NonFiniteLossError", "F1", "MAE", "MSE", "Accuracy", "Cat", "Except", "List", "Max", "Mean", "Min", "Sum", "calculate", "evaluate"]
+__all__ = [
+    "AUROC",
+    "F1",
+    "MAE",
+    "MSE",
+    "R2",
+    "RMSE",
+    "Accuracy",
+    "AveragePrecision",
+    "BackwardLearner",
+    "BinnedAUROC",
+    "BinnedAveragePrecision",
+    "Cat",
+    "ConfusionMatrix",
+    "Except",
+    "FBeta",
+    "List",
+    "Max",
+    "Mean",
+    "Metrics",
+    "Min",
+    "NonFiniteLossError",
+    "Perplexity",
+    "Precision",
+    "Recall",
+    "Sum",
+    "calculate",
+    "drop_padding",
+    "evaluate",
+]
 __version__ = "0.1.0"
