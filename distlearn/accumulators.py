@@ -25,6 +25,7 @@ such as an F1 confusion matrix are padded to the largest) or raise
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -474,6 +475,14 @@ class Sum(_Aggregate):
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["total"]
 
+    @classmethod
+    def _batch_values(cls, accs: Sequence[Sum], specs: Sequence[tuple], block: torch.Tensor) -> list[Any] | None:
+        """Python-number sums of many accumulators at once (rows of ``block``: their states); None: one by one."""
+        if block.shape[1] > 1 and bool(block[:, 1].any()):  # NaN counts to report: the careful path
+            return None
+        values = block[:, 0].tolist()
+        return [int(v) if spec[1] == "int" else v for v, spec in zip(values, specs)]
+
     def _convert(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
         if kind not in ("int", "float") and not _dtype(kind).is_floating_point:
             return result.to(device=device, dtype=torch.int64)
@@ -552,6 +561,13 @@ class Mean(_Aggregate):
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["total"] / states["weight"]
+
+    @classmethod
+    def _batch_values(cls, accs: Sequence[Mean], specs: Sequence[tuple], block: torch.Tensor) -> list[Any] | None:
+        """Python-number means of many accumulators at once; None: finish them one by one."""
+        if (block.shape[1] > 2 and bool(block[:, 2].any())) or bool((block[:, 1] == 0).any()):
+            return None  # NaN counts to report or an empty mean to warn about: the careful path
+        return (block[:, 0] / block[:, 1]).tolist()
 
     def _empty_mask(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["weight"] == 0
@@ -947,6 +963,18 @@ def _states_device(accs: Sequence[Accumulator]) -> torch.device | None:
 
 
 def _signature(specs: Any) -> list[float]:
+    try:
+        return _cached_signature(specs)
+    except TypeError:  # an unhashable spec: compute it afresh
+        return _signature_of(specs)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_signature(specs: Any) -> list[float]:
+    return _signature_of(specs)
+
+
+def _signature_of(specs: Any) -> list[float]:
     digest = int.from_bytes(hashlib.blake2b(repr(specs).encode(), digest_size=8).digest(), "big")
     chunks = [float((digest >> (20 * k)) & 0xFFFFF) for k in range(_HASH_CHUNKS)]
     # Summed over ranks, sum(s) == n*s and sum(s*s) == n*s*s on a rank iff all ranks
@@ -1093,9 +1121,26 @@ def _local_results(accs: Sequence[Accumulator], specs: list[tuple]) -> list[Any]
 
 
 def _flat(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """All states in one float64 vector on ``device``: runs of scalars stacked in one call each."""
     if not tensors:
         return torch.zeros(0, dtype=torch.float64, device=device)
-    return torch.cat([t.reshape(-1).to(device=device, dtype=torch.float64) for t in tensors])
+    home = tensors[0].device
+    parts: list[torch.Tensor] = []
+    run: list[torch.Tensor] = []
+    for t in tensors:
+        if t.device != home:  # states on several devices (rare): move each to the first one's
+            t = t.to(home)
+        if t.dim() == 0:
+            run.append(t)
+            continue
+        if run:
+            parts.append(torch.stack(run))
+            run = []
+        parts.append(t.reshape(-1))
+    if run:
+        parts.append(torch.stack(run))
+    flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return flat.to(device=device, dtype=torch.float64)
 
 
 def _first_collective(accs, keys, specs, group, world, device):
@@ -1107,7 +1152,7 @@ def _first_collective(accs, keys, specs, group, world, device):
     contributions = [acc._contribute(spec) for acc, spec in zip(accs, specs)]
     segments = [c.blob for c in contributions if c.blob is not None]
     blob = _pack_segments(segments) if segments else None
-    signature = _signature((keys, specs))
+    signature = list(_signature((None if keys is None else tuple(keys), tuple(specs))))
     sizes = [0.0] * world
     sizes[dist.get_rank(group)] = float(len(blob)) if blob is not None else 0.0
     header = torch.tensor(signature + sizes, dtype=torch.float64)
@@ -1153,18 +1198,46 @@ def _gather_bytes(blob: bytes, sizes: list[int], group, device) -> list[bytes]:
 
 
 def _split_results(accs, specs, contributions, sums, max_flat, blobs) -> list[Any]:
-    # One split per buffer (views, no copies) instead of a slice per state.
-    sum_parts = iter(sums.split([t.numel() for c in contributions for t in c.sums]))
+    # One split per buffer (views, no copies) instead of a slice per state; runs of
+    # scalar accumulators of one class are finished together (one tensor op per run).
     max_parts = iter(max_flat.split([t.numel() for c in contributions for t in c.maxes]))
     gather_count = sum(c.blob is not None for c in contributions)
     per_rank = [_unpack_segments(b, gather_count) for b in blobs] if blobs is not None else None
-    results, g_idx = [], 0
-    for acc, spec, c in zip(accs, specs, contributions):
-        acc_sums = [next(sum_parts).view(t.shape) for t in c.sums]
+    results: list[Any] = []
+    g_idx, offset, i, n = 0, 0, 0, len(accs)
+    while i < n:
+        acc, c = accs[i], contributions[i]
+        batch = _batch_key(acc, specs[i], c)
+        if batch is not None:
+            j = i + 1
+            while j < n and _batch_key(accs[j], specs[j], contributions[j]) == batch:
+                j += 1
+            width = len(c.sums)
+            block = sums[offset : offset + (j - i) * width].view(j - i, width)
+            values = type(acc)._batch_values(accs[i:j], specs[i:j], block)
+            if values is not None:
+                results.extend(values)
+                offset += (j - i) * width
+                i = j
+                continue
+        acc_sums = []
+        for t in c.sums:
+            acc_sums.append(sums[offset : offset + t.numel()].view(t.shape))
+            offset += t.numel()
         acc_maxes = [next(max_parts).view(t.shape) for t in c.maxes]
         acc_blobs = None
         if c.blob is not None:
             acc_blobs = [segments[g_idx] for segments in per_rank]
             g_idx += 1
-        results.append(acc._finish(spec, acc_sums, acc_maxes, acc_blobs))
+        results.append(acc._finish(specs[i], acc_sums, acc_maxes, acc_blobs))
+        i += 1
     return results
+
+
+def _batch_key(acc: Accumulator, spec: tuple, c: _Contribution) -> Any:
+    """What scalar accumulators share to be finished together, or None (finish alone)."""
+    if c.maxes or c.blob is not None or not c.sums or spec[1] not in ("int", "float"):
+        return None
+    if getattr(type(acc), "_batch_values", None) is None or any(t.dim() for t in c.sums):
+        return None
+    return type(acc), spec[1], len(c.sums), getattr(acc, "nan_strategy", None)
