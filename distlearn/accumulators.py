@@ -136,6 +136,9 @@ def _nan_warning(name: str) -> None:
 # --------------------------------------------------------------------------- #
 
 
+_UNSET: Any = object()
+
+
 @dataclass
 class _Contribution:
     """What one accumulator puts into the collectives."""
@@ -143,6 +146,7 @@ class _Contribution:
     sums: list[torch.Tensor] = field(default_factory=list)
     maxes: list[torch.Tensor] = field(default_factory=list)
     blob: bytes | None = None  # only List/Cat-like accumulators gather bytes
+    batch_key: Any = field(default_factory=lambda: _UNSET, compare=False)  # see _batch_key
 
 
 class Accumulator:
@@ -309,13 +313,29 @@ class TensorAccumulator(Accumulator):
     # -- the calculate() protocol ------------------------------------------ #
 
     def _tensor_device(self) -> torch.device | None:
-        return None if self._states is None else next(iter(self._states.values())).device
+        return None if self._states is None else self._device  # where the inputs live (states: see _state_device)
 
     def _spec(self) -> tuple:
+        # Cached while the states dict and the kind stay the same: shapes of a non-growable
+        # accumulator never change under one dict (a shape change is an error), and this
+        # Python work per accumulator is what calculate() of many scalars spends its time on.
+        cached = getattr(self, "_spec_cache", None)
+        if cached is not None and cached[0] is self._states and cached[1] == self._kind and not self._growable:
+            return cached[2]
         shapes = None if self._states is None else tuple((n, tuple(s.shape)) for n, s in self._states.items())
-        return (self._name, self._kind, shapes)
+        spec = (self._name, self._kind, shapes)
+        self._spec_cache = (self._states, self._kind, spec, None)
+        return spec
 
     def _contribute(self, spec: tuple) -> _Contribution:
+        cached = getattr(self, "_spec_cache", None)
+        if cached is not None and cached[2] is spec and cached[0] is self._states and self._states is not None:
+            if cached[3] is None:  # the states as they are, split by reduction once
+                contribution = _Contribution()
+                for name, reduction in self._reductions.items():
+                    (contribution.sums if reduction == SUM else contribution.maxes).append(self._states[name])
+                self._spec_cache = cached = (*cached[:3], contribution)
+            return cached[3]
         _, kind, shapes = spec
         states = self._states
         if shapes is not None:
@@ -1124,6 +1144,12 @@ def _flat(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor
     """All states in one float64 vector on ``device``: runs of scalars stacked in one call each."""
     if not tensors:
         return torch.zeros(0, dtype=torch.float64, device=device)
+    try:  # the common case, many scalar states on one device: one call, no per-tensor checks
+        stacked = torch.stack(tensors)
+        if stacked.dim() == 1:
+            return stacked.to(device=device, dtype=torch.float64)
+    except RuntimeError:
+        pass
     home = tensors[0].device
     parts: list[torch.Tensor] = []
     run: list[torch.Tensor] = []
@@ -1212,7 +1238,7 @@ def _split_results(accs, specs, contributions, sums, max_flat, blobs) -> list[An
             j = i + 1
             while j < n and _batch_key(accs[j], specs[j], contributions[j]) == batch:
                 j += 1
-            width = len(c.sums)
+            width = sum(t.numel() for t in c.sums)
             block = sums[offset : offset + (j - i) * width].view(j - i, width)
             values = type(acc)._batch_values(accs[i:j], specs[i:j], block)
             if values is not None:
@@ -1235,7 +1261,22 @@ def _split_results(accs, specs, contributions, sums, max_flat, blobs) -> list[An
 
 
 def _batch_key(acc: Accumulator, spec: tuple, c: _Contribution) -> Any:
-    """What scalar accumulators share to be finished together, or None (finish alone)."""
+    """What scalar accumulators share to be finished together, or None (finish alone).
+
+    Kept on the contribution, which a TensorAccumulator reuses while its states stay the same.
+    """
+    if c.batch_key is _UNSET:
+        c.batch_key = _new_batch_key(acc, spec, c)
+    return c.batch_key
+
+
+def _new_batch_key(acc: Accumulator, spec: tuple, c: _Contribution) -> Any:
+    config = getattr(acc, "_batch_config", None)
+    if config is not None:  # metrics whose _compute takes a leading batch dimension
+        if c.maxes or c.blob is not None or not c.sums:
+            return None
+        key = config()
+        return None if key is None else (type(acc), spec, key)
     if c.maxes or c.blob is not None or not c.sums or spec[1] not in ("int", "float"):
         return None
     if getattr(type(acc), "_batch_values", None) is None or any(t.dim() for t in c.sums):

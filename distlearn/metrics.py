@@ -120,6 +120,31 @@ class Metric(TensorAccumulator):
     def _convert_global(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
         return float(result)
 
+    # -- many metrics of one kind finished at once ---------------------------- #
+
+    def _batch_config(self) -> tuple | None:
+        """What metrics finished together must share (their settings); None: finish alone.
+
+        Only metrics whose ``_compute``, ``_check_states`` and ``_empty_mask``
+        accept states with a leading batch dimension return a tuple.
+        """
+        return None
+
+    @classmethod
+    def _batch_values(cls, accs: Sequence[Metric], specs: Sequence[tuple], block: torch.Tensor) -> list[Any] | None:
+        """The values of metrics of one kind and settings from ``block`` (one row of states each)."""
+        first, shapes = accs[0], specs[0][2]
+        widths = [math.prod(shape) for _, shape in shapes]
+        states = {
+            name: column.reshape(len(accs), *shape)
+            for (name, shape), column in zip(shapes, block.split(widths, dim=1))
+        }
+        empty = first._empty_mask(states)
+        if empty is not None and bool(empty.any()):
+            return None  # warnings to give: the careful path, one by one
+        first._check_states(states)
+        return first._compute(states).tolist()
+
     def _empty_value(self) -> float:
         return float("nan")
 
@@ -185,6 +210,9 @@ class Accuracy(Metric):
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["correct"] / states["total"]
 
+    def _batch_config(self) -> tuple:
+        return ()
+
     def _empty_mask(self, states):
         return states["total"] == 0
 
@@ -243,10 +271,13 @@ class _Confusion(Metric):
         index = torch.where(valid, y_true * n + y_pred, 0)
         confusion.view(-1).index_add_(0, index, valid.to(torch.float64))
 
+    def _batch_config(self) -> tuple | None:
+        return (self.average, self.pos_label, getattr(self, "beta", None))
+
     def _check_states(self, states: Mapping[str, torch.Tensor]) -> None:
-        count = int(states["out_of_range"])
+        count = int(states["out_of_range"].sum())
         if count:
-            n = states["confusion"].shape[0]
+            n = states["confusion"].shape[-1]
             owner = type(self).__name__
             if self.average == "binary":
                 fix = f"binary {owner} takes labels 0 and 1: use {owner}('macro') or {owner}('micro') for more classes"
@@ -262,27 +293,28 @@ class _Confusion(Metric):
         raise NotImplementedError
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        # Written for (..., n, n) so that many metrics of one kind finish in one pass.
         confusion = states["confusion"]
-        tp = confusion.diagonal()
-        fp = confusion.sum(0) - tp
-        fn = confusion.sum(1) - tp
+        tp = confusion.diagonal(dim1=-2, dim2=-1)
+        fp = confusion.sum(-2) - tp
+        fn = confusion.sum(-1) - tp
         if self.average == "micro":
-            return self._per_class(tp.sum(), fp.sum(), fn.sum())
+            return self._per_class(tp.sum(-1), fp.sum(-1), fn.sum(-1))
         if self.average == "binary":
             k = self.pos_label
-            if k >= confusion.shape[0]:
-                return torch.zeros((), dtype=torch.float64, device=confusion.device)
-            return self._per_class(tp[k], fp[k], fn[k])
+            if k >= confusion.shape[-1]:
+                return torch.zeros(confusion.shape[:-2], dtype=torch.float64, device=confusion.device)
+            return self._per_class(tp[..., k], fp[..., k], fn[..., k])
         # scikit-learn's labels: those that occur in the labels or the predictions
         present = (tp + fp + fn) > 0
         scores = torch.where(present, self._per_class(tp, fp, fn), 0.0)
         if self.average == "weighted":
             support = tp + fn
-            return (scores * support).sum() / support.sum()
-        return scores.sum() / present.sum()
+            return (scores * support).sum(-1) / support.sum(-1)
+        return scores.sum(-1) / present.sum(-1)
 
     def _empty_mask(self, states):
-        return states["confusion"].sum() == 0
+        return states["confusion"].sum((-2, -1)) == 0
 
 
 def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -375,6 +407,9 @@ class ConfusionMatrix(_Confusion):
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["confusion"]
+
+    def _batch_config(self) -> None:
+        return None
 
     def _empty_mask(self, states):
         return None
@@ -666,6 +701,9 @@ class _Regression(Metric):
     def _check_states(self, states: Mapping[str, torch.Tensor]) -> None:
         _report_nans(type(self).__name__, self.nan_strategy, states["nans"])
 
+    def _batch_config(self) -> tuple:
+        return (self.nan_strategy,)
+
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["total"] / states["count"]
 
@@ -768,6 +806,9 @@ class Perplexity(Metric):
     def _compute(self, states):
         return (states["nll"] / states["tokens"]).exp()
 
+    def _batch_config(self) -> tuple:
+        return ()
+
     def _empty_mask(self, states):
         return states["tokens"] == 0
 
@@ -785,7 +826,8 @@ class Metrics(Accumulator):
     ``higher_is_better`` and :meth:`predict`.
 
     Args:
-        metrics: a dict ``{key: metric}``, or a list (keys are the metrics' names).
+        metrics: a dict ``{key: metric}`` (plain accumulators such as ``Mean`` may
+            ride along), or a list of metrics (keys are their names).
         primary: the key of the primary metric; the first when None.
 
     Raises:
@@ -806,14 +848,18 @@ class Metrics(Accumulator):
         if not members:
             raise ValueError("Metrics: give at least one metric")
         for key, metric in members.items():
-            if not isinstance(key, str) or not isinstance(metric, Accumulator) or not hasattr(metric, "name"):
-                raise TypeError(f"Metrics: {key!r} must name a distlearn metric, got {type(metric).__name__}")
+            if not isinstance(key, str) or not isinstance(metric, Accumulator):
+                raise TypeError(
+                    f"Metrics: {key!r} must name a distlearn metric or accumulator, got {type(metric).__name__}"
+                )
             if isinstance(metric, Metrics):
                 raise TypeError(f"Metrics: {key!r} is itself a Metrics; flatten it into one collection")
         if primary is None:
             primary = next(iter(members))
         if primary not in members:
             raise ValueError(f"Metrics: primary {primary!r} is not one of {list(members)}")
+        if not hasattr(members[primary], "higher_is_better"):
+            raise ValueError(f"Metrics: the primary {primary!r} must be a metric (it has no higher_is_better)")
         self.metrics = members
         self.primary = primary
 

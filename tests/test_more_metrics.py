@@ -268,3 +268,39 @@ def collections_keyed_differently(rank, world):
 
 def test_collections_keyed_differently_on_two_ranks_raise_everywhere(dist_pool):
     assert dist_pool.run(collections_keyed_differently, 2) == ["DivergenceError"] * 2
+
+
+def many_of_one_kind(rank, world, empty_one):
+    rng = np.random.default_rng(rank)
+    metrics = {}
+    for i in range(6):
+        metrics[f"f1_{i}"] = F1("macro", num_classes=4)
+        metrics[f"acc_{i}"] = Accuracy()
+        metrics[f"mse_{i}"] = MSE()
+    data = []
+    for i in range(6):
+        t, p = rng.integers(0, 4, 9 + i), rng.integers(0, 4, 9 + i)
+        data.append((t, p))
+        if empty_one and i == 3:
+            continue  # one metric of each kind with no data anywhere: finished one by one (NaN, warning)
+        metrics[f"f1_{i}"](y_pred=torch.as_tensor(p), y_true=torch.as_tensor(t))
+        metrics[f"acc_{i}"](y_pred=torch.as_tensor(p), y_true=torch.as_tensor(t))
+        metrics[f"mse_{i}"](y_pred=torch.as_tensor(p, dtype=torch.float64), y_true=torch.as_tensor(t, dtype=torch.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return calculate(metrics), data
+
+
+@pytest.mark.parametrize("empty_one", [False, True])
+def test_many_metrics_of_one_kind_finished_together_are_each_exact(dist_pool, empty_one):
+    results = dist_pool.run(many_of_one_kind, 2, empty_one)
+    for values, _ in results:
+        for i in range(6):
+            t = np.concatenate([data[i][0] for _, data in results])
+            p = np.concatenate([data[i][1] for _, data in results])
+            if empty_one and i == 3:
+                assert math.isnan(values[f"f1_{i}"]) and math.isnan(values[f"acc_{i}"])
+                continue
+            assert values[f"f1_{i}"] == pytest.approx(sk.f1_score(t, p, average="macro"))
+            assert values[f"acc_{i}"] == pytest.approx(sk.accuracy_score(t, p))
+            assert values[f"mse_{i}"] == pytest.approx(sk.mean_squared_error(t, p))
