@@ -272,11 +272,8 @@ def test_collections_keyed_differently_on_two_ranks_raise_everywhere(dist_pool):
 
 def many_of_one_kind(rank, world, empty_one):
     rng = np.random.default_rng(rank)
-    metrics = {}
-    for i in range(6):
-        metrics[f"f1_{i}"] = F1("macro", num_classes=4)
-        metrics[f"acc_{i}"] = Accuracy()
-        metrics[f"mse_{i}"] = MSE()
+    metrics = {f"f1_{i}": F1("macro", num_classes=4) for i in range(6)}  # runs of one kind: batched
+    metrics |= {f"acc_{i}": Accuracy() for i in range(6)} | {f"mse_{i}": MSE() for i in range(6)}
     data = []
     for i in range(6):
         t, p = rng.integers(0, 4, 9 + i), rng.integers(0, 4, 9 + i)
