@@ -14,7 +14,22 @@ How :func:`calculate` talks to the other ranks:
    crash gloo (a length mismatch aborts the process) and every rank sees the
    disagreement. Sums that do not fit inline go in one more ``all_reduce``.
 2. One ``all_reduce(MAX)`` for all Max/Min states (Min as max of -x), if any.
+   The running extremes skip NaN and a NaN count rides in the sums: a MAX
+   all-reduce (gloo's) keeps a NaN only when rank 0 holds it.
 3. One ``all_gather`` of a byte buffer for all List/Cat states, if any.
+
+The Python work per accumulator is kept small, because it is what a
+``calculate()`` of many scalars costs beyond the collective: specs and
+contributions are cached while states keep their shapes, scalar states are
+stacked in one call, and runs of accumulators of one kind and settings (Sum,
+Mean, Accuracy, F1, MSE, ...) are finished in one batched tensor pass.
+Collections (:class:`~distlearn.metrics.Metrics`) are expanded into their
+members, so they ride in the same collectives.
+
+Which device reduces: the states' device when the group's backend reduces
+there (``"cuda:nccl,cpu:gloo"`` keeps CUDA states on CUDA), else the host for
+gloo/mpi, else the rank's accelerator (the current device once set, else
+LOCAL_RANK's).
 
 A rank that saw no data does not know its states' shapes. When signatures
 differ, the ranks exchange their signatures (``all_gather_object``) and either
@@ -99,6 +114,11 @@ def _f64(tensor: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     if tensor.device != state.device:
         tensor = tensor.to(state.device)
     return tensor.to(torch.float64)
+
+
+def _to_result_device(result: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A float64 result on the inputs' device; on the host for MPS, which has no float64."""
+    return result if device.type == "mps" else result.to(device)
 
 
 NAN_STRATEGIES = ("disable", "error", "warn", "ignore")
@@ -308,7 +328,7 @@ class TensorAccumulator(Accumulator):
             return result.item()
         if kind == "int":
             return int(result.item())
-        return result.to(device)
+        return _to_result_device(result, device)
 
     # -- the calculate() protocol ------------------------------------------ #
 
@@ -371,7 +391,7 @@ class TensorAccumulator(Accumulator):
             if kind == "int":
                 return result.item()
             if kind != "float" and not _dtype(kind).is_floating_point:
-                return result.to(device)  # NaN has no integer form: float64
+                return _to_result_device(result, device)  # NaN has no integer form: float64
         return self._convert_global(result, kind, device)
 
     def _convert_global(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
@@ -593,7 +613,7 @@ class Mean(_Aggregate):
         return states["weight"] == 0
 
     def _convert(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
-        return result.item() if kind == "float" else result.to(device)
+        return result.item() if kind == "float" else _to_result_device(result, device)
 
 
 class Max(_Aggregate):

@@ -245,6 +245,10 @@ def test_mps_keeps_float64_states_on_the_host():
     state = torch.zeros(2, dtype=torch.float64)
     value = torch.ones(2, dtype=torch.float16)
     assert _f64(value, state).dtype == torch.float64
+    from distlearn.accumulators import _to_result_device
+
+    result = torch.ones(2, dtype=torch.float64)
+    assert _to_result_device(result, torch.device("mps")) is result  # a float64 result stays on the host
 
 
 # --------------------------------------------------------------------------- #
