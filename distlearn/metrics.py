@@ -58,6 +58,7 @@ __all__ = [
     "Precision",
     "Recall",
     "evaluate",
+    "is_metric",
 ]
 
 
@@ -909,6 +910,15 @@ class Metrics(Accumulator):
 
     def _members(self) -> Mapping[str, Accumulator]:
         return self.metrics
+
+
+def is_metric(obj: Any) -> bool:
+    """Whether ``obj`` is a distlearn metric or collection the learner can take as ``metric=``.
+
+    True for :class:`Metric` subclasses, the exact ranking metrics (:class:`AUROC`,
+    :class:`AveragePrecision`, which gather scores) and :class:`Metrics`.
+    """
+    return isinstance(obj, (Metric, _Ranked, Metrics))
 
 
 # --------------------------------------------------------------------------- #

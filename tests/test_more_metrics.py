@@ -301,3 +301,11 @@ def test_many_metrics_of_one_kind_finished_together_are_each_exact(dist_pool, em
             assert values[f"f1_{i}"] == pytest.approx(sk.f1_score(t, p, average="macro"))
             assert values[f"acc_{i}"] == pytest.approx(sk.accuracy_score(t, p))
             assert values[f"mse_{i}"] == pytest.approx(sk.mean_squared_error(t, p))
+
+
+def test_is_metric_accepts_every_metric_and_collections():
+    from distlearn.accumulators import Mean as PlainMean
+    from distlearn.metrics import is_metric
+
+    assert all(is_metric(m) for m in (Accuracy(), AUROC(), BinnedAUROC(), Perplexity(), Metrics([MSE()])))
+    assert not is_metric(PlainMean()) and not is_metric("accuracy")
