@@ -979,11 +979,12 @@ def _choose_device(
     return torch.device(kind, _local_device_index(device_count, current))
 
 
-def _comm_device(group: dist.ProcessGroup | None, states: torch.device | None = None) -> torch.device:
-    """The device the group's backend reduces this call's tensors on."""
+def _comm_device(group: dist.ProcessGroup | None, accs: Sequence[Accumulator] = ()) -> torch.device:
+    """The device the group's backend reduces this call's tensors (those of ``accs``) on."""
     accelerator = torch.accelerator.current_accelerator()
-    if accelerator is None:
-        return _choose_device(str(dist.get_backend(group)), states, None)
+    if accelerator is None:  # the host whatever the states: no need to look at them
+        return _choose_device(str(dist.get_backend(group)), None, None)
+    states = _states_device(accs)
     return _choose_device(
         str(dist.get_backend(group)), states, accelerator.type,
         torch.accelerator.device_count(), torch.accelerator.current_device_index(),
@@ -1129,7 +1130,7 @@ def calculate(
     specs = [acc._spec() for acc in accs]
     if world == 1:
         return rebuild(_local_results(accs, specs))
-    device = _comm_device(group, _states_device(accs))
+    device = _comm_device(group, accs)
 
     first, contributions, blob = _first_collective(accs, keys, specs, group, world, device)
     if first is None:  # signatures differ: agree on shapes or raise on every rank
