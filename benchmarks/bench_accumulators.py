@@ -6,8 +6,15 @@ metric once (local) and then syncs:
   - torchmetrics: ``MeanMetric().compute()`` for each metric
   - torchmetrics: ``MetricCollection({...}).compute()``
 The three are interleaved repeat by repeat, so machine noise hits all alike;
-medians are compared. Also: relative error of a mean over 10**7 bfloat16 values
-against the exact mean (math.fsum), distlearn vs torchmetrics' MeanMetric.
+medians are compared. Then, interleaved the same way:
+  - 64 metrics of mixed kinds (16 each of accuracy, macro F1 over 5 classes,
+    MSE and a mean): ``calculate()`` vs torchmetrics' ``MetricCollection.compute()``
+    (target: >= 40x faster);
+  - ``calculate()`` of 64 scalar means vs one raw ``all_reduce`` of the same
+    128 float64 numbers, the floor (target: within 2x), and vs a raw
+    ``all_reduce`` of the fixed-length buffer calculate() sends.
+Also: relative error of a mean over 10**7 bfloat16 values against the exact
+mean (math.fsum), distlearn vs torchmetrics' MeanMetric.
 
 Run: python benchmarks/bench_accumulators.py [--repeats 30]
 """
@@ -72,10 +79,85 @@ def _rank_main(rank: int, world: int, port: int, repeats: int, queue) -> None:
         expected = theirs[-1].compute().item()
         assert abs(calculate(ours)[-1] - expected) < 1e-6 * max(1, abs(expected))
         results[n] = {k: statistics.median(v) for k, v in times.items()}
+    results["mixed"] = _mixed(rank, repeats)
+    results["floor"] = _floor(rank, repeats)
     if rank == 0:
         queue.put((results, torchmetrics.__version__))
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _mixed(rank: int, repeats: int) -> dict[str, float]:
+    """64 metrics of four kinds: distlearn's one calculate() vs torchmetrics' MetricCollection."""
+    from torchmetrics import MeanMetric, MeanSquaredError, MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+    from distlearn.accumulators import Mean, calculate
+    from distlearn.metrics import F1, MSE, Accuracy, Metrics
+
+    k, per_kind = 5, 16
+    ours = Metrics(
+        {f"acc{i}": Accuracy() for i in range(per_kind)}
+        | {f"f1{i}": F1("macro", num_classes=k) for i in range(per_kind)}
+        | {f"mse{i}": MSE() for i in range(per_kind)}
+        | {f"mean{i}": Mean() for i in range(per_kind)}
+    )
+    theirs = MetricCollection(
+        {f"acc{i}": MulticlassAccuracy(k, average="micro") for i in range(per_kind)}
+        | {f"f1{i}": MulticlassF1Score(k, average="macro") for i in range(per_kind)}
+        | {f"mse{i}": MeanSquaredError() for i in range(per_kind)}
+        | {f"mean{i}": MeanMetric() for i in range(per_kind)},
+        compute_groups=False,
+    )
+    generator = torch.Generator().manual_seed(rank)
+    times: dict[str, list[float]] = {"distlearn": [], "torchmetrics": []}
+    for r in range(repeats + 2):
+        scores = torch.randn(32, k, generator=generator)
+        labels = torch.randint(0, k, (32,), generator=generator)
+        targets = torch.randn(32, generator=generator)
+        for key, metric in ours.metrics.items():
+            if key.startswith("mse"):
+                metric(y_pred=targets + 0.5, y_true=targets)
+            elif key.startswith("mean"):
+                metric(targets.mean(), weight=32)
+            else:
+                metric(y_score=scores, y_true=labels)
+        for key, metric in theirs.items(keep_base=True):
+            if key.startswith("mse"):
+                metric.update(targets + 0.5, targets)
+            elif key.startswith("mean"):
+                metric.update(targets.mean(), weight=32)
+            else:
+                metric.update(scores, labels)
+        t_ours = _timed(lambda: calculate([ours]))
+        t_theirs = _timed(lambda: theirs.compute())
+        if r >= 2:
+            times["distlearn"].append(t_ours)
+            times["torchmetrics"].append(t_theirs)
+    ours_values, their_values = calculate([ours])[0], {k: v.item() for k, v in theirs.compute().items()}
+    assert all(abs(ours_values[key] - their_values[key]) < 1e-5 for key in ours_values), "the values differ"
+    return {key: statistics.median(v) for key, v in times.items()}
+
+
+def _floor(rank: int, repeats: int) -> dict[str, float]:
+    """calculate() of 64 scalar means against raw all_reduces: of the same 128 numbers, of the same buffer."""
+    from distlearn.accumulators import _INLINE, Mean, calculate
+
+    means = [Mean() for _ in range(64)]
+    for m in means:
+        m(float(rank), weight=2)
+    payload = torch.zeros(128, dtype=torch.float64)
+    buffer = torch.zeros(_INLINE + 6 + 2, dtype=torch.float64)  # signature (6) + byte sizes (world) + inline sums
+    times: dict[str, list[float]] = {"distlearn": [], "raw": [], "raw_buffer": []}
+    for r in range(5 * repeats + 2):  # cheap calls: more repeats, interleaved
+        t_ours = _timed(lambda: calculate(means))
+        t_raw = _timed(lambda: dist.all_reduce(payload))
+        t_buffer = _timed(lambda: dist.all_reduce(buffer))
+        if r >= 2:
+            times["distlearn"].append(t_ours)
+            times["raw"].append(t_raw)
+            times["raw_buffer"].append(t_buffer)
+    return {key: statistics.median(v) for key, v in times.items()}
 
 
 def _precision() -> tuple[float, float]:
@@ -106,12 +188,24 @@ def main() -> None:
     results, version = queue.get()
     print(f"sync of N scalar means, 2 gloo ranks, median of {args.repeats} interleaved repeats (torchmetrics {version})")
     print(f"{'N':>4} {'distlearn':>12} {'torchmetrics':>14} {'ratio':>7} {'collection':>12} {'ratio':>7}")
+    mixed, floor = results.pop("mixed"), results.pop("floor")
     for n, t in results.items():
         print(
             f"{n:>4} {t['distlearn'] * 1e3:>10.2f}ms {t['torchmetrics'] * 1e3:>12.2f}ms "
             f"{t['torchmetrics'] / t['distlearn']:>6.1f}x {t['collection'] * 1e3:>10.2f}ms "
             f"{t['collection'] / t['distlearn']:>6.1f}x"
         )
+    print(
+        f"64 mixed metrics (accuracy, macro F1, MSE, mean): distlearn {mixed['distlearn'] * 1e3:.2f}ms, "
+        f"torchmetrics MetricCollection {mixed['torchmetrics'] * 1e3:.2f}ms: "
+        f"{mixed['torchmetrics'] / mixed['distlearn']:.1f}x (target >= 40x)"
+    )
+    print(
+        f"64 scalar means: calculate() {floor['distlearn'] * 1e6:.0f}us, raw all_reduce of the same 128 numbers "
+        f"{floor['raw'] * 1e6:.0f}us ({floor['distlearn'] / floor['raw']:.2f}x the floor, target <= 2x), "
+        f"raw all_reduce of calculate()'s fixed buffer {floor['raw_buffer'] * 1e6:.0f}us "
+        f"({floor['distlearn'] / floor['raw_buffer']:.2f}x)"
+    )
     ours, theirs = _precision()
     print(f"mean of 10^7 bf16 values, relative error vs exact: distlearn {ours:.1e}, torchmetrics MeanMetric {theirs:.1e}")
 

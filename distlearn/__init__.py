@@ -16,7 +16,13 @@ __version__ = "0.1.0"
 _EXPORTS = {
     **dict.fromkeys(["Cat", "Except", "List", "Max", "Mean", "Min", "Sum", "calculate"], "accumulators"),
     **dict.fromkeys(["BackwardLearner", "NonFiniteLossError"], "learner"),
-    **dict.fromkeys(["F1", "MAE", "MSE", "Accuracy", "evaluate"], "metrics"),
+    **dict.fromkeys(
+        ["AUROC", "F1", "MAE", "MSE", "R2", "RMSE", "Accuracy", "AveragePrecision", "BinnedAUROC",
+         "BinnedAveragePrecision", "ConfusionMatrix", "FBeta", "Metrics", "Perplexity", "Precision", "Recall",
+         "evaluate"],
+        "metrics",
+    ),
+    "drop_padding": "padding",
 }
 __all__ = list(_EXPORTS)
 

@@ -11,15 +11,18 @@ fails loudly on any Accelerator whose process count disagrees with the launcher.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard, SeedableRandomSampler
 from accelerate.utils import DataLoaderConfiguration
+from torch.utils.data import BatchSampler
 
-__all__ = ["build_accelerator", "check_accelerator", "launched_world_size"]
+__all__ = ["build_accelerator", "check_accelerator", "check_loader", "launched_world_size", "prepare_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,3 +136,96 @@ def check_accelerator(accelerator: Accelerator) -> None:
         )
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("mixed_precision='fp16' on CPU trains silently in float32; use 'bf16' or 'no'")
+
+
+# --------------------------------------------------------------------------- #
+# Data loaders: every sample exactly once, whatever the loader's shape
+# --------------------------------------------------------------------------- #
+
+
+def _sampler_is_batch_sampler(loader: Any) -> bool:
+    return getattr(loader, "batch_size", 0) is None and isinstance(getattr(loader, "sampler", None), BatchSampler)
+
+
+def check_loader(loader: Any, *, drop_last_ok: bool = True) -> None:
+    """Refuse a raw DataLoader whose prepared form could not give every sample exactly once.
+
+    Shapes found exact under Accelerate 1.15 with ``even_batches=True`` and
+    :func:`~distlearn.drop_padding` (1-3 processes, uneven data): ``batch_size=``
+    with or without ``shuffle``, ``batch_sampler=BatchSampler(...)``,
+    ``sampler=BatchSampler(...)`` with ``batch_size=None`` (once
+    :func:`prepare_loader` repairs it), an ``IterableDataset`` that yields the
+    same order on every rank, ``split_batches`` and ``dispatch_batches``.
+
+    Args:
+        loader: the user's DataLoader, before preparation.
+        drop_last_ok: False for loaders whose every sample must count (test
+            loaders): ``drop_last=True`` then drops a whole incomplete global
+            batch, so the evaluated samples depend on the number of processes.
+
+    Raises:
+        ValueError: ``drop_last=True`` where it is not ok; a ``BatchSampler``
+            sampler whose ``drop_last`` is set where it is not ok.
+    """
+    drop_last = bool(getattr(loader, "drop_last", False))
+    if _sampler_is_batch_sampler(loader):
+        drop_last = drop_last or bool(getattr(loader.sampler, "drop_last", False))
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if isinstance(batch_sampler, BatchSampler) and type(batch_sampler) is BatchSampler:
+        drop_last = drop_last or batch_sampler.drop_last
+    if drop_last and not drop_last_ok:
+        raise ValueError(
+            "the evaluation loader has drop_last=True: the last incomplete global batch would be left out, so the "
+            "samples evaluated (and the result) would depend on the number of processes (22 samples, batch 4: "
+            "20 counted on 1 process, 16 on 2, 12 on 3). Build it with drop_last=False; distlearn drops "
+            "Accelerate's padding rows itself."
+        )
+
+
+def prepare_loader(accelerator: Accelerator, loader: Any, *, drop_last_ok: bool = True) -> Any:
+    """``accelerator.prepare(loader)``, checked by :func:`check_loader` and repaired where Accelerate is wrong.
+
+    The repair: a loader built as ``DataLoader(ds, sampler=BatchSampler(RandomSampler(ds), ...),
+    batch_size=None)`` under ``use_seedable_sampler=True``. Accelerate 1.15 makes
+    the seedable sampler but leaves the user's BatchSampler drawing from the
+    original RandomSampler, seeded by each rank's own global RNG: the ranks
+    shuffle differently and the epoch holds duplicates (22 rows, 15 distinct on
+    2 and 3 processes) and misses samples. On one process its ``prepare``
+    fails with ``TypeError: got multiple values for keyword argument 'batch_size'``.
+    Here the BatchSampler (a copy; the user's is left alone) draws from the
+    seedable sampler, and ``set_epoch`` reaches it.
+
+    Args:
+        accelerator: the Accelerator.
+        loader: a DataLoader (already prepared ones are returned as they are).
+        drop_last_ok: see :func:`check_loader`.
+
+    Returns:
+        The prepared loader.
+    """
+    if isinstance(loader, (DataLoaderShard, DataLoaderDispatcher)):
+        return loader
+    check_loader(loader, drop_last_ok=drop_last_ok)
+    if not _sampler_is_batch_sampler(loader):
+        return accelerator.prepare(loader)
+    batches = copy.copy(loader.sampler)  # the user's BatchSampler stays as it was
+    source = copy.copy(loader)
+    # DataLoader forbids setting samplers after construction; this copy is ours. With the
+    # BatchSampler as batch_sampler too, Accelerate builds the one-process loader without the TypeError.
+    object.__setattr__(source, "sampler", batches)
+    if accelerator.num_processes == 1:
+        object.__setattr__(source, "batch_sampler", batches)
+    prepared = accelerator.prepare(source)
+    shard = getattr(prepared, "sampler", None)
+    seedable = getattr(shard, "sampler", None)
+    inner = getattr(shard, "batch_sampler", shard)
+    if isinstance(seedable, SeedableRandomSampler) and isinstance(inner, BatchSampler):
+        inner.sampler = seedable  # every rank now draws the same order, seeded by (data_seed, epoch)
+        original = prepared.set_epoch
+
+        def set_epoch(epoch: int) -> None:
+            original(epoch)
+            seedable.set_epoch(epoch)
+
+        prepared.set_epoch = set_epoch
+    return prepared

@@ -14,7 +14,22 @@ How :func:`calculate` talks to the other ranks:
    crash gloo (a length mismatch aborts the process) and every rank sees the
    disagreement. Sums that do not fit inline go in one more ``all_reduce``.
 2. One ``all_reduce(MAX)`` for all Max/Min states (Min as max of -x), if any.
+   The running extremes skip NaN and a NaN count rides in the sums: a MAX
+   all-reduce (gloo's) keeps a NaN only when rank 0 holds it.
 3. One ``all_gather`` of a byte buffer for all List/Cat states, if any.
+
+The Python work per accumulator is kept small, because it is what a
+``calculate()`` of many scalars costs beyond the collective: specs and
+contributions are cached while states keep their shapes, scalar states are
+stacked in one call, and runs of accumulators of one kind and settings (Sum,
+Mean, Accuracy, F1, MSE, ...) are finished in one batched tensor pass.
+Collections (:class:`~distlearn.metrics.Metrics`) are expanded into their
+members, so they ride in the same collectives.
+
+Which device reduces: the states' device when the group's backend reduces
+there (``"cuda:nccl,cpu:gloo"`` keeps CUDA states on CUDA), else the host for
+gloo/mpi, else the rank's accelerator (the current device once set, else
+LOCAL_RANK's).
 
 A rank that saw no data does not know its states' shapes. When signatures
 differ, the ranks exchange their signatures (``all_gather_object``) and either
@@ -25,8 +40,11 @@ such as an F1 confusion matrix are padded to the largest) or raise
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import math
+import os
 import pickle
 import warnings
 from collections.abc import Mapping, Sequence
@@ -88,6 +106,47 @@ def _state_device(device: torch.device) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
+def _f64(tensor: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as float64 on the state's device; no copy when it is there already.
+
+    The device move comes first: MPS has no float64, so converting there would fail.
+    """
+    if tensor.device != state.device:
+        tensor = tensor.to(state.device)
+    return tensor.to(torch.float64)
+
+
+def _to_result_device(result: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A float64 result on the inputs' device; on the host for MPS, which has no float64."""
+    return result if device.type == "mps" else result.to(device)
+
+
+NAN_STRATEGIES = ("disable", "error", "warn", "ignore")
+
+
+def _check_nan_strategy(owner: str, nan_strategy: str) -> str:
+    if nan_strategy not in NAN_STRATEGIES:
+        raise ValueError(
+            f"{owner}: nan_strategy must be one of {', '.join(map(repr, NAN_STRATEGIES))}, got {nan_strategy!r}"
+        )
+    return nan_strategy
+
+
+def _report_nans(owner: str, nan_strategy: str, count: torch.Tensor) -> None:
+    """Raise or warn about NaN inputs counted over all ranks (so every rank does the same)."""
+    if nan_strategy not in ("error", "warn"):
+        return
+    n = int(count.sum())
+    if not n:
+        return
+    if nan_strategy == "error":
+        raise ValueError(
+            f"{owner}: {n} NaN input value(s) on some rank (nan_strategy='error'); "
+            "remove them, or pass nan_strategy='ignore' to leave them out or 'disable' to let them propagate"
+        )
+    warnings.warn(f"{owner}: left out {n} NaN input value(s) (nan_strategy='warn')", RuntimeWarning, stacklevel=4)
+
+
 def _nan_warning(name: str) -> None:
     warnings.warn(f"{name}: nothing was accumulated on any rank; the result is NaN", RuntimeWarning, stacklevel=3)
 
@@ -97,6 +156,9 @@ def _nan_warning(name: str) -> None:
 # --------------------------------------------------------------------------- #
 
 
+_UNSET: Any = object()
+
+
 @dataclass
 class _Contribution:
     """What one accumulator puts into the collectives."""
@@ -104,6 +166,7 @@ class _Contribution:
     sums: list[torch.Tensor] = field(default_factory=list)
     maxes: list[torch.Tensor] = field(default_factory=list)
     blob: bytes | None = None  # only List/Cat-like accumulators gather bytes
+    batch_key: Any = field(default_factory=lambda: _UNSET, compare=False)  # see _batch_key
 
 
 class Accumulator:
@@ -149,6 +212,23 @@ class Accumulator:
 
     def _spec(self) -> tuple:
         raise NotImplementedError
+
+    def _members(self) -> Mapping[str, Accumulator] | None:
+        """The accumulators a collection is made of (reduced in the same call), or None."""
+        return None
+
+    def _assemble(self, values: dict[str, Any]) -> Any:
+        """A collection's result from its members' results."""
+        return values
+
+    def _tensor_device(self) -> torch.device | None:
+        """The device of this accumulator's tensor states, None while it holds none."""
+        return None
+
+    def _local(self, spec: tuple) -> Any:
+        """The global value on one process: the local states, finished like reduced ones."""
+        c = self._contribute(spec)
+        return self._finish(spec, list(c.sums), list(c.maxes), None if c.blob is None else [c.blob])
 
     def _contribute(self, spec: tuple) -> _Contribution:
         raise NotImplementedError
@@ -212,12 +292,12 @@ class TensorAccumulator(Accumulator):
                 return tuple(state.shape)
         return ()
 
-    @classmethod
-    def _neutral(cls, shapes: Mapping[str, tuple[int, ...]], device: torch.device) -> dict[str, torch.Tensor]:
+    def _neutral(self, shapes: Mapping[str, tuple[int, ...]], device: torch.device) -> dict[str, torch.Tensor]:
+        # Created on the device directly: a fill kernel, no host-to-device copy.
         fill = {SUM: 0.0, MAX: float("-inf")}
         return {
-            name: torch.full(shapes[name], fill[cls._reductions[name]], dtype=torch.float64, device=device)
-            for name in cls._reductions
+            name: torch.full(shapes[name], fill[self._reductions[name]], dtype=torch.float64, device=device)
+            for name in self._reductions
         }
 
     def value(self) -> Any:
@@ -248,15 +328,34 @@ class TensorAccumulator(Accumulator):
             return result.item()
         if kind == "int":
             return int(result.item())
-        return result.to(device)
+        return _to_result_device(result, device)
 
     # -- the calculate() protocol ------------------------------------------ #
 
+    def _tensor_device(self) -> torch.device | None:
+        return None if self._states is None else self._device  # where the inputs live (states: see _state_device)
+
     def _spec(self) -> tuple:
+        # Cached while the states dict and the kind stay the same: shapes of a non-growable
+        # accumulator never change under one dict (a shape change is an error), and this
+        # Python work per accumulator is what calculate() of many scalars spends its time on.
+        cached = getattr(self, "_spec_cache", None)
+        if cached is not None and cached[0] is self._states and cached[1] == self._kind and not self._growable:
+            return cached[2]
         shapes = None if self._states is None else tuple((n, tuple(s.shape)) for n, s in self._states.items())
-        return (self._name, self._kind, shapes)
+        spec = (self._name, self._kind, shapes)
+        self._spec_cache = (self._states, self._kind, spec, None)
+        return spec
 
     def _contribute(self, spec: tuple) -> _Contribution:
+        cached = getattr(self, "_spec_cache", None)
+        if cached is not None and cached[2] is spec and cached[0] is self._states and self._states is not None:
+            if cached[3] is None:  # the states as they are, split by reduction once
+                contribution = _Contribution()
+                for name, reduction in self._reductions.items():
+                    (contribution.sums if reduction == SUM else contribution.maxes).append(self._states[name])
+                self._spec_cache = cached = (*cached[:3], contribution)
+            return cached[3]
         _, kind, shapes = spec
         states = self._states
         if shapes is not None:
@@ -292,7 +391,7 @@ class TensorAccumulator(Accumulator):
             if kind == "int":
                 return result.item()
             if kind != "float" and not _dtype(kind).is_floating_point:
-                return result.to(device)  # NaN has no integer form: float64
+                return _to_result_device(result, device)  # NaN has no integer form: float64
         return self._convert_global(result, kind, device)
 
     def _convert_global(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
@@ -320,29 +419,109 @@ class TensorAccumulator(Accumulator):
 # --------------------------------------------------------------------------- #
 
 
-class Sum(TensorAccumulator):
+class _Aggregate(TensorAccumulator):
+    """Sum, Mean, Max and Min: a NaN policy and Python numbers kept on the host side.
+
+    ``nan_strategy`` (torchmetrics' names):
+
+    - ``"disable"`` (the default): NaN propagates, as in numpy and torch on the
+      concatenated data (a NaN anywhere gives NaN there on every rank).
+    - ``"error"``: :func:`calculate` raises ``ValueError`` on every rank when
+      any rank saw a NaN. Checked at ``calculate()`` only, never per update
+      (that would sync the device), so local ``value()`` may still show NaN.
+    - ``"warn"``: NaN values are left out, with a warning at ``calculate()``.
+    - ``"ignore"``: NaN values are left out silently.
+    """
+
+    _counts_nans: ClassVar[bool] = False  # keep a NaN count state even with "disable"
+
+    def __init__(self, nan_strategy: str = "disable") -> None:
+        self.nan_strategy = _check_nan_strategy(type(self).__name__, nan_strategy)
+        reductions = dict(type(self)._reductions)
+        if nan_strategy == "disable" and not self._counts_nans:
+            reductions.pop("nans", None)
+        self._reductions = reductions
+        super().__init__()
+
+    @property
+    def _drops_nans(self) -> bool:
+        return self.nan_strategy in ("warn", "ignore")
+
+    def _nan_mask(self, x: torch.Tensor, states: dict[str, torch.Tensor], rows: bool) -> torch.Tensor | None:
+        """Where ``x`` (float64) is NaN, counted into the ``nans`` state; None when nothing is counted."""
+        if "nans" not in states:
+            return None
+        nan = x.isnan()
+        states["nans"] += nan.sum(0) if rows else nan
+        return nan
+
+    def _check_states(self, states: Mapping[str, torch.Tensor]) -> None:
+        if "nans" in states:
+            _report_nans(self._name, self.nan_strategy, states["nans"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "nan_strategy": self.nan_strategy}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class Sum(_Aggregate):
     """Elementwise sum of everything accumulated.
 
     State is float64 whatever the input dtype. The result is a Python number
     for Python numbers; for tensors, float64 (int64 for integer and bool
     inputs) of the input's shape on the input's device. Integer sums are exact
-    up to 2**53.
+    up to 2**53. ``+inf`` on one rank and ``-inf`` on another give NaN, as
+    one process would.
+
+    Args:
+        nan_strategy: ``"disable"`` (NaN propagates), ``"error"``, ``"warn"``
+            or ``"ignore"``; see :class:`_Aggregate`.
     """
 
-    _reductions = {"total": SUM}
+    _reductions = {"total": SUM, "nans": SUM}
 
     def update(self, value: Any) -> None:
         """Add one value (a number or a tensor of any fixed shape)."""
+        if _is_number(value) and self._states is not None and not self._value_shape():
+            # A Python number into existing scalar state: host arithmetic, no tensor made or copied.
+            states = self._states_for((), "float" if isinstance(value, float) else "int", self._device)
+            if isinstance(value, float) and math.isnan(value) and "nans" in states:
+                states["nans"] += 1
+                if self._drops_nans:
+                    return
+            states["total"] += value
+            return
         tensor, kind = _as_tensor(value)
-        self._states_for(tensor.shape, kind, tensor.device)["total"] += tensor.to(torch.float64)
+        states = self._states_for(tensor.shape, kind, tensor.device)
+        x = _f64(tensor, states["total"])
+        nan = self._nan_mask(x, states, rows=False) if x.is_floating_point() and tensor.is_floating_point() else None
+        if nan is not None and self._drops_nans:
+            x = x.masked_fill(nan, 0.0)
+        states["total"] += x
 
     def extend(self, values: Any) -> None:
         """Add every row of ``values`` (dim 0) as one value each."""
         tensor, kind = _as_tensor(values)
-        self._states_for(tensor.shape[1:], kind, tensor.device)["total"] += tensor.to(torch.float64).sum(0)
+        states = self._states_for(tensor.shape[1:], kind, tensor.device)
+        x = _f64(tensor, states["total"])
+        nan = self._nan_mask(x, states, rows=True) if tensor.is_floating_point() else None
+        if nan is not None and self._drops_nans:
+            x = x.masked_fill(nan, 0.0)
+        states["total"] += x.sum(0)
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["total"]
+
+    @classmethod
+    def _batch_values(cls, accs: Sequence[Sum], specs: Sequence[tuple], block: torch.Tensor) -> list[Any] | None:
+        """Python-number sums of many accumulators at once (rows of ``block``: their states); None: one by one."""
+        if block.shape[1] > 1 and bool(block[:, 1].any()):  # NaN counts to report: the careful path
+            return None
+        values = block[:, 0].tolist()
+        return [int(v) if spec[1] == "int" else v for v, spec in zip(values, specs)]
 
     def _convert(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
         if kind not in ("int", "float") and not _dtype(kind).is_floating_point:
@@ -353,64 +532,118 @@ class Sum(TensorAccumulator):
         return 0
 
 
-class Mean(TensorAccumulator):
+class Mean(_Aggregate):
     """Elementwise (weighted) mean of everything accumulated.
 
     ``mean(batch_loss, weight=batch_size)`` gives the exact per-sample mean
     over uneven batches. Sums are float64 whatever the input dtype. A total
-    weight of zero gives NaN with a warning.
+    weight of zero gives NaN with a warning. A Python weight (the default 1
+    too) stays on the host: updating never copies host data to the device.
+
+    Args:
+        nan_strategy: ``"disable"`` (NaN propagates), ``"error"``, ``"warn"``
+            or ``"ignore"`` (a NaN value is left out with its weight).
     """
 
-    _reductions = {"total": SUM, "weight": SUM}
+    _reductions = {"total": SUM, "weight": SUM, "nans": SUM}
 
     def update(self, value: Any, weight: Any = 1) -> None:
         """Add one value with a weight (a number, or a tensor broadcastable to the value)."""
+        if _is_number(value) and _is_number(weight) and self._states is not None and not self._value_shape():
+            states = self._states_for((), "float", self._device)
+            if math.isnan(value) and "nans" in states:
+                states["nans"] += 1
+                if self._drops_nans:
+                    return
+            states["total"] += value * weight
+            states["weight"] += weight
+            return
         tensor, kind = _as_tensor(value)
         states = self._states_for(tensor.shape, "float" if kind in ("int", "float") else kind, tensor.device)
-        w = _as_tensor(weight)[0].to(dtype=torch.float64, device=states["weight"].device)
-        states["total"] += tensor.to(torch.float64) * w
+        x = _f64(tensor, states["total"])
+        nan = self._nan_mask(x, states, rows=False)
+        if _is_number(weight):  # host number: an argument of the kernels, never a tensor on the device
+            w = float(weight)
+            if nan is not None and self._drops_nans:
+                states["total"].add_(x.masked_fill(nan, 0.0), alpha=w)
+                states["weight"].add_((~nan).to(torch.float64), alpha=w)
+            else:
+                states["total"].add_(x, alpha=w)
+                states["weight"] += w
+            return
+        w = _f64(_as_tensor(weight)[0], states["weight"])
+        if nan is not None and self._drops_nans:
+            x, w = x.masked_fill(nan, 0.0), torch.where(nan, 0.0, w)
+        states["total"] += x * w
         states["weight"] += w
 
     def extend(self, values: Any, weights: Any = None) -> None:
         """Add every row of ``values`` (dim 0) as one value, optionally weighted per row."""
         tensor, kind = _as_tensor(values)
         states = self._states_for(tensor.shape[1:], "float" if kind in ("int", "float") else kind, tensor.device)
-        rows = tensor.to(torch.float64)
+        rows = _f64(tensor, states["total"])
+        nan = self._nan_mask(rows, states, rows=True)
+        drop = nan is not None and self._drops_nans
         if weights is None:
-            states["total"] += rows.sum(0)
-            states["weight"] += rows.shape[0]
+            if drop:
+                states["total"] += rows.masked_fill(nan, 0.0).sum(0)
+                states["weight"] += (~nan).sum(0)
+            else:
+                states["total"] += rows.sum(0)
+                states["weight"] += rows.shape[0]
             return
-        w = _as_tensor(weights)[0].to(dtype=torch.float64, device=rows.device)
-        w = w.reshape(w.shape + (1,) * (rows.dim() - w.dim()))
+        w = _f64(_as_tensor(weights)[0], states["weight"])
+        w = torch.broadcast_to(w.reshape(w.shape + (1,) * (rows.dim() - w.dim())), rows.shape)
+        if drop:
+            rows, w = rows.masked_fill(nan, 0.0), torch.where(nan, 0.0, w)
         states["total"] += (rows * w).sum(0)
-        states["weight"] += torch.broadcast_to(w, rows.shape).sum(0)
+        states["weight"] += w.sum(0)
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["total"] / states["weight"]
+
+    @classmethod
+    def _batch_values(cls, accs: Sequence[Mean], specs: Sequence[tuple], block: torch.Tensor) -> list[Any] | None:
+        """Python-number means of many accumulators at once; None: finish them one by one."""
+        if (block.shape[1] > 2 and bool(block[:, 2].any())) or bool((block[:, 1] == 0).any()):
+            return None  # NaN counts to report or an empty mean to warn about: the careful path
+        return (block[:, 0] / block[:, 1]).tolist()
 
     def _empty_mask(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["weight"] == 0
 
     def _convert(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
-        return result.item() if kind == "float" else result.to(device)
+        return result.item() if kind == "float" else _to_result_device(result, device)
 
 
-class Max(TensorAccumulator):
+class Max(_Aggregate):
     """Elementwise maximum of everything accumulated on all ranks.
 
     The result has the input's dtype (integers exact up to 2**53). With
-    nothing accumulated anywhere it is NaN with a warning.
+    nothing accumulated anywhere it is NaN with a warning. A NaN on any rank
+    gives NaN (as ``torch.max`` on the concatenated data), unless
+    ``nan_strategy`` leaves NaN out: the running extreme ignores NaN and a
+    count of NaN values rides in the sum reduction, because a MAX all-reduce
+    (gloo's) keeps a NaN only when rank 0 holds it.
+
+    Args:
+        nan_strategy: ``"disable"`` (NaN propagates), ``"error"``, ``"warn"``
+            or ``"ignore"``; see :class:`_Aggregate`.
     """
 
-    _reductions = {"extreme": MAX, "count": SUM}
+    _reductions = {"extreme": MAX, "count": SUM, "nans": SUM}
     _scalar_states = frozenset({"count"})
+    _counts_nans = True
     _sign = 1.0
 
     def update(self, value: Any) -> None:
         """Take one value into the running extreme."""
         tensor, kind = _as_tensor(value)
         states = self._states_for(tensor.shape, kind, tensor.device)
-        torch.maximum(states["extreme"], self._sign * tensor.to(torch.float64), out=states["extreme"])
+        x = _f64(tensor, states["extreme"])
+        if tensor.is_floating_point():
+            self._nan_mask(x, states, rows=False)
+        torch.fmax(states["extreme"], x if self._sign > 0 else -x, out=states["extreme"])
         states["count"] += 1
 
     def extend(self, values: Any) -> None:
@@ -418,12 +651,20 @@ class Max(TensorAccumulator):
         tensor, kind = _as_tensor(values)
         states = self._states_for(tensor.shape[1:], kind, tensor.device)
         if tensor.shape[0]:
-            rows = self._sign * tensor.to(torch.float64)
-            torch.maximum(states["extreme"], rows.amax(0), out=states["extreme"])
+            rows = _f64(tensor, states["extreme"])
+            if tensor.is_floating_point():
+                nan = self._nan_mask(rows, states, rows=True)
+                rows = rows.masked_fill(nan, -math.inf if self._sign > 0 else math.inf)
+            torch.fmax(states["extreme"], (self._sign * rows).amax(0), out=states["extreme"])
         states["count"] += tensor.shape[0]
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return torch.where(states["count"] > 0, self._sign * states["extreme"], torch.nan)
+        result = self._sign * states["extreme"]
+        if self._drops_nans:  # only NaN seen at an element: nothing there
+            result = torch.where(states["nans"] >= states["count"], torch.nan, result)
+        else:
+            result = torch.where(states["nans"] > 0, torch.nan, result)
+        return torch.where(states["count"] > 0, result, torch.nan)
 
     def _empty_mask(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["count"] == 0
@@ -475,16 +716,41 @@ class List(Accumulator):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self._items = list(state_dict["items"])
 
+    def _device_type(self) -> str:
+        for item in self._items:
+            if isinstance(item, torch.Tensor):
+                return item.device.type
+        return "cpu"  # no tensor here: the ranks that have some decide (see _reconcile)
+
+    def _tensor_device(self) -> torch.device | None:
+        return next((item.device for item in self._items if isinstance(item, torch.Tensor)), None)
+
     def _spec(self) -> tuple:
-        return (self._name,)
+        return (self._name, self._device_type())
+
+    def _local(self, spec: tuple) -> Any:
+        return list(self._items)  # one process: no serialisation round trip
 
     def _contribute(self, spec: tuple) -> _Contribution:
         buffer = io.BytesIO()
         torch.save(self._items, buffer)  # pickles anything; tensors without copies through numpy
         return _Contribution(blob=buffer.getvalue())
 
+    def _result_device(self, spec: tuple) -> torch.device:
+        """Where gathered tensors go: the device type the ranks agreed on, this rank's device of that type."""
+        kind = spec[1]
+        local = self._tensor_device()
+        if local is not None and local.type == kind:
+            return local
+        if kind == "cpu":
+            return torch.device("cpu")
+        count = torch.accelerator.device_count() if torch.accelerator.is_available() else 0
+        current = torch.accelerator.current_device_index() if count else 0
+        return torch.device(kind, _local_device_index(count, current))
+
     def _finish(self, spec: tuple, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
-        per_rank = [torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False) for blob in blobs or ()]
+        device = self._result_device(spec)
+        per_rank = [torch.load(io.BytesIO(blob), map_location=device, weights_only=False) for blob in blobs or ()]
         return _step_major(per_rank)
 
 
@@ -526,8 +792,14 @@ class Cat(Accumulator):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self._chunks.load_state_dict(state_dict)
 
+    def _tensor_device(self) -> torch.device | None:
+        return self._chunks._tensor_device()
+
     def _spec(self) -> tuple:
-        return (self._name,)
+        return (self._name, self._chunks._device_type())
+
+    def _local(self, spec: tuple) -> torch.Tensor:
+        return self.value()
 
     def _contribute(self, spec: tuple) -> _Contribution:
         return self._chunks._contribute(spec)
@@ -535,12 +807,11 @@ class Cat(Accumulator):
     def _finish(self, spec: tuple, sums: list[torch.Tensor], maxes: list[torch.Tensor], blobs: list[bytes] | None) -> Any:
         chunks = self._chunks._finish(spec, sums, maxes, blobs)
         if not chunks:
-            return torch.empty(0)
+            return torch.empty(0, device=self._chunks._result_device(spec))
         layouts = {(tuple(c.shape[1:]), c.dtype) for c in chunks}
         if len(layouts) > 1:
             raise DivergenceError(f"{self._name}: ranks accumulated chunks of different trailing shapes/dtypes: {sorted(map(str, layouts))}")
-        local = self._chunks._items
-        return torch.cat(chunks).to(local[0].device if local else torch.device("cpu"))
+        return torch.cat(chunks)
 
 
 # --------------------------------------------------------------------------- #
@@ -630,6 +901,12 @@ class Except(Accumulator):
     def _spec(self) -> tuple:
         return self.accumulator._spec()
 
+    def _tensor_device(self) -> torch.device | None:
+        return self.accumulator._tensor_device()
+
+    def _local(self, spec: tuple) -> Any:
+        return self.accumulator._local(spec)
+
     def _contribute(self, spec: tuple) -> _Contribution:
         return self.accumulator._contribute(spec)
 
@@ -646,18 +923,99 @@ class Except(Accumulator):
 # --------------------------------------------------------------------------- #
 
 
-def _comm_device(group: dist.ProcessGroup | None) -> torch.device:
-    """The device the group's backend reduces on: the host for gloo/mpi, else the accelerator."""
-    backend = str(dist.get_backend(group))
-    accelerator = torch.accelerator.current_accelerator()
-    # A group started without naming a backend reports "undefined"; it reduces
-    # CPU tensors with gloo unless an accelerator is present.
-    if "gloo" in backend or backend == "mpi" or accelerator is None:
+_CPU_BACKENDS = ("gloo", "mpi", "ucc")
+_DEVICE_BACKENDS = {"nccl": "cuda", "xccl": "xpu", "hccl": "npu"}
+
+
+def _backend_devices(backend: str, accelerator: str | None) -> set[str]:
+    """Device types a backend string can reduce on.
+
+    ``"gloo"`` -> cpu, ``"nccl"`` -> cuda, ``"cuda:nccl,cpu:gloo"`` (what
+    Accelerate starts for FSDP with CPU offload) -> both. A group started
+    without naming a backend reports ``"undefined"``: it reduces on the
+    accelerator when there is one, else on the host.
+    """
+    backend = backend.lower()
+    if ":" in backend:
+        return {pair.split(":", 1)[0].strip() for pair in backend.split(",") if ":" in pair}
+    if backend in _CPU_BACKENDS:
+        return {"cpu", accelerator} - {None} if backend == "ucc" else {"cpu"}
+    if backend in _DEVICE_BACKENDS:
+        return {_DEVICE_BACKENDS[backend]}
+    return {accelerator} if accelerator else {"cpu"}
+
+
+def _local_device_index(device_count: int, current: int) -> int:
+    """This rank's accelerator: the current device once set, else LOCAL_RANK's.
+
+    Under plain torchrun without ``set_device`` every rank's current device
+    is 0; NCCL then needs LOCAL_RANK to find the rank's own device.
+    """
+    local_rank = os.environ.get("LOCAL_RANK")
+    if current == 0 and local_rank is not None and local_rank.isdigit() and device_count > 0:
+        return int(local_rank) % device_count
+    return current
+
+
+def _choose_device(
+    backend: str, states: torch.device | None, accelerator: str | None, device_count: int = 0, current: int = 0
+) -> torch.device:
+    """Where ``calculate()`` reduces: the states' device when the backend reduces there, else one it can.
+
+    Args:
+        backend: ``dist.get_backend(group)``, e.g. ``"gloo"`` or ``"cuda:nccl,cpu:gloo"``.
+        states: the device of the accumulators' tensor states, None if none.
+        accelerator: the accelerator type (``"cuda"``) or None.
+        device_count, current: the accelerator's device count and current index.
+    """
+    supported = _backend_devices(backend, accelerator)
+    if states is not None and states.type in supported:
+        if states.type == "cpu" or states.index is not None:
+            return states
+        return torch.device(states.type, _local_device_index(device_count, current))
+    if "cpu" in supported:
         return torch.device("cpu")
-    return torch.device(accelerator.type, torch.accelerator.current_device_index())
+    kind = accelerator if accelerator in supported else next(iter(sorted(supported)))
+    return torch.device(kind, _local_device_index(device_count, current))
+
+
+def _comm_device(group: dist.ProcessGroup | None, accs: Sequence[Accumulator] = ()) -> torch.device:
+    """The device the group's backend reduces this call's tensors (those of ``accs``) on."""
+    accelerator = torch.accelerator.current_accelerator()
+    if accelerator is None:  # the host whatever the states: no need to look at them
+        return _choose_device(str(dist.get_backend(group)), None, None)
+    states = _states_device(accs)
+    return _choose_device(
+        str(dist.get_backend(group)), states, accelerator.type,
+        torch.accelerator.device_count(), torch.accelerator.current_device_index(),
+    )
+
+
+def _states_device(accs: Sequence[Accumulator]) -> torch.device | None:
+    """The device of the first accumulator holding tensor states off the host, else the host (None: none)."""
+    found = None
+    for acc in accs:
+        device = acc._tensor_device()
+        if device is not None:
+            if device.type != "cpu":
+                return device
+            found = device
+    return found
 
 
 def _signature(specs: Any) -> list[float]:
+    try:
+        return _cached_signature(specs)
+    except TypeError:  # an unhashable spec: compute it afresh
+        return _signature_of(specs)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_signature(specs: Any) -> list[float]:
+    return _signature_of(specs)
+
+
+def _signature_of(specs: Any) -> list[float]:
     digest = int.from_bytes(hashlib.blake2b(repr(specs).encode(), digest_size=8).digest(), "big")
     chunks = [float((digest >> (20 * k)) & 0xFFFFF) for k in range(_HASH_CHUNKS)]
     # Summed over ranks, sum(s) == n*s and sum(s*s) == n*s*s on a rank iff all ranks
@@ -681,8 +1039,9 @@ def _reconcile(all_specs: list[list[tuple]], accs: Sequence[Accumulator]) -> lis
         described = "; ".join(f"rank {r}: {spec}" for r, spec in enumerate(column))
         if len({spec[0] for spec in column}) > 1:
             raise DivergenceError(f"calculate(): accumulator {i} differs in kind across ranks ({described})")
-        if len(column[0]) == 1:  # List/Cat: nothing to agree on before gathering
-            agreed.append(column[0])
+        if len(column[0]) == 2:  # List/Cat: agree on the device type results come back on
+            types = {spec[1] for spec in column} - {"cpu"}
+            agreed.append((column[0][0], types.pop() if len(types) == 1 else "cpu"))
             continue
         kinds = {spec[1] for spec in column if spec[1] is not None}
         if kinds == {"int", "float"}:  # Python ints on some ranks, floats on others
@@ -701,16 +1060,46 @@ def _reconcile(all_specs: list[list[tuple]], accs: Sequence[Accumulator]) -> lis
     return agreed
 
 
+def _expand(acc: Any, path: str, flat: list[Accumulator], names: list[str]) -> Any:
+    """Put ``acc`` (or a collection's members, recursively) into ``flat``; return how to rebuild its result."""
+    if not isinstance(acc, Accumulator):
+        raise TypeError(f"calculate(): expected accumulators, got {type(acc).__name__} at {path or 'the top'}")
+    members = acc._members()
+    if members is None:
+        flat.append(acc)
+        names.append(path)
+        return len(flat) - 1
+    return acc, {key: _expand(member, f"{path}.{key}", flat, names) for key, member in members.items()}
+
+
+def _assembled(node: Any, values: list[Any]) -> Any:
+    if isinstance(node, int):
+        return values[node]
+    acc, children = node
+    return acc._assemble({key: _assembled(child, values) for key, child in children.items()})
+
+
 def _flatten(
     accumulators: Sequence[Accumulator] | Mapping[str, Accumulator],
 ) -> tuple[list[Accumulator], Any, list[str] | None]:
-    """The accumulators, a function that rebuilds the caller's structure, and the dict keys (if a dict)."""
-    if isinstance(accumulators, Mapping):
-        keys = list(accumulators)
-        return [accumulators[k] for k in keys], lambda values: dict(zip(keys, values)), keys
+    """The accumulators (collections expanded), a function that rebuilds the caller's structure, and names.
+
+    The names (dict keys and collection member keys) are part of the signature
+    the ranks compare, so dicts or collections keyed differently never mix values.
+    """
     if isinstance(accumulators, Accumulator):
         raise TypeError("calculate() takes a list or dict of accumulators; for one, call acc.calculate()")
-    return list(accumulators), list, None
+    keyed = isinstance(accumulators, Mapping)
+    items = list(accumulators.items()) if keyed else [(str(i), a) for i, a in enumerate(accumulators)]
+    flat: list[Accumulator] = []
+    names: list[str] = []
+    nodes = [_expand(acc, key, flat, names) for key, acc in items]
+    if keyed:
+        keys = [key for key, _ in items]
+        return flat, lambda values: dict(zip(keys, (_assembled(n, values) for n in nodes))), names
+    if all(isinstance(node, int) for node in nodes):
+        return flat, list, None
+    return flat, lambda values: [_assembled(n, values) for n in nodes], names
 
 
 def calculate(
@@ -736,15 +1125,12 @@ def calculate(
             accumulators, kinds or shapes.
     """
     accs, rebuild, keys = _flatten(accumulators)
-    for acc in accs:
-        if not isinstance(acc, Accumulator):
-            raise TypeError(f"calculate(): expected accumulators, got {type(acc).__name__}")
     distributed = dist.is_available() and dist.is_initialized()
     world = dist.get_world_size(group) if distributed else 1
     specs = [acc._spec() for acc in accs]
     if world == 1:
         return rebuild(_local_results(accs, specs))
-    device = _comm_device(group)
+    device = _comm_device(group, accs)
 
     first, contributions, blob = _first_collective(accs, keys, specs, group, world, device)
     if first is None:  # signatures differ: agree on shapes or raise on every rank
@@ -772,17 +1158,36 @@ def calculate(
 
 
 def _local_results(accs: Sequence[Accumulator], specs: list[tuple]) -> list[Any]:
-    results = []
-    for acc, spec in zip(accs, specs):
-        c = acc._contribute(spec)
-        results.append(acc._finish(spec, list(c.sums), list(c.maxes), None if c.blob is None else [c.blob]))
-    return results
+    return [acc._local(spec) for acc, spec in zip(accs, specs)]
 
 
 def _flat(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """All states in one float64 vector on ``device``: runs of scalars stacked in one call each."""
     if not tensors:
         return torch.zeros(0, dtype=torch.float64, device=device)
-    return torch.cat([t.reshape(-1).to(device=device, dtype=torch.float64) for t in tensors])
+    try:  # the common case, many scalar states on one device: one call, no per-tensor checks
+        stacked = torch.stack(tensors)
+        if stacked.dim() == 1:
+            return stacked.to(device=device, dtype=torch.float64)
+    except RuntimeError:
+        pass
+    home = tensors[0].device
+    parts: list[torch.Tensor] = []
+    run: list[torch.Tensor] = []
+    for t in tensors:
+        if t.device != home:  # states on several devices (rare): move each to the first one's
+            t = t.to(home)
+        if t.dim() == 0:
+            run.append(t)
+            continue
+        if run:
+            parts.append(torch.stack(run))
+            run = []
+        parts.append(t.reshape(-1))
+    if run:
+        parts.append(torch.stack(run))
+    flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return flat.to(device=device, dtype=torch.float64)
 
 
 def _first_collective(accs, keys, specs, group, world, device):
@@ -794,7 +1199,7 @@ def _first_collective(accs, keys, specs, group, world, device):
     contributions = [acc._contribute(spec) for acc, spec in zip(accs, specs)]
     segments = [c.blob for c in contributions if c.blob is not None]
     blob = _pack_segments(segments) if segments else None
-    signature = _signature((keys, specs))
+    signature = list(_signature((None if keys is None else tuple(keys), tuple(specs))))
     sizes = [0.0] * world
     sizes[dist.get_rank(group)] = float(len(blob)) if blob is not None else 0.0
     header = torch.tensor(signature + sizes, dtype=torch.float64)
@@ -840,18 +1245,61 @@ def _gather_bytes(blob: bytes, sizes: list[int], group, device) -> list[bytes]:
 
 
 def _split_results(accs, specs, contributions, sums, max_flat, blobs) -> list[Any]:
-    # One split per buffer (views, no copies) instead of a slice per state.
-    sum_parts = iter(sums.split([t.numel() for c in contributions for t in c.sums]))
+    # One split per buffer (views, no copies) instead of a slice per state; runs of
+    # scalar accumulators of one class are finished together (one tensor op per run).
     max_parts = iter(max_flat.split([t.numel() for c in contributions for t in c.maxes]))
     gather_count = sum(c.blob is not None for c in contributions)
     per_rank = [_unpack_segments(b, gather_count) for b in blobs] if blobs is not None else None
-    results, g_idx = [], 0
-    for acc, spec, c in zip(accs, specs, contributions):
-        acc_sums = [next(sum_parts).view(t.shape) for t in c.sums]
+    results: list[Any] = []
+    g_idx, offset, i, n = 0, 0, 0, len(accs)
+    while i < n:
+        acc, c = accs[i], contributions[i]
+        batch = _batch_key(acc, specs[i], c)
+        if batch is not None:
+            j = i + 1
+            while j < n and _batch_key(accs[j], specs[j], contributions[j]) == batch:
+                j += 1
+            width = sum(t.numel() for t in c.sums)
+            block = sums[offset : offset + (j - i) * width].view(j - i, width)
+            values = type(acc)._batch_values(accs[i:j], specs[i:j], block)
+            if values is not None:
+                results.extend(values)
+                offset += (j - i) * width
+                i = j
+                continue
+        acc_sums = []
+        for t in c.sums:
+            acc_sums.append(sums[offset : offset + t.numel()].view(t.shape))
+            offset += t.numel()
         acc_maxes = [next(max_parts).view(t.shape) for t in c.maxes]
         acc_blobs = None
         if c.blob is not None:
             acc_blobs = [segments[g_idx] for segments in per_rank]
             g_idx += 1
-        results.append(acc._finish(spec, acc_sums, acc_maxes, acc_blobs))
+        results.append(acc._finish(specs[i], acc_sums, acc_maxes, acc_blobs))
+        i += 1
     return results
+
+
+def _batch_key(acc: Accumulator, spec: tuple, c: _Contribution) -> Any:
+    """What scalar accumulators share to be finished together, or None (finish alone).
+
+    Kept on the contribution, which a TensorAccumulator reuses while its states stay the same.
+    """
+    if c.batch_key is _UNSET:
+        c.batch_key = _new_batch_key(acc, spec, c)
+    return c.batch_key
+
+
+def _new_batch_key(acc: Accumulator, spec: tuple, c: _Contribution) -> Any:
+    config = getattr(acc, "_batch_config", None)
+    if config is not None:  # metrics whose _compute takes a leading batch dimension
+        if c.maxes or c.blob is not None or not c.sums:
+            return None
+        key = config()
+        return None if key is None else (type(acc), spec, key)
+    if c.maxes or c.blob is not None or not c.sums or spec[1] not in ("int", "float"):
+        return None
+    if getattr(type(acc), "_batch_values", None) is None or any(t.dim() for t in c.sums):
+        return None
+    return type(acc), spec[1], len(c.sums), getattr(acc, "nan_strategy", None)

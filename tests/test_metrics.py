@@ -145,7 +145,7 @@ def test_metric_errors_name_the_problem():
     with pytest.raises(ValueError, match="pass y_pred or y_score"):
         MSE()(y_true=[1.0])
     with pytest.raises(ValueError, match="average must be"):
-        F1("weighted")
+        F1("samples")
 
 
 def test_metric_with_nothing_is_nan():

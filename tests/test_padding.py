@@ -1,0 +1,150 @@
+"""Raw user loops over Accelerate-prepared loaders: drop_padding and prepare_loader give every sample once.
+
+Each rank builds a real Accelerator (CPU, gloo) inside the pool's process group.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import torch
+
+from distlearn import drop_padding
+
+
+def _accelerator(**config):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    return Accelerator(
+        cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=0, **config)
+    )
+
+
+def raw_loop(rank, world, n, batch):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from distlearn import Accuracy, Cat, Mean, calculate
+
+    torch.manual_seed(100 + rank)  # rank-dependent seeds, as a learner seeds dropout
+    x = torch.arange(n, dtype=torch.float64)
+    y = (torch.arange(n) % 3 == 0).long()
+    accelerator = _accelerator()
+    loader = accelerator.prepare(DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True))
+    mean, accuracy, seen, batch_mean = Mean(), Accuracy(), Cat(), Mean()
+    for features, labels in loader:
+        features, labels = drop_padding(accelerator, features, labels)
+        score = torch.stack([1 - (features % 2), features % 2], 1)  # predicts odd -> class 1
+        mean(features.mean() if len(features) else torch.tensor(0.0, dtype=torch.float64), weight=len(features))
+        batch_mean.extend(features)
+        accuracy(y_score=score, y_true=labels)
+        seen(features)
+    return calculate([mean, batch_mean, accuracy, seen])
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("n,batch", [(22, 4), (7, 3), (2, 4)])
+def test_a_raw_loop_with_drop_padding_is_exact(dist_pool, world, n, batch):
+    x = np.arange(n, dtype=np.float64)
+    y = (np.arange(n) % 3 == 0).astype(int)
+    expected_accuracy = float(((x % 2).astype(int) == y).mean())
+    for mean, batch_mean, accuracy, seen in dist_pool.run(raw_loop, world, n, batch):
+        assert sorted(seen.tolist()) == list(range(n))  # every sample exactly once
+        assert mean == pytest.approx(x.mean()) and batch_mean == pytest.approx(x.mean())
+        assert accuracy == pytest.approx(expected_accuracy)
+
+
+def without_drop_padding(rank, world, n, batch):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    accelerator = _accelerator()
+    loader = accelerator.prepare(DataLoader(TensorDataset(torch.arange(n)), batch_size=batch))
+    return sum(len(b[0]) for b in loader)
+
+
+def test_without_drop_padding_the_loop_counts_duplicates(dist_pool):
+    # what drop_padding is for: 22 samples, batch 4, 3 ranks -> 24 rows
+    assert sum(dist_pool.run(without_drop_padding, 3, 22, 4)) == 24
+
+
+def test_drop_padding_checks_its_arguments():
+    class State:
+        end_of_dataloader, remainder = True, 5
+
+    class Fake:
+        gradient_state, process_index = State(), 1
+
+    out, labels = drop_padding(Fake(), torch.zeros(4, 2), {"y": torch.arange(4)})
+    assert out.shape == (1, 2) and labels["y"].tolist() == [0]
+    assert drop_padding(Fake(), torch.zeros(4)).shape == (1,)
+    with pytest.raises(ValueError, match="argument 1 has shape"):
+        drop_padding(Fake(), torch.zeros(4), torch.zeros(3))
+    with pytest.raises(TypeError, match="tensors or dicts of tensors"):
+        drop_padding(Fake(), torch.zeros(4), [1, 2, 3, 4])
+    State.end_of_dataloader = False
+    same = torch.zeros(4)
+    assert drop_padding(Fake(), same) is same
+
+
+SHAPES = ["batch_size", "sampler_batch_sampler", "batch_sampler", "iterable", "split_batches", "dispatch_batches"]
+
+
+def loader_shape(rank, world, shape, n):
+    from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, TensorDataset
+
+    from distlearn.accelerator import prepare_loader
+
+    torch.manual_seed(100 + rank)
+    ds = TensorDataset(torch.arange(n))
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(torch.arange(n).unsqueeze(1))
+
+    config = {"split_batches": shape == "split_batches", "dispatch_batches": shape == "dispatch_batches" or None}
+    accelerator = _accelerator(**config)
+    if shape in ("batch_size", "split_batches", "dispatch_batches"):
+        raw = DataLoader(ds, batch_size=2 * 3, shuffle=True)
+    elif shape == "sampler_batch_sampler":
+        raw = DataLoader(ds, sampler=BatchSampler(RandomSampler(ds), 4, False), batch_size=None)
+    elif shape == "batch_sampler":
+        raw = DataLoader(ds, batch_sampler=BatchSampler(RandomSampler(ds), 4, False))
+    else:
+        raw = DataLoader(Stream(), batch_size=4)
+    loader = prepare_loader(accelerator, raw)
+    epochs = []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        rows = []
+        for batch in loader:
+            features = batch if isinstance(batch, torch.Tensor) else batch[0]
+            rows += drop_padding(accelerator, features).reshape(-1).tolist()
+        epochs.append(rows)
+    return epochs
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_loader_shape_gives_every_sample_once(dist_pool, world, shape):
+    n = 22
+    per_rank = dist_pool.run(loader_shape, world, shape, n)
+    for epoch in range(2):
+        rows = [r for epochs in per_rank for r in epochs[epoch]]
+        assert collections.Counter(rows) == collections.Counter(range(n)), (shape, world, epoch)
+
+
+def test_drop_last_is_refused_for_evaluation():
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
+
+    from distlearn.accelerator import check_loader
+
+    ds = TensorDataset(torch.arange(10))
+    with pytest.raises(ValueError, match="drop_last=True: the last incomplete global batch"):
+        check_loader(DataLoader(ds, batch_size=3, drop_last=True), drop_last_ok=False)
+    with pytest.raises(ValueError, match="drop_last=True"):
+        check_loader(DataLoader(ds, sampler=BatchSampler(SequentialSampler(ds), 3, True), batch_size=None),
+                     drop_last_ok=False)
+    check_loader(DataLoader(ds, batch_size=3, drop_last=True))  # fine for training
+    check_loader(DataLoader(ds, batch_size=3), drop_last_ok=False)
