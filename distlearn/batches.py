@@ -48,7 +48,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Batches", "Report", "Step", "describe", "real_rows"]
+from .padding import real_rows
+
+__all__ = ["Batches", "Report", "Step", "describe"]
 
 @dataclass
 class Step:
@@ -362,20 +364,6 @@ def batch_rows(batch: Any, form: str | None, label_key: str = "labels") -> int:
         items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else [batch]
         first = next((v for v in items if isinstance(v, torch.Tensor)), None)
     return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
-
-
-def real_rows(accelerator: Any, rows: int) -> int:
-    """How many of this rank's ``rows`` are real samples (not Accelerate's end-of-epoch repeats).
-
-    With ``even_batches`` Accelerate completes the last global batch with samples from the
-    start of the data, after the real ones and in rank order (what ``gather_for_metrics``
-    truncates): of the ``remainder`` real samples of the last step, rank r holds
-    ``remainder - r * rows``, clamped to [0, rows].
-    """
-    state = accelerator.gradient_state
-    if not state.end_of_dataloader or state.remainder <= 0:
-        return rows
-    return min(rows, max(0, state.remainder - accelerator.process_index * rows))
 
 
 def slice_rows(batch: Any, n: int) -> Any:
