@@ -22,11 +22,12 @@ from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard, Seedab
 from accelerate.utils import DataLoaderConfiguration
 from torch.utils.data import BatchSampler
 
+from .options import MIXED_PRECISION
+
 __all__ = ["build_accelerator", "check_accelerator", "check_loader", "launched_world_size", "prepare_loader"]
 
 logger = logging.getLogger(__name__)
 
-MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 def launched_world_size() -> int:

@@ -54,6 +54,8 @@ from typing import Any, ClassVar
 import torch
 import torch.distributed as dist
 
+from .options import is_int, is_number
+
 __all__ = [
     "Accumulator",
     "Cat",
@@ -464,7 +466,7 @@ class _Aggregate(TensorAccumulator):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return is_number(value)
 
 
 class Sum(_Aggregate):
@@ -823,11 +825,11 @@ def _index_list(name: str, value: Any) -> list[int] | None:
     if value is None:
         return None
     items = value.tolist() if isinstance(value, torch.Tensor) else value
-    if isinstance(items, int) and not isinstance(items, bool):
+    if is_int(items):
         return [items]
     if isinstance(value, torch.Tensor) and (value.dim() != 1 or value.is_floating_point()):
         raise ValueError(f"Except: {name} must be an int or a 1-D integer tensor, got {value.dim()}-D {value.dtype}")
-    if not isinstance(items, Sequence) or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+    if not isinstance(items, Sequence) or not all(is_int(i) for i in items):
         raise ValueError(f"Except: {name} must be an int, a list of ints or a 1-D integer tensor, got {value!r}")
     return list(items)
 
@@ -859,7 +861,7 @@ class Except(Accumulator):
             if e < b:
                 raise ValueError(f"Except: end must be >= begin, got begin={b}, end={e}")
         if period is not None:
-            if not isinstance(period, int) or isinstance(period, bool) or period < 1:
+            if not is_int(period) or period < 1:
                 raise ValueError(f"Except: period must be an int >= 1, got {period!r}")
             if max(ends) >= period:
                 raise ValueError(f"Except: ranges must lie inside the period: end={max(ends)} >= period={period}")

@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .options import is_int
 from .padding import real_rows
 
 __all__ = ["Batches", "Report", "Step", "describe"]
@@ -121,7 +122,7 @@ class Batches:
             raise TypeError(f"loss_fn must be a function loss_fn(model, batch) -> loss, got {type(loss_fn).__name__}")
         if not isinstance(label_key, str):
             raise TypeError(f"label_key must be a str, got {label_key!r}")
-        if not isinstance(label_shift, int) or isinstance(label_shift, bool) or label_shift < 0:
+        if not is_int(label_shift) or label_shift < 0:
             raise ValueError(f"label_shift must be an int >= 0, got {label_shift!r}")
         self.loss = loss
         self.loss_fn = loss_fn

@@ -41,7 +41,6 @@ Other sources, each with the same ``load()`` and size attributes:
 from __future__ import annotations
 
 import csv
-import difflib
 import importlib
 import logging
 import math
@@ -52,6 +51,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .options import did_you_mean, is_int
 
 logger = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ class _TabularData:
         if "test_size" in params:
             t = params["test_size"]
             fraction = isinstance(t, float) and 0 < t < 1
-            count = isinstance(t, int) and not isinstance(t, bool) and t >= 1
+            count = is_int(t) and t >= 1
             if not (fraction or count):
                 problems.append(
                     ("test_size", f"expected a fraction in (0, 1) or a row count >= 1, got {t!r}")
@@ -344,8 +345,7 @@ class SklearnDataset(_TabularData):
         problems = _TabularData._check_common(params)
         if "name" in params and params["name"] not in SKLEARN_DATASETS:
             name = params["name"]
-            close = difflib.get_close_matches(str(name), SKLEARN_DATASETS, n=1)
-            hint = f" — did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(str(name), list(SKLEARN_DATASETS))
             problems.append(("name", f"expected one of {sorted(SKLEARN_DATASETS)}, got {name!r}{hint}"))
         return problems
 
@@ -406,8 +406,7 @@ class CSVDataset(_TabularData):
         wanted = self.features if self.features is not None else [h for h in header if h != self.target]
         for column in [self.target, *wanted]:
             if column not in header:
-                close = difflib.get_close_matches(column, header, n=1)
-                hint = f" — did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(column, header)
                 raise ValueError(f"{self.path}: no column {column!r} (columns: {header}){hint}")
         t_idx = header.index(self.target)
         f_idx = [header.index(c) for c in wanted]

@@ -38,6 +38,7 @@ from .accumulators import (
     _report_nans,
     _state_device,
 )
+from .options import is_int, is_number
 
 __all__ = [
     "AUROC",
@@ -177,7 +178,7 @@ class Accuracy(Metric):
     _reductions = {"correct": SUM, "total": SUM}
 
     def __init__(self, threshold: float = 0.5, top_k: int = 1) -> None:
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        if not is_int(top_k) or top_k < 1:
             raise ValueError(f"Accuracy: top_k must be an int >= 1, got {top_k!r}")
         self.threshold = threshold
         self.top_k = top_k
@@ -369,7 +370,7 @@ class FBeta(_Confusion):
         threshold: float = 0.5,
         pos_label: int = 1,
     ) -> None:
-        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta > 0:
+        if not is_number(beta) or not beta > 0:
             raise ValueError(f"{type(self).__name__}: beta must be a number > 0, got {beta!r}")
         self.beta = float(beta)
         super().__init__(average, num_classes, threshold, pos_label)
@@ -589,7 +590,7 @@ class _Binned(Metric):
     _short: ClassVar[str]
 
     def __init__(self, thresholds: int | Sequence[float] = 200) -> None:
-        if isinstance(thresholds, int) and not isinstance(thresholds, bool):
+        if is_int(thresholds):
             if thresholds < 2:
                 raise ValueError(f"{type(self).__name__}: thresholds must be >= 2, got {thresholds}")
             grid = torch.linspace(0, 1, thresholds, dtype=torch.float64)

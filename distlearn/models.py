@@ -8,12 +8,13 @@ Accelerate can wrap them (DDP, FSDP) like any other module.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .options import did_you_mean, is_int, is_number
 
 # Activation names accepted in configs, mapped to their torch modules.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -105,8 +106,7 @@ class MLP(nn.Module):
         if "activation" in params:
             name = params["activation"]
             if name not in ACTIVATIONS:
-                close = difflib.get_close_matches(str(name), ACTIVATIONS, n=1)
-                hint = f" — did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(str(name), list(ACTIVATIONS))
                 problems.append(
                     ("activation", f"expected one of {sorted(ACTIVATIONS)}, got {name!r}{hint}")
                 )
@@ -118,7 +118,7 @@ class MLP(nn.Module):
 
 
 def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
 
 
 class CNN(nn.Module):
@@ -332,7 +332,7 @@ def _init_weights(module: nn.Module) -> None:
 
 
 def _is_probability(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < 1
+    return is_number(value) and 0 <= value < 1
 
 
 class HFModel(nn.Module):
