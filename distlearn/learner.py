@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .accelerator import MIXED_PRECISION, build_accelerator, check_accelerator
 from .accumulators import Cat, List, Mean, Sum, calculate
+from .checkpoint import Checkpoints
 from .metrics import Metric
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
@@ -149,6 +150,7 @@ class BackwardLearner:
         self.epoch = 0  # epochs completed (train() starts at 0, or where load_state_dict() left it)
         self.step = 0  # optimizer steps taken, counted like epoch
         self._resume = False  # set by load_state_dict(): the next train() continues from epoch/step
+        self._global_batch = 0  # samples per optimizer micro-step over all ranks, set by _prepare()
 
     # ------------------------------------------------------------------ #
     # Public API
@@ -185,6 +187,7 @@ class BackwardLearner:
         train_idx: torch.Tensor | None = None,
         test_idx: torch.Tensor | None = None,
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+        checkpoints: Checkpoints | None = None,
     ) -> dict[str, Any]:
         """Train ``model`` for ``n_epochs``; returns the training record (identical on every rank).
 
@@ -204,6 +207,10 @@ class BackwardLearner:
             train_idx, test_idx: output rows used for loss and metric (full-batch training).
             on_epoch_end: called on every rank with (epoch, epoch record) once the epoch's
                 numbers are final, e.g. to log them to a tracker (which writes on the main process).
+            checkpoints: where and how often to save checkpoints (every ``every_n_steps``
+                optimizer steps and at every epoch's end), and the checkpoint to resume from
+                (``checkpoints.resume_from``): training then continues exactly where it was
+                saved, mid-epoch included, and the record holds every epoch since the start.
 
         Returns:
             ``{"preparation": {...}, "training": {epoch: {...}}}``, see the README.
@@ -222,21 +229,20 @@ class BackwardLearner:
         say = logger.info if accelerator.is_main_process else _quiet  # the one rank check for logging
         preparation = time.time() - begin
         record: dict[str, Any] = {"preparation": {"preparation_time_cost": preparation}, "training": {}}
-        if not self._resume:
-            self.epoch = self.step = 0
-        self._resume = False
+        resumed = self._start(accelerator, checkpoints, record, test_loader)  # this rank's saved progress, or None
         first_epoch = self.epoch
 
         for epoch in range(first_epoch, self.n_epochs):
             start = time.time()
             loader.set_epoch(epoch)  # the shuffle depends only on (seed, epoch): resumable
             model.train()
-            if metric is not None:
-                metric.reset()
-            log = _BatchLog()
-            bar = tqdm(loader, desc=f"epoch {epoch}", disable=disable_tqdm or not accelerator.is_main_process)
-            for step, batch in enumerate(bar):
-                first = epoch == first_epoch and step == 0
+            log, done = self._begin_epoch(accelerator, metric, resumed if epoch == first_epoch else None)
+            bar = tqdm(_remaining(loader, done), desc=f"epoch {epoch}", initial=done, total=len(loader),
+                       disable=disable_tqdm or not accelerator.is_main_process)
+            for step, batch in enumerate(bar, start=done):
+                if step == done and done:  # the first batch after a mid-epoch resume: the saved RNG from here on
+                    _set_rng_states(resumed["rng"])
+                first = epoch == first_epoch and step == done
                 features, labels = _unpack(batch, "data_loader['train_loader']", first=first)
                 with accelerator.accumulate(model):
                     # prepare() already runs model.forward under Accelerate's autocast
@@ -249,7 +255,8 @@ class BackwardLearner:
                     optimizer.step()  # a no-op between accumulation boundaries
                     optimizer.zero_grad()
                 # step_was_skipped is a Python flag; under fp16 the GradScaler in optimizer.step() syncs per step.
-                if accelerator.sync_gradients and not optimizer.step_was_skipped:
+                stepped = accelerator.sync_gradients and not optimizer.step_was_skipped
+                if stepped:
                     self.step += 1
                     if scheduler is not None and self.scheduler_interval == "step":
                         scheduler.step()
@@ -257,6 +264,9 @@ class BackwardLearner:
                 if self.display_every_n_steps and (step + 1) % self.display_every_n_steps == 0:
                     running = log.running_loss(step + 1, epoch)  # a collective, on every rank
                     bar.set_postfix(loss=f"{running:.4g}", lr=f"{lr:.3g}", refresh=False)
+                if stepped and checkpoints is not None and checkpoints.due(self.step) and not _last_batch(accelerator):
+                    log.running_loss(step + 1, epoch)  # never checkpoint a NaN: raises on every rank
+                    checkpoints.save(accelerator, self._progress(accelerator, epoch, step + 1, log, metric, record))
 
             summary = self._summarise_epoch(log, metric, epoch, start, time.time(), preparation)
             summary.update(lr=float(lr), optimizer_steps=self.step)
@@ -269,6 +279,8 @@ class BackwardLearner:
             record["preparation"]["preparation_time_cost"] = summary.pop("preparation_time_cost")
             record["training"][epoch] = summary
             self.epoch = epoch + 1
+            if checkpoints is not None:  # before the tracker hears of the epoch: a resumed run never logs it twice
+                checkpoints.save(accelerator, self._progress(accelerator, epoch + 1, 0, None, None, record))
             if epoch % display_step == 0 or epoch == self.n_epochs - 1:
                 say(_describe(epoch, self.n_epochs, summary))
             if on_epoch_end is not None:
@@ -389,8 +401,65 @@ class BackwardLearner:
             scheduler = accelerator.prepare(scheduler)  # so that save_state() includes it ...
             scheduler.step_with_optimizer = False  # ... but stepped by us, once (PITFALLS: not num_processes times)
         self._prepared = {"_models": model, "_optimizers": optimizer, "_schedulers": scheduler}
+        self._global_batch = int(getattr(loader, "total_batch_size", 0))  # samples per step over all ranks
         _check_loader("data_loader['train_loader']", train_loader, loader)
         return accelerator, model, optimizer, scheduler, loader
+
+    def _start(self, accelerator: Accelerator, checkpoints: Checkpoints | None, record: dict, test_loader: Any):
+        """Where training starts: a checkpoint's position, the counters of :meth:`load_state_dict`, or 0.
+
+        Returns:
+            This rank's saved progress when resuming from a checkpoint (its partial epoch is
+            restored by :meth:`_begin_epoch`), else None.
+        """
+        resume_from = checkpoints.resume_from if checkpoints is not None else None
+        if resume_from is None:
+            if not self._resume:
+                self.epoch = self.step = 0
+            self._resume = False
+            return None
+        self._resume = False
+        if test_loader is not None:  # the loaders prepared in the order they were saved in
+            self._prepare_loader(accelerator, test_loader)
+        progress = checkpoints.load(accelerator, resume_from)
+        self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
+        record["training"].update(progress["record"]["training"])
+        if not progress["batches_done"]:  # at an epoch's end: the saved RNG applies now (the next epoch draws)
+            _set_rng_states(progress["rng"])
+        return progress
+
+    def _begin_epoch(self, accelerator: Accelerator, metric: Metric | None, resumed: Mapping[str, Any] | None):
+        """A fresh batch log and metric for the epoch, or the saved partial ones; returns (log, batches done)."""
+        log = _BatchLog()
+        if metric is not None:
+            metric.reset()
+        if resumed is None or not resumed["batches_done"]:
+            return log, 0
+        log.load_state_dict(resumed["log"], accelerator.device)
+        if metric is not None and resumed["metric"] is not None:
+            metric.load_state_dict(_to_device(resumed["metric"], accelerator.device))
+        return log, int(resumed["batches_done"])
+
+    def _progress(self, accelerator: Accelerator, epoch: int, batches_done: int, log, metric, record) -> dict:
+        """This rank's training progress for a checkpoint: one state dict, restored by :meth:`_start`.
+
+        The position is kept two ways: ``batches_done`` (batches of ``epoch`` each rank has trained
+        on) and ``samples_done``, the offset in the epoch's global sample order, which does not
+        depend on the number of processes.
+        """
+        return {
+            "epoch": epoch,
+            "step": self.step,
+            "batches_done": batches_done,
+            "samples_done": batches_done * self._global_batch,
+            "world_size": accelerator.num_processes,
+            "rank": accelerator.process_index,
+            "log": None if log is None else log.state_dict(),
+            "metric": None if metric is None else metric.state_dict(),
+            "record": copy.deepcopy(record),
+            "rng": _rng_states(),
+            "seed": self.seed,
+        }
 
     def _forget_prepared(self, accelerator: Accelerator) -> None:
         """Drop what this learner's previous train() prepared from the Accelerator's lists.
@@ -485,6 +554,23 @@ class _BatchLog:
         self.sizes.append(size)
         self.times.append(time.time())
 
+    def state_dict(self) -> dict[str, Any]:
+        """The batches so far, for a checkpoint (one stacked tensor: one device copy, no per-batch sync)."""
+        return {
+            "losses": torch.stack(self.losses).cpu() if self.losses else None,
+            "sizes": list(self.sizes),
+            "times": list(self.times),
+            "running": self._running.state_dict(),
+            "running_upto": self._running_upto,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], device: torch.device) -> None:
+        losses = state["losses"]
+        self.losses = [] if losses is None else list(losses.to(device).unbind(0))
+        self.sizes, self.times = list(state["sizes"]), list(state["times"])
+        self._running.load_state_dict(_to_device(state["running"], device))
+        self._running_upto = int(state["running_upto"])
+
     def _stacked(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         losses = torch.stack(self.losses[start:stop]).reshape(stop - start)
         weights = torch.tensor(self.sizes[start:stop], dtype=torch.float64, device=losses.device)
@@ -552,6 +638,53 @@ def _real_rows(accelerator: Accelerator, output, target, rows: int, idx):
         return output[:real], target[:real]
     keep = idx < real  # the selected rows that are real samples (a sync, at most once per epoch)
     return output[keep], target[keep]
+
+
+def _remaining(loader: Any, done: int):
+    """The loader's batches after the first ``done`` (read and dropped, so the order is the loader's own)."""
+    for i, batch in enumerate(loader):
+        if i >= done:
+            yield batch
+
+
+def _last_batch(accelerator: Accelerator) -> bool:
+    return bool(accelerator.gradient_state.end_of_dataloader)
+
+
+def _rng_states() -> dict[str, Any]:
+    """This process's random generators (torch CPU and accelerator devices, Python, NumPy)."""
+    import random
+
+    import numpy as np
+
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: Mapping[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _to_device(state: Any, device: torch.device) -> Any:
+    """An accumulator's state dict with its tensors on ``device`` (checkpoints load on the CPU)."""
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    if isinstance(state, Mapping):
+        out = {k: _to_device(v, device) for k, v in state.items()}
+        if "device" in out and isinstance(out["device"], str):
+            out["device"] = str(device)
+        return out
+    return state
 
 
 def _pick(output, labels, idx):
