@@ -30,7 +30,11 @@ import logging
 import os
 import re
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +42,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "Checkpoints", "MARKER", "check", "find", "latest", "load_progress"]
+__all__ = [
+    "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "STOP_SIGNALS", "check", "find", "latest", "load_progress",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,28 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: no commit marker, missing or truncated files, another launch."""
+
+
+# The signals that stop a run with a checkpoint: SLURM's and a launcher's SIGTERM, Ctrl-C, and the
+# SIGUSR1 that `sbatch --signal=USR1@N` sends N seconds before the time limit. Their order is the
+# order of the stop flags the ranks exchange.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name)
+)
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal, on every rank, after saving a checkpoint.
+
+    Attributes:
+        signum: The signal (the first one any rank received).
+        record: The training record so far (the finished epochs).
+        checkpoint: The checkpoint saved on the way out (None without checkpoints).
+    """
+
+    def __init__(self, signum: int, record: dict[str, Any], checkpoint: Path | None) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum, self.record, self.checkpoint = signum, record, checkpoint
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -157,6 +185,45 @@ class Checkpoints:
             raise ValueError(f"keep_last must be an int >= 1, got {self.keep_last!r}")
         self.root = checkpoint_dir(self.output_dir)
         self.last_saved: Path | None = None
+        self.received: int | None = None  # the first stop signal this process received
+
+    @contextmanager
+    def catch_signals(self) -> Iterator[Checkpoints]:
+        """While inside, SIGTERM/SIGINT/SIGUSR1 ask training to stop with a checkpoint; a second one exits at once.
+
+        The handler only records the signal: the learner's loop sees it at its next agreement
+        point (every ``display_every_n_steps`` steps and every epoch's end), where all ranks learn
+        that one of them was signalled, save a checkpoint and raise :class:`Interrupted`.
+        """
+        if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
+            yield self
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.received is not None:  # the second signal: no checkpoint, no cleanup
+                os.write(2, f"distlearn: second {signal.Signals(signum).name}: exiting now\n".encode())
+                os._exit(128 + signum)
+            self.received = signum
+            logger.warning("%s received: stopping at the next checkpoint point", signal.Signals(signum).name)
+
+        previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+    def stop_flags(self) -> list[int]:
+        """One flag per stop signal (1 for the one this process received), for the ranks to sum."""
+        return [int(self.received == signum) for signum in STOP_SIGNALS]
+
+    @staticmethod
+    def agreed_signal(flags: Any) -> int | None:
+        """The signal the summed flags of every rank name (the first in ``STOP_SIGNALS`` order), or None."""
+        for signum, count in zip(STOP_SIGNALS, flags):
+            if count:
+                return signum
+        return None
 
     def due(self, step: int) -> bool:
         """Whether optimizer step ``step`` (counted from 1) ends with a checkpoint."""

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .accelerator import MIXED_PRECISION, build_accelerator, check_accelerator
 from .accumulators import Cat, List, Mean, Sum, calculate
-from .checkpoint import Checkpoints
+from .checkpoint import Checkpoints, Interrupted
 from .metrics import Metric
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
@@ -231,6 +231,8 @@ class BackwardLearner:
         record: dict[str, Any] = {"preparation": {"preparation_time_cost": preparation}, "training": {}}
         resumed = self._start(accelerator, checkpoints, record, test_loader)  # this rank's saved progress, or None
         first_epoch = self.epoch
+        stop = None  # the signal every rank agreed to stop on (see Checkpoints.catch_signals)
+        saved = None
 
         for epoch in range(first_epoch, self.n_epochs):
             start = time.time()
@@ -262,13 +264,20 @@ class BackwardLearner:
                         scheduler.step()
                 self._log_batch(accelerator, log, output, target, loss, labels.shape[0], train_idx, metric)
                 if self.display_every_n_steps and (step + 1) % self.display_every_n_steps == 0:
-                    running = log.running_loss(step + 1, epoch)  # a collective, on every rank
+                    # a collective, on every rank; it also tells every rank whether one was signalled to stop
+                    running, signalled = log.running_loss(step + 1, epoch, _stop_flags(checkpoints))
+                    stop = stop or signalled
                     bar.set_postfix(loss=f"{running:.4g}", lr=f"{lr:.3g}", refresh=False)
-                if stepped and checkpoints is not None and checkpoints.due(self.step) and not _last_batch(accelerator):
+                if stepped and checkpoints is not None and (stop or checkpoints.due(self.step)) and not _last_batch(
+                    accelerator
+                ):
                     log.running_loss(step + 1, epoch)  # never checkpoint a NaN: raises on every rank
-                    checkpoints.save(accelerator, self._progress(accelerator, epoch, step + 1, log, metric, record))
+                    saved = checkpoints.save(accelerator, self._progress(accelerator, epoch, step + 1, log, metric, record))
+                    if stop:
+                        raise Interrupted(stop, record, saved)
 
-            summary = self._summarise_epoch(log, metric, epoch, start, time.time(), preparation)
+            summary = self._summarise_epoch(log, metric, epoch, start, time.time(), preparation, _stop_flags(checkpoints))
+            stop = stop or summary.pop("stop")
             summary.update(lr=float(lr), optimizer_steps=self.step)
             plateau = isinstance(getattr(scheduler, "scheduler", None), ReduceLROnPlateau)
             due = epoch % display_step == 0 or epoch == self.n_epochs - 1 or plateau  # plateau needs it every epoch
@@ -280,11 +289,13 @@ class BackwardLearner:
             record["training"][epoch] = summary
             self.epoch = epoch + 1
             if checkpoints is not None:  # before the tracker hears of the epoch: a resumed run never logs it twice
-                checkpoints.save(accelerator, self._progress(accelerator, epoch + 1, 0, None, None, record))
+                saved = checkpoints.save(accelerator, self._progress(accelerator, epoch + 1, 0, None, None, record))
             if epoch % display_step == 0 or epoch == self.n_epochs - 1:
                 say(_describe(epoch, self.n_epochs, summary))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, summary)
+            if stop and epoch + 1 < self.n_epochs:
+                raise Interrupted(stop, record, saved)
         return record
 
     def test(
@@ -495,10 +506,16 @@ class BackwardLearner:
         if real and metric is not None:
             metric.update(y_score=_scores(self.loss, real_output.detach()), y_true=real_target)
 
-    def _summarise_epoch(self, log, metric, epoch, start, end, preparation) -> dict[str, Any]:
-        """All of the epoch's train numbers in ONE collective; identical on every rank."""
+    def _summarise_epoch(self, log, metric, epoch, start, end, preparation, stop_flags=None) -> dict[str, Any]:
+        """All of the epoch's train numbers in ONE collective; identical on every rank.
+
+        ``stop_flags`` (see :func:`_stop_flags`) ride along: ``summary["stop"]`` is the signal any rank got, or None.
+        """
         accumulators: dict[str, Any] = {"loss": log.loss_mean(), "batch_loss": log.batch_loss(), "samples": Sum()}
         accumulators["samples"](sum(log.sizes))
+        if stop_flags is not None:
+            accumulators["stop"] = Sum()
+            accumulators["stop"](torch.tensor(stop_flags, dtype=torch.int64))
         # Clock readings averaged over ranks, so every rank records the same times; a Mean rides in the
         # same all-reduce as the sums (a Max would cost one more collective per epoch).
         accumulators["times"] = Mean()
@@ -526,6 +543,7 @@ class BackwardLearner:
             "batch_records": batches,
             "test_result": None,
             "preparation_time_cost": preparation,  # moved to record["preparation"] by train()
+            "stop": Checkpoints.agreed_signal(values["stop"].tolist()) if stop_flags is not None else None,
         }
 
 
@@ -590,15 +608,26 @@ class _BatchLog:
         mean(losses, weight=weights)
         return mean
 
-    def running_loss(self, upto: int, epoch: int) -> float:
-        """The global mean loss of the first ``upto`` batches; a collective. Raises on NaN/inf."""
+    def running_loss(self, upto: int, epoch: int, stop_flags: list[int] | None = None) -> Any:
+        """The global mean loss of the first ``upto`` batches; a collective. Raises on NaN/inf.
+
+        With ``stop_flags`` (see :func:`_stop_flags`), returns ``(loss, the signal any rank got or None)``,
+        found in the same collective.
+        """
         if upto > self._running_upto:  # extend with the new batches only: O(steps) per epoch, not O(steps^2)
             self._running.extend(*self._stacked(self._running_upto, upto))
             self._running_upto = upto
-        value = float(self._running.calculate())
+        accumulators: dict[str, Any] = {"loss": self._running}
+        if stop_flags is not None:
+            accumulators["stop"] = Sum()
+            accumulators["stop"](torch.tensor(stop_flags, dtype=torch.int64))
+        values = calculate(accumulators)
+        value = float(values["loss"])
         if not math.isfinite(value):  # every rank sees the same value: all take this path
             self.raise_if_non_finite(self.batch_loss(upto).calculate().tolist(), epoch)
-        return value
+        if stop_flags is None:
+            return value
+        return value, Checkpoints.agreed_signal(values["stop"].tolist())
 
     @staticmethod
     def raise_if_non_finite(batch_loss: list[float], epoch: int) -> None:
@@ -645,6 +674,13 @@ def _remaining(loader: Any, done: int):
     for i, batch in enumerate(loader):
         if i >= done:
             yield batch
+
+
+def _stop_flags(checkpoints: Checkpoints | None) -> list[int]:
+    """This rank's stop-signal flags (all 0 without checkpoints: nothing to stop with)."""
+    from .checkpoint import STOP_SIGNALS
+
+    return checkpoints.stop_flags() if checkpoints is not None else [0] * len(STOP_SIGNALS)
 
 
 def _last_batch(accelerator: Accelerator) -> bool:

@@ -140,3 +140,81 @@ def test_sigkill_really_kills(tmp_path):
     """The harness itself: a kill is a SIGKILL (exit -9), not an exception the script could catch."""
     killed = _run(1, tmp_path / "run", tmp_path / "r.json", "step:2")
     assert killed.returncode == -signal.SIGKILL
+
+
+# --------------------------------------------------------------------------- signals, through the command
+
+SIGNAL_RUN = ("learner_configs.learner_parameters.n_epochs=4", "data_configs.data_parameters.batch_size=8",
+              "run.tracking.backend=none", "run.checkpoint.every_n_steps=40")
+
+
+def _distlearn(procs: int, out: Path, *extra: str) -> list[str]:
+    launch = [sys.executable] if procs == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--standalone"]
+    return [*launch, "-m", "distlearn", "train", *SIGNAL_RUN, f"run.output_dir={out}", *extra]
+
+
+def _rank_pid(launcher: int, rank: int) -> int:
+    """The pid of the worker of ``rank`` among the launcher's children."""
+    for _ in range(200):
+        for child in Path("/proc").glob("[0-9]*"):
+            try:
+                if int((child / "stat").read_text().rsplit(")", 1)[1].split()[1]) != launcher:
+                    continue
+                env = (child / "environ").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if f"RANK={rank}".encode() in env:
+                return int(child.name)
+        import time
+
+        time.sleep(0.1)
+    raise AssertionError(f"no rank {rank} under pid {launcher}")
+
+
+def _signal_after_first_epoch(procs: int, out: Path, log: Path, rank: int = 0) -> tuple[int, float]:
+    """Start the run, SIGTERM one process once the first epoch is logged; returns (exit code, seconds to exit)."""
+    import time
+
+    with open(log, "w") as err:
+        proc = subprocess.Popen(_distlearn(procs, out), env=_env(), stdout=subprocess.DEVNULL, stderr=err, cwd=out.parent)
+    try:
+        target = proc.pid if procs == 1 else _rank_pid(proc.pid, rank)
+        deadline = time.time() + 180
+        while "epoch 1/4" not in log.read_text():
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        os.kill(target, signal.SIGTERM)
+        sent = time.time()
+        code = proc.wait(timeout=60)
+        return code, time.time() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_sigterm_checkpoints_exits_143_and_the_rerun_ends_bitwise_equal(tmp_path, procs):
+    full = tmp_path / "full"
+    done = subprocess.run(_distlearn(procs, full), env=_env(), capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    out, log = tmp_path / "stopped", tmp_path / "stopped.log"
+    code, seconds = _signal_after_first_epoch(procs, out, log, rank=procs - 1)  # 2 processes: rank 1 gets it
+    text = log.read_text()
+    assert code == 143 if procs == 1 else code != 0, text[-3000:]
+    if procs > 1:
+        assert "exitcode  : 143" in text or "exitcode: 143" in text.replace("  ", " "), text[-3000:]
+    assert seconds < 30
+    assert "interrupted by SIGTERM" in text and "resume with the same launch and: distlearn train" in text
+    partial = json.loads((out / "record.json").read_text())
+    assert partial["status"] == "interrupted" and "0" in partial["training"] and "3" not in partial["training"]
+    assert checkpoint.latest(out) is not None
+
+    again = subprocess.run(_distlearn(procs, out), env=_env(), capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.lstrip().startswith("resuming from checkpoint"), again.stderr[:500]
+    assert (out / "model.safetensors").read_bytes() == (full / "model.safetensors").read_bytes()
+    got, want = json.loads((out / "record.json").read_text()), json.loads((full / "record.json").read_text())
+    assert got["status"] == want["status"] == "completed"
+    assert _without_clocks(got) == _without_clocks(want)

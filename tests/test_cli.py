@@ -96,7 +96,9 @@ def test_default_config_is_digits_and_all_outputs_are_valid(baseline):
     from distlearn.config import instantiate
     from distlearn.data import SklearnDataset
 
-    assert sorted(p.name for p in baseline.iterdir()) == ["config.yaml", "curves.png", "model.safetensors", "record.json"]
+    assert sorted(p.name for p in baseline.iterdir()) == [
+        "checkpoints", "config.yaml", "curves.png", "model.safetensors", "record.json"
+    ]
 
     config = OmegaConf.to_container(OmegaConf.load(baseline / "config.yaml"))
     assert config["data_configs"]["data_parameters"]["name"] == "digits"
