@@ -109,6 +109,7 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
     accelerator = _build_accelerator(resolved, tracker)
     _setup_logging(accelerator.is_main_process, quiet)
     start: dict[str, Any] = {}
+    together = True  # every rank ends on the same path (see _close)
     try:
         start = _on_main(accelerator, "output folder", _start_folder, resolved, config)
         output_dir = Path(start["output_dir"])
@@ -142,14 +143,15 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
             )
             print(summary, flush=True)
         return record
-    except BaseException:
+    except BaseException as exc:
+        together = isinstance(exc, RunError)  # RunErrors are decided on every rank together
         if start.get("created") and accelerator.is_main_process:  # a failed start leaves no empty run folder
             tracker.finish()
             report.remove_if_unused(start["output_dir"])
         raise
     finally:
         tracker.finish()
-        _close(accelerator)
+        _close(accelerator, together)
 
 
 # --------------------------------------------------------------------------- steps
@@ -332,21 +334,25 @@ def _stop(accelerator, experiment, tracker, output_dir, resolved, stopped, confi
     )
 
 
-def _close(accelerator: Any) -> None:
-    """End the run on every rank in order: trackers, then a barrier, then the process group.
+def _close(accelerator: Any, together: bool) -> None:
+    """End the run on every rank in order: trackers, a barrier, then the process group.
 
-    A process that exits while gloo's threads still run can abort with "terminate called
-    without an active exception" (exit -6) after a successful run; tearing the group down
-    here, after every rank has arrived, leaves nothing running at exit.
+    A process that exits while gloo's threads still talk to a peer can abort with "terminate
+    called without an active exception" (exit -6) after a successful run: Accelerate's
+    ``end_training`` destroys the group at once, while another rank may still be writing
+    the outputs. The barrier makes every rank arrive first. ``together``: all ranks are on
+    the same path (success, or an error they agreed on); after an error on one rank only,
+    nobody waits for the others.
     """
-    accelerator.end_training()
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if together and dist.is_available() and dist.is_initialized():
         try:
             dist.barrier()
-        except Exception:  # another rank is gone (an error path): nothing to wait for
-            pass
+        except Exception as exc:  # a rank is gone: nothing left to wait for
+            logger.debug("barrier before teardown failed: %s", exc)
+    accelerator.end_training()  # finishes trackers, destroys the process group
+    if dist.is_available() and dist.is_initialized():  # e.g. a fork launch, which Accelerate leaves alone
         dist.destroy_process_group()
 
 
@@ -362,6 +368,7 @@ def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool) ->
             disable_tqdm=disable_tqdm,
             on_epoch_end=tracker.log_epoch,
             checkpoints=checkpoints,
+            nonfinite=experiment.run["nonfinite"],
         )
     except NonFiniteLossError as exc:
         raise RunError(f"training failed: {exc}", EXIT_TRAINING_FAILED) from None

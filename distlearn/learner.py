@@ -43,6 +43,7 @@ __all__ = ["BackwardLearner", "NonFiniteLossError"]
 logger = logging.getLogger(__name__)
 
 SCHEDULER_INTERVALS = ("epoch", "step")
+NONFINITE = ("error", "skip")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -188,6 +189,7 @@ class BackwardLearner:
         test_idx: torch.Tensor | None = None,
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
         checkpoints: Checkpoints | None = None,
+        nonfinite: str = "error",
     ) -> dict[str, Any]:
         """Train ``model`` for ``n_epochs``; returns the training record (identical on every rank).
 
@@ -211,6 +213,10 @@ class BackwardLearner:
                 optimizer steps and at every epoch's end), and the checkpoint to resume from
                 (``checkpoints.resume_from``): training then continues exactly where it was
                 saved, mid-epoch included, and the record holds every epoch since the start.
+            nonfinite: a NaN/inf training loss is an ``"error"`` (NonFiniteLossError, naming
+                epoch and step; no checkpoint of the broken state is saved), or ``"skip"``: every rank
+                skips that optimizer step, the batch counts with weight 0, and the epoch's record says
+                ``skipped_steps``. Skip checks the gradients once per optimizer step (one host sync).
 
         Returns:
             ``{"preparation": {...}, "training": {epoch: {...}}}``, see the README.
@@ -224,6 +230,8 @@ class BackwardLearner:
         train_loader, test_loader = _split_loaders(data_loader)
         metric = _fresh(metric)
         _check_int("display_step", display_step, 1)
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
         accelerator, model, optimizer, scheduler, loader = self._prepare(model, train_loader, device)
         train_idx = None if train_idx is None else torch.as_tensor(train_idx, device=accelerator.device)
         say = logger.info if accelerator.is_main_process else _quiet  # the one rank check for logging
@@ -254,15 +262,19 @@ class BackwardLearner:
                     if self.max_grad_norm and accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
                     lr = optimizer.param_groups[0]["lr"]
-                    optimizer.step()  # a no-op between accumulation boundaries
+                    # the gradients are all-reduced: a NaN on any rank is a NaN on every rank, which all skip
+                    skip = nonfinite == "skip" and accelerator.sync_gradients and not _finite_gradients(model)
+                    if not skip:
+                        optimizer.step()  # a no-op between accumulation boundaries
                     optimizer.zero_grad()
+                log.skipped_steps += skip
                 # step_was_skipped is a Python flag; under fp16 the GradScaler in optimizer.step() syncs per step.
-                stepped = accelerator.sync_gradients and not optimizer.step_was_skipped
+                stepped = accelerator.sync_gradients and not skip and not optimizer.step_was_skipped
                 if stepped:
                     self.step += 1
                     if scheduler is not None and self.scheduler_interval == "step":
                         scheduler.step()
-                self._log_batch(accelerator, log, output, target, loss, labels.shape[0], train_idx, metric)
+                self._log_batch(accelerator, log, output, target, loss, labels.shape[0], train_idx, metric, nonfinite, skip)
                 if self.display_every_n_steps and (step + 1) % self.display_every_n_steps == 0:
                     # a collective, on every rank; it also tells every rank whether one was signalled to stop
                     running, signalled = log.running_loss(step + 1, epoch, _stop_flags(checkpoints))
@@ -276,9 +288,13 @@ class BackwardLearner:
                     if stop:
                         raise Interrupted(stop, record, saved)
 
-            summary = self._summarise_epoch(log, metric, epoch, start, time.time(), preparation, _stop_flags(checkpoints))
+            summary = self._summarise_epoch(
+                log, metric, epoch, start, time.time(), preparation, _stop_flags(checkpoints), nonfinite
+            )
             stop = stop or summary.pop("stop")
             summary.update(lr=float(lr), optimizer_steps=self.step)
+            if nonfinite == "skip":
+                summary["skipped_steps"] = log.skipped_steps
             plateau = isinstance(getattr(scheduler, "scheduler", None), ReduceLROnPlateau)
             due = epoch % display_step == 0 or epoch == self.n_epochs - 1 or plateau  # plateau needs it every epoch
             if test_check and test_loader is not None and due:
@@ -494,8 +510,15 @@ class BackwardLearner:
             self._prepared_loaders[loader] = accelerator.prepare(loader)
         return self._prepared_loaders[loader]
 
-    def _log_batch(self, accelerator, log, output, target, loss, rows, idx, metric) -> None:
-        """Record one training batch's loss and metric on its real samples only (local, no sync)."""
+    def _log_batch(self, accelerator, log, output, target, loss, rows, idx, metric, nonfinite="error", skip=False) -> None:
+        """Record one training batch's loss and metric on its real samples only (local, no sync).
+
+        With ``nonfinite="skip"``, the batch of a skipped step (``skip``, the same on every rank), or a
+        batch whose loss is NaN/inf, counts with weight 0 (one host sync).
+        """
+        if skip or nonfinite == "skip" and not bool(torch.isfinite(loss.detach()).all()):
+            log.add(torch.zeros_like(loss.detach()), 0)  # every rank logs every batch: the vectors stay aligned
+            return
         real_output, real_target = _real_rows(accelerator, output, target, rows, idx)
         real = real_target.shape[0]
         if real == target.shape[0]:
@@ -506,7 +529,9 @@ class BackwardLearner:
         if real and metric is not None:
             metric.update(y_score=_scores(self.loss, real_output.detach()), y_true=real_target)
 
-    def _summarise_epoch(self, log, metric, epoch, start, end, preparation, stop_flags=None) -> dict[str, Any]:
+    def _summarise_epoch(
+        self, log, metric, epoch, start, end, preparation, stop_flags=None, nonfinite="error"
+    ) -> dict[str, Any]:
         """All of the epoch's train numbers in ONE collective; identical on every rank.
 
         ``stop_flags`` (see :func:`_stop_flags`) ride along: ``summary["stop"]`` is the signal any rank got, or None.
@@ -524,7 +549,8 @@ class BackwardLearner:
             accumulators["score"] = metric
         values = calculate(accumulators)
         batch_loss = values["batch_loss"].tolist()
-        log.raise_if_non_finite(batch_loss, epoch)
+        if nonfinite == "error":  # with "skip", a skipped batch's loss is NaN (weight 0 on every rank): left as null
+            log.raise_if_non_finite(batch_loss, epoch)
         preparation, start, end, *times = values["times"].tolist()
         name = metric.name if metric is not None else None
         batches = {}
@@ -566,6 +592,7 @@ class _BatchLog:
         self.times: list[float] = []
         self._running = Mean()  # the losses of batches [0, _running_upto), for running_loss()
         self._running_upto = 0
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite gradient (nonfinite="skip")
 
     def add(self, loss: torch.Tensor, size: int) -> None:
         self.losses.append(loss.detach())
@@ -580,6 +607,7 @@ class _BatchLog:
             "times": list(self.times),
             "running": self._running.state_dict(),
             "running_upto": self._running_upto,
+            "skipped_steps": self.skipped_steps,
         }
 
     def load_state_dict(self, state: Mapping[str, Any], device: torch.device) -> None:
@@ -588,6 +616,7 @@ class _BatchLog:
         self.sizes, self.times = list(state["sizes"]), list(state["times"])
         self._running.load_state_dict(_to_device(state["running"], device))
         self._running_upto = int(state["running_upto"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
 
     def _stacked(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         losses = torch.stack(self.losses[start:stop]).reshape(stop - start)
@@ -674,6 +703,12 @@ def _remaining(loader: Any, done: int):
     for i, batch in enumerate(loader):
         if i >= done:
             yield batch
+
+
+def _finite_gradients(model: nn.Module) -> bool:
+    """Whether every gradient is finite (one host sync; only with nonfinite="skip")."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 def _stop_flags(checkpoints: Checkpoints | None) -> list[int]:

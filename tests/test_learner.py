@@ -207,6 +207,21 @@ def test_non_finite_loss_names_epoch_and_step_on_every_rank(runs):
                 assert "epoch 0, step 3" in out[every]["message"]
 
 
+def test_non_finite_skip_skips_the_step_on_every_rank_and_counts_it(runs):
+    one = _load(runs, "python1", "nan")["skip"]
+    for launch in ("python1", "accelerate2", "torchrun3"):
+        for rank in range(_ranks(launch)):
+            out = _load(runs, launch, "nan", rank)["skip"]
+            epochs = _epochs(out)
+            assert [e["skipped_steps"] for e in epochs] == [1, 1]
+            assert [e["optimizer_steps"] for e in epochs] == [7, 14]  # 8 batches per epoch, one skipped
+            assert all(math.isfinite(w) for w in out["weights"])
+            assert all(math.isfinite(e["train_loss"]) for e in epochs)
+            _same_numbers(one, out, rel=1e-5)
+    # the NaN sample's batch counts with weight 0 on its rank: 47 real samples' losses are averaged
+    assert [e["samples"] for e in _epochs(one)] == [48, 48]
+
+
 def test_bad_input_errors_on_every_rank(runs):
     for rank in range(2):
         out = _load(runs, "accelerate2", "errors", rank)
