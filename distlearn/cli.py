@@ -42,9 +42,10 @@ T = TypeVar("T")
 class RunError(Exception):
     """A problem with the user's input or launch: reported as a message, without a traceback."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT, together: bool = True) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.together = together  # every rank raises it at the same point (else nobody waits at the end)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,8 +115,8 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
         start = _on_main(accelerator, "output folder", _start_folder, resolved, config)
         output_dir = Path(start["output_dir"])
         run["output_dir"] = str(output_dir)
-        for line in start["log"]:  # a resumed run's first line says from where
-            logger.info("%s", line)
+        for line in start["log"]:  # a resumed run's first line says from where (shown with --quiet too)
+            logger.warning("%s", line)
         experiment = _build(resolved, accelerator)  # before W&B: bad data makes no empty W&B run
         _everywhere(accelerator, "starting W&B tracking", tracker.start,
                     accelerator, {**resolved, "launch": _launch_info(accelerator)}, output_dir, start["wandb_run_id"])
@@ -144,7 +145,7 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
             print(summary, flush=True)
         return record
     except BaseException as exc:
-        together = isinstance(exc, RunError)  # RunErrors are decided on every rank together
+        together = isinstance(exc, RunError) and exc.together  # decided on every rank together
         if start.get("created") and accelerator.is_main_process:  # a failed start leaves no empty run folder
             tracker.finish()
             report.remove_if_unused(start["output_dir"])
@@ -372,6 +373,20 @@ def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool) ->
         )
     except NonFiniteLossError as exc:
         raise RunError(f"training failed: {exc}", EXIT_TRAINING_FAILED) from None
+    except RuntimeError as exc:  # gloo and NCCL report a collective's timeout as a RuntimeError
+        text = str(exc)
+        if "connection closed by peer" in text.lower() or "connection reset" in text.lower():
+            raise RunError(f"training stopped: another process ended while this one waited for it ({text.strip()})",
+                           EXIT_TRAINING_FAILED, together=False) from None
+        if "timed out" not in text.lower() and "timeout" not in text.lower():
+            raise
+        raise RunError(
+            f"training stopped: another process did not arrive within run.timeout_s={experiment.run['timeout_s']} s "
+            f"while this one waited for it in a collective ({text.strip().splitlines()[0]}). A process died, hangs, "
+            "or was started with another WORLD_SIZE: see every rank's log. A longer run.timeout_s helps only when a "
+            "process is merely slow (e.g. a large checkpoint on a slow disk).",
+            EXIT_TRAINING_FAILED, together=False,
+        ) from None
 
 
 def _on_main(accelerator: Any, what: str, fn: Callable[..., T], *args: Any) -> T:

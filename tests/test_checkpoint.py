@@ -218,3 +218,19 @@ def test_sigterm_checkpoints_exits_143_and_the_rerun_ends_bitwise_equal(tmp_path
     got, want = json.loads((out / "record.json").read_text()), json.loads((full / "record.json").read_text())
     assert got["status"] == want["status"] == "completed"
     assert _without_clocks(got) == _without_clocks(want)
+
+
+def test_a_rank_that_never_arrives_ends_the_run_after_run_timeout_s(tmp_path):
+    """The last rank stalls before the first epoch's collective: the others stop after run.timeout_s, not 30 min."""
+    import time
+
+    script = Path(__file__).parent / "scripts" / "stalled_rank.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script),
+           "learner_configs.learner_parameters.n_epochs=1", "run.tracking.backend=none", "run.timeout_s=3",
+           f"run.output_dir={tmp_path / 'run'}"]
+    began = time.time()
+    done = subprocess.run(cmd, env=_env(STALL_S="10"), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "did not arrive within run.timeout_s=3 s" in done.stderr, done.stderr[-3000:]
+    assert time.time() - began < 90
+    assert not (tmp_path / "run").exists()  # nothing was written: no empty run folder is left
