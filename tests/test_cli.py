@@ -256,3 +256,22 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
     write_record(target, {"training": {0: {"loss": float("nan"), "score": torch.tensor(0.5), "n": torch.tensor(3)}}})
     assert strict_json(target.read_text()) == {"training": {"0": {"loss": None, "score": 0.5, "n": 3}}}
+
+
+def test_resuming_another_experiment_is_refused_before_training_naming_key_old_and_new(tmp_path):
+    out = tmp_path / "run"
+    first = distlearn("learner_configs.learner_parameters.n_epochs=1", NO_TRACKING, f"run.output_dir={out}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = (out / "record.json").read_bytes()
+    again = distlearn(
+        "learner_configs.learner_parameters.n_epochs=2", NO_TRACKING, f"run.output_dir={out}",
+        "learner_configs.learner_parameters.optimizer_configs.optimizer_parameters.lr=0.5", cwd=tmp_path,
+    )
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "the experiment differs from the one it saved" in again.stderr
+    assert "learner_configs.learner_parameters.optimizer_configs.optimizer_parameters.lr: 0.001 in the checkpoint, 0.5 now" in again.stderr
+    assert "n_epochs" not in again.stderr  # a change a resumed run may make
+    assert (out / "record.json").read_bytes() == before  # nothing was trained or written
+    fresh = distlearn("learner_configs.learner_parameters.n_epochs=1", NO_TRACKING, f"run.output_dir={out}",
+                      "run.resume=none", cwd=tmp_path)
+    assert fresh.returncode == 2 and "already holds an earlier run" in fresh.stderr  # none: a fresh start, refused here

@@ -171,7 +171,8 @@ def test_a_resumed_run_keeps_its_wandb_id_and_logs_each_epoch_once(tmp_path):
     # the same command with more epochs: resumes from the last epoch's checkpoint and logs into the same run
     second = distlearn("learner_configs.learner_parameters.n_epochs=3", *common, cwd=tmp_path, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming from checkpoint" in second.stderr
+    assert second.stderr.startswith("resuming from checkpoint") and "(the start of epoch 3, optimizer step" in second.stderr
+    assert "changed since the checkpoint: learner_configs.learner_parameters.n_epochs 2 -> 3" in second.stderr
     files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 2
     ids = set()
