@@ -11,9 +11,14 @@ unchanged::
 
 Every rank runs every step (the collectives need them all); only the main
 process touches files, the W&B run and the terminal. Bad input (an invalid
-config, a missing file, an output folder holding an earlier run) ends the
-command on every rank with exit code 2 and a one-paragraph message, before
-any training.
+config, a missing file, an output folder holding an earlier run, a checkpoint
+of another experiment) ends the command on every rank with exit code 2 and a
+one-paragraph message, before any training.
+
+The same command run again with the same ``run.output_dir`` continues the run
+from its newest complete checkpoint (``run.resume: auto``). SIGTERM, SIGINT or
+SIGUSR1 on any rank stops every rank at a checkpoint, writes the partial outputs
+and exits 143 (130 for SIGINT) with the command that resumes.
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments after the program name (default ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 2 for bad input, 1 when training failed (e.g. a NaN loss).
+        0 on success, 2 for bad input, 1 when training failed (e.g. a NaN loss, a process
+        that never arrived), 143 / 130 when stopped by SIGTERM or SIGUSR1 / SIGINT.
     """
     args = _parser().parse_args(argv)
     if args.config is not None and "=" in args.config and not Path(args.config).exists():

@@ -7,7 +7,9 @@ ranks, and the samples Accelerate repeats to even out the last batch are left
 out. The per-step path never syncs the host with the device; the ranks talk
 once per epoch (one :func:`~distlearn.accumulators.calculate` for all train
 numbers, one for the test numbers) and at every ``display_every_n_steps``-th
-step.
+step. With ``checkpoints=`` (:class:`~distlearn.checkpoint.Checkpoints`) it saves
+every n optimizer steps and at every epoch's end, resumes exactly where a
+checkpoint left off, and stops with a checkpoint when a process is signalled.
 
     learner = BackwardLearner(n_epochs=10, loss=torch.nn.CrossEntropyLoss(),
                               optimizer_configs={"optimizer_class": "torch.optim.AdamW",
@@ -262,11 +264,7 @@ class BackwardLearner:
                     if self.max_grad_norm and accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
                     lr = optimizer.param_groups[0]["lr"]
-                    # the gradients are all-reduced: a NaN on any rank is a NaN on every rank, which all skip
-                    skip = nonfinite == "skip" and accelerator.sync_gradients and not _finite_gradients(model)
-                    if not skip:
-                        optimizer.step()  # a no-op between accumulation boundaries
-                    optimizer.zero_grad()
+                    skip = _optimizer_step(accelerator, model, optimizer, nonfinite)  # True: skipped on a NaN
                 log.skipped_steps += skip
                 # step_was_skipped is a Python flag; under fp16 the GradScaler in optimizer.step() syncs per step.
                 stepped = accelerator.sync_gradients and not skip and not optimizer.step_was_skipped
@@ -280,13 +278,8 @@ class BackwardLearner:
                     running, signalled = log.running_loss(step + 1, epoch, _stop_flags(checkpoints))
                     stop = stop or signalled
                     bar.set_postfix(loss=f"{running:.4g}", lr=f"{lr:.3g}", refresh=False)
-                if stepped and checkpoints is not None and (stop or checkpoints.due(self.step)) and not _last_batch(
-                    accelerator
-                ):
-                    log.running_loss(step + 1, epoch)  # never checkpoint a NaN: raises on every rank
-                    saved = checkpoints.save(accelerator, self._progress(accelerator, epoch, step + 1, log, metric, record))
-                    if stop:
-                        raise Interrupted(stop, record, saved)
+                if stepped and checkpoints is not None:  # every n steps, or now when stopping on a signal
+                    self._checkpoint_mid_epoch(accelerator, checkpoints, stop, epoch, step + 1, log, metric, record)
 
             summary = self._summarise_epoch(
                 log, metric, epoch, start, time.time(), preparation, _stop_flags(checkpoints), nonfinite
@@ -380,7 +373,9 @@ class BackwardLearner:
     def state_dict(self) -> dict[str, Any]:
         """The learner's own progress counters: epochs completed, optimizer steps taken, seed.
 
-        Model, optimizer and scheduler states are saved by ``accelerator.save_state``.
+        Model, optimizer and scheduler states are saved by ``accelerator.save_state``. For a
+        checkpoint that resumes mid-epoch exactly (the epoch's partial numbers, the RNG, the
+        position in the data), pass ``checkpoints=`` to :meth:`train` instead.
         """
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed}
 
@@ -466,6 +461,20 @@ class BackwardLearner:
         if metric is not None and resumed["metric"] is not None:
             metric.load_state_dict(_to_device(resumed["metric"], accelerator.device))
         return log, int(resumed["batches_done"])
+
+    def _checkpoint_mid_epoch(self, accelerator, checkpoints, stop, epoch, done, log, metric, record) -> None:
+        """After an optimizer step: save when due or stopping (not on the epoch's last batch: its end saves).
+
+        Raises:
+            Interrupted: when stopping on a signal, once the checkpoint is saved.
+            NonFiniteLossError: the loss so far is NaN/inf: the broken state is never saved.
+        """
+        if not (stop or checkpoints.due(self.step)) or _last_batch(accelerator):
+            return
+        log.running_loss(done, epoch)  # a collective; raises on every rank on a NaN
+        saved = checkpoints.save(accelerator, self._progress(accelerator, epoch, done, log, metric, record))
+        if stop:
+            raise Interrupted(stop, record, saved)
 
     def _progress(self, accelerator: Accelerator, epoch: int, batches_done: int, log, metric, record) -> dict:
         """This rank's training progress for a checkpoint: one state dict, restored by :meth:`_start`.
@@ -703,6 +712,19 @@ def _remaining(loader: Any, done: int):
     for i, batch in enumerate(loader):
         if i >= done:
             yield batch
+
+
+def _optimizer_step(accelerator: Accelerator, model: nn.Module, optimizer: Any, nonfinite: str) -> bool:
+    """``optimizer.step()`` and ``zero_grad()`` (no-ops between accumulation boundaries).
+
+    With ``nonfinite="skip"``, a step whose gradients hold a NaN/inf is skipped; returns True then.
+    The gradients are all-reduced first, so a NaN on any rank is one on every rank: all skip together.
+    """
+    skip = nonfinite == "skip" and accelerator.sync_gradients and not _finite_gradients(model)
+    if not skip:
+        optimizer.step()
+    optimizer.zero_grad()
+    return skip
 
 
 def _finite_gradients(model: nn.Module) -> bool:
