@@ -275,3 +275,20 @@ def test_resuming_another_experiment_is_refused_before_training_naming_key_old_a
     fresh = distlearn("learner_configs.learner_parameters.n_epochs=1", NO_TRACKING, f"run.output_dir={out}",
                       "run.resume=none", cwd=tmp_path)
     assert fresh.returncode == 2 and "already holds an earlier run" in fresh.stderr  # none: a fresh start, refused here
+
+
+def test_outputs_are_replaced_as_one_set_and_a_half_written_set_says_so(tmp_path, monkeypatch):
+    from distlearn import report
+
+    config, record, weights = {"run": {"seed": 0}}, {"training": {0: {"train_loss": 1.0}}}, {"w": torch.zeros(2)}
+    files = report.write_outputs(tmp_path, config, record, weights)
+    assert [p.name for p in files] == list(report.OUTPUT_FILES)
+    assert not (tmp_path / report.INCOMPLETE).exists()
+
+    def broken(path, record):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "write_curves", broken)  # killed or failed between two files of the set
+    with pytest.raises(OSError):
+        report.write_outputs(tmp_path, config, {"training": {}}, weights)
+    assert (tmp_path / report.INCOMPLETE).exists()  # the folder says it holds a mix of two sets
