@@ -117,6 +117,22 @@ def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning_and_the_result_is
     _assert_same(got, uninterrupted[1])
 
 
+def test_gradient_accumulation_resumes_at_an_optimizer_step_boundary(tmp_path):
+    """ACCUM=2: 9 batches make 5 optimizer steps per epoch; checkpoints at steps 4, 5 (epoch end), 8, 10, ..."""
+    full = tmp_path / "full"
+    done = _run(1, full / "run", full / "result.json", ACCUM="2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = json.loads((full / "result.json").read_text())
+    run_dir, result = tmp_path / "run", tmp_path / "result.json"
+    for kill in ("step:7", "step:9"):  # mid-epoch, after checkpoints 4 (mid-epoch, batch 8) and 8
+        assert _run(1, run_dir, result, kill, ACCUM="2").returncode == -signal.SIGKILL
+    done = _run(1, run_dir, result, ACCUM="2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(result.read_text())
+    assert got["resumed_from"] == "step-00000008"
+    _assert_same(got, want)
+
+
 def test_find_skips_incomplete_folders_and_keeps_the_newest_complete(tmp_path, caplog):
     root = tmp_path / "checkpoints"
     for step, marker in ((3, True), (7, True), (9, False), (11, "garbage")):

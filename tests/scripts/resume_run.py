@@ -40,6 +40,7 @@ WORLD = int(os.environ.get("WORLD_SIZE", "1"))
 RANK = int(os.environ.get("RANK", "0"))
 GLOBAL_BATCH = 6
 N_EPOCHS = int(os.environ.get("N_EPOCHS", "3"))
+ACCUM = int(os.environ.get("ACCUM", "1"))  # gradient accumulation steps (ACCUM=2: 5 optimizer steps per epoch)
 
 
 def _die(where: str) -> None:
@@ -102,7 +103,7 @@ def main() -> None:
         optimizer_configs={"optimizer_class": "torch.optim.SGD", "optimizer_parameters": {"lr": 0.1, "momentum": 0.9}},
         lr_scheduler_configs={"lr_scheduler_class": "torch.optim.lr_scheduler.StepLR",
                               "lr_scheduler_parameters": {"step_size": 1, "gamma": 0.7}},
-        display_every_n_steps=3, seed=5,
+        display_every_n_steps=3, seed=5, gradient_accumulation_steps=ACCUM,
         accelerator_kwargs={"kwargs_handlers": [InitProcessGroupKwargs(timeout=timedelta(seconds=20))]},
     )
     found = checkpoint.latest(run_dir)
