@@ -11,9 +11,14 @@ unchanged::
 
 Every rank runs every step (the collectives need them all); only the main
 process touches files, the W&B run and the terminal. Bad input (an invalid
-config, a missing file, an output folder holding an earlier run) ends the
-command on every rank with exit code 2 and a one-paragraph message, before
-any training.
+config, a missing file, an output folder holding an earlier run, a checkpoint
+of another experiment) ends the command on every rank with exit code 2 and a
+one-paragraph message, before any training.
+
+The same command run again with the same ``run.output_dir`` continues the run
+from its newest complete checkpoint (``run.resume: auto``). SIGTERM, SIGINT or
+SIGUSR1 on any rank stops every rank at a checkpoint, writes the partial outputs
+and exits 143 (130 for SIGINT) with the command that resumes.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import argparse
 import copy
 import logging
 import os
+import shutil
 import sys
 import time
+from datetime import timedelta
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,9 +47,10 @@ T = TypeVar("T")
 class RunError(Exception):
     """A problem with the user's input or launch: reported as a message, without a traceback."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT, together: bool = True) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.together = together  # every rank raises it at the same point (else nobody waits at the end)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments after the program name (default ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 2 for bad input, 1 when training failed (e.g. a NaN loss).
+        0 on success, 2 for bad input, 1 when training failed (e.g. a NaN loss, a process
+        that never arrived), 143 / 130 when stopped by SIGTERM or SIGUSR1 / SIGINT.
     """
     args = _parser().parse_args(argv)
     from .launch_check import single_process_launch_warning
@@ -102,6 +111,7 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
     from omegaconf import OmegaConf
 
     from . import report
+    from .checkpoint import Interrupted
     from .tracking import Tracker
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -109,15 +119,24 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
     tracker = Tracker(run["tracking"])  # decided before the Accelerator, which needs log_with
     accelerator = _build_accelerator(resolved, tracker)
     _setup_logging(accelerator.is_main_process, quiet)
+    start: dict[str, Any] = {}
+    together = True  # every rank ends on the same path (see _close)
     try:
-        output_dir = _on_main(
-            accelerator, "output folder", report.prepare_output_dir, run["output_dir"], run["overwrite"], config
-        )
+        start = _on_main(accelerator, "output folder", _start_folder, resolved, config)
+        output_dir = Path(start["output_dir"])
         run["output_dir"] = str(output_dir)
+        for line in start["log"]:  # a resumed run's first line says from where (shown with --quiet too)
+            logger.warning("%s", line)
         experiment = _build(resolved, accelerator)  # before W&B: bad data makes no empty W&B run
         _everywhere(accelerator, "starting W&B tracking", tracker.start,
-                    accelerator, {**resolved, "launch": _launch_info(accelerator)}, output_dir)
-        record = _fit(experiment, tracker, disable_tqdm=quiet or not sys.stderr.isatty())
+                    accelerator, {**resolved, "launch": _launch_info(accelerator)}, output_dir, start["wandb_run_id"])
+        checkpoints = _checkpoints(run, output_dir, start["resume_from"], resolved, tracker)
+        try:
+            with checkpoints.catch_signals():
+                record = _fit(experiment, tracker, checkpoints, disable_tqdm=quiet or not sys.stderr.isatty())
+        except Interrupted as stopped:  # every rank: a checkpoint is saved; write what there is and say how to go on
+            _stop(accelerator, experiment, tracker, output_dir, resolved, stopped, config, overrides)
+        record["status"] = "completed"
         state_dict = accelerator.get_state_dict(experiment.model)  # a collective under FSDP: every rank
         files = _on_main(
             accelerator, "writing the outputs", report.write_outputs, output_dir, resolved, record, state_dict
@@ -135,9 +154,15 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
             )
             print(summary, flush=True)
         return record
+    except BaseException as exc:
+        together = isinstance(exc, RunError) and exc.together  # decided on every rank together
+        if start.get("created") and accelerator.is_main_process:  # a failed start leaves no empty run folder
+            tracker.finish()
+            report.remove_if_unused(start["output_dir"])
+        raise
     finally:
         tracker.finish()
-        accelerator.end_training()
+        _close(accelerator, together)
 
 
 # --------------------------------------------------------------------------- steps
@@ -145,12 +170,17 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
 
 def _build_accelerator(resolved: dict[str, Any], tracker: Any) -> Any:
     """The Accelerator of this launch, with the learner's precision, accumulation and data seed."""
+    from accelerate.utils import InitProcessGroupKwargs
+
     from .accelerator import build_accelerator
 
     params = resolved["learner_configs"].get("learner_parameters") or {}
     seed = params.get("seed")
     kwargs = dict(params.get("accelerator_kwargs") or {})
     kwargs.update(tracker.accelerator_kwargs())
+    # run.timeout_s bounds every collective: a rank that never arrives ends the run instead of a 30-minute wait
+    kwargs["kwargs_handlers"] = [*kwargs.get("kwargs_handlers", []),
+                                 InitProcessGroupKwargs(timeout=timedelta(seconds=resolved["run"]["timeout_s"]))]
     try:
         return build_accelerator(
             # the config's value wins over the launcher's, as in Accelerate; null: the launcher's
@@ -178,7 +208,166 @@ def _build(resolved: dict[str, Any], accelerator: Any) -> Any:
         raise RunError(f"building the experiment failed: {exc}") from None
 
 
-def _fit(experiment: Any, tracker: Any, disable_tqdm: bool) -> dict[str, Any]:
+def _start_folder(resolved: dict[str, Any], config: str | None) -> dict[str, Any]:
+    """Main process: the output folder and the checkpoint the run continues from (``run.resume``).
+
+    Returns:
+        ``output_dir``, ``created`` (the folder is new), ``resume_from`` (a checkpoint folder
+        or None), ``wandb_run_id`` (the resumed run's) and ``log``: lines for the log.
+
+    Raises:
+        ValueError: an unusable folder or checkpoint, or a checkpoint of another experiment.
+    """
+    from . import report
+
+    run = resolved["run"]
+    mode = run["resume"]
+    existed = run["output_dir"] is not None and Path(run["output_dir"]).expanduser().exists()
+    output_dir = report.prepare_output_dir(run["output_dir"], run["overwrite"], config, resumable=mode != "none")
+    try:
+        return _resume_point(resolved, output_dir, created=not existed)
+    except BaseException:
+        if not existed:
+            report.remove_if_unused(output_dir)
+        raise
+
+
+def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool) -> dict[str, Any]:
+    from . import checkpoint
+
+    run = resolved["run"]
+    mode = run["resume"]
+    out = {"output_dir": str(output_dir), "created": created, "resume_from": None, "wandb_run_id": None, "log": []}
+    if mode == "none":
+        if run["overwrite"]:  # a fresh run in an overwritten folder: the old run's checkpoints must not mix in
+            shutil.rmtree(checkpoint.checkpoint_dir(output_dir), ignore_errors=True)
+        return out
+    if mode == "auto":
+        found = checkpoint.latest(output_dir)
+        if found is None:
+            return out
+        path, meta = found
+    else:
+        path = Path(mode).expanduser()
+        try:
+            meta = checkpoint.check(path)
+        except checkpoint.CheckpointError as exc:
+            raise ValueError(f"run.resume={mode!r}: not a usable checkpoint: {exc}") from None
+    from .accelerator import launched_world_size
+
+    if meta.get("world_size") != launched_world_size():
+        raise ValueError(
+            f"cannot resume from {path}: it was saved by {meta.get('world_size')} processes and this launch has "
+            f"{launched_world_size()}; launch {meta.get('world_size')} processes to continue it"
+        )
+    changed, conflicts = config_changes(meta.get("config") or {}, resolved)
+    if conflicts:
+        listed = "\n  - ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in conflicts)
+        raise ValueError(
+            f"cannot resume from {path}: the experiment differs from the one it saved:\n  - {listed}\n"
+            "Resume with the same config, start a new run (another run.output_dir), or set run.resume=none "
+            "with run.overwrite=true to start over in this folder."
+        )
+    progress = checkpoint.load_progress(path, 0)
+    out["resume_from"] = str(path)
+    out["wandb_run_id"] = (progress.get("extra") or {}).get("wandb_run_id")
+    epoch, done = meta["epoch"], meta["batches_done"]
+    where = f"epoch {epoch + 1}, after batch {done}" if done else f"the start of epoch {epoch + 1}"
+    out["log"].append(f"resuming from checkpoint {path} ({where}, optimizer step {meta['step']})")
+    out["log"] += [f"changed since the checkpoint: {key} {old!r} -> {new!r}" for key, old, new in changed]
+    return out
+
+
+# Config keys a resumed run may change: how long it runs, how it is tracked, checkpointed and shown.
+RESUME_MAY_CHANGE = (
+    "learner_configs.learner_parameters.n_epochs",
+    "learner_configs.learner_parameters.display_every_n_steps",
+    "run.output_dir", "run.overwrite", "run.resume", "run.tracking", "run.checkpoint", "run.timeout_s", "run.nonfinite",
+)
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[tuple], list[tuple]]:
+    """The differences between a checkpoint's config and this run's, as (key, old, new) triples.
+
+    Returns:
+        ``(allowed, conflicts)``: changes a resumed run may make (``RESUME_MAY_CHANGE``), and the
+        others (model, optimizer, data, loss, metric, seeds), which make resuming wrong.
+    """
+    a, b = _flatten(old), _flatten(new)
+    allowed, conflicts = [], []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, "<unset>") == b.get(key, "<unset>"):
+            continue
+        change = (key, a.get(key, "<unset>"), b.get(key, "<unset>"))
+        safe = any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE)
+        (allowed if safe else conflicts).append(change)
+    return allowed, conflicts
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _checkpoints(run: dict[str, Any], output_dir: Path, resume_from: str | None, resolved: dict, tracker: Any) -> Any:
+    from .checkpoint import Checkpoints
+
+    settings = run["checkpoint"]
+    return Checkpoints(
+        output_dir, every_n_steps=settings.get("every_n_steps"), keep_last=settings.get("keep_last", 2),
+        resume_from=resume_from, meta={"config": resolved}, extra={"wandb_run_id": tracker.run_id},
+    )
+
+
+def _stop(accelerator, experiment, tracker, output_dir, resolved, stopped, config, overrides) -> None:
+    """After a stop signal: write the partial outputs (status "interrupted"), close W&B, raise the exit."""
+    import shlex
+    import signal
+
+    from . import report
+
+    record = {**stopped.record, "status": "interrupted"}
+    state_dict = accelerator.get_state_dict(experiment.model)
+    _on_main(accelerator, "writing the outputs", report.write_outputs, output_dir, resolved, record, state_dict)
+    tracker.finish()
+    name = signal.Signals(stopped.signum).name
+    where = f"checkpoint {stopped.checkpoint}" if stopped.checkpoint else "no checkpoint"
+    command = ["distlearn", "train", *([config] if config else []), *overrides]
+    if not any(o.startswith("run.output_dir=") for o in overrides):
+        command.append(f"run.output_dir={output_dir}")
+    raise RunError(
+        f"interrupted by {name}: {where} saved; resume with the same launch and: {shlex.join(command)}",
+        130 if stopped.signum == signal.SIGINT else 143,
+    )
+
+
+def _close(accelerator: Any, together: bool) -> None:
+    """End the run on every rank in order: trackers, a barrier, then the process group.
+
+    A process that exits while gloo's threads still talk to a peer can abort with "terminate
+    called without an active exception" (exit -6) after a successful run: Accelerate's
+    ``end_training`` destroys the group at once, while another rank may still be writing
+    the outputs. The barrier makes every rank arrive first. ``together``: all ranks are on
+    the same path (success, or an error they agreed on); after an error on one rank only,
+    nobody waits for the others.
+    """
+    import torch.distributed as dist
+
+    if together and dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        except Exception as exc:  # a rank is gone: nothing left to wait for
+            logger.debug("barrier before teardown failed: %s", exc)
+    accelerator.end_training()  # finishes trackers, destroys the process group
+    if dist.is_available() and dist.is_initialized():  # e.g. a fork launch, which Accelerate leaves alone
+        dist.destroy_process_group()
+
+
+def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool) -> dict[str, Any]:
     """``learner.train`` with per-epoch tracking; a non-finite loss ends the command without a traceback."""
     from .learner import NonFiniteLossError
 
@@ -189,9 +378,25 @@ def _fit(experiment: Any, tracker: Any, disable_tqdm: bool) -> dict[str, Any]:
             metric=experiment.metric,
             disable_tqdm=disable_tqdm,
             on_epoch_end=tracker.log_epoch,
+            checkpoints=checkpoints,
+            nonfinite=experiment.run["nonfinite"],
         )
     except NonFiniteLossError as exc:
         raise RunError(f"training failed: {exc}", EXIT_TRAINING_FAILED) from None
+    except RuntimeError as exc:  # gloo and NCCL report a collective's timeout as a RuntimeError
+        text = str(exc)
+        if "connection closed by peer" in text.lower() or "connection reset" in text.lower():
+            raise RunError(f"training stopped: another process ended while this one waited for it ({text.strip()})",
+                           EXIT_TRAINING_FAILED, together=False) from None
+        if "timed out" not in text.lower() and "timeout" not in text.lower():
+            raise
+        raise RunError(
+            f"training stopped: another process did not arrive within run.timeout_s={experiment.run['timeout_s']} s "
+            f"while this one waited for it in a collective ({text.strip().splitlines()[0]}). A process died, hangs, "
+            "or was started with another WORLD_SIZE: see every rank's log. A longer run.timeout_s helps only when a "
+            "process is merely slow (e.g. a large checkpoint on a slow disk).",
+            EXIT_TRAINING_FAILED, together=False,
+        ) from None
 
 
 def _on_main(accelerator: Any, what: str, fn: Callable[..., T], *args: Any) -> T:

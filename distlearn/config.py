@@ -30,7 +30,17 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .options import MIXED_PRECISION, SCHEDULER_INTERVALS, TRACKING_BACKENDS, TRACKING_MODES, did_you_mean, is_int, is_number
+from .options import (
+    MIXED_PRECISION,
+    NONFINITE_MODES,
+    RESUME_MODES,
+    SCHEDULER_INTERVALS,
+    TRACKING_BACKENDS,
+    TRACKING_MODES,
+    did_you_mean,
+    is_int,
+    is_number,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +76,11 @@ RUN_DEFAULTS: dict[str, Any] = {
     "overwrite": False,
     # mode None: online with W&B credentials, offline without
     "tracking": {"backend": "wandb", "project": "distlearn", "entity": None, "name": None, "mode": None},
-    "checkpoint": {},  # reserved for the checkpoint settings (not validated yet)
-    "resume": None,  # reserved: None, true/false, or a checkpoint path
+    # every_n_steps None: checkpoints at epoch ends only; keep_last: complete checkpoints kept
+    "checkpoint": {"every_n_steps": None, "keep_last": 2},
+    "resume": "auto",  # auto: the newest complete checkpoint in output_dir, else fresh; none; or a checkpoint path
+    "timeout_s": 300,  # process-group timeout: a rank that never arrives ends the run after this long
+    "nonfinite": "error",  # a NaN/inf training loss: error (stop) or skip (skip that optimizer step)
 }
 
 DEFAULT_CONFIG_NAME = "digits"
@@ -546,9 +559,20 @@ def _check_run(run: Any, problems: list[str]) -> None:
             f"null (offline without W&B credentials, online with) or one of {list(TRACKING_MODES)}",
         )}, "run.tracking", problems)
     _check_values(run, {
-        "checkpoint": (lambda v: v is None or isinstance(v, dict), "a mapping or null"),
-        "resume": (lambda v: v is None or isinstance(v, (bool, str)), "null, true/false or a checkpoint path"),
+        "checkpoint": (lambda v: isinstance(v, dict), "a mapping (every_n_steps, keep_last)"),
+        "resume": (lambda v: isinstance(v, str) and v.strip(),
+                   f"one of {list(RESUME_MODES)} or the path of a checkpoint folder"),
+        "timeout_s": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),
+        "nonfinite": (lambda v: v in NONFINITE_MODES, f"one of {list(NONFINITE_MODES)}"),
     }, "run", problems)
+    ckpt = run.get("checkpoint")
+    if isinstance(ckpt, dict):
+        _check_keys(ckpt, list(RUN_DEFAULTS["checkpoint"]), "run.checkpoint", problems)
+        _check_values(ckpt, {
+            "every_n_steps": (lambda v: v is None or is_int(v) and v >= 1,
+                              "null (epoch ends only) or an int >= 1 (optimizer steps)"),
+            "keep_last": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+        }, "run.checkpoint", problems)
 
 
 def _check_output_dir(run: Any, problems: list[str]) -> None:
@@ -736,9 +760,10 @@ def _with_run_defaults(c: Any) -> Any:
     if isinstance(run, dict):
         for key, value in RUN_DEFAULTS.items():
             run.setdefault(key, copy.deepcopy(value))
-        if isinstance(run["tracking"], dict):
-            for key, value in RUN_DEFAULTS["tracking"].items():
-                run["tracking"].setdefault(key, value)
+        for section in ("tracking", "checkpoint"):
+            if isinstance(run[section], dict):
+                for key, value in RUN_DEFAULTS[section].items():
+                    run[section].setdefault(key, value)
     return c
 
 

@@ -7,7 +7,9 @@ ranks, and the samples Accelerate repeats to even out the last batch are left
 out. The per-step path never syncs the host with the device; the ranks talk
 once per epoch (one :func:`~distlearn.accumulators.calculate` for all train
 numbers, one for the test numbers) and at every ``display_every_n_steps``-th
-step.
+step. With ``checkpoints=`` (:class:`~distlearn.checkpoint.Checkpoints`) it saves
+every n optimizer steps and at every epoch's end, resumes exactly where a
+checkpoint left off, and stops with a checkpoint when a process is signalled.
 
     learner = BackwardLearner(n_epochs=10, loss=torch.nn.CrossEntropyLoss(),
                               optimizer_configs={"optimizer_class": "torch.optim.AdamW",
@@ -36,6 +38,7 @@ from tqdm.auto import tqdm
 from .accelerator import MIXED_PRECISION, build_accelerator, check_accelerator
 from .accumulators import Cat, List, Mean, Sum, calculate
 from .batches import Batches, Report
+from .checkpoint import Checkpoints, Interrupted
 from .metrics import Metric
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
@@ -43,6 +46,7 @@ __all__ = ["BackwardLearner", "NonFiniteLossError"]
 logger = logging.getLogger(__name__)
 
 SCHEDULER_INTERVALS = ("epoch", "step")
+NONFINITE = ("error", "skip")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -163,6 +167,7 @@ class BackwardLearner:
         self.epoch = 0  # epochs completed (train() starts at 0, or where load_state_dict() left it)
         self.step = 0  # optimizer steps taken, counted like epoch
         self._resume = False  # set by load_state_dict(): the next train() continues from epoch/step
+        self._global_batch = 0  # samples per optimizer micro-step over all ranks, set by _prepare()
 
     # ------------------------------------------------------------------ #
     # Public API
@@ -199,6 +204,8 @@ class BackwardLearner:
         train_idx: torch.Tensor | None = None,
         test_idx: torch.Tensor | None = None,
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+        checkpoints: Checkpoints | None = None,
+        nonfinite: str = "error",
     ) -> dict[str, Any]:
         """Train ``model`` for ``n_epochs``; returns the training record (identical on every rank).
 
@@ -219,6 +226,14 @@ class BackwardLearner:
             train_idx, test_idx: output rows used for loss and metric (full-batch training).
             on_epoch_end: called on every rank with (epoch, epoch record) once the epoch's
                 numbers are final, e.g. to log them to a tracker (which writes on the main process).
+            checkpoints: where and how often to save checkpoints (every ``every_n_steps``
+                optimizer steps and at every epoch's end), and the checkpoint to resume from
+                (``checkpoints.resume_from``): training then continues exactly where it was
+                saved, mid-epoch included, and the record holds every epoch since the start.
+            nonfinite: a NaN/inf training loss is an ``"error"`` (NonFiniteLossError, naming
+                epoch and step; no checkpoint of the broken state is saved), or ``"skip"``: every rank
+                skips that optimizer step, the batch counts with weight 0, and the epoch's record says
+                ``skipped_steps``. Skip checks the gradients once per optimizer step (one host sync).
 
         Returns:
             ``{"preparation": {...}, "training": {epoch: {...}}}``, see the README.
@@ -232,28 +247,30 @@ class BackwardLearner:
         train_loader, test_loader = _split_loaders(data_loader)
         metric = _fresh(metric)
         _check_int("display_step", display_step, 1)
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
         accelerator, model, optimizer, scheduler, loader = self._prepare(model, train_loader, device)
         batches = self._batches()
         train_idx = None if train_idx is None else torch.as_tensor(train_idx, device=accelerator.device)
         say = logger.info if accelerator.is_main_process else _quiet  # the one rank check for logging
         preparation = time.time() - begin
         record: dict[str, Any] = {"preparation": {"preparation_time_cost": preparation}, "training": {}}
-        if not self._resume:
-            self.epoch = self.step = 0
-        self._resume = False
+        resumed = self._start(accelerator, checkpoints, record, test_loader)  # this rank's saved progress, or None
         first_epoch = self.epoch
+        stop = None  # the signal every rank agreed to stop on (see Checkpoints.catch_signals)
+        saved = None
 
         for epoch in range(first_epoch, self.n_epochs):
             start = time.time()
             loader.set_epoch(epoch)  # the shuffle depends only on (seed, epoch): resumable
             model.train()
-            if metric is not None:
-                metric.reset()
-            log = _BatchLog()
-            bar = tqdm(loader, desc=f"epoch {epoch}", disable=disable_tqdm or not accelerator.is_main_process)
-            for step, batch in enumerate(bar):
-                first = epoch == first_epoch and step == 0
-                if first:  # the batch form, decided on every rank together
+            log, done = self._begin_epoch(accelerator, metric, resumed if epoch == first_epoch else None)
+            bar = tqdm(_remaining(loader, done), desc=f"epoch {epoch}", initial=done, total=len(loader),
+                       disable=disable_tqdm or not accelerator.is_main_process)
+            for step, batch in enumerate(bar, start=done):
+                if step == done and done:  # the first batch after a mid-epoch resume: the saved RNG from here on
+                    _set_rng_states(resumed["rng"])
+                if epoch == first_epoch and step == done:  # the batch form, decided on every rank together
                     _agree(batches.problem(batch, "data_loader['train_loader']", model))
                 with accelerator.accumulate(model):
                     # prepare() already runs model.forward under Accelerate's autocast
@@ -262,20 +279,33 @@ class BackwardLearner:
                     if self.max_grad_norm and accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
                     lr = optimizer.param_groups[0]["lr"]
-                    optimizer.step()  # a no-op between accumulation boundaries
-                    optimizer.zero_grad()
+                    skip = _optimizer_step(accelerator, model, optimizer, nonfinite)  # True: skipped on a NaN
+                log.skipped_steps += skip
                 # step_was_skipped is a Python flag; under fp16 the GradScaler in optimizer.step() syncs per step.
-                if accelerator.sync_gradients and not optimizer.step_was_skipped:
+                stepped = accelerator.sync_gradients and not skip and not optimizer.step_was_skipped
+                if stepped:
                     self.step += 1
                     if scheduler is not None and self.scheduler_interval == "step":
                         scheduler.step()
-                self._log_batch(batches.real(accelerator, out, model, train_idx, metric is not None), log, metric)
+                if skip or nonfinite == "skip" and not _finite(out.loss):
+                    log.add_skipped(out.loss)  # weight 0; every rank logs every batch, so the vectors stay aligned
+                else:
+                    self._log_batch(batches.real(accelerator, out, model, train_idx, metric is not None), log, metric)
                 if self.display_every_n_steps and (step + 1) % self.display_every_n_steps == 0:
-                    running = log.running_loss(step + 1, epoch)  # a collective, on every rank
+                    # a collective, on every rank; it also tells every rank whether one was signalled to stop
+                    running, signalled = log.running_loss(step + 1, epoch, _stop_flags(checkpoints))
+                    stop = stop or signalled
                     bar.set_postfix(loss=f"{running:.4g}", lr=f"{lr:.3g}", refresh=False)
+                if stepped and checkpoints is not None:  # every n steps, or now when stopping on a signal
+                    self._checkpoint_mid_epoch(accelerator, checkpoints, stop, epoch, step + 1, log, metric, record)
 
-            summary = self._summarise_epoch(log, metric, epoch, start, time.time(), preparation)
+            summary = self._summarise_epoch(
+                log, metric, epoch, start, time.time(), preparation, _stop_flags(checkpoints), nonfinite
+            )
+            stop = stop or summary.pop("stop")
             summary.update(lr=float(lr), optimizer_steps=self.step)
+            if nonfinite == "skip":
+                summary["skipped_steps"] = log.skipped_steps
             plateau = isinstance(getattr(scheduler, "scheduler", None), ReduceLROnPlateau)
             due = epoch % display_step == 0 or epoch == self.n_epochs - 1 or plateau  # plateau needs it every epoch
             if test_check and test_loader is not None and due:
@@ -285,10 +315,14 @@ class BackwardLearner:
             record["preparation"]["preparation_time_cost"] = summary.pop("preparation_time_cost")
             record["training"][epoch] = summary
             self.epoch = epoch + 1
+            if checkpoints is not None:  # before the tracker hears of the epoch: a resumed run never logs it twice
+                saved = checkpoints.save(accelerator, self._progress(accelerator, epoch + 1, 0, None, None, record))
             if epoch % display_step == 0 or epoch == self.n_epochs - 1:
                 say(_describe(epoch, self.n_epochs, summary))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, summary)
+            if stop and epoch + 1 < self.n_epochs:
+                raise Interrupted(stop, record, saved)
         return record
 
     def test(
@@ -371,7 +405,9 @@ class BackwardLearner:
     def state_dict(self) -> dict[str, Any]:
         """The learner's own progress counters: epochs completed, optimizer steps taken, seed.
 
-        Model, optimizer and scheduler states are saved by ``accelerator.save_state``.
+        Model, optimizer and scheduler states are saved by ``accelerator.save_state``. For a
+        checkpoint that resumes mid-epoch exactly (the epoch's partial numbers, the RNG, the
+        position in the data), pass ``checkpoints=`` to :meth:`train` instead.
         """
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed}
 
@@ -417,8 +453,79 @@ class BackwardLearner:
             scheduler = accelerator.prepare(scheduler)  # so that save_state() includes it ...
             scheduler.step_with_optimizer = False  # ... but stepped by us, once (PITFALLS: not num_processes times)
         self._prepared = {"_models": model, "_optimizers": optimizer, "_schedulers": scheduler}
+        self._global_batch = int(getattr(loader, "total_batch_size", 0))  # samples per step over all ranks
         _check_loader("data_loader['train_loader']", train_loader, loader)
         return accelerator, model, optimizer, scheduler, loader
+
+    def _start(self, accelerator: Accelerator, checkpoints: Checkpoints | None, record: dict, test_loader: Any):
+        """Where training starts: a checkpoint's position, the counters of :meth:`load_state_dict`, or 0.
+
+        Returns:
+            This rank's saved progress when resuming from a checkpoint (its partial epoch is
+            restored by :meth:`_begin_epoch`), else None.
+        """
+        resume_from = checkpoints.resume_from if checkpoints is not None else None
+        if resume_from is None:
+            if not self._resume:
+                self.epoch = self.step = 0
+            self._resume = False
+            return None
+        self._resume = False
+        if test_loader is not None:  # the loaders prepared in the order they were saved in
+            self._prepare_loader(accelerator, test_loader)
+        progress = checkpoints.load(accelerator, resume_from)
+        self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
+        record["training"].update(progress["record"]["training"])
+        if not progress["batches_done"]:  # at an epoch's end: the saved RNG applies now (the next epoch draws)
+            _set_rng_states(progress["rng"])
+        return progress
+
+    def _begin_epoch(self, accelerator: Accelerator, metric: Metric | None, resumed: Mapping[str, Any] | None):
+        """A fresh batch log and metric for the epoch, or the saved partial ones; returns (log, batches done)."""
+        log = _BatchLog()
+        if metric is not None:
+            metric.reset()
+        if resumed is None or not resumed["batches_done"]:
+            return log, 0
+        log.load_state_dict(resumed["log"], accelerator.device)
+        if metric is not None and resumed["metric"] is not None:
+            metric.load_state_dict(_to_device(resumed["metric"], accelerator.device))
+        return log, int(resumed["batches_done"])
+
+    def _checkpoint_mid_epoch(self, accelerator, checkpoints, stop, epoch, done, log, metric, record) -> None:
+        """After an optimizer step: save when due or stopping (not on the epoch's last batch: its end saves).
+
+        Raises:
+            Interrupted: when stopping on a signal, once the checkpoint is saved.
+            NonFiniteLossError: the loss so far is NaN/inf: the broken state is never saved.
+        """
+        if not (stop or checkpoints.due(self.step)) or _last_batch(accelerator):
+            return
+        log.running_loss(done, epoch)  # a collective; raises on every rank on a NaN
+        saved = checkpoints.save(accelerator, self._progress(accelerator, epoch, done, log, metric, record))
+        if stop:
+            raise Interrupted(stop, record, saved)
+
+    def _progress(self, accelerator: Accelerator, epoch: int, batches_done: int, log, metric, record) -> dict:
+        """This rank's training progress for a checkpoint: one state dict, restored by :meth:`_start`.
+
+        The position is kept two ways: ``batches_done`` (batches of ``epoch`` each rank has trained
+        on) and ``samples_done``, the offset in the epoch's global sample order, which does not
+        depend on the number of processes.
+        """
+        return {
+            "epoch": epoch,
+            "step": self.step,
+            "batches_done": batches_done,
+            "samples_done": batches_done * self._global_batch,
+            "world_size": accelerator.num_processes,
+            "rank": accelerator.process_index,
+            "log": None if log is None else log.state_dict(),
+            "metric": None if metric is None else metric.state_dict(),
+            "record": copy.deepcopy(record),
+            "rng": _rng_states(),
+            "seed": self.seed,
+        }
 
     def _forget_prepared(self, accelerator: Accelerator) -> None:
         """Drop what this learner's previous train() prepared from the Accelerator's lists.
@@ -456,10 +563,18 @@ class BackwardLearner:
         if report.scores is not None and metric is not None:
             metric.update(y_score=_scores(self.loss, report.scores), y_true=report.target)
 
-    def _summarise_epoch(self, log, metric, epoch, start, end, preparation) -> dict[str, Any]:
-        """All of the epoch's train numbers in ONE collective; identical on every rank."""
+    def _summarise_epoch(
+        self, log, metric, epoch, start, end, preparation, stop_flags=None, nonfinite="error"
+    ) -> dict[str, Any]:
+        """All of the epoch's train numbers in ONE collective; identical on every rank.
+
+        ``stop_flags`` (see :func:`_stop_flags`) ride along: ``summary["stop"]`` is the signal any rank got, or None.
+        """
         accumulators: dict[str, Any] = {"loss": log.loss_mean(), "batch_loss": log.batch_loss(), "samples": Sum()}
         accumulators["samples"](sum(log.rows))
+        if stop_flags is not None:
+            accumulators["stop"] = Sum()
+            accumulators["stop"](torch.tensor(stop_flags, dtype=torch.int64))
         # Clock readings averaged over ranks, so every rank records the same times; a Mean rides in the
         # same all-reduce as the sums (a Max would cost one more collective per epoch).
         accumulators["times"] = Mean()
@@ -468,7 +583,8 @@ class BackwardLearner:
             accumulators["score"] = metric
         values = calculate(accumulators)
         batch_loss = values["batch_loss"].tolist()
-        log.raise_if_non_finite(batch_loss, epoch)
+        if nonfinite == "error":  # with "skip", a skipped batch's loss is NaN (weight 0 on every rank): left as null
+            log.raise_if_non_finite(batch_loss, epoch)
         preparation, start, end, *times = values["times"].tolist()
         name = metric.name if metric is not None else None
         batches = {}
@@ -487,6 +603,7 @@ class BackwardLearner:
             "batch_records": batches,
             "test_result": None,
             "preparation_time_cost": preparation,  # moved to record["preparation"] by train()
+            "stop": Checkpoints.agreed_signal(values["stop"].tolist()) if stop_flags is not None else None,
         }
 
 
@@ -510,12 +627,37 @@ class _BatchLog:
         self.times: list[float] = []
         self._running = Mean()  # the losses of batches [0, _running_upto), for running_loss()
         self._running_upto = 0
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite gradient (nonfinite="skip")
 
     def add(self, loss: torch.Tensor, size: Any, rows: int) -> None:
         self.losses.append(loss.detach())
         self.sizes.append(size)
         self.rows.append(rows)
         self.times.append(time.time())
+
+    def add_skipped(self, loss: torch.Tensor) -> None:
+        """A batch whose optimizer step was skipped (nonfinite="skip"): it counts with weight 0."""
+        self.add(torch.zeros_like(loss.detach()), 0, 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The batches so far, for a checkpoint (one stacked tensor: one device copy, no per-batch sync)."""
+        return {
+            "losses": torch.stack(self.losses).cpu() if self.losses else None,
+            "sizes": list(self.sizes),
+            "rows": list(self.rows),
+            "times": list(self.times),
+            "running": self._running.state_dict(),
+            "running_upto": self._running_upto,
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], device: torch.device) -> None:
+        losses = state["losses"]
+        self.losses = [] if losses is None else list(losses.to(device).unbind(0))
+        self.sizes, self.rows, self.times = list(state["sizes"]), list(state["rows"]), list(state["times"])
+        self._running.load_state_dict(_to_device(state["running"], device))
+        self._running_upto = int(state["running_upto"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
 
     def _stacked(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         losses = torch.stack(self.losses[start:stop]).reshape(stop - start)
@@ -540,15 +682,26 @@ class _BatchLog:
         mean(losses, weight=weights)
         return mean
 
-    def running_loss(self, upto: int, epoch: int) -> float:
-        """The global mean loss of the first ``upto`` batches; a collective. Raises on NaN/inf."""
+    def running_loss(self, upto: int, epoch: int, stop_flags: list[int] | None = None) -> Any:
+        """The global mean loss of the first ``upto`` batches; a collective. Raises on NaN/inf.
+
+        With ``stop_flags`` (see :func:`_stop_flags`), returns ``(loss, the signal any rank got or None)``,
+        found in the same collective.
+        """
         if upto > self._running_upto:  # extend with the new batches only: O(steps) per epoch, not O(steps^2)
             self._running.extend(*self._stacked(self._running_upto, upto))
             self._running_upto = upto
-        value = float(self._running.calculate())
+        accumulators: dict[str, Any] = {"loss": self._running}
+        if stop_flags is not None:
+            accumulators["stop"] = Sum()
+            accumulators["stop"](torch.tensor(stop_flags, dtype=torch.int64))
+        values = calculate(accumulators)
+        value = float(values["loss"])
         if not math.isfinite(value):  # every rank sees the same value: all take this path
             self.raise_if_non_finite(self.batch_loss(upto).calculate().tolist(), epoch)
-        return value
+        if stop_flags is None:
+            return value
+        return value, Checkpoints.agreed_signal(values["stop"].tolist())
 
     @staticmethod
     def raise_if_non_finite(batch_loss: list[float], epoch: int) -> None:
@@ -568,6 +721,84 @@ def _step_per_epoch(scheduler: Any, summary: Mapping[str, Any]) -> None:
         return
     test = summary["test_result"]
     scheduler.step(test["test_loss"] if test is not None and test["test_loss"] is not None else summary["train_loss"])
+
+
+def _remaining(loader: Any, done: int):
+    """The loader's batches after the first ``done`` (read and dropped, so the order is the loader's own)."""
+    for i, batch in enumerate(loader):
+        if i >= done:
+            yield batch
+
+
+def _optimizer_step(accelerator: Accelerator, model: nn.Module, optimizer: Any, nonfinite: str) -> bool:
+    """``optimizer.step()`` and ``zero_grad()`` (no-ops between accumulation boundaries).
+
+    With ``nonfinite="skip"``, a step whose gradients hold a NaN/inf is skipped; returns True then.
+    The gradients are all-reduced first, so a NaN on any rank is one on every rank: all skip together.
+    """
+    skip = nonfinite == "skip" and accelerator.sync_gradients and not _finite_gradients(model)
+    if not skip:
+        optimizer.step()
+    optimizer.zero_grad()
+    return skip
+
+
+def _finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite (one host sync; only with nonfinite="skip")."""
+    return bool(torch.isfinite(loss.detach()).all())
+
+
+def _finite_gradients(model: nn.Module) -> bool:
+    """Whether every gradient is finite (one host sync; only with nonfinite="skip")."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
+def _stop_flags(checkpoints: Checkpoints | None) -> list[int]:
+    """This rank's stop-signal flags (all 0 without checkpoints: nothing to stop with)."""
+    from .checkpoint import STOP_SIGNALS
+
+    return checkpoints.stop_flags() if checkpoints is not None else [0] * len(STOP_SIGNALS)
+
+
+def _last_batch(accelerator: Accelerator) -> bool:
+    return bool(accelerator.gradient_state.end_of_dataloader)
+
+
+def _rng_states() -> dict[str, Any]:
+    """This process's random generators (torch CPU and accelerator devices, Python, NumPy)."""
+    import random
+
+    import numpy as np
+
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: Mapping[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _to_device(state: Any, device: torch.device) -> Any:
+    """An accumulator's state dict with its tensors on ``device`` (checkpoints load on the CPU)."""
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    if isinstance(state, Mapping):
+        out = {k: _to_device(v, device) for k, v in state.items()}
+        if "device" in out and isinstance(out["device"], str):
+            out["device"] = str(device)
+        return out
+    return state
 
 
 def _check_loader(name: str, raw: Any, prepared: Any) -> None:

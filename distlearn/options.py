@@ -14,6 +14,8 @@ from typing import Any
 
 __all__ = [
     "MIXED_PRECISION",
+    "NONFINITE_MODES",
+    "RESUME_MODES",
     "SCHEDULER_INTERVALS",
     "TRACKING_BACKENDS",
     "TRACKING_MODES",
@@ -26,6 +28,8 @@ MIXED_PRECISION = ("no", "bf16", "fp16")  # fp16 needs a GPU: on CPU Accelerate 
 SCHEDULER_INTERVALS = ("epoch", "step")
 TRACKING_BACKENDS = ("wandb", "none")
 TRACKING_MODES = ("online", "offline", "disabled")
+RESUME_MODES = ("auto", "none")  # or the path of a checkpoint folder
+NONFINITE_MODES = ("error", "skip")  # a NaN/inf training loss: stop, or skip that optimizer step
 
 
 def is_int(value: Any) -> bool:

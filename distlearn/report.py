@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 OUTPUT_FILES = ("config.yaml", "record.json", "model.safetensors", "curves.png")
+INCOMPLETE = "OUTPUTS_INCOMPLETE"  # present only while write_outputs replaces the set
 
 
 class OutputDirError(FileExistsError):
@@ -58,7 +59,11 @@ def default_output_dir(config_path: str | Path | None = None, now: datetime | No
 
 
 def prepare_output_dir(
-    output_dir: str | Path | None, overwrite: bool, config_path: str | Path | None = None, now: datetime | None = None
+    output_dir: str | Path | None,
+    overwrite: bool,
+    config_path: str | Path | None = None,
+    now: datetime | None = None,
+    resumable: bool = False,
 ) -> Path:
     """Choose and create the run's output folder, refusing to mix with an earlier run.
 
@@ -72,6 +77,9 @@ def prepare_output_dir(
             output files are replaced, other files are left as they are.
         config_path: The config given on the command line (names the default folder).
         now: The time to stamp the default folder with (default: now).
+        resumable: The run may continue an earlier one (``run.resume`` is not ``none``): a
+            folder holding a complete checkpoint, or only what a run leaves before its first
+            one (``checkpoints/``, ``wandb/``), is used as it is.
 
     Returns:
         The folder, created, as an absolute path.
@@ -92,6 +100,8 @@ def prepare_output_dir(
         raise OutputDirError(f"run.output_dir {str(path)!r} exists and is not a folder; choose another path.")
     if path.is_dir() and not overwrite:
         existing = sorted(p.name for p in path.iterdir())
+        if resumable and _resumable(path, existing):
+            existing = []
         if existing:
             shown = ", ".join(existing[:6]) + (", ..." if len(existing) > 6 else "")
             raise OutputDirError(
@@ -100,6 +110,22 @@ def prepare_output_dir(
             )
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
+
+
+def _resumable(path: Path, entries: list[str]) -> bool:
+    """Whether a run folder can be continued: it holds a complete checkpoint, or no output yet."""
+    from .checkpoint import latest
+
+    return set(entries) <= {"checkpoints", "wandb"} or latest(path) is not None
+
+
+def remove_if_unused(path: str | Path) -> None:
+    """Remove a run folder that holds no file at all (left by a start that failed), else nothing."""
+    path = Path(path)
+    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -142,14 +168,21 @@ def write_outputs(
 
     Returns:
         The paths written.
+
+    The four files are replaced as one set: ``OUTPUTS_INCOMPLETE`` exists in the folder while
+    they are being replaced, so a kill in between leaves a folder that says it is incomplete.
     """
     out = Path(output_dir)
-    return [
+    marker = out / INCOMPLETE
+    atomic_write(marker, lambda tmp: tmp.write_text("the outputs are being replaced; a kill left a mix of two sets\n"))
+    files = [
         write_config(out / "config.yaml", config),
         write_record(out / "record.json", record),
         write_model(out / "model.safetensors", state_dict),
         write_curves(out / "curves.png", record),
     ]
+    marker.unlink()
+    return files
 
 
 def write_config(path: str | Path, config: Mapping[str, Any]) -> Path:

@@ -154,6 +154,7 @@ class Tracker:
         self.dir: Path | None = None  # where the W&B files go, set by start()
         self.run_dir: Path | None = None  # the wandb run folder, on the main process after start()
         self._accelerator: Any = None
+        self.run_id: str | None = None  # the W&B run id, on the main process after start()
 
     @property
     def enabled(self) -> bool:
@@ -164,7 +165,9 @@ class Tracker:
         """What the Accelerator must be built with for this tracker (``log_with``)."""
         return {"log_with": "wandb"} if self.enabled else {}
 
-    def start(self, accelerator: Any, config: Mapping[str, Any], output_dir: str | Path) -> None:
+    def start(
+        self, accelerator: Any, config: Mapping[str, Any], output_dir: str | Path, resume_id: str | None = None
+    ) -> None:
         """Start the W&B run with the resolved config (the main process only; every rank calls).
 
         Args:
@@ -173,6 +176,9 @@ class Tracker:
             output_dir: The run's output folder: the W&B files go there unless
                 ``WANDB_DIR`` is set, and its name is the W&B run name unless
                 ``run.tracking.name`` is set.
+            resume_id: The W&B run id of the run this one continues (from its checkpoint): the
+                run logs into it (``resume="allow"``). Offline, W&B writes a second
+                ``offline-run-*`` folder under the same id; ``wandb sync`` both folders.
 
         Raises:
             Whatever ``wandb.init`` raises (on the main process): a run that was
@@ -185,6 +191,8 @@ class Tracker:
         init = {"name": self.tracking.get("name") or output_dir.name, "dir": str(self.dir)}
         if self.tracking.get("entity"):
             init["entity"] = self.tracking["entity"]
+        if resume_id:
+            init.update(id=resume_id, resume="allow")
         if not self.env.get("WANDB_MODE"):  # a user's WANDB_MODE is read by wandb itself; an init argument would win
             init["mode"] = self.mode
         if accelerator.is_main_process:
@@ -197,6 +205,7 @@ class Tracker:
             run = accelerator.get_tracker("wandb", unwrap=True)
             run_files = getattr(run, "dir", None)  # <dir>/wandb/<offline-run-...>/files
             self.run_dir = Path(run_files).parent if run_files else None
+            self.run_id = getattr(run, "id", None)
 
     def log_epoch(self, epoch: int, summary: Mapping[str, Any]) -> None:
         """Log one epoch's numbers at ``step=epoch`` (the learner's ``on_epoch_end`` hook)."""

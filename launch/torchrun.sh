@@ -16,9 +16,8 @@
 #                        CUDA_VISIBLE_DEVICES when set, else the lines of `nvidia-smi -L`
 #   MAX_RESTARTS         torchrun --max_restarts (default 0): after a failure, start
 #                        every process again, this many times at most. A restart reruns
-#                        the command from the top; until checkpoint resume (run.resume)
-#                        lands it trains from scratch, in a new timestamped folder, or in
-#                        a named run.output_dir only with run.overwrite=true
+#                        the command from the top: with a named run.output_dir it resumes
+#                        from that folder's newest complete checkpoint (run.resume=auto)
 #   NNODES               machines (default 1: standalone, a free local port)
 #   NODE_RANK            this machine's rank (default 0; c10d assigns ranks anyway)
 #   RDZV_ENDPOINT        host:port of the c10d rendezvous, required when NNODES > 1

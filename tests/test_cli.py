@@ -96,7 +96,9 @@ def test_default_config_is_digits_and_all_outputs_are_valid(baseline):
     from distlearn.config import instantiate
     from distlearn.data import SklearnDataset
 
-    assert sorted(p.name for p in baseline.iterdir()) == ["config.yaml", "curves.png", "model.safetensors", "record.json"]
+    assert sorted(p.name for p in baseline.iterdir()) == [
+        "checkpoints", "config.yaml", "curves.png", "model.safetensors", "record.json"
+    ]
 
     config = OmegaConf.to_container(OmegaConf.load(baseline / "config.yaml"))
     assert config["data_configs"]["data_parameters"]["name"] == "digits"
@@ -254,3 +256,39 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
     write_record(target, {"training": {0: {"loss": float("nan"), "score": torch.tensor(0.5), "n": torch.tensor(3)}}})
     assert strict_json(target.read_text()) == {"training": {"0": {"loss": None, "score": 0.5, "n": 3}}}
+
+
+def test_resuming_another_experiment_is_refused_before_training_naming_key_old_and_new(tmp_path):
+    out = tmp_path / "run"
+    first = distlearn("learner_configs.learner_parameters.n_epochs=1", NO_TRACKING, f"run.output_dir={out}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = (out / "record.json").read_bytes()
+    again = distlearn(
+        "learner_configs.learner_parameters.n_epochs=2", NO_TRACKING, f"run.output_dir={out}",
+        "learner_configs.learner_parameters.optimizer_configs.optimizer_parameters.lr=0.5", cwd=tmp_path,
+    )
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "the experiment differs from the one it saved" in again.stderr
+    assert "learner_configs.learner_parameters.optimizer_configs.optimizer_parameters.lr: 0.001 in the checkpoint, 0.5 now" in again.stderr
+    assert "n_epochs" not in again.stderr  # a change a resumed run may make
+    assert (out / "record.json").read_bytes() == before  # nothing was trained or written
+    fresh = distlearn("learner_configs.learner_parameters.n_epochs=1", NO_TRACKING, f"run.output_dir={out}",
+                      "run.resume=none", cwd=tmp_path)
+    assert fresh.returncode == 2 and "already holds an earlier run" in fresh.stderr  # none: a fresh start, refused here
+
+
+def test_outputs_are_replaced_as_one_set_and_a_half_written_set_says_so(tmp_path, monkeypatch):
+    from distlearn import report
+
+    config, record, weights = {"run": {"seed": 0}}, {"training": {0: {"train_loss": 1.0}}}, {"w": torch.zeros(2)}
+    files = report.write_outputs(tmp_path, config, record, weights)
+    assert [p.name for p in files] == list(report.OUTPUT_FILES)
+    assert not (tmp_path / report.INCOMPLETE).exists()
+
+    def broken(path, record):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "write_curves", broken)  # killed or failed between two files of the set
+    with pytest.raises(OSError):
+        report.write_outputs(tmp_path, config, {"training": {}}, weights)
+    assert (tmp_path / report.INCOMPLETE).exists()  # the folder says it holds a mix of two sets

@@ -84,7 +84,7 @@ def test_overrides_are_typed_and_merged_onto_defaults(tmp_path):
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(small))
     loaded = load_config(path)
-    assert loaded.run.overwrite is False and loaded.run.resume is None
+    assert loaded.run.overwrite is False and loaded.run.resume == "auto"
     assert loaded.run.tracking.backend == "wandb"
 
     with pytest.raises(ConfigError, match="expected key.path=value"):

@@ -165,3 +165,36 @@ def test_an_earlier_run_is_refused_on_every_rank_without_hanging(tmp_path):
     assert result.returncode != 0
     assert result.stderr.count("distlearn: error:") == 1 and "already holds an earlier run" in result.stderr
     assert [p.name for p in out.iterdir()] == ["record.json"] and (out / "record.json").read_text() == "earlier"
+
+
+@pytest.mark.parametrize(
+    ("status", "restarts", "requeued"),
+    [("interrupted", "0", True), ("interrupted", "10", False), ("completed", "0", False)],
+)
+def test_slurm_sbatch_resumes_into_the_jobs_folder_and_requeues_an_interrupted_run(tmp_path, status, restarts, requeued):
+    """With stand-ins for srun (the run "ends" with the given record status) and scontrol (logs a requeue)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(
+        "#!/usr/bin/env bash\n"
+        "for a in \"$@\"; do [[ $a == run.output_dir=* ]] && out=${a#run.output_dir=}; done\n"
+        "echo \"$out\" > \"$LOG_DIR/output_dir\"\n"
+        "mkdir -p \"$out\" && printf '{\\n \"status\": \"%s\"\\n}\\n' \"$STATUS\" > \"$out/record.json\"\n"
+        "[[ $STATUS == completed ]]\n"
+    )
+    (bin_dir / "scontrol").write_text(
+        "#!/usr/bin/env bash\n"
+        "if [[ $1 == requeue ]]; then echo \"$2\" >> \"$LOG_DIR/requeued\"; else echo 127.0.0.1; fi\n"
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = script_env(
+        PATH=f"{bin_dir}:{run_env()['PATH']}", SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_JOB_NODELIST="node0",
+        SLURM_JOB_ID="77", SLURM_RESTART_COUNT=restarts, LOG_DIR=str(tmp_path), STATUS=status,
+    )
+    result = run_command(["bash", str(LAUNCH / "slurm.sbatch"), "configs/wine.yaml", "run.seed=1", "-q"], tmp_path, env)
+    assert (tmp_path / "output_dir").read_text().strip() == "runs/wine-slurm-77"  # found again by a requeued job
+    assert (result.returncode == 0) == (status == "completed")
+    assert (tmp_path / "requeued").exists() == requeued, result.stderr
+    if requeued:
+        assert (tmp_path / "requeued").read_text().strip() == "77"

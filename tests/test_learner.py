@@ -207,6 +207,23 @@ def test_non_finite_loss_names_epoch_and_step_on_every_rank(runs):
                 assert "epoch 0, step 3" in out[every]["message"]
 
 
+def test_non_finite_skip_skips_the_step_on_every_rank_and_counts_it(runs):
+    one = _load(runs, "python1", "nan")["skip"]
+    for launch in ("python1", "accelerate2", "torchrun3"):
+        for rank in range(_ranks(launch)):
+            out = _load(runs, launch, "nan", rank)["skip"]
+            epochs = _epochs(out)
+            assert [e["skipped_steps"] for e in epochs] == [1, 1]
+            assert [e["optimizer_steps"] for e in epochs] == [7, 14]  # 8 batches per epoch, one skipped
+            assert all(math.isfinite(w) for w in out["weights"])
+            for e1, e2 in zip(_epochs(one), epochs, strict=True):  # the same numbers on any number of ranks
+                assert _close(e1["train_loss"], e2["train_loss"], 1e-5) and e1["samples"] == e2["samples"]
+                assert math.isnan(e2["batch_records"]["3"]["loss"])  # the skipped batch: no loss (weight 0)
+            assert max(abs(a - b) for a, b in zip(one["weights"], out["weights"], strict=True)) < 1e-5
+    # the skipped step's whole global batch (6 samples) is left out of the epoch's numbers
+    assert [e["samples"] for e in _epochs(one)] == [42, 42]
+
+
 def test_bad_input_errors_on_every_rank(runs):
     for rank in range(2):
         out = _load(runs, "accelerate2", "errors", rank)

@@ -154,3 +154,32 @@ def test_epoch_metrics_names_and_drops_missing_values():
         "epoch": 3, "train/loss": 0.5, "train/mse": pytest.approx(0.9), "lr": 1e-3, "epoch_time": 2.0,
     }
 
+
+
+# --------------------------------------------------------------------------- a resumed run
+
+
+def test_a_resumed_run_keeps_its_wandb_id_and_logs_each_epoch_once(tmp_path):
+    """Offline, W&B writes a second offline-run folder for the resumed part, under the same run id;
+    `wandb sync` of both gives one run. Every epoch is logged exactly once across the two."""
+    out = tmp_path / "run"
+    env = run_env(WANDB_MODE="offline")
+    env.pop("WANDB_DIR", None)
+    common = ("run.tracking.project=distlearn-tests", f"run.output_dir={out}")
+    first = distlearn("learner_configs.learner_parameters.n_epochs=2", *common, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # the same command with more epochs: resumes from the last epoch's checkpoint and logs into the same run
+    second = distlearn("learner_configs.learner_parameters.n_epochs=3", *common, cwd=tmp_path, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stderr.startswith("resuming from checkpoint") and "(the start of epoch 3, optimizer step" in second.stderr
+    assert "changed since the checkpoint: learner_configs.learner_parameters.n_epochs 2 -> 3" in second.stderr
+    files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2
+    ids = set()
+    steps: list[int] = []
+    for file in files:
+        run_records = [r.run for r in wandb_records(file) if r.WhichOneof("record_type") == "run"]
+        ids.add(run_records[0].run_id)
+        steps += sorted(read_wandb_run(file)["history"])
+    assert len(ids) == 1  # one W&B run, continued
+    assert sorted(steps) == [0, 1, 2]  # each epoch once

@@ -168,6 +168,14 @@ def nan():
         )
         loader = {"train_loader": DataLoader(_NaNAt(20), batch_size=GLOBAL_BATCH // WORLD)}
         out[f"every_{every}"] = _error_of(lambda: learner.train(model(), loader, disable_tqdm=True))
+    # nonfinite="skip": the NaN batch's optimizer step is skipped on every rank, once per epoch
+    learner = BackwardLearner(
+        n_epochs=2, loss=nn.CrossEntropyLoss(), optimizer_configs=sgd(), display_every_n_steps=2,
+        accelerator_kwargs=FAST_FAIL,
+    )
+    net = model()
+    loader = {"train_loader": DataLoader(_NaNAt(20), batch_size=GLOBAL_BATCH // WORLD)}
+    out["skip"] = run(learner, net, {**loader, "test_loader": loaders(6)["test_loader"]}, nonfinite="skip")
     return out
 
 

@@ -1,0 +1,27 @@
+"""``distlearn train`` with one rank that stops answering: for the run.timeout_s test.
+
+    torchrun --nproc_per_node 2 stalled_rank.py [distlearn train arguments]
+
+The last rank sleeps STALL_S seconds (default 120) before its first epoch's summary,
+so the other ranks wait in that collective until the process-group timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from distlearn import cli
+from distlearn.learner import BackwardLearner
+
+if int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1:
+    summarise = BackwardLearner._summarise_epoch
+
+    def stalled(self, *args, **kwargs):
+        time.sleep(float(os.environ.get("STALL_S", "120")))
+        return summarise(self, *args, **kwargs)
+
+    BackwardLearner._summarise_epoch = stalled
+
+sys.exit(cli.main(["train", *sys.argv[1:]]))

@@ -1,0 +1,253 @@
+"""The resume guarantee: a run SIGKILLed anywhere and started again ends bitwise where it would have.
+
+Each run is tests/scripts/resume_run.py in a real process (1 process: python; 2: torchrun with
+gloo on CPU). A killed run is started again with the same command and the same folder until it
+finishes; its final weights must be bitwise those of the uninterrupted run, and its record the
+same in every number but the clock readings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distlearn import checkpoint
+
+SCRIPT = Path(__file__).parent / "scripts" / "resume_run.py"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", PYTHONPATH=str(ROOT))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "RANK_ONLY"):
+        env.pop(key, None)
+    env.update(extra)
+    return env
+
+
+def _run(procs: int, run_dir: Path, result: Path, kill: str | None = None, **env: str) -> subprocess.CompletedProcess:
+    if procs == 1:
+        cmd = [sys.executable, str(SCRIPT)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--standalone",
+               "--monitor_interval", "0.2", str(SCRIPT)]
+    cmd += [str(run_dir), str(result)] + ([kill] if kill else [])
+    return subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=240)
+
+
+def _without_clocks(record: dict) -> dict:
+    """The record with every clock reading (times, durations, speeds) left out."""
+    if isinstance(record, dict):
+        return {k: _without_clocks(v) for k, v in record.items()
+                if "time" not in k and k not in ("samples_per_second", "preparation")}
+    return record
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference runs, 1 and 2 processes, never killed."""
+    out = {}
+    for procs in (1, 2):
+        base = tmp_path_factory.mktemp(f"full{procs}")
+        done = _run(procs, base / "run", base / "result.json")
+        assert done.returncode == 0, done.stderr[-3000:]
+        out[procs] = json.loads((base / "result.json").read_text())
+    return out
+
+
+def _resume_until_done(procs, run_dir, result, kills):
+    """Kill the run at each of ``kills`` in turn, restarting it with the same command, then let it finish.
+
+    A kill is ``"where"`` (every rank) or ``("where", rank)`` (that rank only).
+    """
+    resumed = []
+    for kill in kills:
+        kill, env = (kill, {}) if isinstance(kill, str) else (kill[0], {"RANK_ONLY": str(kill[1])})
+        killed = _run(procs, run_dir, result, kill, **env)
+        assert killed.returncode != 0, f"{kill}: the run was not killed\n{killed.stderr[-2000:]}"
+        assert "SIGKILL at" in killed.stderr, killed.stderr[-3000:]
+        assert not result.exists()
+        resumed.append(checkpoint.latest(run_dir)[0].name if checkpoint.latest(run_dir) else None)
+    done = _run(procs, run_dir, result)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(result.read_text()), resumed, done
+
+
+def _assert_same(got: dict, want: dict) -> None:
+    assert got["weights_hex"] == want["weights_hex"], "final weights differ from the uninterrupted run's"
+    assert _without_clocks(got["record"]) == _without_clocks(want["record"])
+    assert list(got["record"]["training"]) == ["0", "1", "2"]
+
+
+def test_one_process_killed_mid_epoch_at_epoch_end_and_during_saves_ends_bitwise_equal(uninterrupted, tmp_path):
+    # Saves happen at steps 4, 8, 9 (epoch 0 ends), 12, 16, 18 (epoch 1), 20, 24, 27.
+    kills = ["step:6", "epoch:0", "save:16", "rename:20", "step:26"]
+    got, latest, _ = _resume_until_done(1, tmp_path / "run", tmp_path / "result.json", kills)
+    assert latest == ["step-00000004", "step-00000009", "step-00000012", "step-00000018", "step-00000024"]
+    _assert_same(got, uninterrupted[1])
+    assert got["resumed_from"] == "step-00000024"
+
+
+def test_two_processes_killed_anywhere_end_bitwise_equal(uninterrupted, tmp_path):
+    # ("save:16", 0): the main process dies during a save while rank 1 waits in its barrier (the launcher
+    # stops it); ("step:22", 1): rank 1 only, while rank 0 goes on to the next collective
+    kills = [("save:16", 0), ("step:22", 1)]
+    got, latest, _ = _resume_until_done(2, tmp_path / "run", tmp_path / "result.json", kills)
+    assert latest == ["step-00000012", "step-00000020"]
+    _assert_same(got, uninterrupted[2])
+    assert got["resumed_from"] == "step-00000020"
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning_and_the_result_is_the_same(uninterrupted, tmp_path):
+    run_dir, result = tmp_path / "run", tmp_path / "result.json"
+    _run(1, run_dir, result, "step:14")
+    newest = run_dir / "checkpoints" / "step-00000012"
+    with open(newest / "model.safetensors", "r+b") as f:  # truncated, as by a disk that filled up
+        f.truncate(100)
+    done = _run(1, run_dir, result)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "skipping checkpoint" in done.stderr and "step-00000012" in done.stderr and "model.safetensors" in done.stderr
+    got = json.loads(result.read_text())
+    assert got["resumed_from"] == "step-00000009"
+    _assert_same(got, uninterrupted[1])
+
+
+def test_gradient_accumulation_resumes_at_an_optimizer_step_boundary(tmp_path):
+    """ACCUM=2: 9 batches make 5 optimizer steps per epoch; checkpoints at steps 4, 5 (epoch end), 8, 10, ..."""
+    full = tmp_path / "full"
+    done = _run(1, full / "run", full / "result.json", ACCUM="2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = json.loads((full / "result.json").read_text())
+    run_dir, result = tmp_path / "run", tmp_path / "result.json"
+    for kill in ("step:7", "step:9"):  # mid-epoch, after checkpoints 4 (mid-epoch, batch 8) and 8
+        assert _run(1, run_dir, result, kill, ACCUM="2").returncode == -signal.SIGKILL
+    done = _run(1, run_dir, result, ACCUM="2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(result.read_text())
+    assert got["resumed_from"] == "step-00000008"
+    _assert_same(got, want)
+
+
+def test_find_skips_incomplete_folders_and_keeps_the_newest_complete(tmp_path, caplog):
+    root = tmp_path / "checkpoints"
+    for step, marker in ((3, True), (7, True), (9, False), (11, "garbage")):
+        folder = root / f"step-{step:08d}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"x" * 10)
+        if marker is True:
+            (folder / checkpoint.MARKER).write_text(json.dumps({"step": step, "files": {"model.safetensors": 10}}))
+        elif marker:
+            (folder / checkpoint.MARKER).write_text("{not json")
+    (root / ".tmp-step-00000013").mkdir()
+    with caplog.at_level("WARNING"):
+        found = checkpoint.find(tmp_path)
+    assert [p.name for p, _ in found] == ["step-00000007", "step-00000003"]
+    text = caplog.text
+    assert "step-00000009: no commit marker" in text and "step-00000011: unreadable commit marker" in text
+    assert checkpoint.latest(tmp_path / "nothing") is None
+
+
+def test_sigkill_really_kills(tmp_path):
+    """The harness itself: a kill is a SIGKILL (exit -9), not an exception the script could catch."""
+    killed = _run(1, tmp_path / "run", tmp_path / "r.json", "step:2")
+    assert killed.returncode == -signal.SIGKILL
+
+
+# --------------------------------------------------------------------------- signals, through the command
+
+SIGNAL_RUN = ("learner_configs.learner_parameters.n_epochs=4", "data_configs.data_parameters.batch_size=8",
+              "run.tracking.backend=none", "run.checkpoint.every_n_steps=40")
+
+
+def _distlearn(procs: int, out: Path, *extra: str) -> list[str]:
+    launch = [sys.executable] if procs == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--standalone"]
+    return [*launch, "-m", "distlearn", "train", *SIGNAL_RUN, f"run.output_dir={out}", *extra]
+
+
+def _rank_pid(launcher: int, rank: int) -> int:
+    """The pid of the worker of ``rank`` among the launcher's children."""
+    for _ in range(200):
+        for child in Path("/proc").glob("[0-9]*"):
+            try:
+                if int((child / "stat").read_text().rsplit(")", 1)[1].split()[1]) != launcher:
+                    continue
+                env = (child / "environ").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if f"RANK={rank}".encode() in env:
+                return int(child.name)
+        import time
+
+        time.sleep(0.1)
+    raise AssertionError(f"no rank {rank} under pid {launcher}")
+
+
+def _signal_after_first_epoch(procs: int, out: Path, log: Path, rank: int = 0) -> tuple[int, float]:
+    """Start the run, SIGTERM one process once the first epoch is logged; returns (exit code, seconds to exit)."""
+    import time
+
+    with open(log, "w") as err:
+        proc = subprocess.Popen(_distlearn(procs, out), env=_env(), stdout=subprocess.DEVNULL, stderr=err, cwd=out.parent)
+    try:
+        target = proc.pid if procs == 1 else _rank_pid(proc.pid, rank)
+        deadline = time.time() + 180
+        while "epoch 1/4" not in log.read_text():
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        os.kill(target, signal.SIGTERM)
+        sent = time.time()
+        code = proc.wait(timeout=60)
+        return code, time.time() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_sigterm_checkpoints_exits_143_and_the_rerun_ends_bitwise_equal(tmp_path, procs):
+    full = tmp_path / "full"
+    done = subprocess.run(_distlearn(procs, full), env=_env(), capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    out, log = tmp_path / "stopped", tmp_path / "stopped.log"
+    code, seconds = _signal_after_first_epoch(procs, out, log, rank=procs - 1)  # 2 processes: rank 1 gets it
+    text = log.read_text()
+    assert code == 143 if procs == 1 else code != 0, text[-3000:]
+    if procs > 1:
+        assert "exitcode  : 143" in text or "exitcode: 143" in text.replace("  ", " "), text[-3000:]
+    assert seconds < 30
+    assert "interrupted by SIGTERM" in text and "resume with the same launch and: distlearn train" in text
+    partial = json.loads((out / "record.json").read_text())
+    assert partial["status"] == "interrupted" and "0" in partial["training"] and "3" not in partial["training"]
+    assert checkpoint.latest(out) is not None
+
+    again = subprocess.run(_distlearn(procs, out), env=_env(), capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.lstrip().startswith("resuming from checkpoint"), again.stderr[:500]
+    assert (out / "model.safetensors").read_bytes() == (full / "model.safetensors").read_bytes()
+    got, want = json.loads((out / "record.json").read_text()), json.loads((full / "record.json").read_text())
+    assert got["status"] == want["status"] == "completed"
+    assert _without_clocks(got) == _without_clocks(want)
+
+
+def test_a_rank_that_never_arrives_ends_the_run_after_run_timeout_s(tmp_path):
+    """The last rank stalls before the first epoch's collective: the others stop after run.timeout_s, not 30 min."""
+    import time
+
+    script = Path(__file__).parent / "scripts" / "stalled_rank.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script),
+           "learner_configs.learner_parameters.n_epochs=1", "run.tracking.backend=none", "run.timeout_s=3",
+           f"run.output_dir={tmp_path / 'run'}"]
+    began = time.time()
+    done = subprocess.run(cmd, env=_env(STALL_S="8"), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "did not arrive within run.timeout_s=3 s" in done.stderr, done.stderr[-3000:]
+    assert time.time() - began < 90
+    assert not (tmp_path / "run").exists()  # nothing was written: no empty run folder is left
