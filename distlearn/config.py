@@ -385,30 +385,41 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], *, check_output_dir: bo
             if key not in OPTIONAL_SECTIONS:
                 problems.append(f"{key}: missing; expected {{{prefix}_class: ..., {prefix}_parameters: {{...}}}}")
             continue
-        cls, params = _check_section(c[key], key, prefix, problems)
-        at = f"{key}.{prefix}_parameters"
-        if cls is None or params is None:
-            continue
-        if key in AUTO_SIZED:  # the parameters sized from the data count as supplied
-            auto = _auto_sized(cls, params, key)
-            for name, (attr, needed) in auto.items():
-                if needed and data_cls is not None and not hasattr(data_cls, attr):
-                    problems.append(
-                        f"{at}.{name}: {params.get(name, AUTO)!r} takes the size from the data's {attr!r}, but "
-                        f"{data_cls.__module__}.{data_cls.__qualname__} has none; set {name} to an int"
-                    )
-            given = {k: v for k, v in params.items() if k not in auto}
-            _check_parameters(cls, given, at, problems, supplied=set(auto))
-        elif prefix == "learner":
-            _check_learner(cls, params, at, problems)
-        else:
-            data_cls = cls  # only the data section gets here
-            _check_parameters(cls, params, at, problems)
+        for label, section in _sections(c, key, problems):
+            cls, params = _check_section(section, label, prefix, problems)
+            at = f"{label}.{prefix}_parameters"
+            if cls is None or params is None:
+                continue
+            if key in AUTO_SIZED:  # the parameters sized from the data count as supplied
+                auto = _auto_sized(cls, params, key)
+                for name, (attr, needed) in auto.items():
+                    if needed and data_cls is not None and not hasattr(data_cls, attr):
+                        problems.append(
+                            f"{at}.{name}: {params.get(name, AUTO)!r} takes the size from the data's {attr!r}, but "
+                            f"{data_cls.__module__}.{data_cls.__qualname__} has none; set {name} to an int"
+                        )
+                given = {k: v for k, v in params.items() if k not in auto}
+                _check_parameters(cls, given, at, problems, supplied=set(auto))
+            elif prefix == "learner":
+                _check_learner(cls, params, at, problems)
+            else:
+                data_cls = cls  # only the data section gets here
+                _check_parameters(cls, params, at, problems)
     _check_run(c.get("run"), problems)
     if check_output_dir:
         _check_output_dir(c.get("run"), problems)
     if problems:
         raise ConfigError(problems)
+
+
+def _sections(c: dict, key: str, problems: list[str]) -> list[tuple[str, Any]]:
+    """``(key path, section)`` pairs: one section, or for ``metric_configs`` a list of them
+    (several metrics, reduced together; the first is the primary score)."""
+    if key != "metric_configs" or not isinstance(c[key], list):
+        return [(key, c[key])]
+    if not c[key]:
+        problems.append(f"{key}: an empty list; give one or more {{metric_class: ...}} entries, or null for no metric")
+    return [(f"{key}[{i}]", section) for i, section in enumerate(c[key])]
 
 
 def _check_keys(mapping: dict, known: Sequence[str], at: str, problems: list[str]) -> None:
@@ -673,11 +684,11 @@ def build_experiment(
     c = _with_run_defaults(_plain(cfg))
     run = c["run"]
 
-    def build(key: str, **extra: Any) -> Any:
-        prefix = SECTIONS[key]
-        cls = resolve_class(c[key][f"{prefix}_class"], f"{key}.{prefix}_class")
-        at = f"{key}.{prefix}_parameters"
-        params = dict(c[key].get(f"{prefix}_parameters") or {})
+    def build(key: str, section: Any = None, label: str | None = None, **extra: Any) -> Any:
+        prefix, section, label = SECTIONS[key], c[key] if section is None else section, label or key
+        cls = resolve_class(section[f"{prefix}_class"], f"{label}.{prefix}_class")
+        at = f"{label}.{prefix}_parameters"
+        params = dict(section.get(f"{prefix}_parameters") or {})
         auto = _auto_sized(cls, params, key) if key in AUTO_SIZED else {}
         for name, (attr, needed) in auto.items():  # sizes left to the data
             if (size := getattr(data, attr, None)) is not None:
@@ -700,11 +711,24 @@ def build_experiment(
     torch.manual_seed(run["seed"])
     model = build("model_configs")
     learner = build("learner_configs", **learner_kwargs)
-    metric = build("metric_configs") if c.get("metric_configs") else None
+    metric = None
+    if c.get("metric_configs"):
+        metrics = [build("metric_configs", section, label) for label, section in _sections(c, "metric_configs", [])]
+        metric = metrics[0] if not isinstance(c["metric_configs"], list) else _collection(metrics)
     logger.debug("built experiment: data=%r model=%s metric=%r", data, type(model).__name__, metric)
     return Experiment(
         data=data, data_loaders=data_loaders, model=model, learner=learner, metric=metric, run=run, config=c
     )
+
+
+def _collection(metrics: list[Any]) -> Any:
+    """Several metrics from a YAML list: one collection, reduced in one collective; the first is the primary."""
+    from .metrics import Metrics
+
+    try:
+        return Metrics(metrics)
+    except ValueError as exc:  # two metrics of one name
+        raise ConfigError([f"metric_configs: {exc}"]) from None
 
 
 def _check_outputs(out_features: Any, data: Any, key: str) -> None:

@@ -35,11 +35,11 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from tqdm.auto import tqdm
 
-from .accelerator import MIXED_PRECISION, build_accelerator, check_accelerator
+from .accelerator import MIXED_PRECISION, build_accelerator, check_accelerator, prepare_loader
 from .accumulators import Cat, List, Mean, Sum, calculate
 from .batches import Batches, Report
 from .checkpoint import Checkpoints, Interrupted
-from .metrics import Metric
+from .metrics import Metric, Metrics, is_metric
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
 
@@ -350,7 +350,7 @@ class BackwardLearner:
         begin = time.time()
         metric = _fresh(metric)
         accelerator = self.accelerator(device)
-        loader = self._prepare_loader(accelerator, test_loader)
+        loader = self._prepare_loader(accelerator, test_loader, evaluation=True)
         _check_loader("test_loader", test_loader, loader)
         module = _eval_module(accelerator, model)
         idx = None if test_idx is None else torch.as_tensor(test_idx, device=accelerator.device)
@@ -393,7 +393,7 @@ class BackwardLearner:
         values = calculate(accumulators)
         result: dict[str, Any] = {
             "test_loss": float(values["loss"]) if "loss" in values else None,
-            "test_score": values.get("score"),
+            **_scores_of(metric, values.get("score"), "test"),
             "time_cost": float(values["seconds"]),
             "metric_name": metric.name if metric is not None else None,
         }
@@ -472,7 +472,7 @@ class BackwardLearner:
             return None
         self._resume = False
         if test_loader is not None:  # the loaders prepared in the order they were saved in
-            self._prepare_loader(accelerator, test_loader)
+            self._prepare_loader(accelerator, test_loader, evaluation=True)
         progress = checkpoints.load(accelerator, resume_from)
         self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
         record["training"].update(progress["record"]["training"])
@@ -541,12 +541,16 @@ class BackwardLearner:
                 items[:] = [item for item in items if item is not old]  # in place: schedulers hold the list
         self._prepared = {}
 
-    def _prepare_loader(self, accelerator: Accelerator, loader: Any) -> Any:
-        """Prepare a loader once per learner (re-preparing would register it with Accelerate again)."""
+    def _prepare_loader(self, accelerator: Accelerator, loader: Any, evaluation: bool = False) -> Any:
+        """Prepare a loader once per learner (re-preparing would register it with Accelerate again).
+
+        An evaluation loader with ``drop_last=True`` is refused: the samples it leaves out would
+        depend on the number of processes.
+        """
         if not isinstance(loader, torch.utils.data.DataLoader):
             raise TypeError(f"expected a torch.utils.data.DataLoader, got {type(loader).__name__}")
         if loader not in self._prepared_loaders:
-            self._prepared_loaders[loader] = accelerator.prepare(loader)
+            self._prepared_loaders[loader] = prepare_loader(accelerator, loader, drop_last_ok=not evaluation)
         return self._prepared_loaders[loader]
 
     def _batches(self) -> Batches:
@@ -596,7 +600,7 @@ class BackwardLearner:
             "end_time": end,
             "time_cost": end - start,
             "train_loss": float(values["loss"]),
-            "train_score": values.get("score"),
+            **_scores_of(metric, values.get("score"), "train"),
             "metric_name": name,
             "samples": int(values["samples"]),
             "samples_per_second": values["samples"] / (end - start) if end > start else None,
@@ -862,17 +866,20 @@ def _default_predict(loss: Any, y_score: torch.Tensor, y_true: torch.Tensor) -> 
     if isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)) or classes:
         return y_score.argmax(-1)
     if isinstance(loss, nn.BCEWithLogitsLoss):
-        return (y_score > 0.5).long()  # y_score holds probabilities here (see _scores), as metrics threshold them
+        return (y_score >= 0.5).long()  # y_score holds probabilities here (see _scores), as metrics threshold them
     return y_score
 
 
-def _fresh(metric: Metric | None) -> Metric | None:
+def _fresh(metric: Any) -> Metric | Metrics | None:
+    """A reset copy of the user's metric (theirs is left untouched); a dict or list becomes a :class:`Metrics`."""
     if metric is None:
         return None
-    if not isinstance(metric, Metric):
+    if isinstance(metric, (Mapping, list, tuple)):
+        metric = Metrics(metric)
+    if not is_metric(metric):
         raise TypeError(
-            "metric must be a distlearn.metrics.Metric (Accuracy(), F1(...), MSE(), MAE()), "
-            f"got {type(metric).__name__}"
+            "metric must be a distlearn metric (Accuracy(), F1(...), MSE(), AUROC(), ...), a dict or list of them, "
+            f"or a distlearn.metrics.Metrics collection; got {type(metric).__name__}"
         )
     fresh = copy.deepcopy(metric)
     fresh.reset()
@@ -890,17 +897,29 @@ def _split_loaders(data_loader: Any) -> tuple[Any, Any]:
     return data_loader, None
 
 
+def _scores_of(metric: Any, value: Any, part: str) -> dict[str, Any]:
+    """``{part}_score`` (the primary metric's value) and ``{part}_scores`` (every metric's, by name)."""
+    if metric is None:
+        return {f"{part}_score": None, f"{part}_scores": {}}
+    scores = dict(value) if isinstance(metric, Metrics) else {metric.name: value}
+    return {f"{part}_score": scores[metric.name], f"{part}_scores": scores}
+
+
 def _describe(epoch: int, n_epochs: int, summary: Mapping[str, Any]) -> str:
     text = f"epoch {epoch + 1}/{n_epochs}: train_loss {summary['train_loss']:.6g}"
-    if summary["train_score"] is not None:
-        text += f", train_{summary['metric_name']} {summary['train_score']:.6g}"
+    for name, value in (summary.get("train_scores") or {}).items():
+        text += f", train_{name} {_number(value)}"
     test = summary["test_result"]
     if test is not None:
         if test["test_loss"] is not None:
             text += f", test_loss {test['test_loss']:.6g}"
-        if test["test_score"] is not None:
-            text += f", test_{test['metric_name']} {test['test_score']:.6g}"
+        for name, value in (test.get("test_scores") or {}).items():
+            text += f", test_{name} {_number(value)}"
     return text + f", lr {summary['lr']:.4g}, {summary['samples_per_second'] or 0:.0f} samples/s"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, (int, float)) else "[...]"  # e.g. a ConfusionMatrix
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:

@@ -242,20 +242,22 @@ def curves_figure(record: Mapping[str, Any], *, title: str = "", higher_is_bette
     from matplotlib.figure import Figure
 
     epochs = _epochs(record)
-    name = next((e["metric_name"] for _, e in epochs if e.get("metric_name")), None) or "score"
+    name = next((e["metric_name"] for _, e in epochs if e.get("metric_name")), None) or "score"  # the primary
+    names = list(next((e["train_scores"] for _, e in epochs if e.get("train_scores")), None) or [name])
     series = {
         ("loss", "train"): _series(epochs, lambda e: e.get("train_loss")),
         ("loss", "test"): _series(epochs, lambda e: (e.get("test_result") or {}).get("test_loss")),
-        ("score", "train"): _series(epochs, lambda e: e.get("train_score")),
-        ("score", "test"): _series(epochs, lambda e: (e.get("test_result") or {}).get("test_score")),
-        ("lr", "lr"): _series(epochs, lambda e: e.get("lr")),
     }
-    has_score = any(series[("score", s)] for s in ("train", "test"))
-    same = has_score and all(_same(series[("loss", s)], series[("score", s)]) for s in ("train", "test"))
+    for n in names:  # one panel per metric, the primary first
+        series[(n, "train")] = _series(epochs, lambda e, n=n: _score(e, "train", n, name))
+        series[(n, "test")] = _series(epochs, lambda e, n=n: _score(e.get("test_result") or {}, "test", n, name))
+    series[("lr", "lr")] = _series(epochs, lambda e: e.get("lr"))
+    scored = [n for n in names if any(series[(n, s)] for s in ("train", "test"))]
+    same = name in scored and all(_same(series[("loss", s)], series[(name, s)]) for s in ("train", "test"))
     panels = [("loss", f"loss (= {name})" if same else "loss")]
-    if has_score and not same:
-        panels.append(("score", name))
+    panels += [(n, n) for n in scored if not (same and n == name)]
     panels.append(("lr", "learning rate"))
+    has_score = name in scored
 
     fig = Figure(figsize=(4.4 * len(panels), 3.9), layout="constrained")
     FigureCanvasAgg(fig)  # the Agg canvas, without pyplot's global state or a display
@@ -293,16 +295,24 @@ def _best_epoch(
 ) -> tuple[int, float, str] | None:
     """The best test epoch (1-based), its value and the panel to mark it on: the test score's,
     else the test loss's (lowest)."""
-    kind = "loss" if on_loss else "score"
+    kind = "loss" if on_loss else name
     points = series[(kind, "test")]
     if not points:
         return None
-    if kind == "score":
+    if kind != "loss":
         higher = higher_is_better if higher_is_better is not None else name.lower() not in _LOWER_IS_BETTER
     else:
         higher = False
     epoch, value = (max if higher else min)(points, key=lambda p: p[1])
     return epoch, value, kind
+
+
+def _score(part: Mapping[str, Any], which: str, name: str, primary: str) -> Any:
+    """One metric's value in a record part (``train_scores``; older records hold only the primary's)."""
+    scores = part.get(f"{which}_scores")
+    if scores:
+        return scores.get(name)
+    return part.get(f"{which}_score") if name == primary else None
 
 
 def _series(epochs: list, get: Callable[[Mapping[str, Any]], Any]) -> list[tuple[int, float]]:
@@ -352,12 +362,12 @@ def summary_text(
             f"  epochs     {len(epochs)} in {train_time:.1f} s of training, {wall_time:.1f} s in all"
             + (f" ({sum(speeds) / len(speeds):,.0f} samples/s)" if speeds else "")
         )
-        lines.append(f"  train      {_pair('loss', last.get('train_loss'), name, last.get('train_score'))}")
+        lines.append(f"  train      {_numbers(last.get('train_loss'), _all_scores(last, 'train', name))}")
         tested = [(i, e["test_result"]) for i, e in epochs if e.get("test_result")]
         if tested:
             i, test = tested[-1]
             lines.append(
-                f"  test       {_pair('loss', test.get('test_loss'), name, test.get('test_score'))}"
+                f"  test       {_numbers(test.get('test_loss'), _all_scores(test, 'test', name))}"
                 + (f" (epoch {i + 1})" if i != last_epoch else "")
             )
             scored = [(i, t["test_score"]) for i, t in tested if finite(t.get("test_score")) is not None]
@@ -433,6 +443,11 @@ def _fmt(value: Any) -> str:
     return "n/a" if number is None else f"{number:.4g}"
 
 
-def _pair(a: str, x: Any, b: str, y: Any) -> str:
-    text = f"{a} {_fmt(x)}"
-    return text + (f", {b} {finite(y):.4f}" if finite(y) is not None else "")
+def _all_scores(part: Mapping[str, Any], which: str, primary: str) -> dict[str, Any]:
+    return dict(part.get(f"{which}_scores") or {primary: part.get(f"{which}_score")})
+
+
+def _numbers(loss: Any, scores: Mapping[str, Any]) -> str:
+    """``loss 0.1234, acc 0.9800, f1 0.9700``: the loss and every finite scalar score."""
+    text = f"loss {_fmt(loss)}"
+    return text + "".join(f", {n} {finite(v):.4f}" for n, v in scores.items() if finite(v) is not None)

@@ -107,31 +107,34 @@ def epoch_metrics(epoch: int, summary: Mapping[str, Any]) -> dict[str, float]:
 
     Args:
         epoch: The 0-based epoch.
-        summary: ``record["training"][epoch]``: ``train_loss``, ``train_score``,
-            ``metric_name``, ``lr``, ``samples_per_second``, ``time_cost`` and
-            ``test_result`` (``test_loss``, ``test_score``) or None.
+        summary: ``record["training"][epoch]``: ``train_loss``, ``train_scores`` (every
+            metric by name; else ``train_score`` under ``metric_name``), ``lr``,
+            ``samples_per_second``, ``time_cost`` and ``test_result`` (``test_loss``,
+            ``test_scores``) or None.
 
     Returns:
-        ``{"epoch", "train/loss", "train/<metric>", "test/loss", "test/<metric>", "lr",
-        "samples_per_second", "epoch_time"}`` with missing or non-finite values left out.
+        ``{"epoch", "train/loss", "train/<metric>" for each metric, "test/loss", "test/<metric>",
+        "lr", "samples_per_second", "epoch_time"}`` with missing or non-finite values left out.
     """
-    name = summary.get("metric_name") or "score"
     test = summary.get("test_result") or {}
-    values = {
-        "train/loss": summary.get("train_loss"),
-        f"train/{name}": summary.get("train_score"),
-        "test/loss": test.get("test_loss"),
-        f"test/{name}": test.get("test_score"),
-        "lr": summary.get("lr"),
-        "samples_per_second": summary.get("samples_per_second"),
-        "epoch_time": summary.get("time_cost"),
-    }
+    values = {"train/loss": summary.get("train_loss"), "test/loss": test.get("test_loss")}
+    for part, scores in (("train", _scores(summary, "train")), ("test", _scores(test, "test"))):
+        values.update({f"{part}/{name}": value for name, value in scores.items()})
+    values.update(lr=summary.get("lr"), samples_per_second=summary.get("samples_per_second"),
+                  epoch_time=summary.get("time_cost"))
     out: dict[str, float] = {"epoch": epoch}
     for key, value in values.items():
         number = finite(value)
         if number is not None:
             out[key] = number
     return out
+
+
+def _scores(part: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A record part's metric values by name (records from before ``*_scores`` hold one ``*_score``)."""
+    if part.get(f"{name}_scores") is not None:
+        return dict(part[f"{name}_scores"])
+    return {part.get("metric_name") or "score": part.get(f"{name}_score")}
 
 
 class Tracker:

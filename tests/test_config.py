@@ -364,3 +364,20 @@ def test_unknown_top_level_package_gets_no_unrelated_suggestion():
     assert "did you mean" not in str(info.value)  # 'typing' is not what a tinybig user meant
     with pytest.raises(ConfigError, match="did you mean 'torch.optim.AdamW'"):
         resolve_class("torhc.optim.AdamW", "k")
+
+
+def test_a_list_of_metrics_builds_one_collection_with_the_first_as_primary():
+    from distlearn.metrics import F1, Accuracy, Metrics
+
+    cfg = OmegaConf.to_container(load_config("wine"))
+    cfg["metric_configs"] = [{"metric_class": "distlearn.metrics.Accuracy"},
+                             {"metric_class": "distlearn.metrics.F1", "metric_parameters": {"average": "macro"}}]
+    validate_config(cfg)
+    metric = build_experiment(cfg).metric
+    assert isinstance(metric, Metrics) and metric.primary == "accuracy"
+    assert isinstance(metric["accuracy"], Accuracy) and isinstance(metric["f1_macro"], F1)
+    assert metric["f1_macro"].num_classes == 3  # each entry sized from the data like a single metric
+    cfg["metric_configs"][1]["metric_parameters"] = {"averag": "macro"}
+    assert any(p.startswith("metric_configs[1].metric_parameters") for p in _problems(cfg))
+    cfg["metric_configs"] = []
+    assert any("metric_configs: an empty list" in p for p in _problems(cfg))

@@ -440,3 +440,31 @@ def test_load_state_dict_resumes_from_the_loaded_epoch_and_step(fresh_accelerate
     assert learner.state_dict() == {"epoch": 3, "step": 18, "seed": 0}
     record = learner.train(net, loaders, disable_tqdm=True)  # no load before it: from 0 again
     assert list(record["training"]) == [0, 1, 2] and learner.state_dict()["step"] == 18
+
+
+def test_several_metrics_ride_in_one_record_and_match_single_runs(fresh_accelerate):
+    """metric={...} reports every metric (train and test); the first is the primary score, and each value
+    equals what a run with that metric alone reports (same seed, same data order)."""
+    from distlearn.metrics import F1
+
+    def run(metric):
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        torch.manual_seed(0)
+        learner = BackwardLearner(n_epochs=2, loss=nn.CrossEntropyLoss(),
+                                  optimizer_configs={"optimizer_class": "torch.optim.SGD",
+                                                     "optimizer_parameters": {"lr": 0.1}})
+        return learner.train(_net(), _tiny(), metric=metric, disable_tqdm=True)["training"][1]
+
+    both = run({"acc": Accuracy(), "f1": F1(average="macro")})
+    acc, f1 = run(Accuracy()), run(F1(average="macro"))
+    assert both["metric_name"] == "acc" and set(both["train_scores"]) == {"acc", "f1"}
+    assert both["train_score"] == both["train_scores"]["acc"] == acc["train_score"]
+    assert both["train_scores"]["f1"] == f1["train_score"]
+    assert both["test_result"]["test_scores"] == {"acc": acc["test_result"]["test_score"],
+                                                  "f1": f1["test_result"]["test_score"]}
+    assert acc["train_scores"] == {"accuracy": acc["train_score"]}  # one metric: the same shape
+    with pytest.raises(TypeError, match="distlearn metric"):
+        run(object())
