@@ -1,6 +1,6 @@
 """Building the Accelerator the learner trains with, and refusing the ones that would train wrong.
 
-The trap this module exists for (../PITFALLS.md): `torchrun --nproc_per_node 2`
+The trap this module exists for (docs/pitfalls.md): `torchrun --nproc_per_node 2`
 or `accelerate launch --multi_gpu` on a machine without CUDA starts two
 processes, but unless the CPU backend is asked for, each Accelerator sees
 `num_processes == 1`: both train on all the data, with no gradient sync and no
@@ -101,7 +101,7 @@ def build_accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
         # The learner steps its scheduler itself: a prepared scheduler would be stepped
-        # num_processes times per call (PITFALLS: StepLR ends at 0.0156 instead of 0.125).
+        # num_processes times per call (StepLR(gamma=0.5) over 3 epochs on 2 processes ended at 0.0156 instead of 0.125).
         step_scheduler_with_optimizer=False,
         **accelerator_kwargs,
     )

@@ -104,7 +104,7 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
         cfg = load_config(config, overrides)
         validate_config(cfg)
     except ConfigError as exc:
-        raise RunError(f"{exc}\n(config: {config or 'the default digits config'}; overrides: {list(overrides)})") from None
+        raise RunError(str(exc)) from None  # each problem names its key, and a bad override itself
     except FileNotFoundError as exc:
         raise RunError(str(exc)) from None
 

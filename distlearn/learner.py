@@ -451,7 +451,7 @@ class BackwardLearner:
         loader = self._prepare_loader(accelerator, train_loader)
         if scheduler is not None:
             scheduler = accelerator.prepare(scheduler)  # so that save_state() includes it ...
-            scheduler.step_with_optimizer = False  # ... but stepped by us, once (PITFALLS: not num_processes times)
+            scheduler.step_with_optimizer = False  # ... but stepped by us, once (not num_processes times)
         self._prepared = {"_models": model, "_optimizers": optimizer, "_schedulers": scheduler}
         self._global_batch = int(getattr(loader, "total_batch_size", 0))  # samples per step over all ranks
         _check_loader("data_loader['train_loader']", train_loader, loader)

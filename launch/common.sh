@@ -5,7 +5,7 @@
 # CUDA_VISIBLE_DEVICES when set, else the lines of `nvidia-smi -L`) and
 # LOCAL_PROCS (one per GPU, else DISTLEARN_CPU_PROCS, default 1). Without a GPU
 # it exports ACCELERATE_USE_CPU=1: the workers must see it, or each one trains
-# alone on all the data (../shared/PITFALLS.md).
+# alone on all the data (docs/pitfalls.md).
 
 count_gpus() {
     if [[ -n ${DISTLEARN_GPUS:-} ]]; then

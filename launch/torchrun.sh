@@ -27,7 +27,7 @@
 #   DRY_RUN=1            print the command instead of running it
 #
 # Without a GPU, ACCELERATE_USE_CPU=1 is exported so that every process joins
-# one gloo group instead of training alone (../shared/PITFALLS.md).
+# one gloo group instead of training alone (docs/pitfalls.md).
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}

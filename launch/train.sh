@@ -28,7 +28,7 @@
 #
 # Without a GPU, several processes need `--multi_gpu` plus ACCELERATE_USE_CPU=1:
 # `--cpu` (or distributed_type MULTI_CPU) starts a single process, and without
-# the variable each process trains alone on all the data (../shared/PITFALLS.md).
+# the variable each process trains alone on all the data (docs/pitfalls.md).
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}

@@ -106,7 +106,7 @@ def test_offline_run_holds_the_config_and_every_epoch(tmp_path):
         assert row["test/loss"] == epoch["test_result"]["test_loss"]
         assert row["test/accuracy"] == epoch["test_result"]["test_score"]
         assert row["lr"] == epoch["lr"] and row["samples_per_second"] == pytest.approx(epoch["samples_per_second"])
-    assert not list(files[0].parent.rglob("wandb-summary.json"))  # offline writes none (PITFALLS)
+    assert not list(files[0].parent.rglob("wandb-summary.json"))  # offline writes none
 
 
 # --------------------------------------------------------------------------- the mode rules
