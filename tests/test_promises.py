@@ -475,7 +475,8 @@ def _weighted(rank, world, per_rank):
     mean, vector = Mean(), Mean()
     for value, weight in per_rank[rank]:
         mean(value, weight=weight)
-        vector(torch.tensor([value, -value]), weight=torch.tensor([weight, 2 * weight]))
+        # float64 tensors: a float32 weight of 1e-3 would be rounded before distlearn sees it
+        vector(torch.tensor([value, -value], dtype=torch.float64), weight=torch.tensor([weight, 2 * weight], dtype=torch.float64))
     return calculate([mean, vector])
 
 
