@@ -273,6 +273,27 @@ def test_data_order_after_load_state_dict_depends_only_on_seed_and_epoch(fresh_a
     assert sorted(other) == list(range(20)) and other != epochs[2]  # and the seed matters
 
 
+class _CountingNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.calls = _net(), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += self.training
+        return self.body(x)
+
+
+def test_a_nan_loss_stops_training_at_the_next_display_step_not_the_epoch_end(fresh_accelerate):
+    """README: every display_every_n_steps steps the ranks check for a NaN/inf loss mid-epoch."""
+    x, y = _data(32).tensors
+    x[13] = float("nan")  # batch 3 of 8 (batch size 4)
+    net = _CountingNet()
+    learner = BackwardLearner(n_epochs=2, loss=nn.CrossEntropyLoss(), optimizer_configs=_sgd(0.1), display_every_n_steps=2)
+    with pytest.raises(FloatingPointError, match="epoch 0, step 3"):
+        learner.train(net, DataLoader(TensorDataset(x, y), batch_size=4), disable_tqdm=True)
+    assert net.calls == 4  # stopped at the check after step 3, not after all 8 steps of the epoch
+
+
 class _CountingLoss(nn.CrossEntropyLoss):
     calls = 0
 
