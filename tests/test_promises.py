@@ -520,23 +520,27 @@ def test_large_integer_sums(dist_pool, per_rank, exact):
 
 
 def _weighted(rank, world, per_rank):
-    mean, vector = Mean(), Mean()
+    mean, vector, rows = Mean(), Mean(), Mean()
+    values = torch.tensor([[v, -v] for v, _ in per_rank[rank]], dtype=torch.float64)
+    rows.extend(values, weights=torch.tensor([w for _, w in per_rank[rank]], dtype=torch.float64))  # a weight per row
     for value, weight in per_rank[rank]:
         mean(value, weight=weight)
         # float64 tensors: a float32 weight of 1e-3 would be rounded before distlearn sees it
         vector(torch.tensor([value, -value], dtype=torch.float64), weight=torch.tensor([weight, 2 * weight], dtype=torch.float64))
-    return calculate([mean, vector])
+    return calculate([mean, vector, rows])
 
 
 def test_weights_other_than_one(dist_pool):
-    """Mean(value, weight=w): sum(w * v) / sum(w) over all ranks, with fractional, zero and per-element weights."""
+    """Mean(value, weight=w) and Mean.extend(rows, weights=w): sum(w * v) / sum(w) over all ranks, with
+    fractional, zero and per-element weights."""
     per_rank = [[(1.0, 0.5), (4.0, 2.5), (100.0, 0.0)], [(-2.0, 3.0), (7.0, 1e-3), (5.0, 10.0)]]
     values = [v for rank in per_rank for v, _ in rank]
     weights = [w for rank in per_rank for _, w in rank]
     want = sum(v * w for v, w in zip(values, weights)) / sum(weights)
-    for mean, vector in dist_pool.run(_weighted, 2, per_rank):
+    for mean, vector, rows in dist_pool.run(_weighted, 2, per_rank):
         assert math.isclose(float(mean), want, rel_tol=1e-12)
         torch.testing.assert_close(vector, torch.tensor([want, -want], dtype=torch.float64), rtol=1e-12, atol=0)
+        torch.testing.assert_close(rows, torch.tensor([want, -want], dtype=torch.float64), rtol=1e-12, atol=0)
 
 
 def _mixed(rank, world, n_sum, n_mean):
