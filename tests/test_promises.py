@@ -566,3 +566,24 @@ def test_more_than_4096_sums_mixed_with_list_cat_and_max_in_one_calculate(dist_p
         steps = [(r, s) for s in range(3) for r in range(2) if s < r + 2]  # step-major
         assert got["list"] == [{"rank": r, "step": s} for r, s in steps]
         assert got["cat"].tolist() == [[r, s] for r, s in steps]
+
+
+def _empty_rows(rank, world):
+    import warnings
+
+    accs = [Max(), Min(), Mean()]
+    for acc in accs:
+        if rank == 0:
+            acc.extend(torch.empty(0, 2, dtype=torch.float64))  # a shape, and no value
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = calculate(accs)
+    return values, len(caught)
+
+
+def test_nothing_accumulated_anywhere_is_nan_with_a_warning(dist_pool):
+    """README: a global count of zero gives NaN with a warning (here after extend() with zero rows)."""
+    for values, warned in dist_pool.run(_empty_rows, 2):
+        for value in values:
+            assert torch.isnan(torch.as_tensor(value)).all(), values
+        assert warned >= 3
