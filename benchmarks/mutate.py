@@ -30,7 +30,7 @@ ACC_TESTS = [f"{PROMISES}::{name}" for name in (
     "test_nan_and_inf_propagate_as_in_torch", "test_large_integer_sums", "test_weights_other_than_one",
     "test_more_than_4096_sums_mixed_with_list_cat_and_max_in_one_calculate",
     "test_nothing_accumulated_anywhere_is_nan_with_a_warning")] + ["tests/test_accumulators.py"]
-MET_TESTS = ["tests/test_metrics.py"]
+MET_TESTS = [f"{PROMISES}::test_a_score_equal_to_the_threshold_is_negative", "tests/test_metrics.py"]
 
 
 @dataclass(frozen=True)
