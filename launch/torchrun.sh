@@ -22,6 +22,8 @@
 #   NODE_RANK            this machine's rank (default 0; c10d assigns ranks anyway)
 #   RDZV_ENDPOINT        host:port of the c10d rendezvous, required when NNODES > 1
 #   RDZV_ID              rendezvous id shared by the nodes of one job (default distlearn)
+#   MIXED_PRECISION      no | bf16 | fp16 for configs whose learner_parameters.mixed_precision
+#                        is null (a value in the config wins)
 #   TORCHRUN_ARGS        more torchrun flags, split on spaces
 #   PYTHON               the interpreter distlearn is installed in (default: python3)
 #   DRY_RUN=1            print the command instead of running it
@@ -50,6 +52,8 @@ else
 fi
 # shellcheck disable=SC2206  # word splitting of TORCHRUN_ARGS is the point
 cmd+=(${TORCHRUN_ARGS:-})
+# Accelerate reads the launcher's precision from this variable (what `accelerate launch --mixed_precision` sets).
+[[ -z ${MIXED_PRECISION:-} ]] || export ACCELERATE_MIXED_PRECISION=$MIXED_PRECISION
 cmd+=(-m distlearn train "$@")
 
 [[ -n ${DRY_RUN:-} ]] || echo "launch/torchrun.sh: $NPROC_PER_NODE process(es) per node x $NNODES node(s), $GPUS GPU(s) found" >&2

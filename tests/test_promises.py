@@ -441,7 +441,6 @@ def test_launch_train_sh_honours_mixed_precision_bf16(commands):
     assert (folder / "dtype.rank0").read_text() == "torch.bfloat16"
 
 
-@pytest.mark.xfail(strict=True, reason="launch/torchrun.sh ignores MIXED_PRECISION")
 def test_launch_torchrun_sh_honours_mixed_precision_bf16(commands):
     folder, _ = _finished(commands, "torchrun.sh")
     assert (folder / "dtype.rank0").read_text() == "torch.bfloat16"
@@ -474,15 +473,11 @@ NON_FINITE = [
     ("inf and -inf", [[INF], [-INF]]),
     ("-inf everywhere", [[-INF], [-INF, -INF]]),
 ]
-# NaN that arrives from rank 1 is lost by the max all-reduce (NaN vs a number compares false); fixed on another branch.
-_NAN_MAX_XFAIL = pytest.mark.xfail(strict=True, reason="Max/Min drop a NaN held by rank 1 in the all_reduce(MAX)")
 
 
 @pytest.mark.parametrize("kind", ["Sum", "Mean", "Max", "Min"])
 @pytest.mark.parametrize(("case", "per_rank"), NON_FINITE, ids=[c for c, _ in NON_FINITE])
-def test_nan_and_inf_propagate_as_in_torch(dist_pool, request, kind, case, per_rank):
-    if kind in ("Max", "Min") and case == "nan on rank 1":
-        request.applymarker(_NAN_MAX_XFAIL)
+def test_nan_and_inf_propagate_as_in_torch(dist_pool, kind, case, per_rank):
     got = dist_pool.run(_special, 2, kind, per_rank)
     want = _expected(kind, per_rank[0] + per_rank[1])
     for value in got:
