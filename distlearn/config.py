@@ -301,7 +301,7 @@ def resolve_class(path: str, key: str) -> type:
     except Exception as exc:
         missing = getattr(exc, "name", None) or module_name
         if isinstance(exc, ModuleNotFoundError) and (module_name + ".").startswith(missing + "."):
-            fail(f"no class {path!r}: module {missing!r} not found{_moduledid_you_mean(path, missing)}")
+            fail(f"no class {path!r}: module {missing!r} not found{_module_hint(path, missing)}")
         fail(f"importing {module_name!r} for {path!r} failed: {type(exc).__name__}: {exc}")
     obj = getattr(module, attr, None)
     if obj is None:
@@ -334,7 +334,7 @@ def instantiate(section_cfg: Mapping[str, Any] | DictConfig, prefix: str, **extr
     return cls(**{**(section.get(f"{prefix}_parameters") or {}), **extra})
 
 
-def _moduledid_you_mean(path: str, missing: str) -> str:
+def _module_hint(path: str, missing: str) -> str:
     """A hint for a path through a missing module: the same path through its nearest sibling."""
     parent_name, _, leaf = missing.rpartition(".")
     if parent_name:
@@ -343,7 +343,8 @@ def _moduledid_you_mean(path: str, missing: str) -> str:
         except Exception:
             return ""
         names = [m.name for m in pkgutil.iter_modules(getattr(parent, "__path__", []))]
-        names += [n for n in dir(parent) if not n.startswith("_")]
+        # modules only: a module path never runs through a class (distlearn.Metrics is not distlearn.metrics)
+        names += [n for n in dir(parent) if not n.startswith("_") and inspect.ismodule(getattr(parent, n, None))]
     else:  # a top-level package: only a near-certain typo is worth naming (not 'typing' for 'tinybig')
         names = [m.name for m in pkgutil.iter_modules()]
     fixed = {n: ".".join(p for p in (parent_name, n) if p) + path[len(missing):] for n in sorted(set(names))}

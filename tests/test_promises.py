@@ -584,11 +584,11 @@ def test_nothing_accumulated_anywhere_is_nan_with_a_warning(dist_pool):
         assert warned >= 3
 
 
-def test_a_score_equal_to_the_threshold_is_negative():
-    """Metrics: for 1-D scores the prediction is 1 for probabilities *above* the threshold (as the learner's
-    own rule, ``y_score > 0.5``); a logit of exactly 0 (probability 0.5) is class 0."""
+def test_a_score_equal_to_the_threshold_is_positive():
+    """Metrics: for 1-D scores the prediction is 1 for probabilities at or above the threshold (``>=``, as in
+    torchmetrics and the learner's own rule); a logit of exactly 0 (probability 0.5) is class 1."""
     scores = torch.tensor([0.5, 0.5000001, 0.4999999, 0.7])
     for metric in (Accuracy(), F1()):
-        assert metric.predict(scores).tolist() == [0, 1, 0, 1]
-    assert Accuracy(threshold=0.7).predict(scores).tolist() == [0, 0, 0, 0]
-    assert Accuracy().evaluate(y_true=torch.tensor([0, 1]), y_score=torch.tensor([0.5, 0.5000001])) == 1.0
+        assert metric.predict(scores).tolist() == [1, 1, 0, 1]
+    assert Accuracy(threshold=0.7).predict(scores).tolist() == [0, 0, 0, 1]
+    assert Accuracy().evaluate(y_true=torch.tensor([1, 0]), y_score=torch.tensor([0.5, 0.4999999])) == 1.0

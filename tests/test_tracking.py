@@ -86,8 +86,8 @@ def test_offline_run_holds_the_config_and_every_epoch(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     files = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
-    assert f"W&B offline (WANDB_MODE=offline): {files[0].parent}" in result.stdout
-    assert f"wandb sync {files[0].parent}" in result.stdout
+    relative = files[0].parent.relative_to(out)
+    assert f"W&B offline; upload with: wandb sync {relative} (from the output directory)" in result.stdout
 
     run = read_wandb_run(files[0])
     assert run["project"] == "distlearn-tests" and run["name"] == "tiny-digits"
