@@ -47,20 +47,29 @@ def test_a_bare_device_and_its_indexed_form_are_the_same_device(fresh_accelerate
         learner.test(net, loader, device="meta")
 
 
-def test_the_loss_of_bf16_logits_is_computed_in_fp32(fresh_accelerate):
-    """Under bf16 autocast the model's logits are bf16; the reported loss is the fp32 loss of those logits."""
+class _HalfModel(nn.Module):
+    """Parameters in bf16 (as under FSDP2's mixed-precision policy): bf16 logits without any autocast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(6, 2).to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.to(torch.bfloat16))
+
+
+def test_the_loss_of_half_precision_logits_is_computed_in_fp32(fresh_accelerate):
+    """The reported loss is the fp32 loss of the model's bf16 logits, not a bf16 loss."""
     torch.manual_seed(0)
-    net, loader = nn.Linear(6, 2), _data()
-    learner = _learner(mixed_precision="bf16")
-    result = learner.test(net, loader, metric=Accuracy(), return_full_result=False)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    net, loader = _HalfModel(), _data()
+    result = _learner().test(net, loader, metric=Accuracy(), return_full_result=False)
+    with torch.no_grad():
         logits = torch.cat([net(x) for x, _ in loader])
-    assert logits.dtype == torch.bfloat16  # the stand-in really produces half-precision logits
     labels = torch.cat([y for _, y in loader])
-    exact = F.cross_entropy(logits.float(), labels).item()  # fp32 loss of the same bf16 logits
+    # One batch mean per batch, weighted by rows: the per-sample mean of the fp32 losses.
+    exact = F.cross_entropy(logits.float(), labels).item()
     assert result["test_loss"] == pytest.approx(exact, rel=1e-6, abs=0)
-    down = F.cross_entropy(logits, labels).item()  # the loss of bf16 logits outside autocast is bf16
-    assert down != exact  # so a loss computed in bf16 would differ: the test can tell
+    assert F.cross_entropy(logits, labels).dtype == torch.bfloat16  # without the upcast the loss would be bf16
 
 
 def test_deepspeed_is_refused_before_anything_starts(fresh_accelerate, monkeypatch):
