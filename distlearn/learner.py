@@ -273,8 +273,9 @@ class BackwardLearner:
             loader.set_epoch(epoch)  # the shuffle depends only on (seed, epoch): resumable
             model.train()
             log, done = self._begin_epoch(accelerator, metric, resumed if epoch == first_epoch else None)
-            bar = tqdm(_remaining(loader, done), desc=f"epoch {epoch}", initial=done, total=len(loader),
-                       disable=disable_tqdm or not accelerator.is_main_process)
+            # 1-based like the log lines; left on screen only while the epoch runs (one line per epoch stays)
+            bar = tqdm(_remaining(loader, done), desc=f"epoch {epoch + 1}/{self.n_epochs}", initial=done,
+                       total=len(loader), leave=False, disable=disable_tqdm or not accelerator.is_main_process)
             for step, batch in enumerate(bar, start=done):
                 if step == done and done:  # the first batch after a mid-epoch resume: the saved RNG from here on
                     _set_rng_states(resumed["rng"])
