@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard, SeedableRandomSampler
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, DistributedType
 from torch.utils.data import BatchSampler
 
 from .options import MIXED_PRECISION
@@ -93,8 +93,16 @@ def build_accelerator(
         raise ValueError(
             "mixed_precision='fp16' needs a GPU: on CPU Accelerate silently trains in float32. Use 'bf16' or 'no'."
         )
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" or accelerator_kwargs.get(
+        "deepspeed_plugin"
+    ) or accelerator_kwargs.get("deepspeed_plugins"):
+        raise ValueError(_NO_DEEPSPEED)
     accelerator_kwargs.setdefault(
-        "dataloader_config", DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed, even_batches=True)
+        "dataloader_config",
+        # non_blocking: batches copied to a CUDA device without a host sync (with pinned loaders)
+        DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=seed, even_batches=True, non_blocking=not cpu and _has_gpu()
+        ),
     )
     accelerator = Accelerator(
         cpu=cpu,
@@ -107,6 +115,14 @@ def build_accelerator(
     )
     check_accelerator(accelerator)
     return accelerator
+
+
+# DeepSpeed needs the loader prepared with the model (for its micro-batch size), clips and casts inside
+# engine.step(), and gathers ZeRO-3 weights its own way: not wired yet, so refused before anything starts.
+_NO_DEEPSPEED = (
+    "DeepSpeed is not supported by distlearn yet (the Accelerate config or ACCELERATE_USE_DEEPSPEED asks for it). "
+    "Use FSDP (configs/accelerate/fsdp.yaml) or plain data parallel (configs/accelerate/gpu_multi.yaml) instead."
+)
 
 
 def check_accelerator(accelerator: Accelerator) -> None:
@@ -135,6 +151,8 @@ def check_accelerator(accelerator: Accelerator) -> None:
             "the gradient all-reduce. Use the default even_batches=True; distlearn drops the repeated samples "
             "from every reported number."
         )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError(_NO_DEEPSPEED)
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("mixed_precision='fp16' on CPU trains silently in float32; use 'bf16' or 'no'")
 

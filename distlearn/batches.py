@@ -221,7 +221,10 @@ class Batches:
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = flat_tokens(self.loss, logits, target)
-        return self.loss(logits, target)
+        if logits.is_floating_point() and logits.dtype != torch.float64:
+            logits = logits.float()  # the loss of half-precision logits, computed in fp32 (as Accelerate does for DDP)
+        with torch.autocast(logits.device.type, enabled=False):  # ... and not cast back down by autocast
+            return self.loss(logits, target)
 
     def labels(self, batch: Any) -> torch.Tensor | None:
         """The batch's labels (None for a dict batch without them, or a batch only loss_fn understands)."""

@@ -137,7 +137,7 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
         except Interrupted as stopped:  # every rank: a checkpoint is saved; write what there is and say how to go on
             _stop(accelerator, experiment, tracker, output_dir, resolved, stopped, config, overrides)
         record["status"] = "completed"
-        state_dict = accelerator.get_state_dict(experiment.model)  # a collective under FSDP: every rank
+        state_dict = _weights(accelerator, experiment)
         files = _on_main(
             accelerator, "writing the outputs", report.write_outputs, output_dir, resolved, record, state_dict
         )
@@ -323,6 +323,12 @@ def _checkpoints(run: dict[str, Any], output_dir: Path, resume_from: str | None,
     )
 
 
+def _weights(accelerator: Any, experiment: Any) -> dict[str, Any]:
+    """The full weights, through the prepared model: under FSDP the user's module holds a shard.
+    A collective under FSDP: every rank calls it."""
+    return accelerator.get_state_dict(experiment.learner.prepared_model or experiment.model)
+
+
 def _stop(accelerator, experiment, tracker, output_dir, resolved, stopped, config, overrides) -> None:
     """After a stop signal: write the partial outputs (status "interrupted"), close W&B, raise the exit."""
     import shlex
@@ -331,7 +337,7 @@ def _stop(accelerator, experiment, tracker, output_dir, resolved, stopped, confi
     from . import report
 
     record = {**stopped.record, "status": "interrupted"}
-    state_dict = accelerator.get_state_dict(experiment.model)
+    state_dict = _weights(accelerator, experiment)
     _on_main(accelerator, "writing the outputs", report.write_outputs, output_dir, resolved, record, state_dict)
     tracker.finish()
     name = signal.Signals(stopped.signum).name

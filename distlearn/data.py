@@ -171,15 +171,16 @@ def tensor_loaders(
     :class:`TensorBatches` get the batched fast path unless ``collate_fn`` is given.
     """
     generator = torch.Generator().manual_seed(seed) if shuffle else None
+    pin = torch.cuda.is_available()  # page-locked batches: Accelerate's copy to the GPU need not block
 
     def collate(data: Dataset) -> Callable | None:
         return collate_fn or (batched if isinstance(data, TensorBatches) else None)
 
     return {
         "train_loader": DataLoader(
-            train, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate(train)
+            train, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate(train), pin_memory=pin
         ),
-        "test_loader": DataLoader(test, batch_size=batch_size, shuffle=False, collate_fn=collate(test)),
+        "test_loader": DataLoader(test, batch_size=batch_size, shuffle=False, collate_fn=collate(test), pin_memory=pin),
     }
 
 

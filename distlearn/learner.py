@@ -186,11 +186,19 @@ class BackwardLearner:
         else:
             check_accelerator(self._accelerator)
             if device is not None and self._accelerator.num_processes == 1:
-                wanted = torch.device(device)
-                have = self._accelerator.device
-                if wanted.type != have.type or (wanted.index is not None and wanted.index != have.index):
-                    raise ValueError(f"device={str(wanted)!r} but this learner's Accelerator runs on {have}")
+                wanted, have = _resolved(device), _resolved(self._accelerator.device)
+                if wanted != have:  # "cuda" and "cuda:0" are one device when cuda:0 is the current one
+                    raise ValueError(f"device={str(device)!r} but this learner's Accelerator runs on {have}")
         return self._accelerator
+
+    @property
+    def prepared_model(self) -> nn.Module | None:
+        """The model as the last :meth:`train` prepared it (wrapped for DDP/FSDP), or None before.
+
+        Save through it (``accelerator.get_state_dict(learner.prepared_model)``): under FSDP the
+        module you passed in holds only this rank's shard.
+        """
+        return self._prepared.get("_models")
 
     def train(
         self,
@@ -265,8 +273,9 @@ class BackwardLearner:
             loader.set_epoch(epoch)  # the shuffle depends only on (seed, epoch): resumable
             model.train()
             log, done = self._begin_epoch(accelerator, metric, resumed if epoch == first_epoch else None)
-            bar = tqdm(_remaining(loader, done), desc=f"epoch {epoch}", initial=done, total=len(loader),
-                       disable=disable_tqdm or not accelerator.is_main_process)
+            # 1-based like the log lines; left on screen only while the epoch runs (one line per epoch stays)
+            bar = tqdm(_remaining(loader, done), desc=f"epoch {epoch + 1}/{self.n_epochs}", initial=done,
+                       total=len(loader), leave=False, disable=disable_tqdm or not accelerator.is_main_process)
             for step, batch in enumerate(bar, start=done):
                 if step == done and done:  # the first batch after a mid-epoch resume: the saved RNG from here on
                     _set_rng_states(resumed["rng"])
@@ -843,10 +852,23 @@ def _agree(problem: str | None) -> None:
     raise ValueError(problem or f"rank {found[0][0]}: {found[0][1]}")
 
 
+def _resolved(device: str | torch.device) -> torch.device:
+    """A device with its index: a bare "cuda" is the current CUDA device, a bare "cpu" is cpu:0."""
+    device = torch.device(device)
+    if device.index is not None:
+        return device
+    backend = getattr(torch, device.type, None)
+    index = backend.current_device() if device.type != "cpu" and hasattr(backend, "current_device") else 0
+    return torch.device(device.type, index)
+
+
 def _eval_module(accelerator: Accelerator, model: nn.Module) -> nn.Module:
     """The module to evaluate: unwrapped from DDP, so evaluation needs no collective per batch."""
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        return model  # sharded parameters: only the wrapper can run forward
+        # Sharded parameters: only the wrapper can run forward. A model train() never prepared
+        # (test() first) is wrapped now, for evaluation, instead of running on the host.
+        wrapped = next((m for m in accelerator._models if m is model or accelerator.unwrap_model(m) is model), None)
+        return wrapped if wrapped is not None else accelerator.prepare_model(model, evaluation_mode=True)
     return accelerator.unwrap_model(model).to(accelerator.device)
 
 

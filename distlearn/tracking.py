@@ -196,6 +196,9 @@ class Tracker:
             init["entity"] = self.tracking["entity"]
         if resume_id:
             init.update(id=resume_id, resume="allow")
+        # W&B's own console lines (a ~25-line block at the end) stay off the terminal; its files stay complete,
+        # and distlearn's summary says where the run went. WANDB_SILENT=false brings them back.
+        init["settings"] = {"silent": self.env.get("WANDB_SILENT", "true").lower() != "false"}
         if not self.env.get("WANDB_MODE"):  # a user's WANDB_MODE is read by wandb itself; an init argument would win
             init["mode"] = self.mode
         if accelerator.is_main_process:
