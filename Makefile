@@ -32,3 +32,4 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_accumulators.py
 	$(PYTHON) benchmarks/bench_learner.py
 	$(PYTHON) benchmarks/bench_digits_vs_sklearn.py
+	$(PYTHON) benchmarks/bench_loader.py
