@@ -218,6 +218,11 @@ def _start_folder(resolved: dict[str, Any], config: str | None) -> dict[str, Any
 
     run = resolved["run"]
     mode = run["resume"]
+    if run["output_dir"] is None and mode != "none":
+        launch = launch_identity()  # a restarted or requeued launch continues its own default folder
+        if launch is not None:
+            base = report.default_output_dir(config)
+            run["output_dir"] = str(base.with_name(f"{base.name.rsplit('-', 2)[0]}-{launch}"))
     existed = run["output_dir"] is not None and Path(run["output_dir"]).expanduser().exists()
     output_dir = report.prepare_output_dir(run["output_dir"], run["overwrite"], config, resumable=mode != "none")
     try:
@@ -226,6 +231,35 @@ def _start_folder(resolved: dict[str, Any], config: str | None) -> dict[str, Any
         if not existed:
             report.remove_if_unused(output_dir)
         raise
+
+
+def launch_identity() -> str | None:
+    """A name for this launch that stays the same when the launcher restarts or requeues it, or None.
+
+    ``DISTLEARN_RUN_ID`` (launch/torchrun.sh sets it), ``SLURM_JOB_ID`` (kept across requeues),
+    torchrun's ``TORCHELASTIC_RUN_ID`` (a fresh id per ``--standalone`` launch, the rendezvous id
+    otherwise), and under a plain torchrun whose run id is ``none`` the agent process (its start
+    time and pid: it outlives the workers it restarts). None for a launch that cannot restart.
+    """
+    if os.environ.get("DISTLEARN_RUN_ID", "").strip():
+        return _safe_name(os.environ["DISTLEARN_RUN_ID"])
+    if os.environ.get("SLURM_JOB_ID", "").strip():
+        return "slurm-" + _safe_name(os.environ["SLURM_JOB_ID"])
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return None
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if run_id and run_id != "none":
+        return "torchrun-" + _safe_name(run_id)[:36]
+    agent = os.getppid()
+    try:  # field 22 of /proc/<pid>/stat: the start time in clock ticks since boot, unique with the pid
+        started = open(f"/proc/{agent}/stat").read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "0"
+    return f"torchrun-{agent}-{started}"
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip())
 
 
 def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool) -> dict[str, Any]:
@@ -251,11 +285,12 @@ def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool) -> 
             raise ValueError(f"run.resume={mode!r}: not a usable checkpoint: {exc}") from None
     from .accelerator import launched_world_size
 
-    if meta.get("world_size") != launched_world_size():
-        raise ValueError(
-            f"cannot resume from {path}: it was saved by {meta.get('world_size')} processes and this launch has "
-            f"{launched_world_size()}; launch {meta.get('world_size')} processes to continue it"
-        )
+    world, saved_world = launched_world_size(), meta.get("world_size")
+    if saved_world != world and run.get("resume_batch", "global") == "global":
+        try:  # an elastic resume: the global batch must split over this launch's processes (checked before training)
+            checkpoint.Checkpoints(output_dir, resume_from=path).per_process_batch(world, 1)
+        except checkpoint.CheckpointError as exc:
+            raise ValueError(f"cannot resume from {path} on {world} processes: {exc}") from None
     changed, conflicts = config_changes(meta.get("config") or {}, resolved)
     if conflicts:
         listed = "\n  - ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in conflicts)
@@ -269,7 +304,16 @@ def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool) -> 
     out["wandb_run_id"] = (progress.get("extra") or {}).get("wandb_run_id")
     epoch, done = meta["epoch"], meta["batches_done"]
     where = f"epoch {epoch + 1}, after batch {done}" if done else f"the start of epoch {epoch + 1}"
-    out["log"].append(f"resuming from checkpoint {path} ({where}, optimizer step {meta['step']})")
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    again = f"restart {restart} of this launch: " if restart not in ("", "0") else ""
+    out["log"].append(f"{again}resuming from checkpoint {path} ({where}, optimizer step {meta['step']})")
+    if saved_world != world:
+        policy = run.get("resume_batch", "global")
+        out["log"].append(
+            f"the checkpoint was written by {saved_world} processes, this launch has {world}: "
+            + (f"global batch {meta.get('global_batch')} kept (run.resume_batch: global)" if policy == "global"
+               else "per-process batch kept, the global batch changes (run.resume_batch: per_process)")
+        )
     out["log"] += [f"changed since the checkpoint: {key} {old!r} -> {new!r}" for key, old, new in changed]
     return out
 
@@ -279,6 +323,7 @@ RESUME_MAY_CHANGE = (
     "learner_configs.learner_parameters.n_epochs",
     "learner_configs.learner_parameters.display_every_n_steps",
     "run.output_dir", "run.overwrite", "run.resume", "run.tracking", "run.checkpoint", "run.timeout_s", "run.nonfinite",
+    "run.resume_batch",
 )
 
 
@@ -316,6 +361,7 @@ def _checkpoints(run: dict[str, Any], output_dir: Path, resume_from: str | None,
     return Checkpoints(
         output_dir, every_n_steps=settings.get("every_n_steps"), keep_last=settings.get("keep_last", 2),
         resume_from=resume_from, meta={"config": resolved}, extra={"wandb_run_id": tracker.run_id},
+        resume_batch=run.get("resume_batch", "global"),
     )
 
 
