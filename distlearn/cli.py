@@ -178,6 +178,10 @@ def _build_accelerator(resolved: dict[str, Any], tracker: Any) -> Any:
     kwargs["kwargs_handlers"] = [*kwargs.get("kwargs_handlers", []),
                                  InitProcessGroupKwargs(timeout=timedelta(seconds=resolved["run"]["timeout_s"]))]
     try:
+        _join_restarted_group(resolved["run"]["timeout_s"])
+    except Exception as exc:  # noqa: BLE001 - a group that cannot form is a launch failure, not bad input
+        raise _group_failure(exc) from None
+    try:
         return build_accelerator(
             # the config's value wins over the launcher's, as in Accelerate; null: the launcher's
             mixed_precision=params.get("mixed_precision"),
@@ -186,7 +190,64 @@ def _build_accelerator(resolved: dict[str, Any], tracker: Any) -> Any:
             **kwargs,
         )
     except (ValueError, RuntimeError) as exc:  # fp16 on CPU, the CPU trap: the launch is wrong, not the code
+        if _is_group_failure(exc):  # peers that never answered (e.g. after a restart): not the user's input
+            raise _group_failure(exc) from None
         raise RunError(f"cannot start training in this launch: {exc}") from None
+
+
+def _restart_count() -> int:
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    except ValueError:
+        return 0
+
+
+def _join_restarted_group(timeout_s: float) -> None:
+    """After a torchrun restart, join the process group through a store prefix of this attempt's own.
+
+    torchrun (c10d rendezvous) shares its rendezvous TCPStore with the workers
+    (``TORCHELASTIC_USE_AGENT_STORE=True``) without a per-attempt prefix, so the
+    workers of a restarted group can read the addresses the dead attempt left there
+    and dial them ("Connection refused"). A group initialised here, through
+    ``/distlearn/attempt_<n>/``, sees only this attempt's keys; Accelerate then uses
+    it. (launch/torchrun.sh sets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 instead: a
+    fresh store per rendezvous round.)
+    """
+    import torch
+    import torch.distributed as dist
+
+    restart = _restart_count()
+    if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
+        return
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    timeout = timedelta(seconds=timeout_s)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timeout)
+    gpu = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes")
+    dist.init_process_group("nccl" if gpu else "gloo", store=dist.PrefixStore(f"/distlearn/attempt_{restart}", store),
+                            rank=rank, world_size=world, timeout=timeout)
+    logger.info("restart %d: joined the process group through this attempt's store prefix", restart)
+
+
+def _is_group_failure(exc: BaseException) -> bool:
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+        marker in text for marker in ("connectFullMesh", "Connection refused", "Connection reset", "timed out connecting")
+    )
+
+
+def _group_failure(exc: BaseException) -> RunError:
+    """A process group that could not form: a failed launch (exit 1), which a launcher may restart."""
+    restart = _restart_count()
+    when = f" on restart {restart} of this launch" if restart else ""
+    return RunError(
+        f"the process group could not form{when}: {exc}. The other processes did not answer: check that every "
+        "process of the launch is running and can reach the others (with torchrun, use --rdzv-backend c10d "
+        "or --standalone, or launch/torchrun.sh).",
+        exit_code=EXIT_TRAINING_FAILED, together=False,
+    )
 
 
 def _build(resolved: dict[str, Any], accelerator: Any) -> Any:
