@@ -188,3 +188,27 @@ def test_global_batch_kept_or_refused(tmp_path):
 def test_per_process_from_an_epoch_end(tmp_path):
     store = checkpoint.Checkpoints(tmp_path, resume_from=_fake_checkpoint(tmp_path, 2, 6, 0), resume_batch="per_process")
     assert store.per_process_batch(3, 3) == 3  # global batch 9 from the next epoch on
+
+
+# ---------------------------------------------------------------------- automatic restarts under torchrun
+
+
+@pytest.fixture(scope="module")
+def restart_reference(tmp_path_factory):
+    """The uninterrupted run of the restart tests (launch/torchrun.sh, 2 CPU processes)."""
+    from elastic_restart import reference
+
+    return reference(tmp_path_factory.mktemp("restart-reference"))
+
+
+@pytest.mark.parametrize("plain", [False], ids=["torchrun.sh"])  # plain torchrun: the soak's --plain
+def test_a_killed_rank_restarts_and_resumes_under_torchrun(tmp_path, restart_reference, plain):
+    """A worker SIGKILLed mid-run with MAX_RESTARTS=1: the launch resumes by itself and ends as if never killed.
+
+    benchmarks/soak_elastic_restart.py repeats it 10 times in a row (``--plain``: through plain
+    ``torchrun --standalone --max-restarts 1``, where the library's per-attempt store prefix does the work).
+    """
+    from elastic_restart import killed_and_restarted
+
+    ok, why = killed_and_restarted(tmp_path / "attempt", restart_reference, plain=plain)
+    assert ok, why
