@@ -212,3 +212,35 @@ def test_a_killed_rank_restarts_and_resumes_under_torchrun(tmp_path, restart_ref
 
     ok, why = killed_and_restarted(tmp_path / "attempt", restart_reference, plain=plain)
     assert ok, why
+
+
+# ---------------------------------------------------------------------- the CLI side
+
+
+def test_a_relaunch_with_the_same_launch_id_continues_its_default_folder(tmp_path):
+    """No run.output_dir: the folder is runs/<config>-<launch id>, so a restarted launch resumes there."""
+    cmd = [sys.executable, "-m", "distlearn", "train", "--quiet", str(ROOT / "configs" / "wine.yaml"),
+           "run.tracking.backend=none"]
+    env = _env(DISTLEARN_RUN_ID="job-7")
+    first = subprocess.run(cmd + ["learner_configs.learner_parameters.n_epochs=1"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run(cmd + ["learner_configs.learner_parameters.n_epochs=2"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["wine-job-7"]
+    assert "resuming from checkpoint" in again.stderr and "the start of epoch 2" in again.stderr
+    record = json.loads((tmp_path / "runs" / "wine-job-7" / "record.json").read_text())
+    assert sorted(record["training"]) == ["0", "1"]
+
+
+def test_a_group_that_cannot_form_is_a_launch_failure_not_bad_input(monkeypatch):
+    from distlearn import cli
+
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    refused = RuntimeError("Gloo connectFullMesh failed with ... SO_ERROR: Connection refused, remote=[127.0.0.1]:32667")
+    assert cli._is_group_failure(refused)
+    assert not cli._is_group_failure(RuntimeError("2 processes were launched (WORLD_SIZE=2) but the Accelerator sees 1"))
+    error = cli._group_failure(refused)
+    assert error.exit_code == cli.EXIT_TRAINING_FAILED != cli.EXIT_BAD_INPUT
+    assert "on restart 1 of this launch" in str(error)
