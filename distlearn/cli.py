@@ -298,9 +298,10 @@ def launch_identity() -> str | None:
     """A name for this launch that stays the same when the launcher restarts or requeues it, or None.
 
     ``DISTLEARN_RUN_ID`` (launch/torchrun.sh sets it), ``SLURM_JOB_ID`` (kept across requeues),
-    torchrun's ``TORCHELASTIC_RUN_ID`` (a fresh id per ``--standalone`` launch, the rendezvous id
-    otherwise), and under a plain torchrun whose run id is ``none`` the agent process (its start
-    time and pid: it outlives the workers it restarts). None for a launch that cannot restart.
+    else under torchrun (or ``accelerate launch``) the agent process's start time with torchrun's
+    ``TORCHELASTIC_RUN_ID`` (a fresh id per ``--standalone`` launch) or, when that is ``none``, the
+    agent's pid. None for a launch that cannot restart. On several nodes the agent of rank 0 can
+    change between restarts: set DISTLEARN_RUN_ID (the same on every node) or run.output_dir.
     """
     if os.environ.get("DISTLEARN_RUN_ID", "").strip():
         return _safe_name(os.environ["DISTLEARN_RUN_ID"])
@@ -308,15 +309,26 @@ def launch_identity() -> str | None:
         return "slurm-" + _safe_name(os.environ["SLURM_JOB_ID"])
     if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
         return None
+    agent = os.getppid()  # the torchrun agent: it outlives the workers it restarts
+    started = _process_start(agent)
+    stamp = started.strftime("%Y%m%d-%H%M%S") + "-" if started is not None else ""
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
     if run_id and run_id != "none":
-        return "torchrun-" + _safe_name(run_id)[:36]
-    agent = os.getppid()
-    try:  # field 22 of /proc/<pid>/stat: the start time in clock ticks since boot, unique with the pid
-        started = open(f"/proc/{agent}/stat").read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        started = "0"
-    return f"torchrun-{agent}-{started}"
+        return stamp + _safe_name(run_id)[:8]
+    return f"{stamp}{agent}"
+
+
+def _process_start(pid: int) -> Any:
+    """When process ``pid`` started (a datetime), from /proc; None where there is no /proc."""
+    from datetime import datetime
+
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _safe_name(text: str) -> str:
