@@ -297,16 +297,14 @@ def _start_folder(resolved: dict[str, Any], config: str | None) -> dict[str, Any
 def launch_identity() -> str | None:
     """A name for this launch that stays the same when the launcher restarts or requeues it, or None.
 
-    ``DISTLEARN_RUN_ID`` (launch/torchrun.sh sets it), ``SLURM_JOB_ID`` (kept across requeues),
-    else under torchrun (or ``accelerate launch``) the agent process's start time with torchrun's
+    ``DISTLEARN_RUN_ID`` (launch/torchrun.sh sets it; launch/slurm.sbatch names the folder of its job
+    itself, since every run of an allocation shares ``SLURM_JOB_ID``), else under torchrun (or ``accelerate launch``) the agent process's start time with torchrun's
     ``TORCHELASTIC_RUN_ID`` (a fresh id per ``--standalone`` launch) or, when that is ``none``, the
     agent's pid. None for a launch that cannot restart. On several nodes the agent of rank 0 can
     change between restarts: set DISTLEARN_RUN_ID (the same on every node) or run.output_dir.
     """
     if os.environ.get("DISTLEARN_RUN_ID", "").strip():
         return _safe_name(os.environ["DISTLEARN_RUN_ID"])
-    if os.environ.get("SLURM_JOB_ID", "").strip():
-        return "slurm-" + _safe_name(os.environ["SLURM_JOB_ID"])
     if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
         return None
     agent = os.getppid()  # the torchrun agent: it outlives the workers it restarts
