@@ -346,6 +346,9 @@ def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool) -> 
     if mode == "auto":
         found = checkpoint.latest(output_dir)
         if found is None:
+            if _restart_count():
+                out["log"].append(f"restart {_restart_count()} of this launch: no checkpoint yet in {output_dir}, "
+                                  "starting from the beginning")
             return out
         path, meta = found
     else:
@@ -375,8 +378,7 @@ def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool) -> 
     out["wandb_run_id"] = (progress.get("extra") or {}).get("wandb_run_id")
     epoch, done = meta["epoch"], meta["batches_done"]
     where = f"epoch {epoch + 1}, after batch {done}" if done else f"the start of epoch {epoch + 1}"
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    again = f"restart {restart} of this launch: " if restart not in ("", "0") else ""
+    again = f"restart {_restart_count()} of this launch: " if _restart_count() else ""
     out["log"].append(f"{again}resuming from checkpoint {path} ({where}, optimizer step {meta['step']})")
     if saved_world != world:
         policy = run.get("resume_batch", "global")
