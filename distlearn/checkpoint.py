@@ -21,6 +21,15 @@ with a warning naming it and why, and falls back to the one before.
 
 The folders are named by the global optimizer step, so the numbering continues
 across resumes and never collides with Accelerate's own automatic naming.
+
+A checkpoint written by P processes resumes on Q (elastic resume, :func:`reshard`):
+the position in the epoch is a sample offset in the epoch's global order (which
+depends only on the seed and the epoch), the global batch size is kept (each of
+the Q processes gets ``global batch / Q`` samples per step, ``resume_batch="global"``)
+so the remaining batches are exactly the samples not yet trained on; the P ranks'
+partial loss and metric states are merged into Q (sums into rank 0, neutral
+elsewhere; maxima on every rank); the random generators are re-derived from
+(seed, epoch, optimizer step, rank), since P generator states cannot map onto Q.
 """
 
 from __future__ import annotations
@@ -43,7 +52,8 @@ from typing import Any
 import torch
 
 __all__ = [
-    "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "STOP_SIGNALS", "check", "find", "latest", "load_progress",
+    "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "check", "derived_seed",
+    "find", "latest", "load_progress", "reshard",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,6 +62,10 @@ MARKER = "COMMITTED.json"
 FOLDER = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8,})$")
 FORMAT_VERSION = 1
+# How a resume on another number of processes sizes its batches: keep the global batch (each process
+# gets global / Q samples per step: the epoch's remaining batches are exactly the samples not yet seen),
+# or keep the loader's per-process batch (the global batch changes; only from an epoch boundary).
+RESUME_BATCH = ("global", "per_process")
 
 
 class CheckpointError(ValueError):
@@ -169,6 +183,9 @@ class Checkpoints:
         resume_from: A checkpoint folder the next ``train()`` continues from (None: start fresh).
         meta: More JSON values for the commit marker (e.g. the resolved config, compared on resume).
         extra: Values stored with every rank's progress and given back on resume (e.g. the W&B run id).
+        resume_batch: On a resume with another number of processes, keep the ``"global"`` batch
+            size (default; each process gets ``global / Q`` samples) or the loader's ``"per_process"``
+            batch size (the global batch changes; refused mid-epoch).
     """
 
     output_dir: str | Path
@@ -177,8 +194,11 @@ class Checkpoints:
     resume_from: str | Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    resume_batch: str = "global"
 
     def __post_init__(self) -> None:
+        if self.resume_batch not in RESUME_BATCH:
+            raise ValueError(f"resume_batch must be one of {RESUME_BATCH}, got {self.resume_batch!r}")
         if self.every_n_steps is not None and (not isinstance(self.every_n_steps, int) or self.every_n_steps < 1):
             raise ValueError(f"every_n_steps must be an int >= 1 or None, got {self.every_n_steps!r}")
         if not isinstance(self.keep_last, int) or self.keep_last < 1:
@@ -260,21 +280,82 @@ class Checkpoints:
         logger.debug("checkpoint %s saved in %.2f s", final, time.time() - began)
         return final
 
-    def load(self, accelerator: Any, path: str | Path) -> dict[str, Any]:
-        """Restore the Accelerator's objects from ``path`` and return this rank's learner progress.
+    def per_process_batch(self, world_size: int, current: int | None) -> int | None:
+        """The per-process batch size a resume from ``resume_from`` on ``world_size`` processes trains with.
+
+        Args:
+            world_size: The processes of this launch.
+            current: The training loader's per-process batch size.
+
+        Returns:
+            ``current`` on the same number of processes (or without a checkpoint), else the saved
+            global batch divided by ``world_size`` (``resume_batch="global"``) or ``current``
+            (``"per_process"``).
 
         Raises:
-            CheckpointError: the folder is incomplete, or was written by another number of processes.
+            CheckpointError: the global batch does not split over ``world_size`` processes, or
+                ``"per_process"`` would change the global batch in the middle of an epoch.
+        """
+        if self.resume_from is None:
+            return current
+        meta = check(self.resume_from)
+        saved_world, global_batch = int(meta.get("world_size") or 0), meta.get("global_batch")
+        if saved_world == world_size or not global_batch:
+            return current
+        if self.resume_batch == "per_process" or current is None:
+            if meta.get("batches_done") and (current is None or current * world_size != global_batch):
+                raise CheckpointError(
+                    f"{self.resume_from} was saved in the middle of epoch {int(meta['epoch']) + 1} with a global batch "
+                    f"of {global_batch} samples ({saved_world} processes); run.resume_batch: per_process on "
+                    f"{world_size} processes would make it {(current or 0) * world_size} mid-epoch. Set "
+                    "run.resume_batch: global (the default) to finish the epoch exactly, or resume from an "
+                    "epoch-end checkpoint (run.resume=<its path>)"
+                )
+            return current
+        if global_batch % world_size:
+            fits = [n for n in range(1, global_batch + 1) if global_batch % n == 0]
+            raise CheckpointError(
+                f"{self.resume_from} was saved with a global batch of {global_batch} samples ({saved_world} "
+                f"processes of {global_batch // saved_world}); {world_size} processes cannot split it evenly. "
+                f"Launch a number of processes that divides {global_batch} (one of {fits}), or set "
+                "run.resume_batch: per_process to keep the loader's per-process batch (from an epoch-end checkpoint)"
+            )
+        return global_batch // world_size
+
+    def load(self, accelerator: Any, path: str | Path, metric: Any = None) -> dict[str, Any]:
+        """Restore the Accelerator's objects from ``path`` and return this rank's learner progress.
+
+        On another number of processes than the checkpoint's, the ranks' progress is merged
+        (:func:`reshard`, which needs ``metric``, an accumulator of the metric's kind, to know how
+        its states reduce) and the random generators are re-derived from (seed, epoch, step, rank).
+
+        Raises:
+            CheckpointError: the folder is incomplete, or a rank's progress file is missing.
         """
         path = Path(path)
         meta = check(path)
-        if meta.get("world_size") != accelerator.num_processes:
-            raise CheckpointError(
-                f"{path} was written by {meta.get('world_size')} processes, this launch has "
-                f"{accelerator.num_processes}: resume with the same number of processes"
-            )
+        saved_world, world, rank = int(meta.get("world_size") or 1), accelerator.num_processes, accelerator.process_index
+        # Accelerate loads the random states of random_states_<rank>.pkl: another rank's on fewer
+        # processes, none on more (silently). Both are replaced below when the world size changed.
         accelerator.load_state(str(path))
-        progress = load_progress(path, accelerator.process_index)
+        if saved_world == world:
+            progress = load_progress(path, rank)
+        else:
+            try:
+                progress = reshard([load_progress(path, r) for r in range(saved_world)], rank, world, metric)
+            except FileNotFoundError as exc:
+                raise CheckpointError(f"{path}: a rank's progress is missing: {exc}") from None
+            accelerator.step = _accelerate_step(path)  # the accumulation counter, the same on every rank
+            if accelerator.is_main_process:
+                global_batch = meta.get("global_batch")
+                logger.warning(
+                    "elastic resume: checkpoint %s was written by %d processes, this launch has %d; "
+                    "global batch %s kept (%s per process), partial epoch merged, random generators re-derived "
+                    "from (seed, epoch, step, rank); weights continue exactly but reduction order differs, so "
+                    "they match an uninterrupted run only to rounding",
+                    path, saved_world, world, global_batch,
+                    global_batch // world if global_batch and global_batch % world == 0 else "?",
+                )
         self.extra.update(progress.get("extra") or {})
         return progress
 
@@ -293,6 +374,7 @@ class Checkpoints:
             "step": int(progress["step"]),
             "batches_done": int(progress["batches_done"]),
             "samples_done": int(progress.get("samples_done", 0)),
+            "global_batch": int(progress.get("global_batch", 0)),
             "world_size": world_size,
             "time": time.time(),
             **self.meta,
@@ -319,6 +401,138 @@ class Checkpoints:
         complete = [path for path, _ in find(self.output_dir) if path != keep]
         for old in complete[self.keep_last - 1:]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def derived_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """A seed for rank ``rank`` of a run resumed on another number of processes (a 63-bit hash of the four)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"distlearn-elastic:{seed}:{epoch}:{step}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _derived_rng(seed: int, epoch: int, step: int, rank: int) -> dict[str, Any]:
+    """The generator states (torch, Python, NumPy, CUDA) seeded from :func:`derived_seed`; the current ones are kept."""
+    import random
+
+    import numpy as np
+
+    def snapshot() -> dict[str, Any]:
+        states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+        if torch.cuda.is_available():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+        return states
+
+    before = snapshot()
+    value = derived_seed(seed, epoch, step, rank)
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)  # seeds every CUDA device too
+    derived = snapshot()
+    torch.set_rng_state(before["torch"])
+    random.setstate(before["python"])
+    np.random.set_state(before["numpy"])
+    if "cuda" in before:
+        torch.cuda.set_rng_state_all(before["cuda"])
+    return derived
+
+
+def _accelerate_step(path: Path) -> int:
+    """Accelerate's gradient-accumulation counter saved with rank 0's random states (0 if absent)."""
+    try:
+        states = torch.load(path / "random_states_0.pkl", map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, ValueError):
+        return 0
+    return int(states.get("step", 0)) if isinstance(states, dict) else 0
+
+
+def reshard(progresses: list[Mapping[str, Any]], rank: int, world_size: int, metric: Any = None) -> dict[str, Any]:
+    """Rank ``rank`` of ``world_size``'s share of the progress that ``len(progresses)`` ranks saved.
+
+    The epoch, step, position and record are the same on every saved rank. The epoch's partial
+    numbers are merged so that the new ranks' reduction gives what the old ranks' would:
+
+    - the batch log (each batch's loss and real sample count): per batch, the sample-weighted loss
+      of all saved ranks and their summed count on rank 0; zeros with weight 0 on the others;
+      the running mean's sums on rank 0, zeros elsewhere; times and skipped steps as saved by rank 0;
+    - the metric (``metric`` says how each state reduces): sums on rank 0, neutral elsewhere;
+      maxima on every rank;
+    - list-like states (``{"items": [...]}``): the saved ranks' items in step-major (dataset)
+      order, dealt round-robin over the new ranks.
+
+    The random generator states are re-derived from (seed, epoch, step, rank).
+
+    Args:
+        progresses: Every saved rank's progress (:func:`load_progress`), in rank order.
+        rank: The new rank.
+        world_size: The new number of processes.
+        metric: An accumulator of the metric's kind (its ``_reductions``), or None.
+
+    Returns:
+        A progress dict as :meth:`Checkpoints.load` returns for an unchanged world size.
+    """
+    first = progresses[0]
+    out = dict(first)
+    out["world_size"], out["rank"] = world_size, rank
+    out["resharded_from"] = len(progresses)
+    out["rng"] = _derived_rng(int(first.get("seed", 0)), int(first["epoch"]), int(first["step"]), rank)
+    logs = [p.get("log") for p in progresses]
+    out["log"] = None if logs[0] is None else _merge_log(logs, rank)
+    metrics = [p.get("metric") for p in progresses]
+    out["metric"] = None if metrics[0] is None else _merge_accumulator(metrics, rank, world_size, metric)
+    return out
+
+
+def _merge_log(logs: list[Mapping[str, Any]], rank: int) -> dict[str, Any]:
+    """The learner's batch log of new rank ``rank`` (see :func:`reshard`)."""
+    from .accumulators import Mean
+
+    first = logs[0]
+    n = len(first["sizes"])
+    if any(len(log["sizes"]) != n for log in logs):
+        raise CheckpointError(f"the saved ranks logged different numbers of batches: {[len(g['sizes']) for g in logs]}")
+    sizes = torch.tensor([log["sizes"] for log in logs], dtype=torch.float64)  # (ranks, batches)
+    if n and rank == 0:
+        losses = torch.stack([log["losses"].to(torch.float64) for log in logs])
+        weighted = torch.where(sizes > 0, losses * sizes, torch.zeros_like(losses)).sum(0)
+        total = sizes.sum(0)
+        # a batch without real samples keeps rank 0's loss with weight 0 (a NaN there still shows)
+        merged = torch.where(total > 0, weighted / total.clamp(min=1), losses[0])
+        losses_out, sizes_out = merged.to(first["losses"].dtype), [int(v) for v in total.tolist()]
+    else:
+        losses_out = None if first["losses"] is None else torch.zeros_like(first["losses"])
+        sizes_out = [0] * n
+    return {
+        **first,
+        "losses": losses_out,
+        "sizes": sizes_out,
+        "running": _merge_accumulator([log["running"] for log in logs], rank, None, Mean()),
+    }
+
+
+def _merge_accumulator(states: list[Mapping[str, Any]], rank: int, world_size: int | None, like: Any) -> dict[str, Any]:
+    """One accumulator's state for new rank ``rank``: sums on rank 0 (zeros elsewhere), maxima everywhere."""
+    if "items" in states[0]:  # List / Cat: step-major order, dealt round-robin
+        from .accumulators import _step_major
+
+        items = _step_major([s["items"] for s in states])
+        return {"items": items[rank::world_size] if world_size else (items if rank == 0 else [])}
+    reductions = getattr(like, "_reductions", None)
+    if reductions is None:
+        raise CheckpointError(f"cannot merge the states of {type(like).__name__} across process counts")
+    present = [s for s in states if s.get("states") is not None]
+    if not present:
+        return dict(states[0])
+    merged = {}
+    for name, how in reductions.items():
+        stacked = torch.stack([s["states"][name].to(torch.float64).cpu() for s in present])
+        if how == "max":
+            merged[name] = stacked.max(0).values
+        elif rank == 0:
+            merged[name] = stacked.sum(0)
+        else:
+            merged[name] = torch.zeros_like(stacked[0])
+    return {**present[0], "states": merged}
 
 
 def _fsync(path: Path) -> None:

@@ -182,6 +182,10 @@ def _build_accelerator(resolved: dict[str, Any], tracker: Any) -> Any:
     kwargs["kwargs_handlers"] = [*kwargs.get("kwargs_handlers", []),
                                  InitProcessGroupKwargs(timeout=timedelta(seconds=resolved["run"]["timeout_s"]))]
     try:
+        _join_restarted_group(resolved["run"]["timeout_s"])
+    except Exception as exc:  # noqa: BLE001 - a group that cannot form is a launch failure, not bad input
+        raise _group_failure(exc) from None
+    try:
         return build_accelerator(
             # the config's value wins over the launcher's, as in Accelerate; null: the launcher's
             mixed_precision=params.get("mixed_precision"),
@@ -190,7 +194,64 @@ def _build_accelerator(resolved: dict[str, Any], tracker: Any) -> Any:
             **kwargs,
         )
     except (ValueError, RuntimeError) as exc:  # fp16 on CPU, the CPU trap: the launch is wrong, not the code
+        if _is_group_failure(exc):  # peers that never answered (e.g. after a restart): not the user's input
+            raise _group_failure(exc) from None
         raise RunError(f"cannot start training in this launch: {exc}") from None
+
+
+def _restart_count() -> int:
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    except ValueError:
+        return 0
+
+
+def _join_restarted_group(timeout_s: float) -> None:
+    """After a torchrun restart, join the process group through a store prefix of this attempt's own.
+
+    torchrun (c10d rendezvous) shares its rendezvous TCPStore with the workers
+    (``TORCHELASTIC_USE_AGENT_STORE=True``) without a per-attempt prefix, so the
+    workers of a restarted group can read the addresses the dead attempt left there
+    and dial them ("Connection refused"). A group initialised here, through
+    ``/distlearn/attempt_<n>/``, sees only this attempt's keys; Accelerate then uses
+    it. (launch/torchrun.sh sets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 instead: a
+    fresh store per rendezvous round.)
+    """
+    import torch
+    import torch.distributed as dist
+
+    restart = _restart_count()
+    if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
+        return
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    timeout = timedelta(seconds=timeout_s)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timeout)
+    gpu = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes")
+    dist.init_process_group("nccl" if gpu else "gloo", store=dist.PrefixStore(f"/distlearn/attempt_{restart}", store),
+                            rank=rank, world_size=world, timeout=timeout)
+    logger.info("restart %d: joined the process group through this attempt's store prefix", restart)
+
+
+def _is_group_failure(exc: BaseException) -> bool:
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+        marker in text for marker in ("connectFullMesh", "Connection refused", "Connection reset", "timed out connecting")
+    )
+
+
+def _group_failure(exc: BaseException) -> RunError:
+    """A process group that could not form: a failed launch (exit 1), which a launcher may restart."""
+    restart = _restart_count()
+    when = f" on restart {restart} of this launch" if restart else ""
+    return RunError(
+        f"the process group could not form{when}: {exc}. The other processes did not answer: check that every "
+        "process of the launch is running and can reach the others (with torchrun, use --rdzv-backend c10d "
+        "or --standalone, or launch/torchrun.sh).",
+        exit_code=EXIT_TRAINING_FAILED, together=False,
+    )
 
 
 def _build(resolved: dict[str, Any], accelerator: Any) -> Any:
@@ -222,6 +283,11 @@ def _start_folder(resolved: dict[str, Any], config: str | None) -> dict[str, Any
 
     run = resolved["run"]
     mode = run["resume"]
+    if run["output_dir"] is None and mode != "none":
+        launch = launch_identity()  # a restarted or requeued launch continues its own default folder
+        if launch is not None:
+            base = report.default_output_dir(config)
+            run["output_dir"] = str(base.with_name(f"{base.name.rsplit('-', 2)[0]}-{launch}"))
     existed = run["output_dir"] is not None and Path(run["output_dir"]).expanduser().exists()
     output_dir = report.prepare_output_dir(run["output_dir"], run["overwrite"], config, resumable=mode != "none")
     try:
@@ -230,6 +296,45 @@ def _start_folder(resolved: dict[str, Any], config: str | None) -> dict[str, Any
         if not existed:
             report.remove_if_unused(output_dir)
         raise
+
+
+def launch_identity() -> str | None:
+    """A name for this launch that stays the same when the launcher restarts or requeues it, or None.
+
+    ``DISTLEARN_RUN_ID`` (launch/torchrun.sh sets it; launch/slurm.sbatch names the folder of its job
+    itself, since every run of an allocation shares ``SLURM_JOB_ID``), else under torchrun (or ``accelerate launch``) the agent process's start time with torchrun's
+    ``TORCHELASTIC_RUN_ID`` (a fresh id per ``--standalone`` launch) or, when that is ``none``, the
+    agent's pid. None for a launch that cannot restart. On several nodes the agent of rank 0 can
+    change between restarts: set DISTLEARN_RUN_ID (the same on every node) or run.output_dir.
+    """
+    if os.environ.get("DISTLEARN_RUN_ID", "").strip():
+        return _safe_name(os.environ["DISTLEARN_RUN_ID"])
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return None
+    agent = os.getppid()  # the torchrun agent: it outlives the workers it restarts
+    started = _process_start(agent)
+    stamp = started.strftime("%Y%m%d-%H%M%S") + "-" if started is not None else ""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if run_id and run_id != "none":
+        return stamp + _safe_name(run_id)[:8]
+    return f"{stamp}{agent}"
+
+
+def _process_start(pid: int) -> Any:
+    """When process ``pid`` started (a datetime), from /proc; None where there is no /proc."""
+    from datetime import datetime
+
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip())
 
 
 def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool) -> dict[str, Any]:
@@ -245,6 +350,9 @@ def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool) -> 
     if mode == "auto":
         found = checkpoint.latest(output_dir)
         if found is None:
+            if _restart_count():
+                out["log"].append(f"restart {_restart_count()} of this launch: no checkpoint yet in {output_dir}, "
+                                  "starting from the beginning")
             return out
         path, meta = found
     else:
@@ -255,11 +363,12 @@ def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool) -> 
             raise ValueError(f"run.resume={mode!r}: not a usable checkpoint: {exc}") from None
     from .accelerator import launched_world_size
 
-    if meta.get("world_size") != launched_world_size():
-        raise ValueError(
-            f"cannot resume from {path}: it was saved by {meta.get('world_size')} processes and this launch has "
-            f"{launched_world_size()}; launch {meta.get('world_size')} processes to continue it"
-        )
+    world, saved_world = launched_world_size(), meta.get("world_size")
+    if saved_world != world and run.get("resume_batch", "global") == "global":
+        try:  # an elastic resume: the global batch must split over this launch's processes (checked before training)
+            checkpoint.Checkpoints(output_dir, resume_from=path).per_process_batch(world, 1)
+        except checkpoint.CheckpointError as exc:
+            raise ValueError(f"cannot resume from {path} on {world} processes: {exc}") from None
     changed, conflicts = config_changes(meta.get("config") or {}, resolved)
     if conflicts:
         listed = "\n  - ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in conflicts)
@@ -273,7 +382,15 @@ def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool) -> 
     out["wandb_run_id"] = (progress.get("extra") or {}).get("wandb_run_id")
     epoch, done = meta["epoch"], meta["batches_done"]
     where = f"epoch {epoch + 1}, after batch {done}" if done else f"the start of epoch {epoch + 1}"
-    out["log"].append(f"resuming from checkpoint {path} ({where}, optimizer step {meta['step']})")
+    again = f"restart {_restart_count()} of this launch: " if _restart_count() else ""
+    out["log"].append(f"{again}resuming from checkpoint {path} ({where}, optimizer step {meta['step']})")
+    if saved_world != world:
+        policy = run.get("resume_batch", "global")
+        out["log"].append(
+            f"the checkpoint was written by {saved_world} processes, this launch has {world}: "
+            + (f"global batch {meta.get('global_batch')} kept (run.resume_batch: global)" if policy == "global"
+               else "per-process batch kept, the global batch changes (run.resume_batch: per_process)")
+        )
     out["log"] += [f"changed since the checkpoint: {key} {old!r} -> {new!r}" for key, old, new in changed]
     return out
 
@@ -283,6 +400,7 @@ RESUME_MAY_CHANGE = (
     "learner_configs.learner_parameters.n_epochs",
     "learner_configs.learner_parameters.display_every_n_steps",
     "run.output_dir", "run.overwrite", "run.resume", "run.tracking", "run.checkpoint", "run.timeout_s", "run.nonfinite",
+    "run.resume_batch",
 )
 
 
@@ -320,6 +438,7 @@ def _checkpoints(run: dict[str, Any], output_dir: Path, resume_from: str | None,
     return Checkpoints(
         output_dir, every_n_steps=settings.get("every_n_steps"), keep_last=settings.get("keep_last", 2),
         resume_from=resume_from, meta={"config": resolved}, extra={"wandb_run_id": tracker.run_id},
+        resume_batch=run.get("resume_batch", "global"),
     )
 
 

@@ -81,6 +81,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "resume": "auto",  # auto: the newest complete checkpoint in output_dir, else fresh; none; or a checkpoint path
     "timeout_s": 300,  # process-group timeout: a rank that never arrives ends the run after this long
     "nonfinite": "error",  # a NaN/inf training loss: error (stop) or skip (skip that optimizer step)
+    # resuming on another number of processes: keep the global batch (global) or the per-process one
+    "resume_batch": "global",
 }
 
 DEFAULT_CONFIG_NAME = "digits"
@@ -576,6 +578,7 @@ def _check_run(run: Any, problems: list[str]) -> None:
                    f"one of {list(RESUME_MODES)} or the path of a checkpoint folder"),
         "timeout_s": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),
         "nonfinite": (lambda v: v in NONFINITE_MODES, f"one of {list(NONFINITE_MODES)}"),
+        "resume_batch": (lambda v: v in ("global", "per_process"), "one of ['global', 'per_process']"),
     }, "run", problems)
     ckpt = run.get("checkpoint")
     if isinstance(ckpt, dict):

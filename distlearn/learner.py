@@ -257,13 +257,14 @@ class BackwardLearner:
         _check_int("display_step", display_step, 1)
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+        train_loader = self._resume_loader(train_loader, checkpoints, device)  # another world size: its batch size
         accelerator, model, optimizer, scheduler, loader = self._prepare(model, train_loader, device)
         batches = self._batches()
         train_idx = None if train_idx is None else torch.as_tensor(train_idx, device=accelerator.device)
         say = logger.info if accelerator.is_main_process else _quiet  # the one rank check for logging
         preparation = time.time() - begin
         record: dict[str, Any] = {"preparation": {"preparation_time_cost": preparation}, "training": {}}
-        resumed = self._start(accelerator, checkpoints, record, test_loader)  # this rank's saved progress, or None
+        resumed = self._start(accelerator, checkpoints, record, test_loader, metric)  # this rank's saved progress, or None
         first_epoch = self.epoch
         stop = None  # the signal every rank agreed to stop on (see Checkpoints.catch_signals)
         saved = None
@@ -466,8 +467,12 @@ class BackwardLearner:
         _check_loader("data_loader['train_loader']", train_loader, loader)
         return accelerator, model, optimizer, scheduler, loader
 
-    def _start(self, accelerator: Accelerator, checkpoints: Checkpoints | None, record: dict, test_loader: Any):
+    def _start(self, accelerator: Accelerator, checkpoints: Checkpoints | None, record: dict, test_loader: Any,
+               metric: Metric | None = None):
         """Where training starts: a checkpoint's position, the counters of :meth:`load_state_dict`, or 0.
+
+        A checkpoint of another number of processes is merged into this one's (see
+        :func:`~distlearn.checkpoint.reshard`; ``metric`` tells how its states reduce).
 
         Returns:
             This rank's saved progress when resuming from a checkpoint (its partial epoch is
@@ -482,7 +487,7 @@ class BackwardLearner:
         self._resume = False
         if test_loader is not None:  # the loaders prepared in the order they were saved in
             self._prepare_loader(accelerator, test_loader, evaluation=True)
-        progress = checkpoints.load(accelerator, resume_from)
+        progress = checkpoints.load(accelerator, resume_from, metric=metric)
         self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
         record["training"].update(progress["record"]["training"])
         if not progress["batches_done"]:  # at an epoch's end: the saved RNG applies now (the next epoch draws)
@@ -527,6 +532,7 @@ class BackwardLearner:
             "step": self.step,
             "batches_done": batches_done,
             "samples_done": batches_done * self._global_batch,
+            "global_batch": self._global_batch,
             "world_size": accelerator.num_processes,
             "rank": accelerator.process_index,
             "log": None if log is None else log.state_dict(),
@@ -535,6 +541,27 @@ class BackwardLearner:
             "rng": _rng_states(),
             "seed": self.seed,
         }
+
+    def _resume_loader(self, loader: Any, checkpoints: Checkpoints | None, device: Any) -> Any:
+        """The training loader to resume with: on another number of processes, one that keeps the global batch.
+
+        The epoch's global sample order depends only on (seed, epoch), and step k of Q processes
+        with ``global / Q`` samples each covers the same samples as step k of the P processes that
+        saved the checkpoint: skipping the saved number of batches skips exactly the samples trained on.
+        """
+        if checkpoints is None or checkpoints.resume_from is None or not isinstance(loader, torch.utils.data.DataLoader):
+            return loader
+        world = self.accelerator(device).num_processes
+        size = checkpoints.per_process_batch(world, loader.batch_size)
+        if size == loader.batch_size:
+            return loader
+        if loader.batch_size is None:  # a custom batch_sampler: its batch size cannot be changed here
+            raise ValueError(
+                "resuming on another number of processes needs a DataLoader built with batch_size= "
+                "(not batch_sampler=) to keep the global batch; or set run.resume_batch: per_process"
+            )
+        logger.info("elastic resume: per-process batch %d -> %d (global batch kept)", loader.batch_size, size)
+        return _with_batch_size(loader, size)
 
     def _forget_prepared(self, accelerator: Accelerator) -> None:
         """Drop what this learner's previous train() prepared from the Accelerator's lists.
@@ -800,6 +827,17 @@ def _set_rng_states(states: Mapping[str, Any]) -> None:
     np.random.set_state(states["numpy"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _with_batch_size(loader: torch.utils.data.DataLoader, batch_size: int) -> torch.utils.data.DataLoader:
+    """A copy of ``loader`` with another batch size: the same dataset, sampler, collation and workers."""
+    extra = {"prefetch_factor": loader.prefetch_factor} if loader.num_workers else {}
+    return torch.utils.data.DataLoader(
+        loader.dataset, batch_size=batch_size, sampler=loader.sampler, num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+        timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+        persistent_workers=loader.persistent_workers, **extra,
+    )
 
 
 def _to_device(state: Any, device: torch.device) -> Any:

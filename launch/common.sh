@@ -33,7 +33,10 @@ fi
 # environment it needs.
 run_or_print() {
     if [[ -n ${DRY_RUN:-} ]]; then
-        [[ -n ${ACCELERATE_USE_CPU:-} ]] && printf 'ACCELERATE_USE_CPU=%s ' "$ACCELERATE_USE_CPU"
+        local var
+        for var in ACCELERATE_USE_CPU TORCH_DISABLE_SHARE_RDZV_TCP_STORE DISTLEARN_RUN_ID; do  # what the workers need
+            [[ -n ${!var:-} ]] && printf '%s=%q ' "$var" "${!var}"
+        done
         printf '%q ' "$@"
         echo
         exit 0

@@ -16,8 +16,11 @@
 #                        CUDA_VISIBLE_DEVICES when set, else the lines of `nvidia-smi -L`
 #   MAX_RESTARTS         torchrun --max_restarts (default 0): after a failure, start
 #                        every process again, this many times at most. A restart reruns
-#                        the command from the top: with a named run.output_dir it resumes
-#                        from that folder's newest complete checkpoint (run.resume=auto)
+#                        the command from the top and resumes from the run folder's newest
+#                        complete checkpoint (run.resume=auto): the named run.output_dir, or
+#                        the default runs/<config>-<DISTLEARN_RUN_ID>
+#   DISTLEARN_RUN_ID     names the default run folder (default: <date>-<time>-<this shell's pid>);
+#                        the same value on every restart, so a restarted launch finds its folder
 #   NNODES               machines (default 1: standalone, a free local port)
 #   NODE_RANK            this machine's rank (default 0; c10d assigns ranks anyway)
 #   RDZV_ENDPOINT        host:port of the c10d rendezvous, required when NNODES > 1
@@ -35,6 +38,13 @@ set -euo pipefail
 PYTHON=${PYTHON:-python3}
 MAX_RESTARTS=${MAX_RESTARTS:-0}
 NNODES=${NNODES:-1}
+# One name per launch, kept by every restart: the default output folder is runs/<config>-<it>.
+export DISTLEARN_RUN_ID=${DISTLEARN_RUN_ID:-$(date +%Y%m%d-%H%M%S)-$$}
+# torchrun shares its rendezvous TCPStore with the workers and, on a restart, gives the new
+# workers the same store without a per-attempt prefix: the new group can read the dead
+# attempt's addresses and dial them ("Connection refused"). A store per rendezvous round
+# (the agent's opt-out) makes every restart start from a clean store.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 NPROC_PER_NODE=${NPROC_PER_NODE:-$LOCAL_PROCS}
