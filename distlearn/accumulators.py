@@ -45,7 +45,6 @@ import hashlib
 import io
 import math
 import os
-import pickle
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field

@@ -40,6 +40,7 @@ from .accumulators import Cat, List, Mean, Sum, calculate
 from .batches import Batches, Report
 from .checkpoint import Checkpoints, Interrupted
 from .metrics import Metric, Metrics, is_metric
+from .records import EpochRecord, Record, TestResult, scores
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
 
@@ -214,7 +215,7 @@ class BackwardLearner:
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
         checkpoints: Checkpoints | None = None,
         nonfinite: str = "error",
-    ) -> dict[str, Any]:
+    ) -> Record:
         """Train ``model`` for ``n_epochs``; returns the training record (identical on every rank).
 
         Training runs epochs ``0 .. n_epochs - 1``, or, after :meth:`load_state_dict`, continues
@@ -263,7 +264,7 @@ class BackwardLearner:
         train_idx = None if train_idx is None else torch.as_tensor(train_idx, device=accelerator.device)
         say = logger.info if accelerator.is_main_process else _quiet  # the one rank check for logging
         preparation = time.time() - begin
-        record: dict[str, Any] = {"preparation": {"preparation_time_cost": preparation}, "training": {}}
+        record: Record = {"preparation": {"preparation_time_cost": preparation}, "training": {}}
         resumed = self._start(accelerator, checkpoints, record, test_loader, metric)  # this rank's saved progress, or None
         first_epoch = self.epoch
         stop = None  # the signal every rank agreed to stop on (see Checkpoints.catch_signals)
@@ -344,7 +345,7 @@ class BackwardLearner:
         return_full_result: bool = True,
         test_idx: torch.Tensor | None = None,
         return_scores: bool = True,
-    ) -> dict[str, Any]:
+    ) -> TestResult:
         """Evaluate ``model`` on ``test_loader``; the result is identical on every rank.
 
         Args:
@@ -401,7 +402,7 @@ class BackwardLearner:
             if return_scores:
                 accumulators["y_score"] = scores
         values = calculate(accumulators)
-        result: dict[str, Any] = {
+        result: TestResult = {
             "test_loss": float(values["loss"]) if "loss" in values else None,
             **_scores_of(metric, values.get("score"), "test"),
             "time_cost": float(values["seconds"]),
@@ -605,7 +606,7 @@ class BackwardLearner:
 
     def _summarise_epoch(
         self, log, metric, epoch, start, end, preparation, stop_flags=None, nonfinite="error"
-    ) -> dict[str, Any]:
+    ) -> EpochRecord:
         """All of the epoch's train numbers in ONE collective; identical on every rank.
 
         ``stop_flags`` (see :func:`_stop_flags`) ride along: ``summary["stop"]`` is the signal any rank got, or None.
@@ -965,15 +966,15 @@ def _scores_of(metric: Any, value: Any, part: str) -> dict[str, Any]:
     return {f"{part}_score": scores[metric.name], f"{part}_scores": scores}
 
 
-def _describe(epoch: int, n_epochs: int, summary: Mapping[str, Any]) -> str:
+def _describe(epoch: int, n_epochs: int, summary: EpochRecord) -> str:
     text = f"epoch {epoch + 1}/{n_epochs}: train_loss {summary['train_loss']:.6g}"
-    for name, value in (summary.get("train_scores") or {}).items():
+    for name, value in scores(summary, "train").items():
         text += f", train_{name} {_number(value)}"
     test = summary["test_result"]
     if test is not None:
         if test["test_loss"] is not None:
             text += f", test_loss {test['test_loss']:.6g}"
-        for name, value in (test.get("test_scores") or {}).items():
+        for name, value in scores(test, "test").items():
             text += f", test_{name} {_number(value)}"
     return text + f", lr {summary['lr']:.4g}, {summary['samples_per_second'] or 0:.0f} samples/s"
 

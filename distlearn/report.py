@@ -23,6 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .records import Record, scores
+
 __all__ = [
     "OUTPUT_FILES",
     "OutputDirError",
@@ -210,7 +212,7 @@ def write_model(path: str | Path, state_dict: Mapping[str, Any]) -> Path:
 
 def write_curves(
     path: str | Path,
-    record: Mapping[str, Any],
+    record: Record,
     *,
     title: str | None = None,
     higher_is_better: bool | None = None,
@@ -236,7 +238,7 @@ def write_curves(
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
 
 
-def curves_figure(record: Mapping[str, Any], *, title: str = "", higher_is_better: bool | None = None) -> Any:
+def curves_figure(record: Record, *, title: str = "", higher_is_better: bool | None = None) -> Any:
     """The matplotlib ``Figure`` that :func:`write_curves` saves (Agg canvas, no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -249,8 +251,8 @@ def curves_figure(record: Mapping[str, Any], *, title: str = "", higher_is_bette
         ("loss", "test"): _series(epochs, lambda e: (e.get("test_result") or {}).get("test_loss")),
     }
     for n in names:  # one panel per metric, the primary first
-        series[(n, "train")] = _series(epochs, lambda e, n=n: _score(e, "train", n, name))
-        series[(n, "test")] = _series(epochs, lambda e, n=n: _score(e.get("test_result") or {}, "test", n, name))
+        series[(n, "train")] = _series(epochs, lambda e, n=n: scores(e, "train").get(n))
+        series[(n, "test")] = _series(epochs, lambda e, n=n: scores(e.get("test_result") or {}, "test").get(n))
     series[("lr", "lr")] = _series(epochs, lambda e: e.get("lr"))
     scored = [n for n in names if any(series[(n, s)] for s in ("train", "test"))]
     same = name in scored and all(_same(series[("loss", s)], series[(name, s)]) for s in ("train", "test"))
@@ -307,14 +309,6 @@ def _best_epoch(
     return epoch, value, kind
 
 
-def _score(part: Mapping[str, Any], which: str, name: str, primary: str) -> Any:
-    """One metric's value in a record part (``train_scores``; older records hold only the primary's)."""
-    scores = part.get(f"{which}_scores")
-    if scores:
-        return scores.get(name)
-    return part.get(f"{which}_score") if name == primary else None
-
-
 def _series(epochs: list, get: Callable[[Mapping[str, Any]], Any]) -> list[tuple[int, float]]:
     """(1-based epoch, finite value) pairs; missing and non-finite values are left out."""
     points = [(i + 1, finite(get(e))) for i, e in epochs]
@@ -328,7 +322,7 @@ def _same(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
 
 
 def summary_text(
-    record: Mapping[str, Any],
+    record: Record,
     *,
     output_dir: str | Path,
     title: str,
@@ -362,12 +356,12 @@ def summary_text(
             f"  epochs     {len(epochs)} in {train_time:.1f} s of training, {wall_time:.1f} s in all"
             + (f" ({sum(speeds) / len(speeds):,.0f} samples/s)" if speeds else "")
         )
-        lines.append(f"  train      {_numbers(last.get('train_loss'), _all_scores(last, 'train', name))}")
+        lines.append(f"  train      {_numbers(last.get('train_loss'), scores(last, 'train'))}")
         tested = [(i, e["test_result"]) for i, e in epochs if e.get("test_result")]
         if tested:
             i, test = tested[-1]
             lines.append(
-                f"  test       {_numbers(test.get('test_loss'), _all_scores(test, 'test', name))}"
+                f"  test       {_numbers(test.get('test_loss'), scores(test, 'test'))}"
                 + (f" (epoch {i + 1})" if i != last_epoch else "")
             )
             scored = [(i, t["test_score"]) for i, t in tested if finite(t.get("test_score")) is not None]
@@ -441,10 +435,6 @@ def _short_tracking(text: str, output_dir: str | Path) -> str:
 def _fmt(value: Any) -> str:
     number = finite(value)
     return "n/a" if number is None else f"{number:.4g}"
-
-
-def _all_scores(part: Mapping[str, Any], which: str, primary: str) -> dict[str, Any]:
-    return dict(part.get(f"{which}_scores") or {primary: part.get(f"{which}_score")})
 
 
 def _numbers(loss: Any, scores: Mapping[str, Any]) -> str:

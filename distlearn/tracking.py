@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .records import EpochRecord, scores
 from .report import finite
 
 __all__ = ["Tracker", "epoch_metrics", "resolve_mode", "wandb_credentials"]
@@ -102,7 +103,7 @@ def resolve_mode(tracking: Mapping[str, Any], environ: Mapping[str, str] | None 
     return "offline", "no W&B credentials (WANDB_API_KEY or ~/.netrc)"
 
 
-def epoch_metrics(epoch: int, summary: Mapping[str, Any]) -> dict[str, float]:
+def epoch_metrics(epoch: int, summary: EpochRecord) -> dict[str, float]:
     """The numbers to log for one epoch of a learner's record, named for a dashboard.
 
     Args:
@@ -118,8 +119,8 @@ def epoch_metrics(epoch: int, summary: Mapping[str, Any]) -> dict[str, float]:
     """
     test = summary.get("test_result") or {}
     values = {"train/loss": summary.get("train_loss"), "test/loss": test.get("test_loss")}
-    for part, scores in (("train", _scores(summary, "train")), ("test", _scores(test, "test"))):
-        values.update({f"{part}/{name}": value for name, value in scores.items()})
+    for part, by_name in (("train", scores(summary, "train")), ("test", scores(test, "test"))):
+        values.update({f"{part}/{name}": value for name, value in by_name.items()})
     values.update(lr=summary.get("lr"), samples_per_second=summary.get("samples_per_second"),
                   epoch_time=summary.get("time_cost"))
     out: dict[str, float] = {"epoch": epoch}
@@ -128,13 +129,6 @@ def epoch_metrics(epoch: int, summary: Mapping[str, Any]) -> dict[str, float]:
         if number is not None:
             out[key] = number
     return out
-
-
-def _scores(part: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """A record part's metric values by name (records from before ``*_scores`` hold one ``*_score``)."""
-    if part.get(f"{name}_scores") is not None:
-        return dict(part[f"{name}_scores"])
-    return {part.get("metric_name") or "score": part.get(f"{name}_score")}
 
 
 class Tracker:

@@ -112,7 +112,7 @@ CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("class-not-dotted", ["digits", f"{L}.optimizer_configs.optimizer_class=AdamW"], ("optimizer_class", "dotted class path")),
     ("class-is-module", ["digits", f"{L}.optimizer_configs.optimizer_class=torch.optim"], ("is a module",)),
     ("class-is-function", ["digits", "model_configs.model_class=os.path.join"], ("model_class", "expected a class")),
-    ("tinybig-learner-class", ["digits", f"learner_configs.learner_class=tinybig.learner.forward_learner"],
+    ("tinybig-learner-class", ["digits", "learner_configs.learner_class=tinybig.learner.forward_learner"],
      ("learner_configs.learner_class", "tinybig's own class")),
     # parameters
     ("unknown-parameter", ["digits", "model_configs.model_parameters.hiden_sizes=[3]"],

@@ -1,0 +1,74 @@
+"""The training record: one typed structure that every reader shares.
+
+``BackwardLearner.train`` returns a :class:`Record`; the console line, the W&B
+tracker, ``record.json``, the summary and ``curves.png`` all read its
+:class:`EpochRecord` entries, so a field is renamed in one place. Epochs are
+0-based keys here and 1-based wherever a person reads them (log lines, the
+progress bar, "best at epoch N", the curves' x axis). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, TypedDict
+
+__all__ = ["BatchRecord", "EpochRecord", "Record", "TestResult", "scores"]
+
+
+class TestResult(TypedDict, total=False):
+    """What ``test()`` returns (and ``EpochRecord.test_result`` holds)."""
+
+    test_loss: float | None  # the sample- (or token-) weighted mean loss over every test sample once
+    test_score: Any  # the primary metric's value (a float; a tensor for a ConfusionMatrix)
+    test_scores: dict[str, Any]  # every metric's value by its short name
+    time_cost: float
+    metric_name: str | None  # the primary metric's name
+    y_pred: list[Any]  # with return_full_result: every test sample once, in dataset order
+    y_true: list[Any]
+    y_score: list[Any] | None
+
+
+class BatchRecord(TypedDict):
+    time: float
+    time_cost: float
+    loss: float  # this batch's loss over all ranks
+    score: None
+    metric_name: str | None
+
+
+class EpochRecord(TypedDict, total=False):
+    """One epoch of ``Record.training``: identical on every rank."""
+
+    start_time: float
+    end_time: float
+    time_cost: float
+    train_loss: float
+    train_score: Any  # the primary metric's value, or None without a metric
+    train_scores: dict[str, Any]  # every metric's value by its short name
+    metric_name: str | None
+    lr: float
+    samples: int  # real samples trained on (Accelerate's padding repeats left out)
+    samples_per_second: float | None
+    optimizer_steps: int  # optimizer steps taken since the start of training
+    skipped_steps: int  # with nonfinite="skip" only
+    batch_records: dict[int, BatchRecord]
+    test_result: TestResult | None
+
+
+class Record(TypedDict, total=False):
+    """What ``BackwardLearner.train`` returns; ``distlearn train`` adds ``status`` in record.json."""
+
+    preparation: dict[str, float]
+    training: dict[int, EpochRecord]
+    status: Literal["completed", "interrupted"]
+
+
+def scores(part: Mapping[str, Any], which: Literal["train", "test"]) -> dict[str, Any]:
+    """Every metric's value by name in an epoch record (``which="train"``) or a test result (``"test"``).
+
+    Records written before ``*_scores`` existed hold only the primary's ``*_score``.
+    """
+    if part.get(f"{which}_scores") is not None:
+        return dict(part[f"{which}_scores"])
+    value = part.get(f"{which}_score")
+    return {} if value is None else {part.get("metric_name") or "score": value}
