@@ -88,9 +88,14 @@ def _script():
 
 
 def _load(runs, launch: str, scenario: str, rank: int = 0) -> dict:
-    out = json.loads((runs[launch] / f"{scenario}.rank{rank}.json").read_text())
-    assert "crashed" not in out, out.get("crashed")
-    return out
+    """One rank's output; every other rank's must exist, not have crashed, and hold the same record,
+    test result and weights (the README promises records identical on every rank)."""
+    outs = [json.loads((runs[launch] / f"{scenario}.rank{r}.json").read_text()) for r in range(_ranks(launch))]
+    for r, other in enumerate(outs):
+        assert "crashed" not in other, (r, other.get("crashed"))
+        for key in ("record", "test", "weights"):
+            assert other.get(key) == outs[0].get(key), (scenario, launch, r, key)
+    return outs[rank]
 
 
 def _ranks(launch: str) -> int:
