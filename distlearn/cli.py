@@ -510,13 +510,17 @@ def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool) ->
         raise RunError(f"training failed: {exc}", EXIT_TRAINING_FAILED) from None
     except RuntimeError as exc:  # gloo and NCCL report a collective's timeout as a RuntimeError
         text = str(exc)
+        learner = experiment.learner
+        where = (f"rank {os.environ.get('RANK', '0')} of {os.environ.get('WORLD_SIZE', '1')}, in epoch {learner.epoch + 1} "
+                 f"after optimizer step {learner.step}")
         if "connection closed by peer" in text.lower() or "connection reset" in text.lower():
-            raise RunError(f"training stopped: another process ended while this one waited for it ({text.strip()})",
-                           EXIT_TRAINING_FAILED, together=False) from None
+            raise RunError(f"training stopped on {where}: another process ended while this one waited for it in a "
+                           f"collective ({text.strip().splitlines()[0]}); its log says why. Rerun the same command to "
+                           "resume from the newest checkpoint.", EXIT_TRAINING_FAILED, together=False) from None
         if "timed out" not in text.lower() and "timeout" not in text.lower():
             raise
         raise RunError(
-            f"training stopped: another process did not arrive within run.timeout_s={experiment.run['timeout_s']} s "
+            f"training stopped on {where}: another process did not arrive within run.timeout_s={experiment.run['timeout_s']} s "
             f"while this one waited for it in a collective ({text.strip().splitlines()[0]}). A process died, hangs, "
             "or was started with another WORLD_SIZE: see every rank's log. A longer run.timeout_s helps only when a "
             "process is merely slow (e.g. a large checkpoint on a slow disk).",

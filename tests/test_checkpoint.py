@@ -249,5 +249,18 @@ def test_a_rank_that_never_arrives_ends_the_run_after_run_timeout_s(tmp_path):
     done = subprocess.run(cmd, env=_env(STALL_S="8"), capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode != 0
     assert "did not arrive within run.timeout_s=3 s" in done.stderr, done.stderr[-3000:]
+    assert "training stopped on rank 0 of 2, in epoch 1 after optimizer step" in done.stderr
     assert time.time() - began < 90
     assert not (tmp_path / "run").exists()  # nothing was written: no empty run folder is left
+
+
+def test_a_rank_that_dies_is_named_with_the_place_in_the_loop(tmp_path):
+    """A peer killed mid-run: the survivor says which rank it is, where in the loop, and how to resume."""
+    script = Path(__file__).parent / "scripts" / "stalled_rank.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script),
+           "learner_configs.learner_parameters.n_epochs=1", "run.tracking.backend=none", "run.timeout_s=20",
+           f"run.output_dir={tmp_path / 'run'}"]
+    done = subprocess.run(cmd, env=_env(DIE="1"), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "training stopped on rank 0 of 2, in epoch 1 after optimizer step" in done.stderr, done.stderr[-3000:]
+    assert "Rerun the same command to resume" in done.stderr or "did not arrive" in done.stderr

@@ -3,12 +3,14 @@
     torchrun --nproc_per_node 2 stalled_rank.py [distlearn train arguments]
 
 The last rank sleeps STALL_S seconds (default 120) before its first epoch's summary,
-so the other ranks wait in that collective until the process-group timeout.
+so the other ranks wait in that collective until the process-group timeout; with
+DIE=1 it kills itself (SIGKILL) there instead, so the others lose their peer.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -19,6 +21,8 @@ if int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1:
     summarise = BackwardLearner._summarise_epoch
 
     def stalled(self, *args, **kwargs):
+        if os.environ.get("DIE") == "1":
+            os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(float(os.environ.get("STALL_S", "120")))
         return summarise(self, *args, **kwargs)
 
