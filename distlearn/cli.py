@@ -73,13 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.config = None
     try:
         train(args.config, args.overrides, quiet=args.quiet)
+        code = 0
     except RunError as exc:
         _error(str(exc))
-        return exc.exit_code
+        code = exc.exit_code
     except KeyboardInterrupt:
         _error("interrupted")
-        return 130
-    return 0
+        code = 130
+    if _FINISHED_GROUP:
+        _exit_now(code)
+    return code
 
 
 def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool = False) -> dict[str, Any]:
@@ -120,6 +123,7 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
     accelerator = _build_accelerator(resolved, tracker)
     _setup_logging(accelerator.is_main_process, quiet)
     start: dict[str, Any] = {}
+    experiment: Any = None
     together = True  # every rank ends on the same path (see _close)
     try:
         start = _on_main(accelerator, "output folder", _start_folder, resolved, config)
@@ -163,6 +167,8 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
     finally:
         tracker.finish()
         _close(accelerator, together)
+        if accelerator.num_processes > 1:  # freed by _exit_now, never by gloo's destructors (see there)
+            _FINISHED_GROUP.extend([accelerator, experiment])
 
 
 # --------------------------------------------------------------------------- steps
@@ -468,6 +474,25 @@ def _stop(accelerator, experiment, tracker, output_dir, resolved, stopped, confi
         f"interrupted by {name}: {where} saved; resume with the same launch and: {shlex.join(command)}",
         130 if stopped.signum == signal.SIGINT else 143,
     )
+
+
+# A multi-process run's objects once its group is closed. Freeing a DDP model after the group
+# is destroyed runs gloo's ProcessGroup destructor, which joins its worker threads and, seen
+# here after successful two-process runs, can block forever (or abort: "terminate called
+# without an active exception"). Everything is written and flushed by then, so the command
+# exits without running those destructors.
+_FINISHED_GROUP: list[Any] = []
+
+
+def _exit_now(code: int) -> None:
+    """Flush every stream and end the process with ``code``, skipping interpreter teardown."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing left to flush
+            pass
+    os._exit(code)
 
 
 def _close(accelerator: Any, together: bool) -> None:
