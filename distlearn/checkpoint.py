@@ -491,7 +491,9 @@ def _merge_log(logs: list[Mapping[str, Any]], rank: int) -> dict[str, Any]:
     n = len(first["sizes"])
     if any(len(log["sizes"]) != n for log in logs):
         raise CheckpointError(f"the saved ranks logged different numbers of batches: {[len(g['sizes']) for g in logs]}")
-    sizes = torch.tensor([log["sizes"] for log in logs], dtype=torch.float64)  # (ranks, batches)
+    # (ranks, batches); a token count may be saved as a 0-d tensor
+    sizes = torch.tensor([[float(v) for v in log["sizes"]] for log in logs], dtype=torch.float64)
+    rows = [sum(column) for column in zip(*(log.get("rows", log["sizes"]) for log in logs))]
     if n and rank == 0:
         losses = torch.stack([log["losses"].to(torch.float64) for log in logs])
         weighted = torch.where(sizes > 0, losses * sizes, torch.zeros_like(losses)).sum(0)
@@ -499,13 +501,15 @@ def _merge_log(logs: list[Mapping[str, Any]], rank: int) -> dict[str, Any]:
         # a batch without real samples keeps rank 0's loss with weight 0 (a NaN there still shows)
         merged = torch.where(total > 0, weighted / total.clamp(min=1), losses[0])
         losses_out, sizes_out = merged.to(first["losses"].dtype), [int(v) for v in total.tolist()]
+        rows_out = [int(v) for v in rows]  # real samples per batch: the epoch's sample count
     else:
         losses_out = None if first["losses"] is None else torch.zeros_like(first["losses"])
-        sizes_out = [0] * n
+        sizes_out, rows_out = [0] * n, [0] * n
     return {
         **first,
         "losses": losses_out,
         "sizes": sizes_out,
+        "rows": rows_out,
         "running": _merge_accumulator([log["running"] for log in logs], rank, None, Mean()),
     }
 
