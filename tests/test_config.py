@@ -2,6 +2,7 @@
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -311,7 +312,8 @@ def test_cpu_multi_accelerate_config_starts_two_processes(tmp_path):
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=100)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("RANK"))
+    # The two processes share one stdout: their lines may interleave, so find the reports anywhere.
+    lines = sorted(re.findall(r"RANK \d+ OF \d+ WORLD \d+", proc.stdout))
     assert lines == ["RANK 0 OF 2 WORLD 2", "RANK 1 OF 2 WORLD 2"], proc.stdout + proc.stderr[-2000:]
 
 
