@@ -15,7 +15,9 @@ Every metric has ``name`` (a short name for records and W&B) and
 Binary scores (1-D, or one column) are probabilities or logits: as in
 torchmetrics, a batch with any score outside [0, 1] goes through a sigmoid,
 and a score ``>= threshold`` predicts 1. The choice is made on the device
-per batch (``torch.where``), without a host sync.
+per batch (``torch.where``), without a host sync. Multilabel metrics
+(``num_labels=L``) take (n, L) 0/1 labels and scores under the same rule, and
+keep per-label float64 counts.
 """
 
 from __future__ import annotations
@@ -172,6 +174,12 @@ class Accuracy(Metric):
         top_k: with ``top_k > 1`` a sample counts as correct when its label is
             among the ``top_k`` highest scores (scikit-learn's
             ``top_k_accuracy_score``); needs ``y_score`` of shape (n, classes).
+        num_labels: multilabel: ``y_true`` is an (n, num_labels) 0/1 matrix and
+            ``y_score`` (n, num_labels) probabilities or logits, each thresholded;
+            the accuracy is per label (torchmetrics' ``MultilabelAccuracy``, not
+            scikit-learn's subset accuracy).
+        average: multilabel only: ``"micro"`` (over every label of every sample),
+            ``"macro"`` (mean of the per-label accuracies) or ``"none"`` (a tensor, one per label).
     """
 
     higher_is_better = True
@@ -431,6 +439,11 @@ class Precision(_Confusion):
             largest label seen (a host sync per batch; ranks are padded to agree).
         threshold: for binary scores, the probability at or above which the prediction is 1.
         pos_label: the positive class for ``average="binary"``.
+        num_labels: multilabel: ``y_true`` is an (n, num_labels) 0/1 matrix and
+            ``y_score`` (n, num_labels) probabilities or logits, each thresholded.
+            ``average`` is then ``"micro"``, ``"macro"`` (over every label),
+            ``"weighted"`` or ``"none"`` (a tensor, one score per label), as
+            scikit-learn's ``average=`` on an indicator matrix.
     """
 
     _short = "precision"
@@ -653,8 +666,10 @@ class AUROC(_Ranked):
     """Area under the ROC curve, exact (scikit-learn's ``roc_auc_score``).
 
     Binary: scores of shape (n,) (probabilities or logits alike); multiclass
-    with ``num_classes``: one-vs-rest, macro average over the classes. NaN
-    with a warning where only one class occurs.
+    with ``num_classes``: one-vs-rest, macro average over the classes;
+    multilabel with ``num_labels``: (n, num_labels) scores and 0/1 labels, macro
+    average over the labels. NaN with a warning where only one class occurs;
+    classes or labels with one class only are left out of the average, with a warning.
     """
 
     _short = "auroc"
@@ -678,8 +693,9 @@ class AUROC(_Ranked):
 class AveragePrecision(_Ranked):
     """Average precision, exact (scikit-learn's ``average_precision_score``).
 
-    Binary, or one-vs-rest macro with ``num_classes``. NaN with a warning
-    where a class has no positive sample.
+    Binary, one-vs-rest macro with ``num_classes``, or macro over the labels
+    with ``num_labels`` ((n, num_labels) scores and 0/1 labels). NaN with a
+    warning where a class has no positive sample.
     """
 
     _short = "average_precision"
