@@ -1194,7 +1194,10 @@ class _Plan:
         header = self.signature + [0.0] * world  # no List/Cat: every rank's byte size is 0
         self.header = torch.tensor(header, dtype=torch.float64, device=device)
         self.count = sum(t.numel() for t in self.tensors)
-        self.tail = torch.zeros(_INLINE - self.count, dtype=torch.float64, device=device)
+        # One buffer for every call of this pattern: states are stacked straight into it (no
+        # allocation, no concatenation). Values handed out never alias it (see run()).
+        self.buffer = torch.zeros(len(header) + _INLINE, dtype=torch.float64, device=device)
+        self.stackable = all(t.dim() == 0 and t.dtype == torch.float64 and t.device == device for t in self.tensors)
         self.runs: list[tuple[int, int, type | None, int]] = []  # (first, end, class to batch, numbers each)
         i = 0
         while i < len(accs):
@@ -1219,23 +1222,30 @@ class _Plan:
 
     def run(self, accs, specs, group) -> list[Any] | None:
         """The global values, or None when the ranks' signatures differ."""
-        sums = _flat(self.tensors, self.device)
-        buffer = torch.cat([self.header, sums, self.tail])
+        buffer, start = self.buffer, len(self.header)
+        buffer[:start] = self.header
+        if self.stackable:
+            torch.stack(self.tensors, out=buffer[start : start + self.count])
+        else:
+            buffer[start : start + self.count] = _flat(self.tensors, self.device)
+        buffer[start + self.count :] = 0.0
         dist.all_reduce(buffer, group=group)
-        start = len(self.header)
         if buffer[: len(self.signature)].tolist() != self.expected:
             return None
         sums = buffer[start : start + self.count]
+        if any(cls is None for _, _, cls, _ in self.runs):
+            sums = sums.clone()  # finished one by one: values may be views of the sums
         results: list[Any] = []
         offset = 0
         for i, j, cls, width in self.runs:
             if cls is not None:
                 block = sums[offset : offset + (j - i) * width].view(j - i, width)
                 values = cls._batch_values(accs[i:j], specs[i:j], block)
-                if values is not None:
+                if values is not None:  # Python numbers: nothing refers to the buffer
                     results.extend(values)
                     offset += (j - i) * width
                     continue
+                sums = sums.clone()  # the careful path below may hand out views
             for k in range(i, j):  # the careful path, one by one
                 acc_sums = []
                 for shape in self.shapes[k]:
