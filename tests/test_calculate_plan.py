@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-import distlearn.accumulators as accumulators
+from distlearn import accumulators
 from distlearn.accumulators import DivergenceError, Mean, Sum, calculate
 from distlearn.metrics import Accuracy
 

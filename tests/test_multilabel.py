@@ -18,7 +18,16 @@ from hypothesis import strategies as st
 from sklearn import metrics as sk
 
 from distlearn.accumulators import Mean, calculate
-from distlearn.metrics import AUROC, F1, Accuracy, AveragePrecision, FBeta, Metrics, Precision, Recall
+from distlearn.metrics import (
+    AUROC,
+    F1,
+    Accuracy,
+    AveragePrecision,
+    FBeta,
+    Metrics,
+    Precision,
+    Recall,
+)
 
 AVERAGES = ("micro", "macro", "weighted", "none")
 
@@ -55,7 +64,7 @@ def multilabel_on_ranks(rank, world, labels, y_true, y_score, batch):
 def check_against_sklearn(values, y_true, y_score, probabilities):
     y_pred = (probabilities >= 0.5).astype(int)
     for avg in AVERAGES:
-        kw = dict(average=None if avg == "none" else avg, zero_division=0)
+        kw = {"average": None if avg == "none" else avg, "zero_division": 0}
         expected = {
             "precision": sk.precision_score(y_true, y_pred, **kw),
             "recall": sk.recall_score(y_true, y_pred, **kw),
