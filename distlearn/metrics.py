@@ -15,7 +15,9 @@ Every metric has ``name`` (a short name for records and W&B) and
 Binary scores (1-D, or one column) are probabilities or logits: as in
 torchmetrics, a batch with any score outside [0, 1] goes through a sigmoid,
 and a score ``>= threshold`` predicts 1. The choice is made on the device
-per batch (``torch.where``), without a host sync.
+per batch (``torch.where``), without a host sync. Multilabel metrics
+(``num_labels=L``) take (n, L) 0/1 labels and scores under the same rule, and
+keep per-label float64 counts.
 """
 
 from __future__ import annotations
@@ -172,20 +174,47 @@ class Accuracy(Metric):
         top_k: with ``top_k > 1`` a sample counts as correct when its label is
             among the ``top_k`` highest scores (scikit-learn's
             ``top_k_accuracy_score``); needs ``y_score`` of shape (n, classes).
+        num_labels: multilabel: ``y_true`` is an (n, num_labels) 0/1 matrix and
+            ``y_score`` (n, num_labels) probabilities or logits, each thresholded;
+            the accuracy is per label (torchmetrics' ``MultilabelAccuracy``, not
+            scikit-learn's subset accuracy).
+        average: multilabel only: ``"micro"`` (over every label of every sample),
+            ``"macro"`` (mean of the per-label accuracies) or ``"none"`` (a tensor, one per label).
     """
 
     higher_is_better = True
     _reductions = {"correct": SUM, "total": SUM}
 
-    def __init__(self, threshold: float = 0.5, top_k: int = 1) -> None:
+    def __init__(
+        self, threshold: float = 0.5, top_k: int = 1, num_labels: int | None = None, average: str = "micro"
+    ) -> None:
         if not is_int(top_k) or top_k < 1:
             raise ValueError(f"Accuracy: top_k must be an int >= 1, got {top_k!r}")
         self.threshold = threshold
         self.top_k = top_k
+        self.num_labels = _check_num_labels(self, num_labels)
         self.name = "accuracy" if top_k == 1 else f"top{top_k}_accuracy"
+        if num_labels is not None:
+            if top_k != 1:
+                raise ValueError(f"Accuracy: top_k={top_k} has no multilabel meaning; pass top_k=1 with num_labels")
+            if average not in _MULTILABEL_AVERAGES:
+                raise ValueError(
+                    f"Accuracy(num_labels={num_labels}): average must be one of "
+                    f"{', '.join(map(repr, _MULTILABEL_AVERAGES))}, got {average!r}"
+                )
+            self._reductions = {"correct": SUM, "total": SUM}
+            self.name = "multilabel_accuracy" if average == "micro" else f"multilabel_accuracy_{average}"
+        self.average = average
         super().__init__()
 
+    def _initial_shapes(self) -> dict[str, tuple[int, ...]]:
+        if self.num_labels is None:
+            return super()._initial_shapes()
+        return {"correct": (self.num_labels,), "total": ()}
+
     def predict(self, y_score: Any) -> torch.Tensor:
+        if self.num_labels is not None:
+            return _classify_labels(y_score, self.threshold)
         return _classify(y_score, self.threshold)
 
     def update(self, y_pred: Any = None, y_true: Any = None, y_score: Any = None) -> None:
@@ -205,21 +234,37 @@ class Accuracy(Metric):
         self._states["total"] += y_true.numel()
 
     def _accumulate(self, states, y_pred, y_true) -> None:
+        if self.num_labels is not None:
+            y_pred, y_true = _label_matrices(self, y_pred, y_true)
+            states["correct"] += (y_pred == y_true).sum(0)
+            states["total"] += y_true.shape[0]
+            return
         _check_same_shape(self, y_pred, y_true)
         states["correct"] += (y_pred.reshape(-1) == y_true.reshape(-1)).sum()
         states["total"] += y_true.numel()
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.num_labels is not None:  # torchmetrics' MultilabelAccuracy: per label, then averaged
+            per_label = states["correct"] / states["total"]
+            if self.average == "none":
+                return per_label
+            if self.average == "micro":
+                return states["correct"].sum() / (states["total"] * self.num_labels)
+            return per_label.mean()
         return states["correct"] / states["total"]
 
-    def _batch_config(self) -> tuple:
-        return ()
+    def _convert_global(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
+        return result.to("cpu") if result.dim() else float(result)
+
+    def _batch_config(self) -> tuple | None:
+        return () if self.num_labels is None else None
 
     def _empty_mask(self, states):
         return states["total"] == 0
 
 
 _AVERAGES = ("binary", "micro", "macro", "weighted")
+_MULTILABEL_AVERAGES = ("micro", "macro", "weighted", "none")
 
 
 class _Confusion(Metric):
@@ -231,9 +276,30 @@ class _Confusion(Metric):
     _short: ClassVar[str]
 
     def __init__(
-        self, average: str = "binary", num_classes: int | None = None, threshold: float = 0.5, pos_label: int = 1
+        self,
+        average: str = "binary",
+        num_classes: int | None = None,
+        threshold: float = 0.5,
+        pos_label: int = 1,
+        num_labels: int | None = None,
     ) -> None:
         owner = type(self).__name__
+        self.num_labels = _check_num_labels(self, num_labels)
+        if num_labels is not None:
+            if average not in _MULTILABEL_AVERAGES:
+                raise ValueError(
+                    f"{owner}(num_labels={num_labels}): average must be one of "
+                    f"{', '.join(map(repr, _MULTILABEL_AVERAGES))} ('none': one score per label), got {average!r}"
+                )
+            if num_classes is not None:
+                raise ValueError(f"{owner}: pass num_classes (multiclass) or num_labels (multilabel), not both")
+            self.average, self.num_classes, self.threshold, self.pos_label = average, None, threshold, pos_label
+            # per label: true positives, false positives, false negatives, true negatives (rows)
+            self._reductions = {"counts": SUM, "out_of_range": SUM}
+            self._growable = False  # fixed shape: the spec is cached, the state planned
+            self.name = f"multilabel_{self._short}_{average}"
+            Metric.__init__(self)
+            return
         if average not in _AVERAGES:
             raise ValueError(f"{owner}: average must be one of {', '.join(map(repr, _AVERAGES))}, got {average!r}")
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
@@ -246,13 +312,24 @@ class _Confusion(Metric):
         super().__init__()
 
     def _initial_shapes(self) -> dict[str, tuple[int, ...]]:
+        if self.num_labels is not None:
+            return {"counts": (4, self.num_labels), "out_of_range": ()}
         n = self.num_classes or 0
         return {"confusion": (n, n), "out_of_range": ()}
 
     def predict(self, y_score: Any) -> torch.Tensor:
+        if self.num_labels is not None:
+            return _classify_labels(y_score, self.threshold)
         return _classify(y_score, self.threshold)
 
     def _accumulate(self, states, y_pred, y_true) -> None:
+        if self.num_labels is not None:
+            y_pred, y_true = _label_matrices(self, y_pred, y_true)
+            # Values other than 0 and 1 are counted; calculate() raises on every rank when any occurred.
+            states["out_of_range"] += ((y_true != 0) & (y_true != 1)).sum() + ((y_pred != 0) & (y_pred != 1)).sum()
+            t, p = y_true == 1, y_pred == 1
+            states["counts"] += torch.stack([(t & p).sum(0), (~t & p).sum(0), (t & ~p).sum(0), (~t & ~p).sum(0)])
+            return
         _check_same_shape(self, y_pred, y_true)
         y_true, y_pred = y_true.reshape(-1).long(), y_pred.reshape(-1).long()
         confusion = states["confusion"]
@@ -274,10 +351,17 @@ class _Confusion(Metric):
         confusion.view(-1).index_add_(0, index, valid.to(torch.float64))
 
     def _batch_config(self) -> tuple | None:
+        if self.num_labels is not None:
+            return None
         return (self.average, self.pos_label, getattr(self, "beta", None))
 
     def _check_states(self, states: Mapping[str, torch.Tensor]) -> None:
         count = int(states["out_of_range"].sum())
+        if count and self.num_labels is not None:
+            raise ValueError(
+                f"{type(self).__name__}(num_labels={self.num_labels}): {count} labels or predictions other than "
+                "0 and 1; pass a 0/1 indicator matrix of shape (n, num_labels) (or scores as y_score)"
+            )
         if count:
             n = states["confusion"].shape[-1]
             owner = type(self).__name__
@@ -295,6 +379,8 @@ class _Confusion(Metric):
         raise NotImplementedError
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.num_labels is not None:
+            return self._compute_multilabel(states["counts"])
         # Written for (..., n, n) so that many metrics of one kind finish in one pass.
         confusion = states["confusion"]
         tp = confusion.diagonal(dim1=-2, dim2=-1)
@@ -315,7 +401,25 @@ class _Confusion(Metric):
             return (scores * support).sum(-1) / support.sum(-1)
         return scores.sum(-1) / present.sum(-1)
 
+    def _compute_multilabel(self, counts: torch.Tensor) -> torch.Tensor:
+        # scikit-learn on an indicator matrix: every label counts in the macro mean, 0 where undefined
+        tp, fp, fn, _ = counts.unbind(-2)
+        if self.average == "micro":
+            return self._per_class(tp.sum(-1), fp.sum(-1), fn.sum(-1))
+        scores = self._per_class(tp, fp, fn)
+        if self.average == "none":
+            return scores
+        if self.average == "weighted":
+            support = tp + fn
+            return _ratio((scores * support).sum(-1), support.sum(-1))
+        return scores.mean(-1)
+
+    def _convert_global(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
+        return result.to("cpu") if result.dim() else float(result)
+
     def _empty_mask(self, states):
+        if self.num_labels is not None:
+            return states["counts"][..., 0].sum(-1) == 0  # no samples: label 0's four counts are all zero
         return states["confusion"].sum((-2, -1)) == 0
 
 
@@ -335,6 +439,11 @@ class Precision(_Confusion):
             largest label seen (a host sync per batch; ranks are padded to agree).
         threshold: for binary scores, the probability at or above which the prediction is 1.
         pos_label: the positive class for ``average="binary"``.
+        num_labels: multilabel: ``y_true`` is an (n, num_labels) 0/1 matrix and
+            ``y_score`` (n, num_labels) probabilities or logits, each thresholded.
+            ``average`` is then ``"micro"``, ``"macro"`` (over every label),
+            ``"weighted"`` or ``"none"`` (a tensor, one score per label), as
+            scikit-learn's ``average=`` on an indicator matrix.
     """
 
     _short = "precision"
@@ -369,13 +478,16 @@ class FBeta(_Confusion):
         num_classes: int | None = None,
         threshold: float = 0.5,
         pos_label: int = 1,
+        num_labels: int | None = None,
     ) -> None:
         if not is_number(beta) or not beta > 0:
             raise ValueError(f"{type(self).__name__}: beta must be a number > 0, got {beta!r}")
         self.beta = float(beta)
-        super().__init__(average, num_classes, threshold, pos_label)
-        if type(self) is FBeta:
+        super().__init__(average, num_classes, threshold, pos_label, num_labels)
+        if type(self) is FBeta and num_labels is None:
             self.name = f"f{beta:g}" if average == "binary" else f"f{beta:g}_{average}"
+        elif type(self) is FBeta:
+            self.name = f"multilabel_f{beta:g}_{average}"
 
     def _per_class(self, tp, fp, fn):
         b2 = self.beta**2
@@ -388,9 +500,14 @@ class F1(FBeta):
     _short = "f1"
 
     def __init__(
-        self, average: str = "binary", num_classes: int | None = None, threshold: float = 0.5, pos_label: int = 1
+        self,
+        average: str = "binary",
+        num_classes: int | None = None,
+        threshold: float = 0.5,
+        pos_label: int = 1,
+        num_labels: int | None = None,
     ) -> None:
-        super().__init__(1.0, average, num_classes, threshold, pos_label)
+        super().__init__(1.0, average, num_classes, threshold, pos_label, num_labels)
 
 
 class ConfusionMatrix(_Confusion):
@@ -438,14 +555,21 @@ class _Ranked(Accumulator):
     higher_is_better: ClassVar[bool] = True
     _short: ClassVar[str]
 
-    def __init__(self, num_classes: int | None = None) -> None:
+    def __init__(self, num_classes: int | None = None, num_labels: int | None = None) -> None:
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
             raise ValueError(f"{type(self).__name__}: num_classes must be an int >= 2 or None, got {num_classes!r}")
+        self.num_labels = _check_num_labels(self, num_labels)
+        if num_labels is not None and num_classes is not None:
+            raise ValueError(f"{type(self).__name__}: pass num_classes (multiclass) or num_labels (multilabel), not both")
         self.num_classes = num_classes
         self.name = self._short if num_classes in (None, 2) else f"{self._short}_macro"
+        if num_labels is not None:
+            self.name = f"multilabel_{self._short}_macro"
         self._rows = Cat()
 
     def predict(self, y_score: Any) -> torch.Tensor:
+        if self.num_labels is not None:
+            return _classify_labels(y_score, 0.5)
         return _classify(y_score, 0.5)
 
     def update(self, y_pred: Any = None, y_true: Any = None, y_score: Any = None) -> None:
@@ -454,6 +578,10 @@ class _Ranked(Accumulator):
         if scores is None or y_true is None:
             raise ValueError(f"{type(self).__name__}: pass y_score (or y_pred) and y_true")
         scores, labels = _detached(scores), _detached(y_true)
+        if self.num_labels is not None:  # rows: the label's scores, then its 0/1 labels
+            scores, labels = _label_matrices(self, scores, labels)
+            self._rows.update(torch.cat([scores.to(torch.float64), labels.to(scores.device, torch.float64)], 1))
+            return
         scores = scores.reshape(labels.numel(), -1) if scores.numel() else scores.reshape(0, 1)
         if scores.shape[1] == 2 and self.num_classes in (None, 2):
             scores = scores[:, 1:]  # two columns: the positive class's
@@ -508,13 +636,20 @@ class _Ranked(Accumulator):
         if rows.numel() == 0:
             return _undefined(self.name, "no samples")
         rows = rows.to("cpu")
+        if self.num_labels is not None:  # scikit-learn's average="macro" over the labels of an indicator matrix
+            n = self.num_labels
+            values = [self._binary(rows[:, k], rows[:, n + k] == 1, warn=False) for k in range(n)]
+            return self._macro(values, "labels")
         scores, labels = rows[:, :-1], rows[:, -1].long()
         if scores.shape[1] == 1:
             return self._binary(scores[:, 0], labels == 1)
         values = [self._binary(scores[:, k], labels == k, warn=False) for k in range(scores.shape[1])]
+        return self._macro(values, "classes")
+
+    def _macro(self, values: list[float], what: str) -> float:
         defined = [v for v in values if not math.isnan(v)]
         if len(defined) < len(values):
-            warnings.warn(f"{self.name}: classes without positive (or negative) samples are left out", RuntimeWarning)
+            warnings.warn(f"{self.name}: {what} without positive (or negative) samples are left out", RuntimeWarning)
         return sum(defined) / len(defined) if defined else float("nan")
 
     def _binary(self, scores: torch.Tensor, positive: torch.Tensor, warn: bool = True) -> float:
@@ -531,8 +666,10 @@ class AUROC(_Ranked):
     """Area under the ROC curve, exact (scikit-learn's ``roc_auc_score``).
 
     Binary: scores of shape (n,) (probabilities or logits alike); multiclass
-    with ``num_classes``: one-vs-rest, macro average over the classes. NaN
-    with a warning where only one class occurs.
+    with ``num_classes``: one-vs-rest, macro average over the classes;
+    multilabel with ``num_labels``: (n, num_labels) scores and 0/1 labels, macro
+    average over the labels. NaN with a warning where only one class occurs;
+    classes or labels with one class only are left out of the average, with a warning.
     """
 
     _short = "auroc"
@@ -556,8 +693,9 @@ class AUROC(_Ranked):
 class AveragePrecision(_Ranked):
     """Average precision, exact (scikit-learn's ``average_precision_score``).
 
-    Binary, or one-vs-rest macro with ``num_classes``. NaN with a warning
-    where a class has no positive sample.
+    Binary, one-vs-rest macro with ``num_classes``, or macro over the labels
+    with ``num_labels`` ((n, num_labels) scores and 0/1 labels). NaN with a
+    warning where a class has no positive sample.
     """
 
     _short = "average_precision"
@@ -947,6 +1085,28 @@ def _classify(y_score: Any, threshold: float) -> torch.Tensor:
         return scores.argmax(-1)
     scores = scores.reshape(scores.shape[:-1] if scores.dim() >= 2 else scores.shape)
     return (_probabilities(scores) >= threshold).long()
+
+
+def _check_num_labels(metric: Any, num_labels: Any) -> int | None:
+    if num_labels is not None and (not is_int(num_labels) or num_labels < 1):
+        raise ValueError(f"{type(metric).__name__}: num_labels must be an int >= 1 or None, got {num_labels!r}")
+    return num_labels
+
+
+def _classify_labels(y_score: Any, threshold: float) -> torch.Tensor:
+    """Multilabel predictions: each score (a probability, or a logit) ``>= threshold``, shape kept."""
+    return (_probabilities(_detached(y_score)) >= threshold).long()
+
+
+def _label_matrices(metric: Any, y_pred: torch.Tensor, y_true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions and labels as (n, num_labels) matrices, or a clear error."""
+    labels = metric.num_labels
+    if y_true.dim() != 2 or y_true.shape[1] != labels or y_pred.shape != y_true.shape:
+        raise ValueError(
+            f"{type(metric).__name__}(num_labels={labels}): y_true and y_pred (or y_score) must both have shape "
+            f"(n, {labels}), got {tuple(y_true.shape)} and {tuple(y_pred.shape)}"
+        )
+    return y_pred, y_true
 
 
 def _check_same_shape(metric: Any, y_pred: torch.Tensor, y_true: torch.Tensor) -> None:
