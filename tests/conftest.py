@@ -18,3 +18,22 @@ def dist_pool():
     pool = Pool()
     yield pool
     pool.close()
+
+
+def reset_accelerate() -> None:
+    """Forget Accelerate's process-wide state (the Accelerator singleton and its gradient state)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate():
+    """Accelerate keeps process-wide state; give each in-process test its own and leave none behind.
+
+    Yields the reset function, for a test that builds several Accelerators in turn.
+    """
+    reset_accelerate()
+    yield reset_accelerate
+    reset_accelerate()

@@ -16,17 +16,6 @@ from distlearn import Accuracy, BackwardLearner
 from distlearn.accelerator import build_accelerator
 
 
-@pytest.fixture()
-def fresh_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _data(n: int = 30) -> DataLoader:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 6, generator=g)

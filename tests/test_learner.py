@@ -255,18 +255,6 @@ def test_cpu_trap_with_a_user_accelerator_is_refused(runs):
 # --------------------------------------------------------------------------- #
 
 
-@pytest.fixture
-def fresh_accelerate():
-    """Accelerate keeps process-wide state; give each in-process test its own and leave none behind."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _tiny(n: int = 24, batch: int = 4) -> dict:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 8, generator=g)
@@ -454,10 +442,7 @@ def test_several_metrics_ride_in_one_record_and_match_single_runs(fresh_accelera
     from distlearn.metrics import F1
 
     def run(metric):
-        from accelerate.state import AcceleratorState, GradientState
-
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        fresh_accelerate()  # the fixture's reset: a new Accelerator for each run
         torch.manual_seed(0)
         learner = BackwardLearner(n_epochs=2, loss=nn.CrossEntropyLoss(),
                                   optimizer_configs={"optimizer_class": "torch.optim.SGD",

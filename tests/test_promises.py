@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from conftest import reset_accelerate
 from distlearn import BackwardLearner
 from distlearn.accumulators import Cat, List, Max, Mean, Min, Sum, calculate
 from distlearn.metrics import F1, Accuracy
@@ -141,25 +142,6 @@ def test_clipping_uses_the_global_gradient_norm_on_2_processes(launches):
 # --------------------------------------------------------------------------- #
 
 
-@pytest.fixture
-def fresh_accelerate():
-    """Accelerate keeps process-wide state; give each in-process test its own and leave none behind."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield _reset
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-def _reset() -> None:
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _sgd(lr: float, **extra) -> dict:
     return {"optimizer_class": "torch.optim.SGD", "optimizer_parameters": {"lr": lr, **extra}}
 
@@ -219,7 +201,7 @@ def test_mixed_precision_bf16_runs_the_forward_in_bf16(fresh_accelerate, precisi
     assert net.seen == {"train": {dtype}, "eval": {dtype}}
     assert all(p.dtype == torch.float32 for p in net.parameters())  # autocast, not a cast of the weights
     assert isinstance(record["training"][0]["train_loss"], float)
-    _reset()  # test() on a model that train() never prepared runs under the same precision
+    reset_accelerate()  # test() on a model that train() never prepared runs under the same precision
     fresh, learner = _DtypeProbe(), BackwardLearner(loss=nn.CrossEntropyLoss(), mixed_precision=precision)
     learner.test(fresh, loader)
     assert fresh.seen == {"train": set(), "eval": {dtype}}
@@ -251,7 +233,7 @@ class _OrderProbe(nn.Module):
 
 
 def _order(epochs: int, seed: int, state: dict | None = None, burn: int = 0) -> list[int]:
-    _reset()
+    reset_accelerate()
     torch.manual_seed(1000 + burn)  # whatever the global RNG says, the order must not follow it
     torch.rand(burn)
     probe = _OrderProbe()
@@ -338,7 +320,7 @@ def test_no_host_sync_per_step_with_accumulation_bf16_clipping_and_f1(fresh_acce
         monkeypatch.setattr(torch.Tensor, name, counting)
 
     def syncs(n_batches: int) -> int:
-        _reset()
+        reset_accelerate()
         learner = BackwardLearner(
             n_epochs=1, loss=nn.CrossEntropyLoss(), max_grad_norm=1.0, display_every_n_steps=0,
             gradient_accumulation_steps=2, mixed_precision="bf16", optimizer_configs=_sgd(0.1, momentum=0.9),
