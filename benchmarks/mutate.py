@@ -25,12 +25,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ACC, MET, LRN = "distlearn/accumulators.py", "distlearn/metrics.py", "distlearn/learner.py"
+BAT, PAD = "distlearn/batches.py", "distlearn/padding.py"  # the learner's batch handling
 PROMISES = "tests/test_promises.py"
 ACC_TESTS = [f"{PROMISES}::{name}" for name in (
     "test_nan_and_inf_propagate_as_in_torch", "test_large_integer_sums", "test_weights_other_than_one",
     "test_more_than_4096_sums_mixed_with_list_cat_and_max_in_one_calculate",
     "test_nothing_accumulated_anywhere_is_nan_with_a_warning")] + ["tests/test_accumulators.py"]
-MET_TESTS = [f"{PROMISES}::test_a_score_equal_to_the_threshold_is_negative", "tests/test_metrics.py"]
+MET_TESTS = [f"{PROMISES}::test_a_score_equal_to_the_threshold_is_positive", "tests/test_metrics.py"]
 
 
 @dataclass(frozen=True)
@@ -71,20 +72,22 @@ MUTATIONS = [
              "gradients pile up across steps"),
     Mutation("epoch_scheduler_never", LRN, 'if scheduler is not None and self.scheduler_interval == "epoch":',
              "if False:", ("tests/test_learner.py", "-k", "not test_invalid"), "per-epoch scheduler never steps"),
-    Mutation("repeats_counted", LRN, "real = min(rows, max(0, state.remainder - accelerator.process_index * rows))",
-             "real = rows", ("tests/test_learner.py", "-k", "uneven or order or same_numbers"), "Accelerate's repeats reported"),
-    Mutation("unweighted_batches", LRN, "            log.add(loss, real)\n", "            log.add(loss, 1)\n",
+    Mutation("repeats_counted", PAD, "return min(rows, max(0, state.remainder - accelerator.process_index * rows))",
+             "return rows", ("tests/test_learner.py", "-k", "uneven or order or same_numbers"), "Accelerate's repeats reported"),
+    Mutation("unweighted_batches", LRN, "        log.add(report.loss, report.weight, report.rows)\n        if report.scores",
+             "        log.add(report.loss, 1, report.rows)\n        if report.scores",
              ("tests/test_learner.py", "-k", "uneven or same_numbers"), "batch losses not weighted by size"),
     Mutation("no_running_nan_check", LRN, "if not math.isfinite(value):", "if False:",
              (f"{PROMISES}::test_a_nan_loss_stops_training_at_the_next_display_step_not_the_epoch_end",
               "tests/test_learner.py::test_non_finite_loss_names_epoch_and_step_on_every_rank"),
              "NaN loss not caught mid-epoch"),
-    Mutation("no_batch_check", LRN, "first = epoch == first_epoch and step == 0", "first = False",
+    Mutation("no_batch_check", LRN, "_agree(batches.problem(batch, \"data_loader['train_loader']\", model))",
+             "batches.problem(batch, \"data_loader['train_loader']\", model)",
              ("tests/test_learner.py", "-k", "bad_input"), "a bad batch on one rank is not agreed on"),
-    Mutation("samples_count_batches", LRN, 'accumulators["samples"](sum(log.sizes))', 'accumulators["samples"](len(log.sizes))',
+    Mutation("samples_count_batches", LRN, 'accumulators["samples"](sum(log.rows))', 'accumulators["samples"](len(log.rows))',
              _promises("drop_last"), "samples counts batches"),
-    Mutation("sync_per_step", LRN, "                    accelerator.backward(loss)\n",
-             "                    accelerator.backward(loss)\n                    float(loss)\n",
+    Mutation("sync_per_step", LRN, "                    accelerator.backward(out.loss)\n",
+             "                    accelerator.backward(out.loss)\n                    float(out.loss)\n",
              ("tests/test_learner.py::test_no_host_sync_per_training_step",
               f"{PROMISES}::test_no_host_sync_per_step_with_accumulation_bf16_clipping_and_f1"), "a host sync every step"),
     Mutation("crash_on_rank1_at_end", LRN, "        return record\n",
@@ -93,11 +96,11 @@ MUTATIONS = [
     # ---- accumulators.py -------------------------------------------------------------------------
     Mutation("no_second_sum_reduce", ACC, "    if rest.numel():\n        dist.all_reduce(rest, group=group)",
              "    if False:\n        dist.all_reduce(rest, group=group)", tuple(ACC_TESTS), "sums past 4096 stay local"),
-    Mutation("mean_weight_one", ACC, '        states["weight"] += w\n', '        states["weight"] += 1\n',
+    Mutation("mean_weight_one", ACC, '            states["weight"] += weight\n', '            states["weight"] += 1\n',
              tuple(ACC_TESTS), "Mean ignores weights in its denominator"),
-    Mutation("extend_weights_ignored", ACC, 'states["weight"] += torch.broadcast_to(w, rows.shape).sum(0)',
+    Mutation("extend_weights_ignored", ACC, 'states["weight"] += w.sum(0)',
              'states["weight"] += rows.shape[0]', tuple(ACC_TESTS), "Mean.extend ignores weights"),
-    Mutation("float32_states", ACC, "fill[cls._reductions[name]], dtype=torch.float64", "fill[cls._reductions[name]], dtype=torch.float32",
+    Mutation("float32_states", ACC, "fill[self._reductions[name]], dtype=torch.float64", "fill[self._reductions[name]], dtype=torch.float32",
              tuple(ACC_TESTS), "states in float32"),
     Mutation("rank_major", ACC, "        out.extend(items[step] for items in per_rank if step < len(items))\n    return out",
              "        pass\n    return [item for items in per_rank for item in items]", tuple(ACC_TESTS),
@@ -107,22 +110,24 @@ MUTATIONS = [
              tuple(ACC_TESTS), "divergent ranks get garbage"),
     Mutation("neutral_max_finite", ACC, 'MAX: float("-inf")', "MAX: -1e300", tuple(ACC_TESTS),
              "a Max of -inf values reports -1e300"),
-    Mutation("empty_not_nan", ACC, 'torch.where(states["count"] > 0, self._sign', 'torch.where(states["count"] >= 0, self._sign',
+    Mutation("empty_not_nan", ACC, 'torch.where(states["count"] > 0, result, torch.nan)', 'torch.where(states["count"] >= 0, result, torch.nan)',
              tuple(ACC_TESTS), "an empty Max gives -inf, not NaN"),
     Mutation("int_sum_as_float", ACC, "return result.to(device=device, dtype=torch.int64)", "return result.to(device=device)",
              tuple(ACC_TESTS), "integer sums come back float64"),
     Mutation("no_nan_warning", ACC, "        if empty is not None and bool(empty.any()):\n            _nan_warning(self._name)",
              "        if empty is not None and bool(empty.any()):\n            pass", tuple(ACC_TESTS), "empty results give NaN silently"),
     # ---- metrics.py ------------------------------------------------------------------------------
-    Mutation("accuracy_counts_batches", MET, 'states["total"] += y_true.numel()', 'states["total"] += 1',
+    Mutation("accuracy_counts_batches", MET, '== y_true.reshape(-1)).sum()\n        states["total"] += y_true.numel()',
+             '== y_true.reshape(-1)).sum()\n        states["total"] += 1',
              tuple(MET_TESTS), "accuracy divides by batches"),
-    Mutation("f1_fp_is_fn", MET, "fp = confusion.sum(0) - tp", "fp = confusion.sum(1) - tp", tuple(MET_TESTS),
+    Mutation("f1_fp_is_fn", MET, "fp = confusion.sum(-2) - tp", "fp = confusion.sum(-1) - tp", tuple(MET_TESTS),
              "F1's false positives from the wrong axis"),
-    Mutation("macro_over_all_classes", MET, "return torch.where(present, scores, 0.0).sum() / present.sum()",
-             "return scores.mean()", tuple(MET_TESTS), "macro F1 averages absent classes too"),
+    Mutation("macro_over_all_classes", MET, "return scores.sum(-1) / present.sum(-1)",
+             "return scores.mean(-1)", tuple(MET_TESTS), "macro F1 averages absent classes too"),
     Mutation("mse_is_mae", MET, "        return diff.square()", "        return diff.abs()", tuple(MET_TESTS), "MSE computes MAE"),
-    Mutation("threshold_inclusive", MET, "scores.shape) > threshold).long()", "scores.shape) >= threshold).long()",
-             tuple(MET_TESTS), "a score of exactly the threshold is called positive"),
+    Mutation("threshold_inclusive", MET, "return (_probabilities(scores) >= threshold).long()",
+             "return (_probabilities(scores) > threshold).long()",
+             tuple(MET_TESTS), "a score of exactly the threshold is called negative (the rule is >=)"),
     Mutation("out_of_range_ignored", MET, "        if count:\n            n = states", "        if False:\n            n = states",
              tuple(MET_TESTS), "labels outside the classes pass silently"),
 ]
