@@ -35,19 +35,18 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from tqdm.auto import tqdm
 
-from .accelerator import MIXED_PRECISION, build_accelerator, check_accelerator, prepare_loader
+from .accelerator import build_accelerator, check_accelerator, prepare_loader
 from .accumulators import Cat, List, Mean, Sum, calculate
 from .batches import Batches, Report
 from .checkpoint import Checkpoints, Interrupted
 from .metrics import Metric, Metrics, is_metric
+from .options import MIXED_PRECISION, NONFINITE_MODES, SCHEDULER_INTERVALS, is_int
 from .records import EpochRecord, Record, TestResult, scores
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
 
 logger = logging.getLogger(__name__)
 
-SCHEDULER_INTERVALS = ("epoch", "step")
-NONFINITE = ("error", "skip")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -256,8 +255,8 @@ class BackwardLearner:
         train_loader, test_loader = _split_loaders(data_loader)
         metric = _fresh(metric)
         _check_int("display_step", display_step, 1)
-        if nonfinite not in NONFINITE:
-            raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+        if nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
         train_loader = self._resume_loader(train_loader, checkpoints, device)  # another world size: its batch size
         accelerator, model, optimizer, scheduler, loader = self._prepare(model, train_loader, device)
         batches = self._batches()
@@ -988,7 +987,7 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
 
 
 def _check_int(key: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(f"{key} must be an int >= {minimum}, got {value!r}")
 
 
