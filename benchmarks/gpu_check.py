@@ -318,6 +318,102 @@ def check_speed(checks: Checks, sizes: Sizes) -> tuple[str, str]:
     )
 
 
+def check_device_index(checks: Checks, sizes: Sizes) -> tuple[str, str]:
+    """train(device=D) then test(device=D) on the learner's own single-device Accelerator, whose
+    device may carry no index ("cuda" for "cuda:0"); another device is refused with a ValueError."""
+    from distlearn import Accuracy, BackwardLearner
+
+    wanted, bare, other = ("cpu", "cpu:0", "meta") if checks.dry else ("cuda:0", "cuda", f"cuda:{torch.cuda.device_count()}")
+    learner = BackwardLearner(n_epochs=1, loss=nn.CrossEntropyLoss(), optimizer_configs=ADAMW, display_every_n_steps=0)
+    loader = DataLoader(data(sizes.batch * 4, sizes.features, sizes.classes), batch_size=sizes.batch)
+    net = model(sizes.features, sizes.classes, sizes.hidden)
+    learner.train(net, loader, device=wanted, test_check=False, disable_tqdm=True)
+    have = learner.accelerator().device
+    result = learner.test(net, loader, device=wanted, metric=Accuracy())
+    learner.test(net, loader, device=bare, return_full_result=False)
+    placed = sorted({str(p.device) for p in learner.prepared_model.parameters()})
+    expected = "cpu" if checks.dry else "cuda:0"
+    try:
+        learner.test(net, loader, device=other, return_full_result=False)
+        refused = f"device={other!r} ACCEPTED on an Accelerator on {have}"
+    except ValueError as exc:
+        refused = ""
+        why = str(exc)
+    ok = placed == [expected] and len(result["y_pred"]) == len(loader.dataset) and not refused
+    return ("PASS" if ok else "FAIL"), (
+        refused or f"Accelerator device {str(have)!r}; test(device={wanted!r}) and test(device={bare!r}) accepted, "
+        f"weights on {placed}, accuracy {result['test_score']:.3f}; device={other!r} refused: {why[:60]}"
+    )
+
+
+def check_unprepared_test(checks: Checks, precision: str) -> tuple[str, str]:
+    """test() of a model train() never prepared runs it under autocast: its loss must still be the
+    float32 loss of those half-precision logits, as after train() (Accelerate upcasts prepared outputs)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from distlearn import BackwardLearner
+
+    learner = BackwardLearner(n_epochs=1, loss=nn.CrossEntropyLoss(), optimizer_configs=ADAMW, mixed_precision=precision)
+    accelerator = learner.accelerator()
+    loader = DataLoader(data(2048, 32, 10), batch_size=256)
+    net = model(32, 10, 256)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(8)  # large logits, where a half-precision cross entropy drifts (2e-3 measured in bf16)
+    seen: set[str] = set()
+    raw = copy.deepcopy(net)
+    raw.register_forward_hook(lambda m, i, o: seen.add(str(o.dtype).removeprefix("torch.")))
+    result = learner.test(raw, loader, return_full_result=False)
+    net.to(accelerator.device)
+    total, half = 0.0, 0.0
+    with torch.no_grad(), accelerator.autocast():  # the same batches, the same half-precision logits
+        for x, y in loader:
+            x, y = x.to(accelerator.device), y.to(accelerator.device)
+            logits = net(x)
+            total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            half += float(F.cross_entropy(logits, y, reduction="sum").float())
+    exact, low = total / len(loader.dataset), half / len(loader.dataset)
+    rel = abs(result["test_loss"] - exact) / abs(exact)
+    ok = rel <= 1e-6 and seen == {"bfloat16" if precision == "bf16" else "float16"}
+    return ("PASS" if ok else "FAIL"), (
+        f"model output {sorted(seen)}; test_loss {result['test_loss']:.7g} vs float32 loss of those logits {exact:.7g} "
+        f"(rel. err. {rel:.1e}, limit 1e-6; the loss in {precision} itself would be off by {abs(low - exact) / exact:.1e})"
+    )
+
+
+def check_one_process_results(checks: Checks) -> tuple[str, str]:
+    """With no process group, Cat and List results stay on the inputs' device and calculate() is a plain
+    concatenation (no detour through host bytes: its time is close to torch.cat's)."""
+    from distlearn import Cat, List, calculate
+
+    rows = 256 if checks.dry else 4096  # --dry-cpu: 12 MB; GPU: 200 MB
+    chunks = [torch.randn(rows, 256, device=checks.device) for _ in range(50)]
+    cat, listed = Cat(), List()
+    for c in chunks:
+        cat(c)
+    listed(chunks[0][:2])
+    listed(chunks[1][:2])
+    calculate([cat, listed])  # warm-up
+    checks.synchronize()
+    began = time.perf_counter()
+    whole, items = calculate([cat, listed])
+    checks.synchronize()
+    ours = time.perf_counter() - began
+    began = time.perf_counter()
+    reference = torch.cat(chunks)
+    checks.synchronize()
+    plain = time.perf_counter() - began
+    devices = sorted({str(whole.device)} | {str(t.device) for t in items} | {str(t.device) for t in listed.value()})
+    want = str(chunks[0].device)
+    ok = devices == [want] and torch.equal(whole, reference) and len(items) == 2 and torch.equal(items[1], chunks[1][:2])
+    return ("PASS" if ok else "FAIL"), (
+        f"Cat of {whole.numel() * 4 / 2**20:.0f} MB and List: results on {devices}, expected [{want!r}]; "
+        f"calculate() {1e3 * ours:.1f} ms vs torch.cat {1e3 * plain:.1f} ms"
+    )
+
+
 # --------------------------------------------------------------------------- process groups
 
 
@@ -470,6 +566,151 @@ def check_max_nan(results: dict[int, Any]) -> tuple[str, str]:
     return ("PASS" if ok else "FAIL"), f"max of [1, 2] (rank 0) and [nan, 0] (rank 1): {tops}, expected [nan, 2.0]"
 
 
+# --------------------------------------------------------------------------- FSDP2 (a sub-process)
+
+FSDP_ENV = {  # what `accelerate launch --config_file configs/accelerate/fsdp.yaml` sets, for one process
+    "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
+    "FSDP_AUTO_WRAP_POLICY": "NO_WRAP", "FSDP_RESHARD_AFTER_FORWARD": "true", "FSDP_OFFLOAD_PARAMS": "false",
+    "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+}
+
+
+def run_fsdp(checks: Checks) -> None:
+    """The FSDP2 checks in a fresh process (they start a process group from the launcher's variables);
+    its lines are printed here, a missing line or a crash is a FAIL."""
+    import subprocess
+
+    env = {**os.environ, **FSDP_ENV, "MASTER_PORT": str(free_port())}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    if checks.dry:
+        env["ACCELERATE_USE_CPU"] = "true"
+    argv = [sys.executable, str(Path(__file__).resolve()), "--part", "fsdp"] + (["--dry-cpu"] if checks.dry else [])
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        checks.line("fsdp", "1-process FSDP2 sub-process", "FAIL", "no answer in 180 s (a hang?)")
+        return
+    seen = 0
+    for text in done.stdout.splitlines():
+        if text.startswith("[fsdp] ") and ": " in text:
+            what, _, rest = text[len("[fsdp] "):].partition(": ")
+            verdict, _, detail = rest.partition(" (")
+            checks.line("fsdp", what, verdict, detail[:-1] if detail.endswith(")") else detail)
+            seen += 1
+    if done.returncode != 0 or seen < FSDP_LINES:
+        tail = (done.stderr.strip().splitlines() or ["(no stderr)"])[-1][:200]
+        checks.line("fsdp", "1-process FSDP2 sub-process", "FAIL", f"exit {done.returncode}, {seen} of {FSDP_LINES} lines: {tail}")
+
+
+FSDP_LINES = 4
+
+
+def _force_fsdp2(precision: str) -> str:
+    """--dry-cpu only: put Accelerate's state into FSDP2, as it would be on a GPU.
+
+    Accelerate 1.15 chooses FSDP only for accelerator devices (its distributed types MULTI_GPU,
+    MULTI_XPU, ...): on the CPU, ACCELERATE_USE_FSDP=true and a FullyShardedDataParallelPlugin are
+    ignored without a word (distributed type MULTI_CPU, the model wrapped in DDP). torch's fully_shard
+    itself runs on the CPU over gloo, so the state is set to what Accelerate builds on a GPU: the
+    plugin from the same FSDP_* variables, with the mixed-precision policy of ``precision``.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    before = str(AcceleratorState().distributed_type)
+    plugin = FullyShardedDataParallelPlugin()
+    if precision != "no":
+        plugin.set_mixed_precision(precision)
+    for shared in (PartialState._shared_state, AcceleratorState._shared_state):  # later AcceleratorState() copy the first
+        shared["distributed_type"] = DistributedType.FSDP
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
+    return before
+
+
+def fsdp_part(dry: bool) -> int:
+    """1-process FSDP2 through BackwardLearner, bf16 policy; prints FSDP_LINES lines ``[fsdp] what: VERDICT (..)``."""
+    import copy
+
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch.distributed.tensor import DTensor
+
+    import distlearn.accumulators as A
+    from distlearn import Accuracy, BackwardLearner, Mean
+
+    def say(what: str, ok: bool | None, detail: str) -> None:
+        verdict = "INFO" if ok is None else ("PASS" if ok else "FAIL")
+        print(f"[fsdp] {what}: {verdict} ({detail})", flush=True)
+
+    class RecordingCE(nn.CrossEntropyLoss):  # still a CrossEntropyLoss for the learner's own isinstance checks
+        def __init__(self) -> None:
+            super().__init__()
+            self.dtypes: dict[bool, set[str]] = {True: set(), False: set()}  # training?: dtypes of the logits
+
+        def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            self.dtypes[torch.is_grad_enabled()].add(str(input.dtype).removeprefix("torch."))
+            return super().forward(input, target)
+
+    loss = RecordingCE()
+    learner = BackwardLearner(n_epochs=2, loss=loss, optimizer_configs=ADAMW, mixed_precision="bf16",
+                              display_every_n_steps=0)
+    accelerator = learner.accelerator()
+    chosen = _force_fsdp2("bf16") if dry else str(accelerator.distributed_type)
+    probe = Mean()
+    probe(torch.ones((), device=accelerator.device))
+    comm = A._comm_device(None, [probe])
+    policy = getattr(accelerator.state.fsdp_plugin, "mixed_precision_policy", None) if accelerator.is_fsdp2 else None
+    ok = accelerator.is_fsdp2 and comm.type == accelerator.device.type
+    say("Accelerate's state", ok if not dry else (None if accelerator.is_fsdp2 else False),
+        (f"forced: Accelerate chose {chosen} on the CPU; " if dry else "")
+        + f"{accelerator.distributed_type}, is_fsdp2 {accelerator.is_fsdp2}, backend {dist.get_backend()!r}, "
+        f"calculate() reduces on {comm}, param dtype {getattr(policy, 'param_dtype', None)}")
+
+    n, features, classes = 1024, 32, 10
+    dataset = data(n, features, classes)
+    loaders = {"train_loader": DataLoader(dataset, batch_size=64, shuffle=True), "test_loader": DataLoader(dataset, batch_size=128)}
+    net = model(features, classes, 64)
+    reference = copy.deepcopy(net).to(accelerator.device)
+    registered = len(accelerator._models)
+    # test() before train(): the model was never prepared (its full weights, on the host).
+    before = learner.test(net, loaders["test_loader"], return_full_result=False)
+    total = 0.0
+    with torch.no_grad(), accelerator.autocast():
+        for x, y in loaders["test_loader"]:
+            x, y = x.to(accelerator.device), y.to(accelerator.device)
+            total += float(F.cross_entropy(reference(x).float(), y, reduction="sum"))
+    exact = total / n
+    rel = abs(before["test_loss"] - exact) / exact
+    extra = len(accelerator._models) - registered
+    say("test() before train()", rel <= 1e-5 and extra == 0 and loss.dtypes[False] == {"float32"},
+        f"test_loss {before['test_loss']:.6g} vs {exact:.6g} by hand (rel. err. {rel:.1e}); loss saw "
+        f"{sorted(loss.dtypes[False])} logits; {extra} model(s) left registered with the Accelerator (0 expected)")
+
+    loss.dtypes = {True: set(), False: set()}
+    outputs: set[str] = set()
+    hook = net.register_forward_hook(lambda m, i, o: outputs.add(str(o.dtype).removeprefix("torch.")))
+    record = learner.train(net, loaders, metric=Accuracy(), disable_tqdm=True)
+    hook.remove()
+    last = record["training"][1]
+    sharded = isinstance(next(learner.prepared_model.parameters()), DTensor)
+    say("train() under the bf16 policy", sharded and loss.dtypes[True] == {"float32"} == loss.dtypes[False],
+        f"parameters DTensor {sharded}; model output {sorted(outputs)}, loss saw {sorted(loss.dtypes[True])} (train) "
+        f"and {sorted(loss.dtypes[False])} (test) logits; train loss {last['train_loss']:.4f}, "
+        f"test loss {last['test_result']['test_loss']:.4f}")
+
+    state = accelerator.get_state_dict(learner.prepared_model)
+    want = {k: tuple(v.shape) for k, v in model(features, classes, 64).state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    kinds = sorted({type(v).__name__ for v in state.values()})
+    full = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in learner.prepared_model.state_dict().items()}
+    same = all(torch.equal(state[k].cpu(), full[k].cpu()) for k in want if k in state)
+    say("get_state_dict() of the prepared model", shapes == want and kinds == ["Tensor"] and same,
+        f"{kinds}, shapes {'match' if shapes == want else f'{shapes} vs {want}'}, "
+        f"dtypes {sorted({str(v.dtype) for v in state.values()})}, values {'equal' if same else 'DIFFER'} to the gathered weights")
+    accelerator.end_training()
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -477,7 +718,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-cpu", action="store_true", help="no CUDA: run the plumbing on the CPU, tiny sizes")
     parser.add_argument("--skip", nargs="*", default=[], help="check ids to leave out (e.g. speed gloo-2)")
+    parser.add_argument("--part", choices=["fsdp"], help=argparse.SUPPRESS)  # the FSDP2 sub-process
     args = parser.parse_args(argv)
+    if args.part == "fsdp":
+        return fsdp_part(args.dry_cpu)
     if not args.dry_cpu and not torch.cuda.is_available():
         print("gpu_check: no CUDA device; run with --dry-cpu for the plumbing only", file=sys.stderr)
         return 2
@@ -488,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
 
     checks.line("env", "versions", "INFO", f"torch {torch.__version__}, accelerate {accelerate.__version__}, "
                 f"{torch.cuda.get_device_name(0) if not args.dry_cpu else 'cpu (--dry-cpu)'}")
-    plan: list[tuple[str, str, Callable[[], tuple[str, str]]]] = [
+    plan: list[tuple[str, str, Callable[[], tuple[str, str]] | None]] = [
         ("acc-sync", "accumulator and metric calls per step", lambda: check_accumulator_loop(checks)),
     ]
     for precision in ("no", "bf16", "fp16"):
@@ -496,11 +740,19 @@ def main(argv: list[str] | None = None) -> int:
             plan.append(("step-sync", f"learner steps, mixed_precision={precision}, metric={'Accuracy' if with_metric else 'none'}",
                          lambda p=precision, m=with_metric: check_step_loop(checks, sizes, p, m)))
     plan += [
+        ("device", "train(device=D) then test(device=D) on the learner's own Accelerator", lambda: check_device_index(checks, sizes)),
+    ]
+    for precision in ("bf16",) if args.dry_cpu else ("bf16", "fp16"):
+        plan.append(("test-upcast", f"test() of a never-prepared model, mixed_precision={precision}",
+                     lambda p=precision: check_unprepared_test(checks, p)))
+    plan += [
+        ("one-proc", "Cat/List results without a process group", lambda: check_one_process_results(checks)),
         ("fp16-skip", "fp16 skipped steps vs optimizer steps and the scheduler", lambda: check_fp16_skipped_steps(checks, sizes)),
         ("group-1", "1-rank group: collective primitives and calculate()", lambda: check_one_rank_group(checks)),
         ("gloo-2", "2 ranks over gloo, rank 1 without data", lambda: check_two_ranks(checks, two_ranks())),
         ("max-nan", "Max across 2 ranks with a NaN on rank 1", lambda: check_max_nan(two_ranks())),
         ("speed", "learner vs hand-written Accelerate loop", lambda: check_speed(checks, sizes)),
+        ("fsdp", "", None),  # several lines, from a sub-process
     ]
     cache: dict[int, Any] = {}
 
@@ -511,7 +763,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for cid, what, check in plan:
         if cid in args.skip:
-            checks.line(cid, what, "SKIP", "--skip")
+            checks.line(cid, what or "1-process FSDP2", "SKIP", "--skip")
+        elif check is None:
+            run_fsdp(checks)
         else:
             checks.run(cid, what, check)
     checks.line("env", "total wall time", "INFO", f"{time.time() - began:.1f} s")
