@@ -368,12 +368,13 @@ def check_unprepared_test(checks: Checks, precision: str) -> tuple[str, str]:
     result = learner.test(raw, loader, return_full_result=False)
     net.to(accelerator.device)
     total, half = 0.0, 0.0
-    with torch.no_grad(), accelerator.autocast():  # the same batches, the same half-precision logits
+    with torch.no_grad():
         for x, y in loader:
             x, y = x.to(accelerator.device), y.to(accelerator.device)
-            logits = net(x)
+            with accelerator.autocast():  # the same batches, the same half-precision logits
+                logits = net(x)
             total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-            half += float(F.cross_entropy(logits, y, reduction="sum").float())
+            half += float(F.cross_entropy(logits, y, reduction="sum").float())  # what the check rules out
     exact, low = total / len(loader.dataset), half / len(loader.dataset)
     rel = abs(result["test_loss"] - exact) / abs(exact)
     ok = rel <= 1e-6 and seen == {"bfloat16" if precision == "bf16" else "float16"}
@@ -428,7 +429,7 @@ def check_one_rank_group(checks: Checks) -> tuple[str, str]:
 
     import torch.distributed as dist
 
-    from distlearn import Cat, Max, Mean, Sum, calculate
+    from distlearn import F1, Cat, List, Max, Mean, Min, Sum, calculate
 
     backend = "gloo" if checks.dry else "nccl"
     kwargs: dict[str, Any] = {}
@@ -449,23 +450,39 @@ def check_one_rank_group(checks: Checks) -> tuple[str, str]:
         dist.all_gather(gathered, blob)
         primitives = (summed.tolist() == [1.5, 2.5] and peak[0].item() == 1.0 and bool(peak[1].isnan())
                       and torch.equal(gathered[0], blob))
-        mean, total, top, cat = Mean(), Sum(), Max(), Cat()
+        mean, total, top, cat, low, listed, wide = Mean(), Sum(), Max(), Cat(), Min(), List(), Mean()
+        f1 = F1("macro", num_classes=5)
         for v in (1.0, 2.0, 3.0):
             mean(torch.tensor(v, device=dev))
         total(torch.tensor(4.0, device=dev))
         top(torch.tensor(0.5, device=dev))
         top(torch.tensor(7.0, device=dev))
         cat(torch.arange(3.0, device=dev))
-        values = calculate([mean, total, top, cat])
+        low(torch.tensor([3.0, -2.0], device=dev))
+        low(torch.tensor([1.0, 5.0], device=dev))
+        listed(torch.ones(2, device=dev))
+        wide(torch.arange(5000.0, device=dev))  # more sums than the first buffer carries: its own all_reduce
+        y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2], device=dev)
+        f1.update(y_score=torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 4, 1, 1, 2], device=dev), 5).float(),
+                  y_true=y)
+        accs = [mean, total, top, cat, low, listed, wide, f1]
+        values = calculate(accs)
         results = (abs(float(values[0]) - 2.0) < 1e-12 and float(values[1]) == 4.0 and float(values[2]) == 7.0
-                   and values[3].tolist() == [0.0, 1.0, 2.0])
-        devices = sorted({str(v.device) for v in values if isinstance(v, torch.Tensor)})
-        forced, how = _through_collectives([mean, total, top, cat])
+                   and values[3].tolist() == [0.0, 1.0, 2.0] and values[4].tolist() == [1.0, -2.0]
+                   and len(values[5]) == 1 and values[5][0].tolist() == [1.0, 1.0]
+                   and values[6].shape == (5000,) and float(values[6][4999]) == 4999.0
+                   and abs(float(values[7]) - _macro_f1(y.tolist(), [0, 1, 2, 3, 4, 1, 1, 2], 5)) < 1e-9)
+        devices = sorted({str(v.device) for v in values if isinstance(v, torch.Tensor)}
+                         | {str(t.device) for t in values[5]})
+        forced, how = _through_collectives(accs)
         same = forced is None or all(_equal(a, b) for a, b in zip(values, forced))
-        ok = primitives and results and same
+        objects: list[Any] = [None]
+        dist.all_gather_object(objects, {"rank": 0})  # what the divergence report uses
+        ok = primitives and results and same and objects == [{"rank": 0}]
         return ("PASS" if ok else "FAIL"), (
             f"{backend}: float64 SUM/MAX all_reduce and uint8 all_gather {'right' if primitives else 'WRONG'}; "
-            f"calculate() {'right' if results else 'WRONG'}, results on {devices}; {how}"
+            f"calculate() of Mean/Sum/Max/Cat/Min/List/5000-wide Mean/F1 {'right' if results else f'WRONG: {values}'}, "
+            f"results on {devices}; all_gather_object {'right' if objects == [{'rank': 0}] else objects}; {how}"
             + ("" if same else f": {forced} vs {values}")
         )
     finally:
@@ -500,7 +517,19 @@ def _through_collectives(accs: list[Any]) -> tuple[list[Any] | None, str]:
 def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return a.shape == b.shape and bool(torch.equal(a.cpu().double(), b.cpu().double()))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_equal(x, z) for x, z in zip(a, b))
     return a == b
+
+
+def _macro_f1(true: list[int], pred: list[int], classes: int) -> float:
+    scores = []
+    for c in range(classes):
+        tp = sum(t == c and p == c for t, p in zip(true, pred))
+        fp = sum(t != c and p == c for t, p in zip(true, pred))
+        fn = sum(t == c and p != c for t, p in zip(true, pred))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return sum(scores) / classes
 
 
 def _two_ranks(rank: int, port: int, dry: bool, queue: Any) -> None:
@@ -508,20 +537,21 @@ def _two_ranks(rank: int, port: int, dry: bool, queue: Any) -> None:
 
     import torch.distributed as dist
 
-    from distlearn import Cat, Max, Mean, calculate
+    from distlearn import Cat, List, Max, Mean, calculate
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))
     dev = torch.device("cpu") if dry else torch.device("cuda", 0)
-    mean, cat, top = Mean(), Cat(), Max()
+    mean, cat, top, listed = Mean(), Cat(), Max(), List()
     if rank == 0:  # rank 1 saw no data at all
         mean(torch.tensor(1.0, device=dev))
         mean(torch.tensor(2.0, device=dev))
         cat(torch.arange(6.0, device=dev).reshape(3, 2))
+        listed(torch.ones(2, device=dev))
     top(torch.tensor([1.0, 2.0], device=dev) if rank == 0 else torch.tensor([float("nan"), 0.0], device=dev))
-    values = calculate([mean, cat, top])
+    values = calculate([mean, cat, top, listed])
     queue.put((rank, float(values[0]), values[1].cpu().tolist(), values[2].cpu().tolist(),
-               [str(v.device) for v in values]))
+               [str(v.device) for v in values[:3]] + [str(t.device) for t in values[3]]))
     dist.destroy_process_group()
 
 
@@ -553,7 +583,7 @@ def check_two_ranks(checks: Checks, results: dict[int, Any]) -> tuple[str, str]:
     for rank, (mean, cat, _, devices) in sorted(results.items()):
         if mean != 1.5 or cat != [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]:
             problems.append(f"rank {rank}: mean {mean}, cat {cat}")
-        if any(d != expected_dev for d in devices):
+        if len(devices) != 4 or any(d != expected_dev for d in devices):  # Mean, Cat, Max, the List's one item
             problems.append(f"rank {rank}: results on {devices}, expected {expected_dev}")
     return ("PASS" if not problems else "FAIL"), ("; ".join(problems) or f"both ranks agree, results on {expected_dev}")
 
@@ -633,7 +663,7 @@ def fsdp_part(dry: bool) -> int:
 
     import torch.distributed as dist
     import torch.nn.functional as F
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.fsdp import FSDPModule
 
     import distlearn.accumulators as A
     from distlearn import Accuracy, BackwardLearner, Mean
@@ -692,21 +722,33 @@ def fsdp_part(dry: bool) -> int:
     record = learner.train(net, loaders, metric=Accuracy(), disable_tqdm=True)
     hook.remove()
     last = record["training"][1]
-    sharded = isinstance(next(learner.prepared_model.parameters()), DTensor)
-    say("train() under the bf16 policy", sharded and loss.dtypes[True] == {"float32"} == loss.dtypes[False],
-        f"parameters DTensor {sharded}; model output {sorted(outputs)}, loss saw {sorted(loss.dtypes[True])} (train) "
-        f"and {sorted(loss.dtypes[False])} (test) logits; train loss {last['train_loss']:.4f}, "
-        f"test loss {last['test_result']['test_loss']:.4f}")
+    prepared = learner.prepared_model
+    # The root module stays unsharded after a forward without backward (the last test()): reshard
+    # it to see its parameters as FSDP2 keeps them between steps.
+    prepared.reshard()
+    kinds = sorted({type(p).__name__ for p in prepared.parameters()})
+    ok = (isinstance(prepared, FSDPModule) and prepared is net and kinds == ["DTensor"] and outputs == {"bfloat16"}
+          and loss.dtypes[True] == {"float32"} == loss.dtypes[False])
+    say("train() under the bf16 policy", ok,
+        f"{type(prepared).__name__}, parameters {kinds}; model output {sorted(outputs)} (bfloat16 expected: FSDP2's "
+        f"policy), loss saw {sorted(loss.dtypes[True])} (train) and {sorted(loss.dtypes[False])} (test) logits; "
+        f"train loss {last['train_loss']:.4f}, test loss {last['test_result']['test_loss']:.4f}")
 
-    state = accelerator.get_state_dict(learner.prepared_model)
     want = {k: tuple(v.shape) for k, v in model(features, classes, 64).state_dict().items()}
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    kinds = sorted({type(v).__name__ for v in state.values()})
-    full = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in learner.prepared_model.state_dict().items()}
-    same = all(torch.equal(state[k].cpu(), full[k].cpu()) for k in want if k in state)
-    say("get_state_dict() of the prepared model", shapes == want and kinds == ["Tensor"] and same,
-        f"{kinds}, shapes {'match' if shapes == want else f'{shapes} vs {want}'}, "
-        f"dtypes {sorted({str(v.dtype) for v in state.values()})}, values {'equal' if same else 'DIFFER'} to the gathered weights")
+    full = {k: v.full_tensor().cpu() for k, v in prepared.state_dict().items()}
+    problems = []
+    for when in ("resharded", "after a forward"):  # the CLI saves right after train(), whose last forward is test()'s
+        if when == "after a forward":
+            learner.test(net, loaders["test_loader"], return_full_result=False)
+        state = accelerator.get_state_dict(prepared)
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        kinds = sorted({type(v).__name__ for v in state.values()})
+        same = shapes == want and all(torch.equal(state[k].cpu(), full[k]) for k in want)
+        if shapes != want or kinds != ["Tensor"] or not same:
+            problems.append(f"{when}: {kinds}, shapes {shapes}, values {'equal' if same else 'DIFFER'}")
+    say("get_state_dict() of the prepared model", not problems,
+        "; ".join(problems) or f"plain tensors of the model's shapes {sorted(want.values())}, "
+        f"dtypes {sorted({str(v.dtype) for v in state.values()})}, equal to the gathered weights, resharded or not")
     accelerator.end_training()
     return 0
 

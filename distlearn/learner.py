@@ -901,13 +901,29 @@ def _resolved(device: str | torch.device) -> torch.device:
 
 
 def _eval_module(accelerator: Accelerator, model: nn.Module) -> nn.Module:
-    """The module to evaluate: unwrapped from DDP, so evaluation needs no collective per batch."""
+    """The module to evaluate: unwrapped from DDP, so evaluation needs no collective per batch.
+
+    Under FSDP a model train() sharded runs forward through its wrapper (only it can gather the
+    weights). A model train() never prepared (test() first) holds its full weights and is evaluated
+    as without FSDP, on this rank's device, under test()'s autocast. It is not prepared here:
+    ``prepare_model`` would register it with the Accelerator for good (``save_state`` would save it
+    next to the trained model), patch its ``forward``, and leave it on the host (Accelerate places
+    no model under FSDP), with the batches on the GPU.
+    """
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        # Sharded parameters: only the wrapper can run forward. A model train() never prepared
-        # (test() first) is wrapped now, for evaluation, instead of running on the host.
         wrapped = next((m for m in accelerator._models if m is model or accelerator.unwrap_model(m) is model), None)
-        return wrapped if wrapped is not None else accelerator.prepare_model(model, evaluation_mode=True)
+        if wrapped is not None:
+            return wrapped
+        if _sharded(model):  # sharded by an earlier train() of this learner, or by the caller
+            return model
     return accelerator.unwrap_model(model).to(accelerator.device)
+
+
+def _sharded(model: nn.Module) -> bool:
+    """Whether FSDP (1 or 2) already wraps ``model``: it runs forward itself and must not be moved."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return isinstance(model, (FSDPModule, FullyShardedDataParallel))
 
 
 def _scores(loss: Any, output: torch.Tensor) -> torch.Tensor:
