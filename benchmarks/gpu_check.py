@@ -2,7 +2,8 @@
 """distlearn on one GPU: the checks a CPU cannot make, in one run of a few minutes.
 
     python benchmarks/gpu_check.py             # needs CUDA; about 1-3 minutes on one GPU
-    python benchmarks/gpu_check.py --dry-cpu   # no CUDA: the same plumbing on tiny sizes, on the CPU
+    python benchmarks/gpu_check.py --dry-cpu   # no CUDA: the same plumbing on tiny sizes, on the CPU (about 10 s)
+    python benchmarks/gpu_check.py --skip speed fsdp   # leave checks out
 
 One line per check, ``[id] what: VERDICT (details)``, VERDICT one of PASS, FAIL, SKIP (cannot
 run here, with the reason) or INFO (a measurement). The exit code is 1 when any check FAILs.
@@ -12,16 +13,40 @@ Checks:
                (torch.cuda.set_sync_debug_mode("error") around the loop)
   step-sync    the learner's training steps never wait for the GPU, for mixed precision
                no/bf16/fp16, with and without a metric ("error" mode from the second
-               step's loss to the last step's; fp16 allows only the GradScaler's own check)
+               step's loss to the last step's; fp16 allows only the GradScaler's own check).
+               On a failure the epoch is run again in "warn" mode and every sync site listed.
+  device       train(device="cuda:0") then test(device="cuda:0") and test(device="cuda") on
+               the learner's own Accelerator (whose device has no index) work, the weights
+               are on cuda:0, another device is refused (--dry-cpu: "cpu", "cpu:0", "meta")
+  test-upcast  test() of a model train() never prepared runs under autocast; its loss is
+               the float32 loss of those bf16/fp16 logits (fp16 on CUDA only)
+  one-proc     without a process group, Cat/List results stay on the inputs' device and
+               Cat.calculate() costs about a torch.cat (no host round trip)
   fp16-skip    steps the GradScaler skips (inf gradients) neither count as optimizer
                steps nor step the scheduler
   group-1      a 1-rank NCCL group (gloo with --dry-cpu): the primitives calculate() uses
-               (float64 SUM and MAX all_reduce, uint8 all_gather) and calculate() itself
+               (float64 SUM and MAX all_reduce, uint8 all_gather, all_gather_object) and
+               calculate() itself, also through its multi-rank path
   gloo-2       two ranks sharing the device over gloo, one rank without data: the
                results are right and come back on the device of the inputs
   max-nan      a NaN on rank 1 survives Max across ranks, as on one process
   speed        the learner against a hand-written Accelerate loop doing the same work
                (interleaved repeats; a time ratio)
+  fsdp         1-process FSDP2 (configs/accelerate/fsdp.yaml's settings, bf16) through the
+               learner, in a sub-process: Accelerate's state and calculate()'s device
+               (CUDA, although the backend is "cuda:nccl,cpu:gloo"); test() before train();
+               the loss sees float32 logits while the model outputs bf16; get_state_dict()
+               gives plain full tensors of the model's shapes
+
+FSDP on the CPU: Accelerate 1.15 chooses FSDP only for accelerator devices (its distributed
+types MULTI_GPU, MULTI_XPU, ...). On the CPU, ACCELERATE_USE_FSDP=true and a
+FullyShardedDataParallelPlugin are ignored without an error or a warning: one process started
+with RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 gets DistributedType.NO (MULTI_CPU with
+ACCELERATE_USE_CPU, the model then wrapped in DDP). torch's fully_shard itself runs on the CPU
+over gloo, so with --dry-cpu the fsdp check sets Accelerate's state to what it builds on a GPU
+(its plugin from the same FSDP_* variables, bf16 policy) and runs the same checks; its first
+line says so. What only the GPU run shows: that Accelerate itself picks FSDP2 from those
+variables, the NCCL/gloo backend pair, and the placement of a model on CUDA.
 """
 
 from __future__ import annotations
@@ -183,9 +208,9 @@ class GuardedLoss(nn.CrossEntropyLoss):
     training call: the window covers every step's forward, backward, optimizer and metric work
     but not the epoch's closing collective (which syncs by design)."""
 
-    def __init__(self, checks: Checks, steps: int) -> None:
+    def __init__(self, checks: Checks, steps: int, mode: str = "error") -> None:
         super().__init__()
-        self.checks, self.steps, self.calls = checks, steps, 0
+        self.checks, self.steps, self.calls, self.mode = checks, steps, 0, mode
         self.dtypes: set[str] = set()
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -194,13 +219,15 @@ class GuardedLoss(nn.CrossEntropyLoss):
             self.dtypes.add(str(input.dtype).removeprefix("torch."))
             if self.calls == 2:
                 self.checks.synchronize()
-                sync_mode(self.checks, "error")
+                sync_mode(self.checks, self.mode)
             elif self.calls == self.steps:
                 sync_mode(self.checks, 0)
         return super().forward(input, target)
 
 
-def check_step_loop(checks: Checks, sizes: Sizes, precision: str, with_metric: bool) -> tuple[str, str]:
+def check_step_loop(checks: Checks, sizes: Sizes, precision: str, with_metric: bool, mode: str = "error") -> tuple[str, str]:
+    """One epoch of the learner with "error" sync mode over its steps. ``mode="warn"``: the same epoch,
+    every sync recorded; returns ("INFO", the sites and counts) (run after a FAIL: all the sites, not the first)."""
     from distlearn import Accuracy, BackwardLearner
 
     if precision == "fp16" and checks.dry:
@@ -211,23 +238,36 @@ def check_step_loop(checks: Checks, sizes: Sizes, precision: str, with_metric: b
             return "PASS", f"fp16 refused on CPU, as it must be: {str(exc)[:70]}..."
         return "FAIL", "fp16 accepted on CPU, where Accelerate would silently train in float32"
     steps = sizes.n // sizes.batch
-    loss = GuardedLoss(checks, steps)
+    loss = GuardedLoss(checks, steps, mode)
     learner = BackwardLearner(n_epochs=1, loss=loss, optimizer_configs=ADAMW, mixed_precision=precision,
                               max_grad_norm=1.0, display_every_n_steps=0, scheduler_interval="step",
                               lr_scheduler_configs={"lr_scheduler_class": "torch.optim.lr_scheduler.StepLR",
                                                     "lr_scheduler_parameters": {"step_size": 10, "gamma": 0.5}})
     loader = DataLoader(data(sizes.n, sizes.features, sizes.classes), batch_size=sizes.batch, shuffle=True,
                         pin_memory=not checks.dry)
+    train = lambda: learner.train(model(sizes.features, sizes.classes, sizes.hidden), loader,  # noqa: E731
+                                  metric=Accuracy() if with_metric else None, test_check=False, disable_tqdm=True)
+    if mode == "warn":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train()
+        sites: dict[str, int] = {}
+        for w in caught:
+            if "synchroniz" in str(w.message):
+                where = f"{Path(w.filename).name}:{w.lineno}"
+                sites[where] = sites.get(where, 0) + 1
+        return "INFO", f"every sync in {steps - 2} armed steps, by the line that asked: {sites or 'none'}"
     try:
-        record = learner.train(model(sizes.features, sizes.classes, sizes.hidden), loader,
-                               metric=Accuracy() if with_metric else None, test_check=False, disable_tqdm=True)
+        record = train()
     except RuntimeError as exc:
         if "synchroniz" not in str(exc):
             raise
         site = _site(exc)
         if precision == "fp16" and "grad_scaler" in site:
             return "PASS", f"the only sync is the GradScaler's inf check, inherent to fp16 ({site})"
-        return "FAIL", f"a training step waited for the GPU at {site}"
+        sync_mode(checks, 0)
+        _, every = check_step_loop(checks, sizes, precision, with_metric, mode="warn")  # all the sites, not the first
+        return "FAIL", f"a training step waited for the GPU at {site}; rerun in warn mode: {every}"
     epoch = record["training"][0]
     ok = epoch["optimizer_steps"] == steps and loss.calls == steps
     return ("PASS" if ok else "FAIL"), (

@@ -25,13 +25,23 @@ def test_gpu_check_dry_cpu_runs_every_check():
     by_id: dict[str, list[re.Match]] = {}
     for m in lines:
         by_id.setdefault(m["id"], []).append(m)
-    expected = {"env", "acc-sync", "step-sync", "fp16-skip", "group-1", "gloo-2", "max-nan", "speed"}
+    expected = {"env", "acc-sync", "step-sync", "device", "test-upcast", "one-proc", "fp16-skip", "group-1", "gloo-2",
+                "max-nan", "speed", "fsdp"}
     assert expected <= set(by_id), result.stdout + result.stderr
     assert len(by_id["step-sync"]) == 6  # no/bf16/fp16 x with/without a metric
     failed = [m for m in lines if m["verdict"] == "FAIL"]
     assert result.returncode == (1 if failed else 0), result.stderr
     assert not [m for m in failed if m["id"] not in NOT_YET], result.stdout + result.stderr
-    assert all(m["verdict"] == "PASS" for m in by_id["acc-sync"] + by_id["step-sync"] + by_id["group-1"] + by_id["gloo-2"])
+    passing = ("acc-sync", "step-sync", "device", "test-upcast", "one-proc", "group-1", "gloo-2")
+    assert all(m["verdict"] == "PASS" for cid in passing for m in by_id[cid]), result.stdout
+    # FSDP2 on the CPU: Accelerate's state forced (it ignores FSDP off an accelerator), said on the
+    # first line; then test() before train(), train() under the bf16 policy, get_state_dict().
+    state, *fsdp = by_id["fsdp"]
+    assert state["verdict"] == "INFO" and "forced" in state["detail"] and "is_fsdp2 True" in state["detail"]
+    assert [m["what"] for m in fsdp] == ["test() before train()", "train() under the bf16 policy",
+                                         "get_state_dict() of the prepared model"], result.stdout
+    assert all(m["verdict"] == "PASS" for m in fsdp), result.stdout
+    assert "model output ['bfloat16']" in fsdp[1]["detail"]  # the upcast before the loss was exercised
     assert all("fp16 refused on CPU" in m["detail"] for m in by_id["step-sync"] if "fp16" in m["what"])
     assert by_id["fp16-skip"][0]["verdict"] == "SKIP" and "needs CUDA" in by_id["fp16-skip"][0]["detail"]
     assert "the multi-rank path" in by_id["group-1"][0]["detail"]
