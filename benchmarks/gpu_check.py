@@ -674,7 +674,7 @@ def run_fsdp(checks: Checks) -> None:
         env["ACCELERATE_USE_CPU"] = "true"
     argv = [sys.executable, str(Path(__file__).resolve()), "--part", "fsdp"] + (["--dry-cpu"] if checks.dry else [])
     try:
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, cwd=REPO, check=False)
     except subprocess.TimeoutExpired:
         checks.line("fsdp", "1-process FSDP2 sub-process", "FAIL", "no answer in 180 s (a hang?)")
         return
@@ -683,7 +683,7 @@ def run_fsdp(checks: Checks) -> None:
         if text.startswith("[fsdp] ") and ": " in text:
             what, _, rest = text[len("[fsdp] "):].partition(": ")
             verdict, _, detail = rest.partition(" (")
-            checks.line("fsdp", what, verdict, detail[:-1] if detail.endswith(")") else detail)
+            checks.line("fsdp", what, verdict, detail.removesuffix(")"))
             seen += 1
     if done.returncode != 0 or seen < FSDP_LINES:
         tail = (done.stderr.strip().splitlines() or ["(no stderr)"])[-1][:200]
