@@ -95,11 +95,7 @@ def resolve_mode(tracking: Mapping[str, Any], environ: Mapping[str, str] | None 
         return "disabled", "run.tracking.backend is none"
     env_mode = (env.get("WANDB_MODE") or "").strip().lower()
     if env_mode:
-        mode = _ENV_MODES.get(env_mode, "online")
-        configured = tracking.get("mode")
-        if configured and configured != mode:
-            logger.warning("WANDB_MODE=%s in the environment wins over run.tracking.mode=%s", env_mode, configured)
-        return mode, f"WANDB_MODE={env_mode}"
+        return _ENV_MODES.get(env_mode, "online"), f"WANDB_MODE={env_mode}"
     if tracking.get("mode"):
         return tracking["mode"], "run.tracking.mode"
     source = wandb_credentials(env)
@@ -177,9 +173,13 @@ def make_tracker(
         is_main_process: Whether this is the main process (``accelerator.is_main_process``).
         environ: The environment to read (default ``os.environ``).
     """
-    if is_main_process and resolve_mode(tracking, environ)[0] != "disabled":
-        return Tracker(tracking, environ)
-    return NoOpTracker(tracking, environ)
+    if not is_main_process:
+        return NoOpTracker(tracking, environ)
+    mode, reason = resolve_mode(tracking, environ)
+    configured = tracking.get("mode")
+    if reason.startswith("WANDB_MODE=") and configured and configured != mode:  # said once, by the main process
+        logger.warning("%s in the environment wins over run.tracking.mode=%s", reason, configured)
+    return NoOpTracker(tracking, environ) if mode == "disabled" else Tracker(tracking, environ)
 
 
 class NoOpTracker:

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from distlearn.tracking import Tracker, epoch_metrics, resolve_mode, wandb_credentials
+from distlearn.tracking import (
+    NoOpTracker,
+    Tracker,
+    accelerator_kwargs,
+    epoch_metrics,
+    make_tracker,
+    resolve_mode,
+    wandb_credentials,
+)
 from test_cli import distlearn, run_env
 
 TRACKED_EPOCHS = 2
@@ -141,6 +149,20 @@ def test_the_users_wandb_mode_wins_and_backend_none_turns_tracking_off():
     assert Tracker({"backend": "none"}, {}).accelerator_kwargs() == {}
     assert Tracker({"backend": "wandb"}, {"WANDB_MODE": "offline"}).accelerator_kwargs() == {"log_with": "wandb"}
     assert Tracker({"backend": "wandb"}, {"WANDB_MODE": "disabled"}).accelerator_kwargs() == {}
+
+
+def test_the_main_process_gets_the_wandb_tracker_and_says_once_that_wandb_mode_wins(caplog):
+    tracking = {"backend": "wandb", "mode": "online"}
+    env = {"WANDB_MODE": "offline"}
+    with caplog.at_level("WARNING", logger="distlearn.tracking"):
+        assert accelerator_kwargs(tracking, env) == {"log_with": "wandb"}  # the same answer on every rank
+        other = make_tracker(tracking, False, env)
+        assert isinstance(other, NoOpTracker) and not caplog.records  # the other ranks stay quiet
+        assert isinstance(make_tracker(tracking, True, env), Tracker)
+    assert [r.getMessage() for r in caplog.records] == ["WANDB_MODE=offline in the environment wins over run.tracking.mode=online"]
+    untracked = make_tracker({"backend": "none"}, True, {})
+    assert isinstance(untracked, NoOpTracker) and untracked.describe() == "off (run.tracking.backend is none)"
+    assert other.run_id is None and other.start(None, {}, "unused") is None  # every call accepted, nothing done
 
 
 def test_epoch_metrics_names_and_drops_missing_values():
