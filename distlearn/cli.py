@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import ranks
+
 __all__ = ["main", "train"]
 
 logger = logging.getLogger("distlearn")
@@ -115,12 +117,12 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
 
     from . import report
     from .checkpoint import Interrupted
-    from .tracking import Tracker
+    from .tracking import accelerator_kwargs, make_tracker
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run = resolved["run"]
-    tracker = Tracker(run["tracking"])  # decided before the Accelerator, which needs log_with
-    accelerator = _build_accelerator(resolved, tracker)
+    accelerator = _build_accelerator(resolved, accelerator_kwargs(run["tracking"]))  # log_with: the same on every rank
+    tracker = make_tracker(run["tracking"], accelerator.is_main_process)  # W&B on the main process, a no-op elsewhere
     _setup_logging(accelerator.is_main_process, quiet)
     start: dict[str, Any] = {}
     experiment: Any = None
@@ -160,8 +162,8 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
         return record
     except BaseException as exc:
         together = isinstance(exc, RunError) and exc.together  # decided on every rank together
+        tracker.finish()  # W&B's files closed before the folder is looked at
         if start.get("created") and accelerator.is_main_process:  # a failed start leaves no empty run folder
-            tracker.finish()
             report.remove_if_unused(start["output_dir"])
         raise
     finally:
@@ -174,8 +176,9 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
 # --------------------------------------------------------------------------- steps
 
 
-def _build_accelerator(resolved: dict[str, Any], tracker: Any) -> Any:
-    """The Accelerator of this launch, with the learner's precision, accumulation and data seed."""
+def _build_accelerator(resolved: dict[str, Any], tracking_kwargs: dict[str, Any]) -> Any:
+    """The Accelerator of this launch, with the learner's precision, accumulation and data seed, and
+    ``tracking_kwargs`` (``log_with``)."""
     from accelerate.utils import InitProcessGroupKwargs
 
     from .accelerator import build_accelerator
@@ -183,7 +186,7 @@ def _build_accelerator(resolved: dict[str, Any], tracker: Any) -> Any:
     params = resolved["learner_configs"].get("learner_parameters") or {}
     seed = params.get("seed")
     kwargs = dict(params.get("accelerator_kwargs") or {})
-    kwargs.update(tracker.accelerator_kwargs())
+    kwargs.update(tracking_kwargs)
     # run.timeout_s bounds every collective: a rank that never arrives ends the run instead of a 30-minute wait
     kwargs["kwargs_handlers"] = [*kwargs.get("kwargs_handlers", []),
                                  InitProcessGroupKwargs(timeout=timedelta(seconds=resolved["run"]["timeout_s"]))]
@@ -554,51 +557,33 @@ def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool) ->
 
 
 def _on_main(accelerator: Any, what: str, fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn`` on the main process only and give its result, or its failure, to every rank.
+    """``fn(*args)`` on the main process only (files, folders), its result on every rank; a failure
+    there ends every rank (see :func:`distlearn.ranks.on_main`).
 
-    The one place where ranks differ in side effects: the main process does the
-    work while the others wait in a broadcast, so an error there ends every rank
-    instead of leaving the others waiting in their next collective.
+    Raises:
+        RunError: On every rank, for an ``OSError`` or ``ValueError`` (an input problem: a message).
+        Exception: Any other error, re-raised with its traceback on the main process (the other
+            ranks end with the RunError message).
     """
-    outcome: list[Any] = [("ok", None)]
-    error = None
-    if accelerator.is_main_process:
-        try:
-            outcome[0] = ("ok", fn(*args))
-        except Exception as exc:
-            error = exc
-            outcome[0] = ("error", f"{what}: {exc}")
-    outcome = _from_main(accelerator, outcome)
-    if outcome[0][0] == "error":
-        if error is not None and not isinstance(error, (OSError, ValueError)):
-            raise error  # not an input problem: keep the traceback (the other ranks exit with the message)
-        raise RunError(outcome[0][1])
-    return outcome[0][1]
+    try:
+        return ranks.on_main(accelerator, fn, *args)
+    except ranks.MainProcessFailed as exc:
+        failed = exc
+    if failed.error is not None and not isinstance(failed.error, (OSError, ValueError)):
+        raise failed.error  # not an input problem: keep the traceback
+    raise RunError(f"{what}: {failed.message}")
 
 
 def _everywhere(accelerator: Any, what: str, fn: Callable[..., Any], *args: Any) -> None:
-    """Call ``fn`` on every rank; when it fails on the main process, fail on every rank."""
-    message: list[Any] = [None]
+    """``fn(*args)`` on every rank (the W&B start: a no-op off the main process); when it fails on the
+    main process, every rank ends with a RunError saying how to train without W&B."""
     try:
-        fn(*args)
-    except Exception as exc:  # wandb raises its own error classes
-        if not accelerator.is_main_process:
-            raise
-        message[0] = f"{what}: {type(exc).__name__}: {exc}"
-    message = _from_main(accelerator, message)
-    if message[0]:
+        ranks.everywhere(accelerator, fn, *args)
+    except ranks.MainProcessFailed as exc:
         raise RunError(
-            f"{message[0]}. Set WANDB_MODE=offline (no network needed) or run.tracking.backend=none to train without it."
-        )
-
-
-def _from_main(accelerator: Any, objects: list[Any]) -> list[Any]:
-    """The main process's ``objects`` on every rank (a collective when there are several)."""
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(objects, from_process=0)
-    return objects
+            f"{what}: {exc.kind}: {exc.message}. Set WANDB_MODE=offline (no network needed) or "
+            "run.tracking.backend=none to train without it."
+        ) from None
 
 
 # --------------------------------------------------------------------------- presentation

@@ -362,8 +362,11 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], *, check_output_dir: bo
     Every ``*_class`` must resolve; every parameter set (the learner's nested optimizer/
     loss/lr_scheduler configs too) must bind to its class's signature: no unknown or
     missing names, simple annotated types respected, plus the class's ``check_parameters``
-    hook if it has one. Learner options and ``run.*`` are type- and range-checked. Nothing
-    is built and ``cfg`` is not modified.
+    hook if it has one. Learner options and ``run.*`` are type- and range-checked. When all
+    that passes, the learner's loss, optimizer and scheduler are built on a stand-in
+    parameter, so that values the classes themselves refuse (a negative lr) are reported too;
+    they are reported after the other problems are fixed. Nothing else is built and ``cfg``
+    is not modified.
 
     Args:
         cfg: A config from ``load_config`` or a plain dict of the same shape.
@@ -381,6 +384,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], *, check_output_dir: bo
     if not isinstance(c, dict):
         raise ConfigError([f"expected a mapping at the top level, got {type(c).__name__}"])
     problems: list[str] = []
+    builds: list[tuple[dict[str, tuple[type, dict]], str]] = []  # the learner's nested configs, to build last
     _check_keys(c, [*SECTIONS, "run"], "", problems)
     data_cls = None
     for key, prefix in SECTIONS.items():
@@ -404,13 +408,16 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], *, check_output_dir: bo
                 given = {k: v for k, v in params.items() if k not in auto}
                 _check_parameters(cls, given, at, problems, supplied=set(auto))
             elif prefix == "learner":
-                _check_learner(cls, params, at, problems)
+                builds.append((_check_learner(cls, params, at, problems), at))
             else:
                 data_cls = cls  # only the data section gets here
                 _check_parameters(cls, params, at, problems)
     _check_run(c.get("run"), problems)
     if check_output_dir:
         _check_output_dir(c.get("run"), problems)
+    if not problems:  # building an optimizer imports torch's compiler (~1-2 s): only once all else is right
+        for sections, at in builds:
+            _check_builds(sections, at, problems)
     if problems:
         raise ConfigError(problems)
 
@@ -468,7 +475,9 @@ def _check_section(section: Any, key: str, prefix: str, problems: list[str]) -> 
         return None, params
 
 
-def _check_learner(cls: type, params: dict, at: str, problems: list[str]) -> None:
+def _check_learner(cls: type, params: dict, at: str, problems: list[str]) -> dict[str, tuple[type, dict]]:
+    """Check the learner's options and nested configs; returns the nested configs that passed
+    (``{key: (class, parameters)}``), for :func:`_check_builds`."""
     nested = {k: params[k] for k in LEARNER_NESTED if k in params}
     options = {k: v for k, v in params.items() if k not in nested}
     buildable: dict[str, tuple[type, dict]] = {}
@@ -496,12 +505,16 @@ def _check_learner(cls: type, params: dict, at: str, problems: list[str]) -> Non
     # Nested configs are checked above; bind them by name only.
     nested_names = {k: None for k in nested}
     _check_parameters(cls, {**options, **nested_names}, at, problems, excluded=LEARNER_SUPPLIED, flagged=flagged)
-    _check_builds(buildable, at, problems)
+    return buildable
 
 
 def _check_builds(sections: dict[str, tuple[type, dict]], at: str, problems: list[str]) -> None:
     """Build the loss, optimizer and scheduler on a stand-in parameter: what the classes themselves
-    refuse (a negative lr, an unknown scheduler mode) is found now, not after the data is loaded."""
+    refuse (a negative lr, an unknown scheduler mode) is found now, not after the data is loaded.
+
+    Run once the rest of the config is right: the first optimizer built in a process imports
+    ``torch._dynamo`` (about as long as importing torch itself), which a config error found
+    without building need not wait for."""
     if not sections:
         return
     import torch

@@ -36,11 +36,12 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from tqdm.auto import tqdm
 
 from .accelerator import build_accelerator, check_accelerator, prepare_loader
-from .accumulators import Cat, List, Mean, Sum, calculate
+from .accumulators import Cat, Mean, Sum, calculate
 from .batches import Batches, Report
 from .checkpoint import Checkpoints, Interrupted
 from .metrics import Metric, Metrics, is_metric
 from .options import MIXED_PRECISION, NONFINITE_MODES, SCHEDULER_INTERVALS, is_int
+from .ranks import agree
 from .records import EpochRecord, Record, TestResult, scores
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
@@ -281,7 +282,7 @@ class BackwardLearner:
                 if step == done and done:  # the first batch after a mid-epoch resume: the saved RNG from here on
                     _set_rng_states(resumed["rng"])
                 if epoch == first_epoch and step == done:  # the batch form, decided on every rank together
-                    _agree(batches.problem(batch, "data_loader['train_loader']", model))
+                    agree(batches.problem(batch, "data_loader['train_loader']", model))
                 with accelerator.accumulate(model):
                     # prepare() already runs model.forward under Accelerate's autocast
                     out = batches.step(model, batch, train_idx)
@@ -372,7 +373,7 @@ class BackwardLearner:
         with torch.no_grad():
             for step, batch in enumerate(loader):
                 if step == 0:  # the batch form, decided on every rank together
-                    _agree(batches.problem(batch, "test_loader", module))
+                    agree(batches.problem(batch, "test_loader", module))
                 with accelerator.autocast():  # the model may not have been prepared (no train() before)
                     out = batches.step(module, batch, idx, require_loss=False)
                 report = batches.real(accelerator, out, module, idx, metric is not None or return_full_result)
@@ -861,7 +862,7 @@ def _check_loader(name: str, raw: Any, prepared: Any) -> None:
     """
     problem = _loader_problem(name, raw, prepared)
     if problem is not None:
-        _agree(problem)
+        agree(problem)
 
 
 def _loader_problem(name: str, raw: Any, prepared: Any) -> str | None:
@@ -873,21 +874,6 @@ def _loader_problem(name: str, raw: Any, prepared: Any) -> str | None:
             "fewer samples than one global batch): lower the batch size or set drop_last=False"
         )
     return None
-
-
-def _agree(problem: str | None) -> None:
-    """Raise on every rank when any rank found a problem (a collective: every rank calls it).
-
-    One all-reduce of a flag; the messages travel only when something is wrong.
-    """
-    flags = Sum()
-    flags(int(problem is not None))
-    if flags.calculate() == 0:
-        return
-    problems = List()
-    problems(problem or "")
-    found = [(rank, text) for rank, text in enumerate(problems.calculate()) if text]
-    raise ValueError(problem or f"rank {found[0][0]}: {found[0][1]}")
 
 
 def _resolved(device: str | torch.device) -> torch.device:

@@ -1,8 +1,10 @@
 """Experiment tracking: Weights & Biases through Accelerate's tracker API.
 
-Accelerate already limits the tracker to the main process (``init_trackers``,
-``log`` and the tracker's ``finish`` are main-process only), so a
-:class:`Tracker` is used the same way on every rank; the values it logs come
+Every rank holds a tracker and makes the same calls on it; :func:`make_tracker`
+is the one place that looks at the rank: the main process gets a
+:class:`Tracker`, which does the W&B work, and the others a
+:class:`NoOpTracker`, which does nothing (torchtitan's pattern). Neither runs a
+collective, so the ranks stay in step whatever W&B does; the values logged come
 from the learner's per-epoch record, which every rank computed together.
 
 Whether a run goes online is decided here, before anything starts, so that
@@ -27,13 +29,16 @@ import netrc
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from .records import EpochRecord, scores
 from .report import finite
 
-__all__ = ["Tracker", "epoch_metrics", "resolve_mode", "wandb_credentials"]
+__all__ = [
+    "NoOpTracker", "RunTracker", "Tracker", "accelerator_kwargs", "epoch_metrics", "make_tracker", "resolve_mode",
+    "wandb_credentials",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +95,7 @@ def resolve_mode(tracking: Mapping[str, Any], environ: Mapping[str, str] | None 
         return "disabled", "run.tracking.backend is none"
     env_mode = (env.get("WANDB_MODE") or "").strip().lower()
     if env_mode:
-        mode = _ENV_MODES.get(env_mode, "online")
-        configured = tracking.get("mode")
-        if configured and configured != mode:
-            logger.warning("WANDB_MODE=%s in the environment wins over run.tracking.mode=%s", env_mode, configured)
-        return mode, f"WANDB_MODE={env_mode}"
+        return _ENV_MODES.get(env_mode, "online"), f"WANDB_MODE={env_mode}"
     if tracking.get("mode"):
         return tracking["mode"], "run.tracking.mode"
     source = wandb_credentials(env)
@@ -131,13 +132,95 @@ def epoch_metrics(epoch: int, summary: EpochRecord) -> dict[str, float]:
     return out
 
 
-class Tracker:
-    """One run's tracking on an Accelerator built with ``log_with="wandb"``; a no-op when disabled.
+class RunTracker(Protocol):
+    """The calls the command makes on a tracker, on every rank alike (see :func:`make_tracker`)."""
 
-    Every rank makes the same calls; Accelerate acts on the main process only.
-    After a successful :meth:`start`, a failing ``log`` or ``finish`` is
-    logged as a warning and tracking stops: tracking must never stop training
-    (a rank that raises while the others wait in a collective hangs the run).
+    mode: str
+    reason: str
+    run_id: str | None
+
+    def start(self, accelerator: Any, config: Mapping[str, Any], output_dir: str | Path,
+              resume_id: str | None = None) -> None: ...
+
+    def log_epoch(self, epoch: int, summary: Mapping[str, Any]) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+def accelerator_kwargs(tracking: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What the Accelerator must be built with for this run's tracking (``log_with``), the same on every rank.
+
+    Args:
+        tracking: The config's ``run.tracking`` section.
+        environ: The environment to read (default ``os.environ``).
+    """
+    return {"log_with": "wandb"} if resolve_mode(tracking, environ)[0] != "disabled" else {}
+
+
+def make_tracker(
+    tracking: Mapping[str, Any], is_main_process: bool, environ: Mapping[str, str] | None = None
+) -> RunTracker:
+    """The tracker this process holds: a :class:`Tracker` on the main process of a tracked run, else a
+    :class:`NoOpTracker`.
+
+    The rank check lives here only: every rank then makes the same calls, and only the main
+    process's tracker touches W&B (its files, its network, its console lines).
+
+    Args:
+        tracking: The config's ``run.tracking`` section.
+        is_main_process: Whether this is the main process (``accelerator.is_main_process``).
+        environ: The environment to read (default ``os.environ``).
+    """
+    if not is_main_process:
+        return NoOpTracker(tracking, environ)
+    mode, reason = resolve_mode(tracking, environ)
+    configured = tracking.get("mode")
+    if reason.startswith("WANDB_MODE=") and configured and configured != mode:  # said once, by the main process
+        logger.warning("%s in the environment wins over run.tracking.mode=%s", reason, configured)
+    return NoOpTracker(tracking, environ) if mode == "disabled" else Tracker(tracking, environ)
+
+
+class NoOpTracker:
+    """The tracker of every process but the main one, and of an untracked run: takes a
+    :class:`Tracker`'s calls and does nothing (no W&B import, no file, no collective).
+
+    Args:
+        tracking: The config's ``run.tracking`` section (for :meth:`describe`).
+        environ: The environment to read (default ``os.environ``).
+    """
+
+    run_id: str | None = None  # the W&B run id is known on the main process only
+
+    def __init__(self, tracking: Mapping[str, Any], environ: Mapping[str, str] | None = None):
+        self.mode, self.reason = resolve_mode(tracking, environ)
+
+    def start(self, accelerator: Any, config: Mapping[str, Any], output_dir: str | Path,
+              resume_id: str | None = None) -> None:
+        """Nothing to start here."""
+
+    def log_epoch(self, epoch: int, summary: Mapping[str, Any]) -> None:
+        """Nothing to log here."""
+
+    def finish(self) -> None:
+        """Nothing to finish here."""
+
+    def describe(self) -> str:
+        """One line for the run summary."""
+        if self.mode == "disabled":
+            return f"off ({self.reason})"
+        return f"W&B {self.mode} ({self.reason}), on the main process"
+
+
+class Tracker:
+    """One run's W&B tracking, on the main process, through Accelerate's tracker API.
+
+    Built by :func:`make_tracker` on the main process of a tracked run (the Accelerator built
+    with :func:`accelerator_kwargs`); the other processes hold a :class:`NoOpTracker`.
+    After a successful :meth:`start`, a failing ``log`` or ``finish`` is logged as a
+    warning and tracking stops: tracking must never stop training (a rank that raises while
+    the others wait in a collective hangs the run).
 
     Args:
         tracking: The config's ``run.tracking`` section.
@@ -149,9 +232,9 @@ class Tracker:
         self.tracking = dict(tracking)
         self.mode, self.reason = resolve_mode(self.tracking, self.env)
         self.dir: Path | None = None  # where the W&B files go, set by start()
-        self.run_dir: Path | None = None  # the wandb run folder, on the main process after start()
+        self.run_dir: Path | None = None  # the wandb run folder, after start()
         self._accelerator: Any = None
-        self.run_id: str | None = None  # the W&B run id, on the main process after start()
+        self.run_id: str | None = None  # the W&B run id, after start()
 
     @property
     def enabled(self) -> bool:
@@ -160,15 +243,15 @@ class Tracker:
 
     def accelerator_kwargs(self) -> dict[str, Any]:
         """What the Accelerator must be built with for this tracker (``log_with``)."""
-        return {"log_with": "wandb"} if self.enabled else {}
+        return accelerator_kwargs(self.tracking, self.env)
 
     def start(
         self, accelerator: Any, config: Mapping[str, Any], output_dir: str | Path, resume_id: str | None = None
     ) -> None:
-        """Start the W&B run with the resolved config (the main process only; every rank calls).
+        """Start the W&B run with the resolved config.
 
         Args:
-            accelerator: An Accelerator built with :meth:`accelerator_kwargs`.
+            accelerator: An Accelerator built with :func:`accelerator_kwargs`, on its main process.
             config: The resolved config as a plain nested dict.
             output_dir: The run's output folder: the W&B files go there unless
                 ``WANDB_DIR`` is set, and its name is the W&B run name unless
@@ -178,8 +261,8 @@ class Tracker:
                 ``offline-run-*`` folder under the same id; ``wandb sync`` both folders.
 
         Raises:
-            Whatever ``wandb.init`` raises (on the main process): a run that was
-            asked to be tracked and cannot be is an error, reported before training.
+            Whatever ``wandb.init`` raises: a run that was asked to be tracked and cannot be
+            is an error, reported before training (on every rank: the command shares it).
         """
         if not self.enabled:
             return
@@ -195,17 +278,15 @@ class Tracker:
         init["settings"] = {"silent": self.env.get("WANDB_SILENT", "true").lower() != "false"}
         if not self.env.get("WANDB_MODE"):  # a user's WANDB_MODE is read by wandb itself; an init argument would win
             init["mode"] = self.mode
-        if accelerator.is_main_process:
-            self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         self._accelerator = accelerator
         accelerator.init_trackers(
             self.tracking.get("project") or "distlearn", config=dict(config), init_kwargs={"wandb": init}
         )
-        if accelerator.is_main_process:
-            run = accelerator.get_tracker("wandb", unwrap=True)
-            run_files = getattr(run, "dir", None)  # <dir>/wandb/<offline-run-...>/files
-            self.run_dir = Path(run_files).parent if run_files else None
-            self.run_id = getattr(run, "id", None)
+        run = accelerator.get_tracker("wandb", unwrap=True)
+        run_files = getattr(run, "dir", None)  # <dir>/wandb/<offline-run-...>/files
+        self.run_dir = Path(run_files).parent if run_files else None
+        self.run_id = getattr(run, "id", None)
 
     def log_epoch(self, epoch: int, summary: Mapping[str, Any]) -> None:
         """Log one epoch's numbers at ``step=epoch`` (the learner's ``on_epoch_end`` hook)."""

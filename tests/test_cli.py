@@ -215,6 +215,47 @@ def test_console_script_and_usage(tmp_path):
     assert result.returncode == 0 and "key.path=value" in result.stdout
 
 
+# What a quick answer may import: the command's --help, --version and the config errors found before any
+# class is imported run without torch (~1.5 s to import here); a misspelled class needs torch, but not
+# torch._dynamo (as long again), which only building an optimizer imports.
+QUICK_ANSWERS = """
+import contextlib, io, json, sys
+from distlearn.cli import main
+heavy = ("torch", "torch._dynamo", "accelerate", "sklearn", "wandb", "matplotlib")
+answers = []
+for argv in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    answers.append([code, [m for m in heavy if m in sys.modules], err.getvalue()])
+print(json.dumps(answers))
+"""
+
+
+def _quick(tmp_path: Path, *argvs: list[str]) -> list:
+    result = run_command([sys.executable, "-c", QUICK_ANSWERS, json.dumps(argvs)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_help_version_and_early_config_errors_import_no_torch(tmp_path):
+    answers = _quick(tmp_path, ["--help"], ["--version"], ["train", "--help"], ["train", "missing.yaml"],
+                     ["train", "run.seed=[1"], ["train", "wnie"])
+    assert [code for code, _, _ in answers] == [0, 0, 0, 2, 2, 2], answers
+    assert all(imported == [] for _, imported, _ in answers), answers
+    assert "not found" in answers[3][2] and "did you mean" in answers[5][2]
+
+
+def test_a_misspelled_class_is_answered_without_torchs_compiler(tmp_path):
+    (answer,) = _quick(tmp_path, ["train", "model_configs.model_class=distlearn.models.MLPP", NO_TRACKING])
+    code, imported, err = answer
+    assert code == 2 and "did you mean 'distlearn.models.MLP'" in err, answer
+    assert "torch" in imported and "torch._dynamo" not in imported and "sklearn" not in imported, answer
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 # --------------------------------------------------------------------------- the pieces, in-process
 
 

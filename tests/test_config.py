@@ -249,6 +249,16 @@ def test_build_experiment_validates_unless_told_it_was_done():
         build_experiment(bad, validated=True)
 
 
+def test_values_the_classes_refuse_are_reported_once_the_rest_is_right():
+    """The optimizer is built on a stand-in only when nothing else is wrong (the first build imports
+    torch's compiler, seconds): a negative lr shows up in the second round, after run.seed is fixed."""
+    lr = "learner_configs.learner_parameters.optimizer_configs.optimizer_parameters.lr=-0.5"
+    assert _problems(_with(lr, "run.seed=-1")) == ["run.seed: expected an int >= 0, got -1"]
+    (problem,) = _problems(_with(lr))
+    assert problem.startswith("learner_configs.learner_parameters.optimizer_configs.optimizer_parameters.lr: "
+                              "torch.optim.adamw.AdamW refuses the value -0.5"), problem
+
+
 @pytest.mark.timeout(120)
 def test_a_built_wheel_ships_the_configs(tmp_path):
     """`pip install .` (not editable) must find the default config: configs/ is package data."""

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from distlearn.tracking import Tracker, epoch_metrics, resolve_mode, wandb_credentials
+from distlearn.tracking import (
+    NoOpTracker,
+    Tracker,
+    accelerator_kwargs,
+    epoch_metrics,
+    make_tracker,
+    resolve_mode,
+    wandb_credentials,
+)
 from test_cli import distlearn, run_env
 
 TRACKED_EPOCHS = 2
@@ -143,6 +151,20 @@ def test_the_users_wandb_mode_wins_and_backend_none_turns_tracking_off():
     assert Tracker({"backend": "wandb"}, {"WANDB_MODE": "disabled"}).accelerator_kwargs() == {}
 
 
+def test_the_main_process_gets_the_wandb_tracker_and_says_once_that_wandb_mode_wins(caplog):
+    tracking = {"backend": "wandb", "mode": "online"}
+    env = {"WANDB_MODE": "offline"}
+    with caplog.at_level("WARNING", logger="distlearn.tracking"):
+        assert accelerator_kwargs(tracking, env) == {"log_with": "wandb"}  # the same answer on every rank
+        other = make_tracker(tracking, False, env)
+        assert isinstance(other, NoOpTracker) and not caplog.records  # the other ranks stay quiet
+        assert isinstance(make_tracker(tracking, True, env), Tracker)
+    assert [r.getMessage() for r in caplog.records] == ["WANDB_MODE=offline in the environment wins over run.tracking.mode=online"]
+    untracked = make_tracker({"backend": "none"}, True, {})
+    assert isinstance(untracked, NoOpTracker) and untracked.describe() == "off (run.tracking.backend is none)"
+    assert other.run_id is None and other.start(None, {}, "unused") is None  # every call accepted, nothing done
+
+
 def test_epoch_metrics_names_and_drops_missing_values():
     import torch
 
@@ -183,3 +205,69 @@ def test_a_resumed_run_keeps_its_wandb_id_and_logs_each_epoch_once(tmp_path):
         steps += sorted(read_wandb_run(file)["history"])
     assert len(ids) == 1  # one W&B run, continued
     assert sorted(steps) == [0, 1, 2]  # each epoch once
+
+
+# --------------------------------------------------------------------------- every rank, one W&B run
+
+
+def _track_on_every_rank(rank: int, world: int, root: str) -> dict:
+    """What the command does with tracking, on one rank of a real gloo group: an Accelerator built
+    with the run's log_with, the tracker this rank gets, start / two epochs / finish. Another rank
+    than the main one must not touch wandb: `import wandb` is made to fail there."""
+    import os
+    import sys
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from distlearn.tracking import accelerator_kwargs, make_tracker
+
+    out = Path(root) / f"rank{rank}"
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(out / "wandb-dir"), "WANDB_SILENT": "true"}
+    saved_env = {k: os.environ.get(k) for k in env}
+    saved_wandb = {name: module for name, module in sys.modules.items() if name == "wandb" or name.startswith("wandb.")}
+    os.environ.update(env)  # wandb reads its own settings from the environment too
+    if rank != 0:
+        for name in saved_wandb:
+            del sys.modules[name]
+        sys.modules["wandb"] = None  # any `import wandb` here raises ImportError
+    tracking = {"backend": "wandb", "project": "distlearn-tests", "name": "ranks", "mode": None}
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    try:
+        accelerator = Accelerator(cpu=True, **accelerator_kwargs(tracking, env))
+        tracker = make_tracker(tracking, accelerator.is_main_process, env)
+        tracker.start(accelerator, {"run": {"seed": 0}}, out)
+        for epoch in range(2):
+            tracker.log_epoch(epoch, {"train_loss": 1.0 / (epoch + 1), "lr": 0.1, "test_result": None})
+        tracker.finish()
+        accelerator.wait_for_everyone()
+        return {
+            "kind": type(tracker).__name__,
+            "run_id": tracker.run_id,
+            "files": sorted(str(p.relative_to(out)) for p in out.rglob("*")) if out.exists() else [],
+            "wandb_imported": sys.modules.get("wandb") is not None,
+            "trackers": len(accelerator.trackers),
+        }
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        if rank != 0:
+            del sys.modules["wandb"]
+            sys.modules.update(saved_wandb)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_only_the_main_process_touches_wandb(dist_pool, tmp_path):
+    """Two real ranks make the same tracker calls: rank 0 writes one offline W&B run holding both
+    epochs; rank 1 holds a no-op tracker, imports no wandb and writes no file."""
+    main, other = dist_pool.run(_track_on_every_rank, 2, str(tmp_path))
+    assert main["kind"] == "Tracker" and main["run_id"] and main["wandb_imported"]
+    (run_file,) = (tmp_path / "rank0" / "wandb-dir").glob("wandb/offline-run-*/run-*.wandb")
+    assert sorted(read_wandb_run(run_file)["history"]) == [0, 1]
+    assert other == {"kind": "NoOpTracker", "run_id": None, "files": [], "wandb_imported": False, "trackers": 0}
+    assert not (tmp_path / "rank1").exists()
