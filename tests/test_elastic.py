@@ -11,7 +11,6 @@ differs between process counts, so bitwise equality is not expected).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -23,30 +22,14 @@ import torch
 from distlearn import checkpoint
 from distlearn.accumulators import Mean
 from distlearn.metrics import Accuracy, F1
+from launching import ROOT, launch_env, run_script
 
 SCRIPT = Path(__file__).parent / "scripts" / "elastic_run.py"
-ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH, N_SAMPLES, N_EPOCHS, KILL_STEP = 6, 48, 3, 14  # 8 steps per epoch; checkpoints every 4 steps
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", PYTHONPATH=str(ROOT),
-               N_SAMPLES=str(N_SAMPLES), N_EPOCHS=str(N_EPOCHS))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "RANK_ONLY", "PER_PROCESS",
-                "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT"):
-        env.pop(key, None)
-    env.update(extra)
-    return env
-
-
 def _run(procs: int, run_dir: Path, result: Path, kill: str | None = None, **env: str) -> subprocess.CompletedProcess:
-    if procs == 1:
-        cmd = [sys.executable, str(SCRIPT)]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--standalone",
-               "--monitor_interval", "0.2", str(SCRIPT)]
-    cmd += [str(run_dir), str(result)] + ([kill] if kill else [])
-    return subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=240)
+    return run_script(SCRIPT, procs, run_dir, result, kill, N_SAMPLES=str(N_SAMPLES), N_EPOCHS=str(N_EPOCHS), **env)
 
 
 def _samples(run_dir: Path, attempt: int, steps: range) -> dict[int, list[tuple[int, list[int]]]]:
@@ -221,7 +204,7 @@ def test_a_relaunch_with_the_same_launch_id_continues_its_default_folder(tmp_pat
     """No run.output_dir: the folder is runs/<config>-<launch id>, so a restarted launch resumes there."""
     cmd = [sys.executable, "-m", "distlearn", "train", "--quiet", str(ROOT / "configs" / "wine.yaml"),
            "run.tracking.backend=none"]
-    env = _env(DISTLEARN_RUN_ID="job-7")
+    env = launch_env(DISTLEARN_RUN_ID="job-7")
     first = subprocess.run(cmd + ["learner_configs.learner_parameters.n_epochs=1"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr[-3000:]
