@@ -82,6 +82,21 @@ def test_two_processes_killed_anywhere_end_bitwise_equal(uninterrupted, tmp_path
     assert got["resumed_from"] == "step-00000020"
 
 
+def test_two_processes_killed_at_epoch_ends_end_bitwise_equal(uninterrupted, tmp_path):
+    """Kills right after an epoch-end checkpoint: the resume starts the next epoch at its first batch.
+
+    "epoch:0": both ranks die once epoch 0's checkpoint (step 9) is committed; ("epoch:1", 1): rank 1
+    only, after step 18's, while rank 0 goes on into epoch 2's first step (between the checkpoint and
+    the next epoch's first optimizer step); "epoch:2": after the last epoch's checkpoint, before the
+    result is written, so the rerun resumes a finished run and trains nothing more.
+    """
+    kills = ["epoch:0", ("epoch:1", 1), "epoch:2"]
+    got, latest, _ = _resume_until_done(2, tmp_path / "run", tmp_path / "result.json", kills)
+    assert latest == ["step-00000009", "step-00000018", "step-00000027"]
+    _assert_same(got, uninterrupted[2])
+    assert got["resumed_from"] == "step-00000027"
+
+
 def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning_and_the_result_is_the_same(uninterrupted, tmp_path):
     run_dir, result = tmp_path / "run", tmp_path / "result.json"
     _run(1, run_dir, result, "step:14")
