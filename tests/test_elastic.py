@@ -29,7 +29,8 @@ GLOBAL_BATCH, N_SAMPLES, N_EPOCHS, KILL_STEP = 6, 48, 3, 14  # 8 steps per epoch
 
 
 def _run(procs: int, run_dir: Path, result: Path, kill: str | None = None, **env: str) -> subprocess.CompletedProcess:
-    return run_script(SCRIPT, procs, run_dir, result, kill, N_SAMPLES=str(N_SAMPLES), N_EPOCHS=str(N_EPOCHS), **env)
+    env = {"N_SAMPLES": str(N_SAMPLES), "N_EPOCHS": str(N_EPOCHS), **env}
+    return run_script(SCRIPT, procs, run_dir, result, kill, **env)
 
 
 def _samples(run_dir: Path, attempt: int, steps: range) -> dict[int, list[tuple[int, list[int]]]]:
@@ -51,39 +52,75 @@ def uninterrupted(tmp_path_factory):
     return json.loads((base / "result.json").read_text())
 
 
-@pytest.mark.parametrize("before, after", [(2, 1), (1, 2), (2, 3)])
-def test_kill_and_resume_on_another_world_size(tmp_path, uninterrupted, before, after):
+def _kill_and_resume(tmp_path: Path, reference: dict, before: int, after: int, kill_step: int, **env: str) -> dict:
+    """Kill a run on ``before`` processes after optimizer step ``kill_step``, finish it on ``after``; check it.
+
+    Every sample of every epoch must be trained on exactly once across the kill, and the record and
+    weights must match ``reference`` (the uninterrupted run's result) to rounding. Returns the checkpoint's meta.
+    """
+    n_samples = int(env.get("N_SAMPLES", N_SAMPLES))
     run_dir, result = tmp_path / "run", tmp_path / "result.json"
-    killed = _run(before, run_dir, result, f"step:{KILL_STEP}")
+    killed = _run(before, run_dir, result, f"step:{kill_step}", **env)
     assert killed.returncode != 0 and "SIGKILL at step" in killed.stderr, killed.stderr[-3000:]
     saved = checkpoint.latest(run_dir)
     assert saved is not None and saved[1]["world_size"] == before and saved[1]["batches_done"] > 0  # mid-epoch
     # the loader's own per-process batch is the old one: the learner must resize it to keep the global batch
-    done = _run(after, run_dir, result, ATTEMPT="1", PER_PROCESS=str(GLOBAL_BATCH // before))
+    done = _run(after, run_dir, result, ATTEMPT="1", PER_PROCESS=str(GLOBAL_BATCH // before), **env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"written by {before} processes, this launch has {after}" in done.stderr
     assert f"global batch {GLOBAL_BATCH} kept ({GLOBAL_BATCH // after} per process)" in done.stderr
     out = json.loads(result.read_text())
     resumed_step = out["resumed_step"]
-    assert resumed_step == saved[1]["step"] < KILL_STEP
+    assert resumed_step == saved[1]["step"] < kill_step
 
     # every sample of every epoch exactly once: the killed attempt's batches before the checkpoint, then the rest
-    first = _samples(run_dir, 0, range(0, resumed_step))
+    first = _samples(run_dir, 0, range(resumed_step))
     second = _samples(run_dir, 1, range(resumed_step, 10**9))
     for epoch in range(N_EPOCHS):
         seen = Counter(i for _, idx in first.get(epoch, []) + second.get(epoch, []) for i in idx)
-        assert seen == Counter(range(N_SAMPLES)), f"epoch {epoch}: {sorted((seen - Counter(range(N_SAMPLES))).items())}"
+        assert seen == Counter(range(n_samples)), f"epoch {epoch}: {sorted((seen - Counter(range(n_samples))).items())}"
     assert first and second  # both attempts trained
 
-    ref, got = uninterrupted["record"]["training"], out["record"]["training"]
+    ref, got = reference["record"]["training"], out["record"]["training"]
     assert sorted(got) == sorted(ref)
     for epoch in ref:
-        assert got[epoch]["samples"] == ref[epoch]["samples"] == N_SAMPLES
+        assert got[epoch]["samples"] == ref[epoch]["samples"] == n_samples
         assert got[epoch]["train_loss"] == pytest.approx(ref[epoch]["train_loss"], rel=1e-6)
         assert got[epoch]["train_score"] == pytest.approx(ref[epoch]["train_score"], abs=1e-12)
         assert got[epoch]["optimizer_steps"] == ref[epoch]["optimizer_steps"]
         assert got[epoch]["lr"] == pytest.approx(ref[epoch]["lr"], rel=1e-12)
-    torch.testing.assert_close(torch.tensor(out["weights"]), torch.tensor(uninterrupted["weights"]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(out["weights"]), torch.tensor(reference["weights"]), rtol=0, atol=1e-5)
+    return saved[1]
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2), (2, 3)])
+def test_kill_and_resume_on_another_world_size(tmp_path, uninterrupted, before, after):
+    _kill_and_resume(tmp_path, uninterrupted, before, after, KILL_STEP)
+
+
+# 54 samples: 9 full global batches an epoch; ACCUM=2 makes 5 optimizer steps of 2, 2, 2, 2 and 1 batches
+ACCUMULATED = {"ACCUM": "2", "N_SAMPLES": "54"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_accumulated(tmp_path_factory):
+    base = tmp_path_factory.mktemp("full2accum")
+    done = _run(2, base / "run", base / "result.json", **ACCUMULATED)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads((base / "result.json").read_text())
+    assert [e["optimizer_steps"] for e in out["record"]["training"].values()] == [5, 10, 15]
+    return out
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (2, 3)])
+def test_gradient_accumulation_resumes_on_another_world_size(tmp_path, uninterrupted_accumulated, before, after):
+    """Killed after step 9: the newest checkpoint is step 8, 6 batches into epoch 2 (3 of its 5 steps done).
+
+    The resumed ranks must accumulate batches 7-8 into step 9 and step on batch 9 alone at the epoch's
+    end, as the uninterrupted run did, on another number of processes.
+    """
+    saved = _kill_and_resume(tmp_path, uninterrupted_accumulated, before, after, 9, **ACCUMULATED)
+    assert (saved["step"], saved["epoch"], saved["batches_done"]) == (8, 1, 6)
 
 
 # ---------------------------------------------------------------------- merging the partial epoch
