@@ -205,6 +205,42 @@ def test_global_batch_kept_or_refused(tmp_path):
         checkpoint.Checkpoints(tmp_path, resume_batch="both")
 
 
+@pytest.mark.parametrize("world, current, found, fixes", [
+    (3, 3, "found run.resume_batch: per_process with the loader's 3 per process on 3 processes, 9 per step",
+     ["set run.resume_batch: global (the default) to keep 6 per step (2 per process)",
+      "keep per_process with a loader batch size of 2", "launch 2 processes"]),
+    (4, 3, "found run.resume_batch: per_process with the loader's 3 per process on 4 processes, 12 per step",
+     ["to keep 6 per step on a number of processes that divides it (one of [1, 2, 3, 6]; 4 does not)",
+      "launch 2 processes"]),
+    (3, None, "found a training loader without batch_size (a batch_sampler) on 3 processes",
+     ["build the DataLoader with batch_size=, so that run.resume_batch: global (the default) keeps 6 per step "
+      "(2 per process)", "launch 2 processes"]),
+])
+def test_a_mid_epoch_refusal_names_the_key_expected_found_and_the_fixes(tmp_path, world, current, found, fixes):
+    resume_batch = "per_process" if current else "global"  # no batch_size: refused whatever the policy
+    store = checkpoint.Checkpoints(tmp_path, resume_from=_fake_checkpoint(tmp_path, 2, 6, 3), resume_batch=resume_batch)
+    with pytest.raises(checkpoint.CheckpointError) as refused:
+        store.per_process_batch(world, current)
+    text = str(refused.value)
+    assert "step-00000004 was saved in the middle of epoch 1 (after batch 3)" in text
+    assert "expected 6 samples per step (2 processes of 3)" in text and found in text
+    for fix in [*fixes, "resume from an epoch-end checkpoint (run.resume=<its path>)"]:
+        assert fix in text, f"{fix!r} not in {text!r}"
+    if world % 6 and 6 % world:
+        assert "keep per_process with" not in text  # no loader batch size fits
+
+
+def test_per_process_mid_epoch_on_another_world_size_is_refused_before_training(tmp_path):
+    """The real launch: killed mid-epoch on 2 processes, started on 3 with per_process batches of 3."""
+    run_dir, result = tmp_path / "run", tmp_path / "result.json"
+    assert _run(2, run_dir, result, f"step:{KILL_STEP}").returncode != 0
+    refused = _run(3, run_dir, result, ATTEMPT="1", RESUME_BATCH="per_process", PER_PROCESS="3")
+    assert refused.returncode != 0 and not result.exists()
+    assert "CheckpointError" in refused.stderr and "found run.resume_batch: per_process with the loader's 3 per " \
+        "process on 3 processes, 9 per step" in refused.stderr, refused.stderr[-3000:]
+    assert not list(run_dir.glob("samples-1-*.txt"))  # refused before any training step
+
+
 def test_per_process_from_an_epoch_end(tmp_path):
     store = checkpoint.Checkpoints(tmp_path, resume_from=_fake_checkpoint(tmp_path, 2, 6, 0), resume_batch="per_process")
     assert store.per_process_batch(3, 3) == 3  # global batch 9 from the next epoch on
