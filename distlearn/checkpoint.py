@@ -304,13 +304,7 @@ class Checkpoints:
             return current
         if self.resume_batch == "per_process" or current is None:
             if meta.get("batches_done") and (current is None or current * world_size != global_batch):
-                raise CheckpointError(
-                    f"{self.resume_from} was saved in the middle of epoch {int(meta['epoch']) + 1} with a global batch "
-                    f"of {global_batch} samples ({saved_world} processes); run.resume_batch: per_process on "
-                    f"{world_size} processes would make it {(current or 0) * world_size} mid-epoch. Set "
-                    "run.resume_batch: global (the default) to finish the epoch exactly, or resume from an "
-                    "epoch-end checkpoint (run.resume=<its path>)"
-                )
+                raise CheckpointError(self._mid_epoch_refusal(meta, world_size, current))
             return current
         if global_batch % world_size:
             fits = [n for n in range(1, global_batch + 1) if global_batch % n == 0]
@@ -321,6 +315,31 @@ class Checkpoints:
                 "run.resume_batch: per_process to keep the loader's per-process batch (from an epoch-end checkpoint)"
             )
         return global_batch // world_size
+
+    def _mid_epoch_refusal(self, meta: Mapping[str, Any], world_size: int, current: int | None) -> str:
+        """Why a mid-epoch checkpoint cannot go on with this per-process batch on ``world_size`` processes, and the fixes."""
+        global_batch, saved_world = int(meta["global_batch"]), int(meta.get("world_size") or 1)
+        where = (f"{self.resume_from} was saved in the middle of epoch {int(meta['epoch']) + 1} "
+                 f"(after batch {int(meta['batches_done'])}), where the rest of the epoch needs the global batch "
+                 f"it was saved with: expected {global_batch} samples per step ({saved_world} processes of "
+                 f"{global_batch // saved_world})")
+        splits = global_batch % world_size == 0
+        counts = [n for n in range(1, global_batch + 1) if global_batch % n == 0]
+        on = (f" ({global_batch // world_size} per process)" if splits
+              else f" on a number of processes that divides it (one of {counts}; {world_size} does not)")
+        if current is None:  # the loader was built with batch_sampler=: its batch can be neither read nor resized
+            found = (f"found a training loader without batch_size (a batch_sampler) on {world_size} processes, "
+                     "whose global batch can be neither known nor changed")
+            fixes = [f"build the DataLoader with batch_size=, so that run.resume_batch: global (the default) "
+                     f"keeps {global_batch} per step{on}"]
+        else:
+            found = (f"found run.resume_batch: per_process with the loader's {current} per process on {world_size} "
+                     f"processes, {current * world_size} per step")
+            fixes = [f"set run.resume_batch: global (the default) to keep {global_batch} per step{on}"]
+            if splits:
+                fixes.append(f"keep per_process with a loader batch size of {global_batch // world_size}")
+        fixes += [f"launch {saved_world} processes", "resume from an epoch-end checkpoint (run.resume=<its path>)"]
+        return f"{where}, {found}. To resume here, " + "; or ".join(fixes)
 
     def load(self, accelerator: Any, path: str | Path, metric: Any = None) -> dict[str, Any]:
         """Restore the Accelerator's objects from ``path`` and return this rank's learner progress.

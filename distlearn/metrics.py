@@ -306,6 +306,9 @@ class _Confusion(Metric):
             raise ValueError(f"{owner}: num_classes must be an int >= 2 or None, got {num_classes!r}")
         self.average = average
         self.num_classes = num_classes if num_classes is not None else (2 if average == "binary" else None)
+        # A known number of classes is a fixed (n, n) matrix: calculate() may cache its spec and plan
+        # its reduction. Only num_classes=None grows the matrix (and is padded across ranks).
+        self._growable = self.num_classes is None
         self.threshold = threshold
         self.pos_label = pos_label
         self.name = self._short if average == "binary" else f"{self._short}_{average}"
@@ -379,6 +382,15 @@ class _Confusion(Metric):
         raise NotImplementedError
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        # No sample on any rank: NaN, as the warning given with it says (for every average; a
+        # ratio undefined on data that exists is 0, scikit-learn's zero_division default).
+        scores = self._scores(states)
+        empty = self._empty_mask(states)
+        if scores.dim() > empty.dim():  # average="none": one score per label
+            empty = empty.unsqueeze(-1)
+        return torch.where(empty, math.nan, scores)
+
+    def _scores(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.num_labels is not None:
             return self._compute_multilabel(states["counts"])
         # Written for (..., n, n) so that many metrics of one kind finish in one pass.
@@ -430,6 +442,14 @@ def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
 
 class Precision(_Confusion):
     """Precision, as scikit-learn's ``precision_score`` (``zero_division=0``).
+
+    Where a ratio is undefined on data that exists (binary precision with no
+    predicted positive, a multilabel label never predicted) the score is 0, as
+    scikit-learn's default ``zero_division="warn"`` gives (without its warning:
+    checking would sync the host). With no sample on any rank the value is NaN,
+    for every average, with a ``RuntimeWarning`` saying so; scikit-learn raises
+    ``ValueError`` on empty input instead. The same holds for :class:`Recall`,
+    :class:`FBeta` and :class:`F1`.
 
     Args:
         average: ``"binary"`` (class ``pos_label``), ``"micro"``, ``"macro"``

@@ -17,39 +17,23 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from launching import ROOT, launch_env, without_clocks
+
 ARGS = ["--quiet", str(ROOT / "configs" / "wine.yaml"), "run.tracking.backend=none", "run.checkpoint.every_n_steps=3",
         "learner_configs.learner_parameters.n_epochs=8", "run.timeout_s=30"]
 KILL_AFTER = 15  # SIGKILL a worker once a checkpoint of at least this optimizer step exists (5 steps per epoch)
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), DISTLEARN_CPU_PROCS="2", PYTHON=sys.executable,
-               WANDB_MODE="offline")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DISTLEARN_RUN_ID", "SLURM_JOB_ID",
-                "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"):
-        env.pop(key, None)
-    env.update(extra)
-    return env
-
-
-def _without_clocks(record):
-    if isinstance(record, dict):
-        return {k: _without_clocks(v) for k, v in record.items()
-                if "time" not in k and k not in ("samples_per_second", "preparation")}
-    return record
-
-
 def _outputs(folder: Path) -> tuple[dict, str]:
     record = json.loads((folder / "record.json").read_text())
-    return _without_clocks(record), hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    return without_clocks(record), hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
 
 
 def reference(base: Path) -> tuple[dict, str]:
     """The uninterrupted run's record (clocks left out) and model file hash."""
     base.mkdir(parents=True, exist_ok=True)
     done = subprocess.run([str(ROOT / "launch" / "torchrun.sh"), *ARGS, f"run.output_dir={base / 'run'}"],
-                          cwd=base, env=_env(), capture_output=True, text=True, timeout=300)
+                          cwd=base, env=launch_env(DISTLEARN_CPU_PROCS="2", DISTLEARN_GPUS="0"), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return _outputs(base / "run")
 
@@ -60,9 +44,9 @@ def killed_and_restarted(base: Path, ref: tuple[dict, str], plain: bool = False)
     if plain:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "--max-restarts", "1", "--monitor_interval", "0.2", "-m", "distlearn", "train", *ARGS]
-        env = _env(ACCELERATE_USE_CPU="1")
+        env = launch_env()
     else:
-        cmd, env = [str(ROOT / "launch" / "torchrun.sh"), *ARGS], _env(MAX_RESTARTS="1")
+        cmd, env = [str(ROOT / "launch" / "torchrun.sh"), *ARGS], launch_env(DISTLEARN_CPU_PROCS="2", DISTLEARN_GPUS="0", MAX_RESTARTS="1")
     log = base / "launch.log"
     with open(log, "w") as out:
         launch = subprocess.Popen(cmd, cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT)

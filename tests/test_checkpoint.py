@@ -18,35 +18,13 @@ from pathlib import Path
 import pytest
 
 from distlearn import checkpoint
+from launching import launch_env, run_script, script_command, without_clocks
 
 SCRIPT = Path(__file__).parent / "scripts" / "resume_run.py"
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", PYTHONPATH=str(ROOT))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "RANK_ONLY"):
-        env.pop(key, None)
-    env.update(extra)
-    return env
 
 
 def _run(procs: int, run_dir: Path, result: Path, kill: str | None = None, **env: str) -> subprocess.CompletedProcess:
-    if procs == 1:
-        cmd = [sys.executable, str(SCRIPT)]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--standalone",
-               "--monitor_interval", "0.2", str(SCRIPT)]
-    cmd += [str(run_dir), str(result)] + ([kill] if kill else [])
-    return subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=240)
-
-
-def _without_clocks(record: dict) -> dict:
-    """The record with every clock reading (times, durations, speeds) left out."""
-    if isinstance(record, dict):
-        return {k: _without_clocks(v) for k, v in record.items()
-                if "time" not in k and k not in ("samples_per_second", "preparation")}
-    return record
+    return run_script(SCRIPT, procs, run_dir, result, kill, **env)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +59,7 @@ def _resume_until_done(procs, run_dir, result, kills):
 
 def _assert_same(got: dict, want: dict) -> None:
     assert got["weights_hex"] == want["weights_hex"], "final weights differ from the uninterrupted run's"
-    assert _without_clocks(got["record"]) == _without_clocks(want["record"])
+    assert without_clocks(got["record"]) == without_clocks(want["record"])
     assert list(got["record"]["training"]) == ["0", "1", "2"]
 
 
@@ -102,6 +80,21 @@ def test_two_processes_killed_anywhere_end_bitwise_equal(uninterrupted, tmp_path
     assert latest == ["step-00000012", "step-00000020"]
     _assert_same(got, uninterrupted[2])
     assert got["resumed_from"] == "step-00000020"
+
+
+def test_two_processes_killed_at_epoch_ends_end_bitwise_equal(uninterrupted, tmp_path):
+    """Kills right after an epoch-end checkpoint: the resume starts the next epoch at its first batch.
+
+    "epoch:0": both ranks die once epoch 0's checkpoint (step 9) is committed; ("epoch:1", 1): rank 1
+    only, after step 18's, while rank 0 goes on into epoch 2's first step (between the checkpoint and
+    the next epoch's first optimizer step); "epoch:2": after the last epoch's checkpoint, before the
+    result is written, so the rerun resumes a finished run and trains nothing more.
+    """
+    kills = ["epoch:0", ("epoch:1", 1), "epoch:2"]
+    got, latest, _ = _resume_until_done(2, tmp_path / "run", tmp_path / "result.json", kills)
+    assert latest == ["step-00000009", "step-00000018", "step-00000027"]
+    _assert_same(got, uninterrupted[2])
+    assert got["resumed_from"] == "step-00000027"
 
 
 def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning_and_the_result_is_the_same(uninterrupted, tmp_path):
@@ -194,7 +187,7 @@ def _signal_after_first_epoch(procs: int, out: Path, log: Path, rank: int = 0) -
     import time
 
     with open(log, "w") as err:
-        proc = subprocess.Popen(_distlearn(procs, out), env=_env(), stdout=subprocess.DEVNULL, stderr=err, cwd=out.parent)
+        proc = subprocess.Popen(_distlearn(procs, out), env=launch_env(), stdout=subprocess.DEVNULL, stderr=err, cwd=out.parent)
     try:
         target = proc.pid if procs == 1 else _rank_pid(proc.pid, rank)
         deadline = time.time() + 180
@@ -213,7 +206,7 @@ def _signal_after_first_epoch(procs: int, out: Path, log: Path, rank: int = 0) -
 @pytest.mark.parametrize("procs", [1, 2])
 def test_sigterm_checkpoints_exits_143_and_the_rerun_ends_bitwise_equal(tmp_path, procs):
     full = tmp_path / "full"
-    done = subprocess.run(_distlearn(procs, full), env=_env(), capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    done = subprocess.run(_distlearn(procs, full), env=launch_env(), capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
     out, log = tmp_path / "stopped", tmp_path / "stopped.log"
@@ -228,13 +221,13 @@ def test_sigterm_checkpoints_exits_143_and_the_rerun_ends_bitwise_equal(tmp_path
     assert partial["status"] == "interrupted" and "0" in partial["training"] and "3" not in partial["training"]
     assert checkpoint.latest(out) is not None
 
-    again = subprocess.run(_distlearn(procs, out), env=_env(), capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    again = subprocess.run(_distlearn(procs, out), env=launch_env(), capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.lstrip().startswith("resuming from checkpoint"), again.stderr[:500]
     assert (out / "model.safetensors").read_bytes() == (full / "model.safetensors").read_bytes()
     got, want = json.loads((out / "record.json").read_text()), json.loads((full / "record.json").read_text())
     assert got["status"] == want["status"] == "completed"
-    assert _without_clocks(got) == _without_clocks(want)
+    assert without_clocks(got) == without_clocks(want)
 
 
 def test_a_rank_that_never_arrives_ends_the_run_after_run_timeout_s(tmp_path):
@@ -242,11 +235,10 @@ def test_a_rank_that_never_arrives_ends_the_run_after_run_timeout_s(tmp_path):
     import time
 
     script = Path(__file__).parent / "scripts" / "stalled_rank.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script),
-           "learner_configs.learner_parameters.n_epochs=1", "run.tracking.backend=none", "run.timeout_s=3",
-           f"run.output_dir={tmp_path / 'run'}"]
+    cmd = script_command(2, script, "learner_configs.learner_parameters.n_epochs=1", "run.tracking.backend=none",
+                         "run.timeout_s=3", f"run.output_dir={tmp_path / 'run'}")
     began = time.time()
-    done = subprocess.run(cmd, env=_env(STALL_S="8"), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(cmd, env=launch_env(STALL_S="8"), capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode != 0
     assert "did not arrive within run.timeout_s=3 s" in done.stderr, done.stderr[-3000:]
     assert "training stopped on rank 0 of 2, in epoch 1 after optimizer step" in done.stderr
@@ -257,10 +249,9 @@ def test_a_rank_that_never_arrives_ends_the_run_after_run_timeout_s(tmp_path):
 def test_a_rank_that_dies_is_named_with_the_place_in_the_loop(tmp_path):
     """A peer killed mid-run: the survivor says which rank it is, where in the loop, and how to resume."""
     script = Path(__file__).parent / "scripts" / "stalled_rank.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script),
-           "learner_configs.learner_parameters.n_epochs=1", "run.tracking.backend=none", "run.timeout_s=20",
-           f"run.output_dir={tmp_path / 'run'}"]
-    done = subprocess.run(cmd, env=_env(DIE="1"), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    cmd = script_command(2, script, "learner_configs.learner_parameters.n_epochs=1", "run.tracking.backend=none",
+                         "run.timeout_s=20", f"run.output_dir={tmp_path / 'run'}")
+    done = subprocess.run(cmd, env=launch_env(DIE="1"), capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode != 0
     assert "training stopped on rank 0 of 2, in epoch 1 after optimizer step" in done.stderr, done.stderr[-3000:]
     assert "Rerun the same command to resume" in done.stderr or "did not arrive" in done.stderr

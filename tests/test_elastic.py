@@ -11,7 +11,6 @@ differs between process counts, so bitwise equality is not expected).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -23,30 +22,15 @@ import torch
 from distlearn import checkpoint
 from distlearn.accumulators import Mean
 from distlearn.metrics import Accuracy, F1
+from launching import ROOT, launch_env, run_script
 
 SCRIPT = Path(__file__).parent / "scripts" / "elastic_run.py"
-ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH, N_SAMPLES, N_EPOCHS, KILL_STEP = 6, 48, 3, 14  # 8 steps per epoch; checkpoints every 4 steps
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", PYTHONPATH=str(ROOT),
-               N_SAMPLES=str(N_SAMPLES), N_EPOCHS=str(N_EPOCHS))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "RANK_ONLY", "PER_PROCESS",
-                "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT"):
-        env.pop(key, None)
-    env.update(extra)
-    return env
-
-
 def _run(procs: int, run_dir: Path, result: Path, kill: str | None = None, **env: str) -> subprocess.CompletedProcess:
-    if procs == 1:
-        cmd = [sys.executable, str(SCRIPT)]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--standalone",
-               "--monitor_interval", "0.2", str(SCRIPT)]
-    cmd += [str(run_dir), str(result)] + ([kill] if kill else [])
-    return subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=240)
+    env = {"N_SAMPLES": str(N_SAMPLES), "N_EPOCHS": str(N_EPOCHS), **env}
+    return run_script(SCRIPT, procs, run_dir, result, kill, **env)
 
 
 def _samples(run_dir: Path, attempt: int, steps: range) -> dict[int, list[tuple[int, list[int]]]]:
@@ -68,39 +52,75 @@ def uninterrupted(tmp_path_factory):
     return json.loads((base / "result.json").read_text())
 
 
-@pytest.mark.parametrize("before, after", [(2, 1), (1, 2), (2, 3)])
-def test_kill_and_resume_on_another_world_size(tmp_path, uninterrupted, before, after):
+def _kill_and_resume(tmp_path: Path, reference: dict, before: int, after: int, kill_step: int, **env: str) -> dict:
+    """Kill a run on ``before`` processes after optimizer step ``kill_step``, finish it on ``after``; check it.
+
+    Every sample of every epoch must be trained on exactly once across the kill, and the record and
+    weights must match ``reference`` (the uninterrupted run's result) to rounding. Returns the checkpoint's meta.
+    """
+    n_samples = int(env.get("N_SAMPLES", N_SAMPLES))
     run_dir, result = tmp_path / "run", tmp_path / "result.json"
-    killed = _run(before, run_dir, result, f"step:{KILL_STEP}")
+    killed = _run(before, run_dir, result, f"step:{kill_step}", **env)
     assert killed.returncode != 0 and "SIGKILL at step" in killed.stderr, killed.stderr[-3000:]
     saved = checkpoint.latest(run_dir)
     assert saved is not None and saved[1]["world_size"] == before and saved[1]["batches_done"] > 0  # mid-epoch
     # the loader's own per-process batch is the old one: the learner must resize it to keep the global batch
-    done = _run(after, run_dir, result, ATTEMPT="1", PER_PROCESS=str(GLOBAL_BATCH // before))
+    done = _run(after, run_dir, result, ATTEMPT="1", PER_PROCESS=str(GLOBAL_BATCH // before), **env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"written by {before} processes, this launch has {after}" in done.stderr
     assert f"global batch {GLOBAL_BATCH} kept ({GLOBAL_BATCH // after} per process)" in done.stderr
     out = json.loads(result.read_text())
     resumed_step = out["resumed_step"]
-    assert resumed_step == saved[1]["step"] < KILL_STEP
+    assert resumed_step == saved[1]["step"] < kill_step
 
     # every sample of every epoch exactly once: the killed attempt's batches before the checkpoint, then the rest
-    first = _samples(run_dir, 0, range(0, resumed_step))
+    first = _samples(run_dir, 0, range(resumed_step))
     second = _samples(run_dir, 1, range(resumed_step, 10**9))
     for epoch in range(N_EPOCHS):
         seen = Counter(i for _, idx in first.get(epoch, []) + second.get(epoch, []) for i in idx)
-        assert seen == Counter(range(N_SAMPLES)), f"epoch {epoch}: {sorted((seen - Counter(range(N_SAMPLES))).items())}"
+        assert seen == Counter(range(n_samples)), f"epoch {epoch}: {sorted((seen - Counter(range(n_samples))).items())}"
     assert first and second  # both attempts trained
 
-    ref, got = uninterrupted["record"]["training"], out["record"]["training"]
+    ref, got = reference["record"]["training"], out["record"]["training"]
     assert sorted(got) == sorted(ref)
     for epoch in ref:
-        assert got[epoch]["samples"] == ref[epoch]["samples"] == N_SAMPLES
+        assert got[epoch]["samples"] == ref[epoch]["samples"] == n_samples
         assert got[epoch]["train_loss"] == pytest.approx(ref[epoch]["train_loss"], rel=1e-6)
         assert got[epoch]["train_score"] == pytest.approx(ref[epoch]["train_score"], abs=1e-12)
         assert got[epoch]["optimizer_steps"] == ref[epoch]["optimizer_steps"]
         assert got[epoch]["lr"] == pytest.approx(ref[epoch]["lr"], rel=1e-12)
-    torch.testing.assert_close(torch.tensor(out["weights"]), torch.tensor(uninterrupted["weights"]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(out["weights"]), torch.tensor(reference["weights"]), rtol=0, atol=1e-5)
+    return saved[1]
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2), (2, 3)])
+def test_kill_and_resume_on_another_world_size(tmp_path, uninterrupted, before, after):
+    _kill_and_resume(tmp_path, uninterrupted, before, after, KILL_STEP)
+
+
+# 54 samples: 9 full global batches an epoch; ACCUM=2 makes 5 optimizer steps of 2, 2, 2, 2 and 1 batches
+ACCUMULATED = {"ACCUM": "2", "N_SAMPLES": "54"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_accumulated(tmp_path_factory):
+    base = tmp_path_factory.mktemp("full2accum")
+    done = _run(2, base / "run", base / "result.json", **ACCUMULATED)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads((base / "result.json").read_text())
+    assert [e["optimizer_steps"] for e in out["record"]["training"].values()] == [5, 10, 15]
+    return out
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (2, 3)])
+def test_gradient_accumulation_resumes_on_another_world_size(tmp_path, uninterrupted_accumulated, before, after):
+    """Killed after step 9: the newest checkpoint is step 8, 6 batches into epoch 2 (3 of its 5 steps done).
+
+    The resumed ranks must accumulate batches 7-8 into step 9 and step on batch 9 alone at the epoch's
+    end, as the uninterrupted run did, on another number of processes.
+    """
+    saved = _kill_and_resume(tmp_path, uninterrupted_accumulated, before, after, 9, **ACCUMULATED)
+    assert (saved["step"], saved["epoch"], saved["batches_done"]) == (8, 1, 6)
 
 
 # ---------------------------------------------------------------------- merging the partial epoch
@@ -185,6 +205,42 @@ def test_global_batch_kept_or_refused(tmp_path):
         checkpoint.Checkpoints(tmp_path, resume_batch="both")
 
 
+@pytest.mark.parametrize("world, current, found, fixes", [
+    (3, 3, "found run.resume_batch: per_process with the loader's 3 per process on 3 processes, 9 per step",
+     ["set run.resume_batch: global (the default) to keep 6 per step (2 per process)",
+      "keep per_process with a loader batch size of 2", "launch 2 processes"]),
+    (4, 3, "found run.resume_batch: per_process with the loader's 3 per process on 4 processes, 12 per step",
+     ["to keep 6 per step on a number of processes that divides it (one of [1, 2, 3, 6]; 4 does not)",
+      "launch 2 processes"]),
+    (3, None, "found a training loader without batch_size (a batch_sampler) on 3 processes",
+     ["build the DataLoader with batch_size=, so that run.resume_batch: global (the default) keeps 6 per step "
+      "(2 per process)", "launch 2 processes"]),
+])
+def test_a_mid_epoch_refusal_names_the_key_expected_found_and_the_fixes(tmp_path, world, current, found, fixes):
+    resume_batch = "per_process" if current else "global"  # no batch_size: refused whatever the policy
+    store = checkpoint.Checkpoints(tmp_path, resume_from=_fake_checkpoint(tmp_path, 2, 6, 3), resume_batch=resume_batch)
+    with pytest.raises(checkpoint.CheckpointError) as refused:
+        store.per_process_batch(world, current)
+    text = str(refused.value)
+    assert "step-00000004 was saved in the middle of epoch 1 (after batch 3)" in text
+    assert "expected 6 samples per step (2 processes of 3)" in text and found in text
+    for fix in [*fixes, "resume from an epoch-end checkpoint (run.resume=<its path>)"]:
+        assert fix in text, f"{fix!r} not in {text!r}"
+    if world % 6 and 6 % world:
+        assert "keep per_process with" not in text  # no loader batch size fits
+
+
+def test_per_process_mid_epoch_on_another_world_size_is_refused_before_training(tmp_path):
+    """The real launch: killed mid-epoch on 2 processes, started on 3 with per_process batches of 3."""
+    run_dir, result = tmp_path / "run", tmp_path / "result.json"
+    assert _run(2, run_dir, result, f"step:{KILL_STEP}").returncode != 0
+    refused = _run(3, run_dir, result, ATTEMPT="1", RESUME_BATCH="per_process", PER_PROCESS="3")
+    assert refused.returncode != 0 and not result.exists()
+    assert "CheckpointError" in refused.stderr and "found run.resume_batch: per_process with the loader's 3 per " \
+        "process on 3 processes, 9 per step" in refused.stderr, refused.stderr[-3000:]
+    assert not list(run_dir.glob("samples-1-*.txt"))  # refused before any training step
+
+
 def test_per_process_from_an_epoch_end(tmp_path):
     store = checkpoint.Checkpoints(tmp_path, resume_from=_fake_checkpoint(tmp_path, 2, 6, 0), resume_batch="per_process")
     assert store.per_process_batch(3, 3) == 3  # global batch 9 from the next epoch on
@@ -221,7 +277,7 @@ def test_a_relaunch_with_the_same_launch_id_continues_its_default_folder(tmp_pat
     """No run.output_dir: the folder is runs/<config>-<launch id>, so a restarted launch resumes there."""
     cmd = [sys.executable, "-m", "distlearn", "train", "--quiet", str(ROOT / "configs" / "wine.yaml"),
            "run.tracking.backend=none"]
-    env = _env(DISTLEARN_RUN_ID="job-7")
+    env = launch_env(DISTLEARN_RUN_ID="job-7")
     first = subprocess.run(cmd + ["learner_configs.learner_parameters.n_epochs=1"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr[-3000:]

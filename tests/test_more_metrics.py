@@ -309,3 +309,151 @@ def test_is_metric_accepts_every_metric_and_collections():
 
     assert all(is_metric(m) for m in (Accuracy(), AUROC(), BinnedAUROC(), Perplexity(), Metrics([MSE()])))
     assert not is_metric(PlainMean()) and not is_metric("accuracy")
+
+
+# --------------------------------------------------------------------------- #
+# Precision, recall and F-scores with no data anywhere, or with an undefined ratio
+# --------------------------------------------------------------------------- #
+
+
+def _confusion_family() -> dict:
+    members = {}
+    for cls, short in ((Precision, "p"), (Recall, "r"), (F1, "f1")):
+        members[f"{short}_binary"] = cls()
+        for avg in ("micro", "macro", "weighted"):
+            members[f"{short}_{avg}_grown"] = cls(avg)  # num_classes=None
+            members[f"{short}_{avg}_3"] = cls(avg, num_classes=3)
+        for avg in ("micro", "macro", "weighted", "none"):
+            members[f"{short}_{avg}_labels"] = cls(avg, num_labels=3)
+    members["f2_micro_3"] = FBeta(2.0, "micro", num_classes=3)
+    return members
+
+
+def _calculate_warned(metrics: dict) -> tuple[dict, list[str]]:
+    """calculate(metrics) and the messages of the warnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = calculate(metrics)
+    return values, [str(w.message) for w in caught]
+
+
+def nothing_anywhere(rank, world):
+    return _calculate_warned(_confusion_family())
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_no_sample_on_any_rank_is_nan_for_every_average_as_the_warning_says(dist_pool, world):
+    """Micro and binary scores were 0.0 while the warning said NaN; now value and warning agree."""
+    for values, warned in dist_pool.run(nothing_anywhere, world):
+        for name, value in values.items():
+            value = torch.as_tensor(value)
+            assert value.numel() and torch.isnan(value).all(), f"{name}: {value}"
+        assert len(warned) == len(values) and all("the result is NaN" in w for w in warned), warned
+    # scikit-learn gives no number for empty input (its zero_division is for ratios undefined on data)
+    for score in (sk.precision_score, sk.recall_score, sk.f1_score):
+        with pytest.raises(ValueError, match="empty"):
+            score(np.array([], dtype=int), np.array([], dtype=int), average="micro")
+
+
+def undefined_on_data(rank, world, y_true, y_pred, labels_true, labels_pred):
+    metrics = {"precision": Precision(), "f1": F1(), "precision_micro_labels": Precision("micro", num_labels=3),
+               "recall_micro_labels": Recall("micro", num_labels=3), "f1_none_labels": F1("none", num_labels=3)}
+    for name, metric in metrics.items():
+        if name.endswith("labels"):
+            metric(y_pred=torch.as_tensor(labels_pred[rank]), y_true=torch.as_tensor(labels_true[rank]))
+        else:
+            metric(y_pred=torch.as_tensor(y_pred[rank]), y_true=torch.as_tensor(y_true[rank]))
+    return _calculate_warned(metrics)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_a_ratio_undefined_on_data_is_zero_as_sklearns_default_zero_division(dist_pool, world):
+    y_true, y_pred = np.array([1, 0, 1, 0, 0, 1]), np.zeros(6, dtype=int)  # no predicted positive
+    labels_true = np.zeros((6, 3), dtype=int)
+    labels_true[0, 2] = 1
+    labels_pred = np.zeros((6, 3), dtype=int)  # nothing predicted: micro precision is 0/0
+    lengths = [6 // world] * world
+    results = dist_pool.run(undefined_on_data, world, split(y_true, lengths), split(y_pred, lengths),
+                            split(labels_true, lengths), split(labels_pred, lengths))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn's UndefinedMetricWarning
+        expected = {
+            "precision": sk.precision_score(y_true, y_pred), "f1": sk.f1_score(y_true, y_pred),
+            "precision_micro_labels": sk.precision_score(labels_true, labels_pred, average="micro"),
+            "recall_micro_labels": sk.recall_score(labels_true, labels_pred, average="micro"),
+            "f1_none_labels": sk.f1_score(labels_true, labels_pred, average=None),
+        }
+    for values, warned in results:
+        assert not warned  # data exists: no "nothing was accumulated" warning
+        for name, want in expected.items():
+            got = values[name].numpy() if name.endswith("none_labels") else values[name]
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        assert values["precision"] == 0.0 and values["precision_micro_labels"] == 0.0
+
+
+# --------------------------------------------------------------------------- #
+# A fixed number of classes: calculate()'s cached plan
+# --------------------------------------------------------------------------- #
+
+
+def _fixed_size(k: int) -> dict:
+    return {"f1_macro": F1("macro", num_classes=k), "precision_micro": Precision("micro", num_classes=k),
+            "recall_weighted": Recall("weighted", num_classes=k), "f2_macro": FBeta(2.0, "macro", num_classes=k),
+            "f1_binary": F1(), "f1_labels_macro": F1("macro", num_labels=2), "accuracy": Accuracy()}
+
+
+def planned_confusion_metrics(rank, world, k, y_true, y_pred, steps):
+    from distlearn import accumulators
+
+    metrics = _fixed_size(k)
+    flat = list(metrics.values())
+    assert not any(m._growable for m in flat) and F1("macro")._growable
+    out = []
+    for step in range(steps):  # the plan is made on the first call and reused after
+        t, p = torch.as_tensor(y_true[step][rank]), torch.as_tensor(y_pred[step][rank])
+        for name, metric in metrics.items():
+            if name == "f1_binary":
+                metric(y_pred=p % 2, y_true=t % 2)
+            elif name == "f1_labels_macro":
+                metric(y_pred=torch.stack([p % 2, (p > 1).long()], 1), y_true=torch.stack([t % 2, (t > 1).long()], 1))
+            else:
+                metric(y_pred=p, y_true=t)
+        planned = calculate(flat)
+        plan = accumulators._LAST_PLAN[0]
+        used = world > 1 and plan is not None and plan.accs[0] is flat[0] and len(plan.accs) == len(flat)
+        general_path = accumulators._plan_for
+        accumulators._plan_for = lambda *args: None
+        try:
+            general = calculate(flat)
+        finally:
+            accumulators._plan_for = general_path
+        out.append((dict(zip(metrics, planned)), dict(zip(metrics, general)), used))
+    return out
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_a_fixed_number_of_classes_takes_the_plan_with_unchanged_results(dist_pool, world):
+    """F1 & co. with num_classes (or binary, or num_labels) are fixed-size: planned, exact, as scikit-learn."""
+    k, steps = 4, 3
+    rng = np.random.default_rng(world)
+    lengths = [5, 0, 7][:world] if world == 3 else [6] * world  # a rank without data in one case
+    y_true = [split(rng.integers(0, k, sum(lengths)), lengths) for _ in range(steps)]
+    y_pred = [split(rng.integers(0, k, sum(lengths)), lengths) for _ in range(steps)]
+    for per_rank in dist_pool.run(planned_confusion_metrics, world, k, y_true, y_pred, steps):
+        for step, (planned, general, used) in enumerate(per_rank):
+            assert used == (world > 1), f"step {step}: the plan was not used"
+            assert planned == general  # bit for bit: the same sums finished by the same code
+            t = np.concatenate([np.concatenate(y_true[s]) for s in range(step + 1)])
+            p = np.concatenate([np.concatenate(y_pred[s]) for s in range(step + 1)])
+            labels = sorted(set(t) | set(p))
+            assert planned["f1_macro"] == pytest.approx(sk.f1_score(t, p, average="macro", labels=labels), rel=1e-12)
+            assert planned["precision_micro"] == pytest.approx(sk.precision_score(t, p, average="micro"), rel=1e-12)
+            assert planned["recall_weighted"] == pytest.approx(
+                sk.recall_score(t, p, average="weighted", labels=labels, zero_division=0), rel=1e-12)
+            assert planned["f2_macro"] == pytest.approx(
+                sk.fbeta_score(t, p, beta=2.0, average="macro", labels=labels, zero_division=0), rel=1e-12)
+            assert planned["f1_binary"] == pytest.approx(sk.f1_score(t % 2, p % 2, zero_division=0), rel=1e-12)
+            ml_t, ml_p = np.stack([t % 2, t > 1], 1).astype(int), np.stack([p % 2, p > 1], 1).astype(int)
+            assert planned["f1_labels_macro"] == pytest.approx(
+                sk.f1_score(ml_t, ml_p, average="macro", zero_division=0), rel=1e-12)
+            assert planned["accuracy"] == pytest.approx(sk.accuracy_score(t, p), rel=1e-12)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -25,19 +24,12 @@ from conftest import reset_accelerate
 from distlearn import BackwardLearner
 from distlearn.accumulators import Cat, List, Max, Mean, Min, Sum, calculate
 from distlearn.metrics import F1, Accuracy
+from launching import launch_env
 
 ROOT = Path(__file__).parents[1]
 SCRIPTS = Path(__file__).parent / "scripts"
 SCRIPT = SCRIPTS / "promises_run.py"
 LAUNCH_TIMEOUT = 180
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_MIXED_PRECISION", "MIXED_PRECISION")}
-    path = os.pathsep.join([str(ROOT), str(SCRIPTS), env.get("PYTHONPATH", "")])
-    env.update(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", PYTHONPATH=path, **extra)
-    return env
 
 
 def _free_port() -> str:
@@ -78,7 +70,7 @@ def launches(tmp_path_factory):
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                   "--main_process_port", _free_port()]
-    starts = {name: (command + [str(SCRIPT), None, SCENARIOS], _env(), None)
+    starts = {name: (command + [str(SCRIPT), None, SCENARIOS], launch_env(), None)
               for name, command in {"python1": [sys.executable], "accelerate2": accelerate}.items()}
     dirs = {name: tmp_path_factory.mktemp(name) for name in starts}
     return {"dirs": dirs, "codes": _start_and_wait(starts, dirs)}
@@ -373,15 +365,15 @@ def _config(folder: Path, model: str, backend: str) -> Path:
 def _wandb_command(folder: Path):
     command = [sys.executable, "-m", "distlearn", "train", str(_config(folder, "FinishesWandbMLP", "wandb")),
                f"run.output_dir={folder / 'run'}"]
-    return command, _env(WANDB_MODE="offline", WANDB_DIR=str(folder), PROMISES_WANDB_MARK=str(folder / "finished")), folder
+    return command, launch_env(WANDB_MODE="offline", WANDB_DIR=str(folder), PROMISES_WANDB_MARK=str(folder / "finished")), folder
 
 
 def _dtype_command(script: str):
     def make(folder: Path):
         command = ["bash", str(ROOT / "launch" / script), str(_config(folder, "DtypeMLP", "none")),
                    f"run.output_dir={folder / 'run'}", "learner_configs.learner_parameters.n_epochs=1"]
-        env = _env(MIXED_PRECISION="bf16", DISTLEARN_CPU_PROCS="1", DISTLEARN_GPUS="0", PYTHON=sys.executable,
-                   PROMISES_DTYPE_FILE=str(folder / "dtype"))
+        env = launch_env(MIXED_PRECISION="bf16", DISTLEARN_CPU_PROCS="1", DISTLEARN_GPUS="0",
+                         PROMISES_DTYPE_FILE=str(folder / "dtype"))
         return command, env, folder
     return make
 

@@ -9,6 +9,8 @@ into RUN_DIR every 4 optimizer steps and at each epoch's end; it resumes from RU
 complete checkpoint when there is one (the same command run again continues the run, on any
 number of processes).
 
+ACCUM (environment, default 1) is the gradient accumulation steps.
+
 The per-process batch is PER_PROCESS (environment; default 6 / WORLD_SIZE): a resume on another
 number of processes keeps the checkpoint's global batch whatever this says (run.resume_batch global).
 
@@ -42,6 +44,7 @@ RANK = int(os.environ.get("RANK", "0"))
 GLOBAL_BATCH = 6
 N_SAMPLES = int(os.environ.get("N_SAMPLES", "50"))
 N_EPOCHS = int(os.environ.get("N_EPOCHS", "3"))
+ACCUM = int(os.environ.get("ACCUM", "1"))  # gradient accumulation steps
 
 
 class Killing(checkpoint.Checkpoints):
@@ -97,7 +100,7 @@ def main() -> None:
         optimizer_configs={"optimizer_class": "torch.optim.SGD", "optimizer_parameters": {"lr": 0.1, "momentum": 0.9}},
         lr_scheduler_configs={"lr_scheduler_class": "torch.optim.lr_scheduler.StepLR",
                               "lr_scheduler_parameters": {"step_size": 1, "gamma": 0.7}},
-        display_every_n_steps=3, seed=5,
+        display_every_n_steps=3, seed=5, gradient_accumulation_steps=ACCUM,
         accelerator_kwargs={"kwargs_handlers": [InitProcessGroupKwargs(timeout=timedelta(seconds=20))]},
     )
     net.learner = learner
