@@ -25,7 +25,7 @@ def _general_path(fn):
 def repeated_calls(rank, world):
     means = [Mean() for _ in range(64)]
     sums = [Sum() for _ in range(4)]
-    metrics = [Accuracy(), Accuracy()]  # (F1 is growable: never planned)
+    metrics = [Accuracy(), Accuracy()]  # (F1 with num_classes=None is growable: never planned)
     accs = means + sums + metrics
     out = []
     for step in range(3):  # the plan is made on the first call and reused after
