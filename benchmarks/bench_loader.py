@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from distlearn.accelerator import prepare_loader
 from distlearn.data import SklearnDataset
 from distlearn.learner import BackwardLearner
 from distlearn.metrics import Accuracy
@@ -85,7 +86,7 @@ def iterate_only(loaders: dict, x: torch.Tensor, y: torch.Tensor, epochs: int) -
     accelerator = learner(1).accelerator()
     out = {}
     for name, make in loaders.items():
-        loader = accelerator.prepare(make())
+        loader = prepare_loader(accelerator, make())
         start = time.perf_counter()
         for epoch in range(epochs):
             loader.set_epoch(epoch)

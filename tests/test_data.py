@@ -143,7 +143,7 @@ def loader_batches(rank, world):
     for each case of CASES and each epoch: {case: [(plain batches, fast batches) per epoch]}."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from distlearn.accelerator import build_accelerator
+    from distlearn.accelerator import build_accelerator, prepare_loader
     from distlearn.data import TensorBatches, tensor_loaders
 
     accelerator = build_accelerator(seed=4)
@@ -155,7 +155,8 @@ def loader_batches(rank, world):
         plain = accelerator.prepare(DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=shuffle,
                                                generator=generator))
         fast = tensor_loaders(TensorBatches(x, y), TensorBatches(x, y), batch_size=batch, shuffle=shuffle, seed=1)
-        fast = accelerator.prepare(fast["train_loader"])
+        fast = prepare_loader(accelerator, fast["train_loader"])
+        assert type(fast.batch_sampler).__name__.startswith("_IndexTensor")  # the index-tensor path is the one tested
         epochs = []
         for epoch in range(EPOCHS):
             pair = []
