@@ -199,15 +199,20 @@ class _IndexTensors:
             self._layouts[n] = (positions, bounds)
         return self._layouts[n]
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def epoch_indices(self) -> tuple[torch.Tensor, list[tuple[int, int]], Callable[[], None]]:
+        """This rank's indices for one pass, as one tensor; each batch's slice of it; and what to
+        call once the pass is read to its end (the seedable sampler then advances its epoch)."""
         sampler = self._source()
         order, advance = _sampler_order(sampler)
         positions, bounds = self._layout(len(order))
         indices = order if positions is None else order[positions]
+        return indices, bounds, (lambda: sampler.set_epoch(sampler.epoch + 1)) if advance else _nothing
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        indices, bounds, finish = self.epoch_indices()
         for start, stop in bounds:
             yield indices[start:stop]
-        if advance:  # what the seedable sampler does once it has been read to its end
-            sampler.set_epoch(sampler.epoch + 1)
+        finish()
 
 
 class _IndexTensorBatchSampler(_IndexTensors, BatchSampler):
@@ -216,6 +221,33 @@ class _IndexTensorBatchSampler(_IndexTensors, BatchSampler):
 
 class _IndexTensorBatchSamplerShard(_IndexTensors, BatchSamplerShard):
     pass
+
+
+def _nothing() -> None:
+    pass
+
+
+class _TensorBatchLoader(DataLoader):
+    """The single-process ``DataLoader`` inside a prepared loader over :class:`TensorBatches`,
+    iterated without per-batch Python work: each tensor is gathered once per pass in this
+    rank's order (``index_select`` with the pass's indices), and the batches are slices of it.
+
+    It does what torch's single-process iterator does that can be seen from outside: it draws
+    the same base seed (from the loader's generator, else the global generator), pins the
+    memory under the same condition, and gives the same batches (the ``batched`` collation:
+    a list of tensors). The batch sampler is an ``_IndexTensors`` copy, read once per pass.
+    """
+
+    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+        # torch's _BaseDataLoaderIter draws this per pass: keep the random streams where they were
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        indices, bounds, finish = self.batch_sampler.epoch_indices()
+        tensors = [t.index_select(0, indices) for t in self.dataset.tensors]
+        if self.pin_memory and torch.accelerator.is_available() and torch.accelerator.current_accelerator().type != "mps":
+            tensors = [t.pin_memory() for t in tensors]  # page-locked like torch's per-batch pinning
+        for start, stop in bounds:
+            yield [t[start:stop] for t in tensors]
+        finish()
 
 
 def _sampler_order(sampler: Sampler) -> tuple[torch.Tensor, bool]:
@@ -236,7 +268,8 @@ def _sampler_order(sampler: Sampler) -> tuple[torch.Tensor, bool]:
         generator.manual_seed(sampler.epoch + sampler.initial_seed)
         n, k = len(sampler.data_source), sampler.num_samples
         parts = [torch.randperm(n, generator=generator) for _ in range(k // n)]
-        parts.append(torch.randperm(n, generator=generator)[: k % n])
+        parts.append(torch.randperm(n, generator=generator)[: k % n])  # drawn even when empty, as torch does
+        parts = [part for part in parts if part.numel()] or parts[-1:]
         return (parts[0] if len(parts) == 1 else torch.cat(parts)), True
     if type(sampler) is SequentialSampler:
         return torch.arange(len(sampler.data_source)), False
@@ -277,6 +310,10 @@ def index_tensor_batches(loader: Any) -> Any:
     fast._original, fast._layouts = type(batches), {}
     # A DataLoader refuses a new batch_sampler once built; this one is Accelerate's own copy, not the user's.
     object.__setattr__(base, "batch_sampler", fast)
+    if base.num_workers == 0 and base.collate_fn is batched:
+        whole = _TensorBatchLoader.__new__(_TensorBatchLoader)
+        whole.__dict__.update(base.__dict__)
+        loader.base_dataloader = whole
     return loader
 
 
