@@ -227,10 +227,16 @@ def _nothing() -> None:
     pass
 
 
+# Rows gathered at once by _TensorBatchLoader: at most this many bytes (or one batch), so a large
+# data set is not copied whole per pass.
+GATHER_BYTES = 32 * 2**20
+
+
 class _TensorBatchLoader(DataLoader):
     """The single-process ``DataLoader`` inside a prepared loader over :class:`TensorBatches`,
-    iterated without per-batch Python work: each tensor is gathered once per pass in this
-    rank's order (``index_select`` with the pass's indices), and the batches are slices of it.
+    iterated without per-batch Python work: the rows of many batches are gathered at once in
+    this rank's order (one ``index_select`` per tensor, up to ``GATHER_BYTES``), and each
+    batch is a slice of them.
 
     It does what torch's single-process iterator does that can be seen from outside: it draws
     the same base seed (from the loader's generator, else the global generator), pins the
@@ -242,11 +248,21 @@ class _TensorBatchLoader(DataLoader):
         # torch's _BaseDataLoaderIter draws this per pass: keep the random streams where they were
         torch.empty((), dtype=torch.int64).random_(generator=self.generator)
         indices, bounds, finish = self.batch_sampler.epoch_indices()
-        tensors = [t.index_select(0, indices) for t in self.dataset.tensors]
-        if self.pin_memory and torch.accelerator.is_available() and torch.accelerator.current_accelerator().type != "mps":
-            tensors = [t.pin_memory() for t in tensors]  # page-locked like torch's per-batch pinning
-        for start, stop in bounds:
-            yield [t[start:stop] for t in tensors]
+        tensors = self.dataset.tensors
+        pin = self.pin_memory and torch.accelerator.is_available() and torch.accelerator.current_accelerator().type != "mps"
+        row_bytes = sum(t[:1].numel() * t.element_size() for t in tensors)
+        rows = max(1, GATHER_BYTES // max(row_bytes, 1))
+        i = 0
+        while i < len(bounds):  # the batches' slices follow each other: bounds[j][0] == bounds[j - 1][1]
+            j, first = i + 1, bounds[i][0]
+            while j < len(bounds) and bounds[j][1] - first <= rows:
+                j += 1
+            chunk = [t.index_select(0, indices[first:bounds[j - 1][1]]) for t in tensors]
+            if pin:
+                chunk = [t.pin_memory() for t in chunk]  # page-locked like torch's per-batch pinning
+            for start, stop in bounds[i:j]:
+                yield [t[start - first:stop - first] for t in chunk]
+            i = j
         finish()
 
 

@@ -160,6 +160,7 @@ def loader_batches(rank, world):
     from accelerate.utils import DataLoaderConfiguration
     from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
+    from distlearn import data
     from distlearn.accelerator import build_accelerator, prepare_loader
     from distlearn.data import TensorBatches, _TensorBatchLoader, batched, tensor_loaders
 
@@ -191,6 +192,8 @@ def loader_batches(rank, world):
 
     out = {}
     for case in CASES + SHAPES:
+        # rows gathered at once: the whole pass; 10 rows (2-3 batches); 5 rows (less than one batch of 6)
+        data.GATHER_BYTES = {True: 200, False: 2**25}[case[2]] if isinstance(case, tuple) else 100
         acc, plain, fast, fast_test = pair(case)
         plain, fast = prepare_loader(acc, plain), prepare_loader(acc, fast)
         assert type(fast.base_dataloader) is _TensorBatchLoader  # the fast path is the one tested
