@@ -6,13 +6,17 @@ all alike:
 
 - ``loader``: BackwardLearner on a DataLoader over a plain ``TensorDataset`` (per-sample
   indexing, then ``default_collate`` stacks the rows): what the digits job did before;
-- ``fast``: BackwardLearner on ``distlearn.data``'s loaders (``TensorBatches``: one
-  ``index_select`` per tensor and batch, same sampler, same Accelerate preparation);
+- ``fast``: BackwardLearner on ``distlearn.data``'s loaders (``TensorBatches``, prepared by
+  ``prepare_loader`` as the learner does: each pass's indices as one tensor, rows gathered at
+  once and handed out as slices, inside Accelerate's own prepared loader);
 - ``sliced``: the same training steps written by hand, each batch sliced from one permuted
   tensor (no DataLoader at all): the floor the loaders are measured against.
 
-Also times fetching the batches alone (no training), per batch. Prints the median wall and CPU time of each and the ratios loader/sliced and fast/sliced (of
-medians, of minimums, and the median of adjacent-run ratios).
+The data is split once, before any timing; each run builds its loader from the split arrays,
+its learner (or Accelerator), model and optimizer. Also times fetching the batches alone (no
+training), per batch. Prints the median wall and CPU time of each and the ratios loader/sliced
+and fast/sliced (of medians, of minimums, and the median of adjacent-run ratios). On a shared
+machine, trust the CPU-time ratios of adjacent runs most.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_loader.py [--repeats 7] [--epochs 10]
 """

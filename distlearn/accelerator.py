@@ -214,6 +214,10 @@ def prepare_loader(accelerator: Accelerator, loader: Any, *, drop_last_ok: bool 
     Here the BatchSampler (a copy; the user's is left alone) draws from the
     seedable sampler, and ``set_epoch`` reaches it.
 
+    A loader over :class:`~distlearn.data.TensorBatches` (distlearn's in-memory tensors) takes
+    the fast path of :func:`~distlearn.data.index_tensor_batches`: the same batches, without
+    Python work per index. Any other loader is prepared as Accelerate prepares it.
+
     Args:
         accelerator: the Accelerator.
         loader: a DataLoader (already prepared ones are returned as they are).

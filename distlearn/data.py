@@ -21,11 +21,16 @@ global RNG, so its batch order is reproducible from ``seed`` alone.
 
 In-memory tensors take a fast path (:class:`TensorBatches`): the loader asks for
 a whole batch of indices at once and gets it by one ``index_select`` per tensor,
-instead of indexing sample by sample and stacking. The sampler is untouched, so
-the order, the sharding across processes and Accelerate's padding of the last
-batch are exactly those of a plain ``TensorDataset`` loader, and the loader still
-goes through ``accelerator.prepare`` (``set_epoch`` and the seedable sampler work
-as before).
+instead of indexing sample by sample and stacking. Prepared by
+:func:`distlearn.accelerator.prepare_loader` (as the learner prepares loaders), it
+goes further (:func:`index_tensor_batches`): each pass's indices are computed as
+one tensor and the batches are slices of rows gathered at once, with no Python
+work per index or per sample. Accelerate's own loader is kept around it (device
+placement, the end-of-data lookahead, the gradient state, ``set_epoch``), and the
+order (Accelerate's seedable sampler for ``(seed, epoch)``), the sharding across
+processes and the padding of the last batch (``even_batches``' repeats from the
+start) are exactly those of a plain ``TensorDataset`` loader. Prepared by
+``accelerator.prepare`` alone, it gives the same batches on the per-batch path.
 
 Other sources, each with the same ``load()`` and size attributes:
 
