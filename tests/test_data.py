@@ -329,3 +329,35 @@ def test_torch_dataset_by_path_with_collate_by_path():
     assert next(iter(own["test_loader"]))["x"].tolist() == [[100.0], [101.0]]
     problems = dict(TorchDataset.check_parameters({"dataset_class": "test_data.Nope", "collate_fn": "math.pi"}))
     assert "cannot import 'test_data.Nope'" in problems["dataset_class"] and "not callable" in problems["collate_fn"]
+
+
+def test_the_learner_trains_on_the_fast_path_exactly_as_on_a_plain_loader(fresh_accelerate):
+    """Same seed, same numbers: every batch loss, the train and test numbers of each epoch (dropout
+    draws from the global RNG, which torch's loader iterator also draws from once per pass)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from distlearn.data import _TensorBatchLoader
+    from distlearn.learner import BackwardLearner
+    from distlearn.metrics import Accuracy
+    from distlearn.models import MLP
+
+    data = SklearnDataset("iris", batch_size=16, seed=2)
+    fast = data.load()
+    x_train, x_test, y_train, y_test = (torch.from_numpy(a) for a in data.split())
+    plain = {"train_loader": DataLoader(TensorDataset(x_train, y_train), batch_size=16, shuffle=True,
+                                        generator=torch.Generator().manual_seed(2)),
+             "test_loader": DataLoader(TensorDataset(x_test, y_test), batch_size=16)}
+    records = []
+    for loaders in (plain, fast):
+        fresh_accelerate()
+        torch.manual_seed(0)
+        learner = BackwardLearner(n_epochs=3, loss=torch.nn.CrossEntropyLoss(), seed=2,
+                                  optimizer_configs={"optimizer_class": "torch.optim.SGD",
+                                                     "optimizer_parameters": {"lr": 0.1}})
+        record = learner.train(MLP(4, 3, hidden_sizes=[8], dropout=0.5), loaders, metric=Accuracy(), disable_tqdm=True)
+        records.append([(e["train_loss"], e["train_score"], [b["loss"] for b in e["batch_records"].values()],
+                         e["test_result"]["test_loss"], e["test_result"]["test_score"])
+                        for e in record["training"].values()])
+        fast_inside = type(learner._prepared_loaders[loaders["train_loader"]].base_dataloader) is _TensorBatchLoader
+        assert fast_inside == (loaders is fast)
+    assert records[0] == records[1]
