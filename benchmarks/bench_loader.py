@@ -85,8 +85,9 @@ def run_sliced(epochs: int, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def iterate_only(loaders: dict, x: torch.Tensor, y: torch.Tensor, epochs: int) -> dict[str, float]:
-    """Microseconds per batch of only fetching the batches: each loader prepared by Accelerate
-    (seedable sampler, set_epoch) against slicing a permuted tensor."""
+    """Microseconds per batch of only fetching the batches: each loader prepared as the learner
+    prepares it (``prepare_loader``: Accelerate's seedable sampler, set_epoch) against slicing a
+    permuted tensor."""
     accelerator = learner(1).accelerator()
     out = {}
     for name, make in loaders.items():
