@@ -214,6 +214,10 @@ def prepare_loader(accelerator: Accelerator, loader: Any, *, drop_last_ok: bool 
     Here the BatchSampler (a copy; the user's is left alone) draws from the
     seedable sampler, and ``set_epoch`` reaches it.
 
+    A loader over :class:`~distlearn.data.TensorBatches` (distlearn's in-memory tensors) takes
+    the fast path of :func:`~distlearn.data.index_tensor_batches`: the same batches, without
+    Python work per index. Any other loader is prepared as Accelerate prepares it.
+
     Args:
         accelerator: the Accelerator.
         loader: a DataLoader (already prepared ones are returned as they are).
@@ -226,7 +230,9 @@ def prepare_loader(accelerator: Accelerator, loader: Any, *, drop_last_ok: bool 
         return loader
     check_loader(loader, drop_last_ok=drop_last_ok)
     if not _sampler_is_batch_sampler(loader):
-        return accelerator.prepare(loader)
+        from .data import index_tensor_batches  # the in-memory tensors' fast path
+
+        return index_tensor_batches(accelerator.prepare(loader))
     batches = copy.copy(loader.sampler)  # the user's BatchSampler stays as it was
     source = copy.copy(loader)
     # DataLoader forbids setting samplers after construction; this copy is ours. With the

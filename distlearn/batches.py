@@ -223,6 +223,8 @@ class Batches:
         logits, target = flat_tokens(self.loss, logits, target)
         if logits.is_floating_point() and logits.dtype != torch.float64:
             logits = logits.float()  # the loss of half-precision logits, computed in fp32 (as Accelerate does for DDP)
+        if not torch.is_autocast_enabled(logits.device.type):  # entering even a disabled autocast costs per step
+            return self.loss(logits, target)
         with torch.autocast(logits.device.type, enabled=False):  # ... and not cast back down by autocast
             return self.loss(logits, target)
 

@@ -21,11 +21,16 @@ global RNG, so its batch order is reproducible from ``seed`` alone.
 
 In-memory tensors take a fast path (:class:`TensorBatches`): the loader asks for
 a whole batch of indices at once and gets it by one ``index_select`` per tensor,
-instead of indexing sample by sample and stacking. The sampler is untouched, so
-the order, the sharding across processes and Accelerate's padding of the last
-batch are exactly those of a plain ``TensorDataset`` loader, and the loader still
-goes through ``accelerator.prepare`` (``set_epoch`` and the seedable sampler work
-as before).
+instead of indexing sample by sample and stacking. Prepared by
+:func:`distlearn.accelerator.prepare_loader` (as the learner prepares loaders), it
+goes further (:func:`index_tensor_batches`): each pass's indices are computed as
+one tensor and the batches are slices of rows gathered at once, with no Python
+work per index or per sample. Accelerate's own loader is kept around it (device
+placement, the end-of-data lookahead, the gradient state, ``set_epoch``), and the
+order (Accelerate's seedable sampler for ``(seed, epoch)``), the sharding across
+processes and the padding of the last batch (``even_batches``' repeats from the
+start) are exactly those of a plain ``TensorDataset`` loader. Prepared by
+``accelerator.prepare`` alone, it gives the same batches on the per-batch path.
 
 Other sources, each with the same ``load()`` and size attributes:
 
@@ -44,13 +49,14 @@ import csv
 import importlib
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from accelerate.data_loader import BatchSamplerShard, SeedableRandomSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler, TensorDataset
 
 from .options import did_you_mean, is_int
 
@@ -151,6 +157,185 @@ class TensorBatches(TensorDataset):
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
         index = torch.as_tensor(indices, dtype=torch.long)
         return tuple(t.index_select(0, index) for t in self.tensors)
+
+
+class _IndexTensors:
+    """A prepared batch sampler that hands each batch's indices over as one tensor.
+
+    Mixed into copies of Accelerate's prepared batch samplers (torch's ``BatchSampler`` on one
+    process, Accelerate's ``BatchSamplerShard`` on several) by :func:`index_tensor_batches`.
+    The batches hold exactly the indices the original would give, in the same order:
+
+    - the sampler's order is computed as one tensor (for Accelerate's seedable sampler and
+      torch's sequential sampler without a Python loop per index; any other sampler is read
+      to its end, as the original reads it);
+    - which positions of that order each batch takes (batching, this rank's share of the
+      global batches, ``even_batches``' repeats from the start, ``drop_last``) depends only
+      on the order's length, so it is found once per length by running the original batch
+      sampler's own code over the positions ``0 .. n - 1``, and kept.
+
+    Each batch is then a slice of ``order[positions]``: no per-index Python work.
+    """
+
+    _original: type  # the class this is a copy of: its __iter__ lays out the positions
+    _layouts: dict
+
+    def _source(self) -> Sampler:
+        inner = self.batch_sampler if isinstance(self, BatchSamplerShard) else self
+        return inner.sampler
+
+    def _layout(self, n: int) -> tuple[torch.Tensor | None, list[tuple[int, int]]]:
+        """(positions of the order this rank takes, or None for all of them in order; each batch's slice)."""
+        if n not in self._layouts:
+            probe = self._original.__new__(self._original)
+            probe.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("_original", "_layouts")})
+            if isinstance(self, BatchSamplerShard):
+                inner = self.batch_sampler
+                probe.batch_sampler = BatchSampler(range(n), inner.batch_size, inner.drop_last)
+            else:
+                probe.sampler = range(n)
+            batches = list(self._original.__iter__(probe))
+            flat = [p for b in batches for p in b]
+            bounds, start = [], 0
+            for b in batches:
+                bounds.append((start, start + len(b)))
+                start += len(b)
+            positions = None if flat == list(range(n)) else torch.tensor(flat, dtype=torch.long)
+            self._layouts[n] = (positions, bounds)
+        return self._layouts[n]
+
+    def epoch_indices(self) -> tuple[torch.Tensor, list[tuple[int, int]], Callable[[], None]]:
+        """This rank's indices for one pass, as one tensor; each batch's slice of it; and what to
+        call once the pass is read to its end (the seedable sampler then advances its epoch)."""
+        sampler = self._source()
+        order, advance = _sampler_order(sampler)
+        positions, bounds = self._layout(len(order))
+        indices = order if positions is None else order[positions]
+        return indices, bounds, (lambda: sampler.set_epoch(sampler.epoch + 1)) if advance else _nothing
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        indices, bounds, finish = self.epoch_indices()
+        for start, stop in bounds:
+            yield indices[start:stop]
+        finish()
+
+
+class _IndexTensorBatchSampler(_IndexTensors, BatchSampler):
+    pass
+
+
+class _IndexTensorBatchSamplerShard(_IndexTensors, BatchSamplerShard):
+    pass
+
+
+def _nothing() -> None:
+    pass
+
+
+# Rows gathered at once by _TensorBatchLoader: at most this many bytes (or one batch), so a large
+# data set is not copied whole per pass.
+GATHER_BYTES = 32 * 2**20
+
+
+class _TensorBatchLoader(DataLoader):
+    """The single-process ``DataLoader`` inside a prepared loader over :class:`TensorBatches`,
+    iterated without per-batch Python work: the rows of many batches are gathered at once in
+    this rank's order (one ``index_select`` per tensor, up to ``GATHER_BYTES``), and each
+    batch is a slice of them.
+
+    It does what torch's single-process iterator does that can be seen from outside: it draws
+    the same base seed (from the loader's generator, else the global generator), pins the
+    memory under the same condition, and gives the same batches (the ``batched`` collation:
+    a list of tensors). The batch sampler is an ``_IndexTensors`` copy, read once per pass.
+    """
+
+    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+        # torch's _BaseDataLoaderIter draws this per pass: keep the random streams where they were
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        indices, bounds, finish = self.batch_sampler.epoch_indices()
+        tensors = self.dataset.tensors
+        pin = self.pin_memory and torch.accelerator.is_available() and torch.accelerator.current_accelerator().type != "mps"
+        row_bytes = sum(t[:1].numel() * t.element_size() for t in tensors)
+        rows = max(1, GATHER_BYTES // max(row_bytes, 1))
+        i = 0
+        while i < len(bounds):  # the batches' slices follow each other: bounds[j][0] == bounds[j - 1][1]
+            j, first = i + 1, bounds[i][0]
+            while j < len(bounds) and bounds[j][1] - first <= rows:
+                j += 1
+            chunk = [t.index_select(0, indices[first:bounds[j - 1][1]]) for t in tensors]
+            if pin:
+                chunk = [t.pin_memory() for t in chunk]  # page-locked like torch's per-batch pinning
+            for start, stop in bounds[i:j]:
+                yield [t[start - first:stop - first] for t in chunk]
+            i = j
+        finish()
+
+
+def _sampler_order(sampler: Sampler) -> tuple[torch.Tensor, bool]:
+    """The indices ``list(sampler)`` would give, as one int64 tensor; and whether the caller must
+    advance a seedable sampler's epoch once done (as it does itself at the end of its iteration).
+
+    Accelerate's seedable sampler (without replacement, on a CPU generator) and torch's sequential
+    sampler are computed directly, with the same generator calls; any other sampler is read.
+    """
+    if type(sampler) is SeedableRandomSampler and not sampler.replacement and (
+        sampler.generator is None or sampler.generator.device.type == "cpu"
+    ):
+        # SeedableRandomSampler.__iter__, then RandomSampler.__iter__ (torch 2.x), in tensor form
+        if sampler.generator is None:
+            sampler.generator = torch.Generator()
+            sampler.generator.manual_seed(sampler.initial_seed)
+        generator = sampler.generator
+        generator.manual_seed(sampler.epoch + sampler.initial_seed)
+        n, k = len(sampler.data_source), sampler.num_samples
+        parts = [torch.randperm(n, generator=generator) for _ in range(k // n)]
+        parts.append(torch.randperm(n, generator=generator)[: k % n])  # drawn even when empty, as torch does
+        parts = [part for part in parts if part.numel()] or parts[-1:]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), True
+    if type(sampler) is SequentialSampler:
+        return torch.arange(len(sampler.data_source)), False
+    return torch.as_tensor(list(sampler), dtype=torch.long).reshape(-1), False
+
+
+def index_tensor_batches(loader: Any) -> Any:
+    """Give an Accelerate-prepared loader over :class:`TensorBatches` index tensors instead of index lists.
+
+    The prepared loader (a ``DataLoaderShard``) keeps everything Accelerate does per batch:
+    device placement, the end-of-data lookahead and the gradient state (remainder, end of the
+    data loader), ``set_epoch``. Only its batch sampler is swapped for a copy that computes the
+    epoch's indices as one tensor (see ``_IndexTensors``); each batch then costs one
+    ``index_select`` per tensor. Other loaders, and shapes this does not know, are returned as
+    they are (still exact, only slower).
+
+    Args:
+        loader: what ``accelerator.prepare`` returned.
+
+    Returns:
+        The same loader object.
+    """
+    base = getattr(loader, "base_dataloader", None)
+    if base is None or type(base) is not DataLoader:
+        return loader
+    dataset = base.dataset
+    if not isinstance(dataset, TensorBatches) or type(dataset).__getitems__ is not TensorBatches.__getitems__:
+        return loader
+    batches = base.batch_sampler
+    if type(batches) is BatchSamplerShard and type(batches.batch_sampler) is BatchSampler:
+        copy_class = _IndexTensorBatchSamplerShard
+    elif type(batches) is BatchSampler:
+        copy_class = _IndexTensorBatchSampler
+    else:
+        return loader
+    fast = copy_class.__new__(copy_class)
+    fast.__dict__.update(batches.__dict__)  # the same sampler object: set_epoch and set_sampler reach it
+    fast._original, fast._layouts = type(batches), {}
+    # A DataLoader refuses a new batch_sampler once built; this one is Accelerate's own copy, not the user's.
+    object.__setattr__(base, "batch_sampler", fast)
+    if base.num_workers == 0 and base.collate_fn is batched:
+        whole = _TensorBatchLoader.__new__(_TensorBatchLoader)
+        whole.__dict__.update(base.__dict__)
+        loader.base_dataloader = whole
+    return loader
 
 
 def batched(batch: Any) -> Any:

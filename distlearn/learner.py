@@ -275,10 +275,13 @@ class BackwardLearner:
             loader.set_epoch(epoch)  # the shuffle depends only on (seed, epoch): resumable
             model.train()
             log, done = self._begin_epoch(accelerator, metric, resumed if epoch == first_epoch else None)
-            # 1-based like the log lines; left on screen only while the epoch runs (one line per epoch stays)
-            bar = tqdm(_remaining(loader, done), desc=f"epoch {epoch + 1}/{self.n_epochs}", initial=done,
-                       total=len(loader), leave=False, disable=disable_tqdm or not accelerator.is_main_process)
-            for step, batch in enumerate(bar, start=done):
+            batches_left = _remaining(loader, done) if done else loader
+            bar = None  # a progress bar only where it is shown: building even a disabled one costs per epoch
+            if not disable_tqdm and accelerator.is_main_process:
+                # 1-based like the log lines; left on screen only while the epoch runs (one line per epoch stays)
+                bar = batches_left = tqdm(batches_left, desc=f"epoch {epoch + 1}/{self.n_epochs}", initial=done,
+                                          total=len(loader), leave=False)
+            for step, batch in enumerate(batches_left, start=done):
                 if step == done and done:  # the first batch after a mid-epoch resume: the saved RNG from here on
                     _set_rng_states(resumed["rng"])
                 if epoch == first_epoch and step == done:  # the batch form, decided on every rank together
@@ -306,7 +309,8 @@ class BackwardLearner:
                     # a collective, on every rank; it also tells every rank whether one was signalled to stop
                     running, signalled = log.running_loss(step + 1, epoch, _stop_flags(checkpoints))
                     stop = stop or signalled
-                    bar.set_postfix(loss=f"{running:.4g}", lr=f"{lr:.3g}", refresh=False)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{running:.4g}", lr=f"{lr:.3g}", refresh=False)
                 if stepped and checkpoints is not None:  # every n steps, or now when stopping on a signal
                     self._checkpoint_mid_epoch(accelerator, checkpoints, stop, epoch, step + 1, log, metric, record)
 
@@ -611,7 +615,8 @@ class BackwardLearner:
 
         ``stop_flags`` (see :func:`_stop_flags`) ride along: ``summary["stop"]`` is the signal any rank got, or None.
         """
-        accumulators: dict[str, Any] = {"loss": log.loss_mean(), "batch_loss": log.batch_loss(), "samples": Sum()}
+        loss, batch_loss = log.loss_means()
+        accumulators: dict[str, Any] = {"loss": loss, "batch_loss": batch_loss, "samples": Sum()}
         accumulators["samples"](sum(log.rows))
         if stop_flags is not None:
             accumulators["stop"] = Sum()
@@ -715,6 +720,16 @@ class _BatchLog:
         if self.losses:
             mean.extend(*self._stacked(0, len(self.losses)))
         return mean
+
+    def loss_means(self) -> tuple[Mean, Mean]:
+        """``(loss_mean(), batch_loss())``, the batches stacked once for both (once per epoch)."""
+        if not self.losses:
+            return self.loss_mean(), self.batch_loss()
+        losses, weights = self._stacked(0, len(self.losses))
+        mean, per_batch = Mean(), Mean()
+        mean.extend(losses, weights)
+        per_batch(losses, weight=weights)
+        return mean, per_batch
 
     def batch_loss(self, upto: int | None = None) -> Mean:
         """Each batch's loss over all ranks (a vector Mean: elementwise weighted)."""

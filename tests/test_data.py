@@ -135,56 +135,108 @@ def test_csv_errors_name_the_file_line_and_column(table, tmp_path):
 
 
 CASES = [(n, batch, shuffle) for n, batch in ((23, 4), (24, 4), (5, 3)) for shuffle in (True, False)]
-EPOCHS = 3
+# Loader shapes a user may build over TensorBatches (batches of 6: split_batches divides them on 1, 2, 3 ranks).
+SHAPES = ["drop_last", "replacement", "more_samples_than_rows", "split_batches"]
+EPOCHS = 3  # passes after set_epoch(epoch); then two more without set_epoch (the loader counts them itself)
+
+
+def _pass(accelerator, loader):
+    """One pass: each batch with Accelerate's gradient state at that batch, then the state after it."""
+    from accelerate.data_loader import get_sampler
+
+    torch.manual_seed(7)
+    state = accelerator.gradient_state
+    batches = [(bx.clone(), by.clone(), state.remainder, state.end_of_dataloader) for bx, by in loader]
+    sampler = get_sampler(loader)
+    # what the pass left behind: the global RNG (torch's loader iterator draws from it without a
+    # generator) and the seedable sampler's epoch
+    return batches, (torch.rand(1).item(), getattr(sampler, "epoch", None))
 
 
 def loader_batches(rank, world):
-    """Every batch of a plain TensorDataset loader and of TensorBatches, both prepared by Accelerate,
-    for each case of CASES and each epoch: {case: [(plain batches, fast batches) per epoch]}."""
-    from torch.utils.data import DataLoader, TensorDataset
+    """Every pass of a plain TensorDataset loader and of a TensorBatches one, both prepared as the
+    learner prepares them (``prepare_loader``): {case: [(plain pass, fast pass), ...]}."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+    from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-    from distlearn.accelerator import build_accelerator
-    from distlearn.data import TensorBatches, tensor_loaders
+    from distlearn import data
+    from distlearn.accelerator import build_accelerator, prepare_loader
+    from distlearn.data import TensorBatches, _TensorBatchLoader, batched, tensor_loaders
 
     accelerator = build_accelerator(seed=4)
-    out = {}
-    for n, batch, shuffle in CASES:
+    split = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(
+        use_seedable_sampler=True, data_seed=4, split_batches=True))
+
+    def pair(case):
+        n, batch = (case[0], case[1]) if isinstance(case, tuple) else (23, 6)
         x = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3)
         y = torch.arange(n) * 10
-        generator = torch.Generator().manual_seed(1) if shuffle else None
-        plain = accelerator.prepare(DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=shuffle,
-                                               generator=generator))
-        fast = tensor_loaders(TensorBatches(x, y), TensorBatches(x, y), batch_size=batch, shuffle=shuffle, seed=1)
-        fast = accelerator.prepare(fast["train_loader"])
-        epochs = []
-        for epoch in range(EPOCHS):
-            pair = []
+        if isinstance(case, tuple):
+            shuffle = case[2]
+            generator = torch.Generator().manual_seed(1) if shuffle else None
+            plain = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=shuffle, generator=generator)
+            fast = tensor_loaders(TensorBatches(x, y), TensorBatches(x, y), batch_size=batch, shuffle=shuffle, seed=1)
+            return accelerator, plain, fast["train_loader"], fast["test_loader"]
+        loaders = []
+        for dataset, collate in ((TensorDataset(x, y), None), (TensorBatches(x, y), batched)):
+            generator = torch.Generator().manual_seed(1)
+            options = {"drop_last": {"shuffle": True, "drop_last": True},
+                       "replacement": {"sampler": RandomSampler(dataset, True, 30, generator=generator)},
+                       "more_samples_than_rows": {"sampler": RandomSampler(dataset, num_samples=50, generator=generator)},
+                       "split_batches": {"shuffle": True}}[case]
+            if "sampler" not in options:
+                options["generator"] = generator
+            loaders.append(DataLoader(dataset, batch_size=batch, collate_fn=collate, **options))
+        return (split if case == "split_batches" else accelerator), *loaders, None
+
+    out = {}
+    for case in CASES + SHAPES:
+        # rows gathered at once: the whole pass; 10 rows (2-3 batches); 5 rows (less than one batch of 6)
+        data.GATHER_BYTES = {True: 200, False: 2**25}[case[2]] if isinstance(case, tuple) else 100
+        acc, plain, fast, fast_test = pair(case)
+        plain, fast = prepare_loader(acc, plain), prepare_loader(acc, fast)
+        assert type(fast.base_dataloader) is _TensorBatchLoader  # the fast path is the one tested
+        passes = []
+        for epoch in range(EPOCHS + 2):
+            both = []
             for loader in (plain, fast):
-                loader.set_epoch(epoch)
-                pair.append([(bx.clone(), by.clone(), accelerator.gradient_state.remainder) for bx, by in loader])
-            epochs.append(pair)
-        out[(n, batch, shuffle)] = epochs
+                if epoch < EPOCHS:
+                    loader.set_epoch(epoch)
+                both.append(_pass(acc, loader))
+            passes.append(both)
+        if fast_test is not None:  # no generator: torch's iterator draws from the global RNG; so does ours
+            plain_test = DataLoader(TensorDataset(*fast_test.dataset.tensors), batch_size=case[1])
+            passes.append([_pass(acc, prepare_loader(acc, loader, drop_last_ok=False))
+                           for loader in (plain_test, fast_test)])
+        out[case] = passes
     return out
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_fast_path_batches_equal_accelerates_loader_element_by_element(dist_pool, world):
+    """Order, sharding, Accelerate's padding, remainder and end-of-data flag per batch, the seedable
+    sampler's epoch and the global RNG after each pass: the same as a plain loader's."""
     results = dist_pool.run(loader_batches, world)
-    for n, batch, shuffle in CASES:
-        seen = [[] for _ in range(EPOCHS)]
+    for case in CASES + SHAPES:
+        n = case[0] if isinstance(case, tuple) else 23
+        seen = [[] for _ in range(EPOCHS + 2)]
         for rank_result in results:
-            for epoch, (plain, fast) in enumerate(rank_result[(n, batch, shuffle)]):
-                assert len(plain) == len(fast) > 0
-                for (px, py, pr), (fx, fy, fr) in zip(plain, fast):
-                    assert torch.equal(px, fx) and torch.equal(py, fy) and pr == fr
-                    assert fx.dtype == px.dtype and fx.shape == px.shape
-                seen[epoch] += [v for _, by, _ in fast for v in by.tolist()]
-        for epoch in range(EPOCHS):  # every sample in each epoch (plus Accelerate's repeats)
-            assert set(seen[epoch]) == set(range(0, n * 10, 10))
-        if shuffle and n > batch * world:
-            first = [by.tolist() for _, by, _ in results[0][(n, batch, shuffle)][0][1]]
-            second = [by.tolist() for _, by, _ in results[0][(n, batch, shuffle)][1][1]]
-            assert first != second  # set_epoch reshuffles
+            for epoch, ((plain, plain_after), (fast, fast_after)) in enumerate(rank_result[case]):
+                assert len(plain) == len(fast) > 0, (case, epoch)
+                for (px, py, *p_state), (fx, fy, *f_state) in zip(plain, fast):
+                    assert torch.equal(px, fx) and torch.equal(py, fy), (case, epoch)
+                    assert p_state == f_state and fx.dtype == px.dtype and fx.shape == px.shape, (case, epoch)
+                assert plain_after == fast_after, (case, epoch)
+                if epoch < EPOCHS + 2:
+                    seen[epoch] += [v for _, by, *_ in fast for v in by.tolist()]
+        if case in ("drop_last", "replacement", "more_samples_than_rows"):
+            continue  # not every sample in every pass, by design
+        for epoch in range(EPOCHS + 2):  # every sample in each pass (plus Accelerate's repeats)
+            assert set(seen[epoch]) == set(range(0, n * 10, 10)), (case, epoch)
+        if case in CASES and case[2] and n > case[1] * world:
+            passes = [[by.tolist() for _, by, *_ in results[0][case][epoch][1][0]] for epoch in range(EPOCHS + 2)]
+            assert passes[0] != passes[1] and passes[3] != passes[4]  # set_epoch, or the loader's own count, reshuffles
 
 
 def test_fast_path_is_what_the_tabular_sets_use():
@@ -277,3 +329,35 @@ def test_torch_dataset_by_path_with_collate_by_path():
     assert next(iter(own["test_loader"]))["x"].tolist() == [[100.0], [101.0]]
     problems = dict(TorchDataset.check_parameters({"dataset_class": "test_data.Nope", "collate_fn": "math.pi"}))
     assert "cannot import 'test_data.Nope'" in problems["dataset_class"] and "not callable" in problems["collate_fn"]
+
+
+def test_the_learner_trains_on_the_fast_path_exactly_as_on_a_plain_loader(fresh_accelerate):
+    """Same seed, same numbers: every batch loss, the train and test numbers of each epoch (dropout
+    draws from the global RNG, which torch's loader iterator also draws from once per pass)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from distlearn.data import _TensorBatchLoader
+    from distlearn.learner import BackwardLearner
+    from distlearn.metrics import Accuracy
+    from distlearn.models import MLP
+
+    data = SklearnDataset("iris", batch_size=16, seed=2)
+    fast = data.load()
+    x_train, x_test, y_train, y_test = (torch.from_numpy(a) for a in data.split())
+    plain = {"train_loader": DataLoader(TensorDataset(x_train, y_train), batch_size=16, shuffle=True,
+                                        generator=torch.Generator().manual_seed(2)),
+             "test_loader": DataLoader(TensorDataset(x_test, y_test), batch_size=16)}
+    records = []
+    for loaders in (plain, fast):
+        fresh_accelerate()
+        torch.manual_seed(0)
+        learner = BackwardLearner(n_epochs=3, loss=torch.nn.CrossEntropyLoss(), seed=2,
+                                  optimizer_configs={"optimizer_class": "torch.optim.SGD",
+                                                     "optimizer_parameters": {"lr": 0.1}})
+        record = learner.train(MLP(4, 3, hidden_sizes=[8], dropout=0.5), loaders, metric=Accuracy(), disable_tqdm=True)
+        records.append([(e["train_loss"], e["train_score"], [b["loss"] for b in e["batch_records"].values()],
+                         e["test_result"]["test_loss"], e["test_result"]["test_score"])
+                        for e in record["training"].values()])
+        fast_inside = type(learner._prepared_loaders[loaders["train_loader"]].base_dataloader) is _TensorBatchLoader
+        assert fast_inside == (loaders is fast)
+    assert records[0] == records[1]
