@@ -153,6 +153,15 @@ def check_accelerator(accelerator: Accelerator) -> None:
         )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ValueError(_NO_DEEPSPEED)
+    fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")
+    if fsdp_asked and accelerator.distributed_type != DistributedType.FSDP:
+        # Accelerate chooses FSDP for GPU-like devices only and otherwise drops the request without a word.
+        logger.warning(
+            "FSDP was asked for (ACCELERATE_USE_FSDP=true, e.g. configs/accelerate/fsdp.yaml) but Accelerate chose %s "
+            "on device %s: FSDP needs GPUs, so every process holds the whole model. Use a CPU or GPU data-parallel "
+            "config to silence this.",
+            accelerator.distributed_type.value, accelerator.device,
+        )
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("mixed_precision='fp16' on CPU trains silently in float32; use 'bf16' or 'no'")
 

@@ -560,11 +560,6 @@ class BackwardLearner:
         size = checkpoints.per_process_batch(world, loader.batch_size)
         if size == loader.batch_size:
             return loader
-        if loader.batch_size is None:  # a custom batch_sampler: its batch size cannot be changed here
-            raise ValueError(
-                "resuming on another number of processes needs a DataLoader built with batch_size= "
-                "(not batch_sampler=) to keep the global batch; or set run.resume_batch: per_process"
-            )
         logger.info("elastic resume: per-process batch %d -> %d (global batch kept)", loader.batch_size, size)
         return _with_batch_size(loader, size)
 

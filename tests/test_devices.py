@@ -67,6 +67,15 @@ def test_deepspeed_is_refused_before_anything_starts(fresh_accelerate, monkeypat
         build_accelerator()
 
 
+def test_fsdp_asked_for_where_accelerate_cannot_give_it_is_said(fresh_accelerate, monkeypatch, caplog):
+    """Accelerate drops ACCELERATE_USE_FSDP on a CPU without a word; distlearn says so."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with caplog.at_level("WARNING", logger="distlearn"):
+        accelerator = build_accelerator()
+    assert accelerator.distributed_type.value != "FSDP"
+    assert any("FSDP was asked for" in r.getMessage() and "FSDP needs GPUs" in r.getMessage() for r in caplog.records)
+
+
 def test_batches_are_copied_without_blocking_where_there_is_a_gpu(fresh_accelerate):
     """non_blocking copies need pinned loaders: both are on exactly when CUDA is there (off on this CPU)."""
     from distlearn.data import SklearnDataset
