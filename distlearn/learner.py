@@ -394,6 +394,7 @@ class BackwardLearner:
                     trues.update(report.target)
                     if return_scores:
                         scores.update(score.float())
+        _reshard(module)
 
         accumulators: dict[str, Any] = {"seconds": Mean()}
         accumulators["seconds"](time.time() - begin)  # the mean over ranks, so all ranks report the same
@@ -913,6 +914,17 @@ def _eval_module(accelerator: Accelerator, model: nn.Module) -> nn.Module:
         if _sharded(model):  # sharded by an earlier train() of this learner, or by the caller
             return model
     return accelerator.unwrap_model(model).to(accelerator.device)
+
+
+def _reshard(module: nn.Module) -> None:
+    """Free an FSDP2 root's gathered weights after evaluation.
+
+    FSDP2 leaves the root module unsharded after its forward, expecting a backward to
+    follow; after test() none does, and every GPU would hold the whole model until the
+    next training step.
+    """
+    if _sharded(module) and hasattr(module, "reshard"):  # FSDP2's FSDPModule; FSDP1 reshards by itself
+        module.reshard()
 
 
 def _sharded(model: nn.Module) -> bool:
