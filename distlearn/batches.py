@@ -25,7 +25,10 @@ each row is not counted.
 Sequence outputs ``(batch, T, V)`` against token labels ``(batch, T)`` are
 flattened to ``(batch * T, V)`` and ``(batch * T,)`` for the learner's
 ``CrossEntropyLoss``/``NLLLoss`` (which honour their ``ignore_index``), and
-for metrics and predictions only the target tokens are kept.
+for metrics and predictions only the target tokens are kept. Keeping them
+takes boolean indexing, a host sync; in training, a metric that leaves out
+``ignore_index`` itself (:func:`leaves_out_ignored`) gets every token instead,
+and nothing syncs.
 
 With Accelerate's ``even_batches``, the last global batch of an epoch is
 completed with samples repeated from the start: rank r of P holds
@@ -48,10 +51,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .metrics import Accuracy, Metrics, Perplexity
 from .options import is_int
 from .padding import real_rows
 
-__all__ = ["Batches", "Report", "Step", "describe"]
+__all__ = ["Batches", "Report", "Step", "describe", "give_ignore_index", "leaves_out_ignored"]
 
 @dataclass
 class Step:
@@ -81,6 +85,9 @@ class Report:
         scores: the model's predictions of the real rows (target tokens only, flattened, for
             sequence outputs), or None.
         target: the matching labels, or None.
+        ignored: for token targets asked for with ``keep_ignored``, the label value (``ignore_index``)
+            of the tokens left in ``target`` that are not targets; None when ``target`` holds only
+            targets (or is not tokens).
     """
 
     loss: torch.Tensor | None
@@ -88,6 +95,7 @@ class Report:
     rows: int
     scores: torch.Tensor | None
     target: torch.Tensor | None
+    ignored: int | None = None
 
 
 class Batches:
@@ -247,6 +255,7 @@ class Batches:
         model: nn.Module,
         idx: torch.Tensor | None = None,
         scores: bool = True,
+        keep_ignored: bool = False,
     ) -> Report:
         """What is reported of a batch: its real rows' loss and weight, scores and targets.
 
@@ -257,6 +266,10 @@ class Batches:
                 of the last batch when the model or ``loss_fn`` computes the loss).
             idx: the output rows used (full-batch training), or None.
             scores: also return scores and targets (False: both None, nothing is computed).
+            keep_ignored: token scores and targets are flattened but the tokens equal to ``ignore_index``
+                are left in (``Report.ignored`` says so): no host sync, for a metric that leaves them out
+                itself (:func:`leaves_out_ignored`). False: only the target tokens, by boolean indexing,
+                which syncs with the host once per call.
         """
         real = real_rows(accelerator, step.rows)
         batch, output, loss = step.batch, step.output, step.loss
@@ -289,7 +302,9 @@ class Batches:
             return Report(loss, weight, real, None, None)
         logits, target = logits_of(output).detach(), labels
         if token_labels(target) and logits.dim() == target.dim() + 1:
-            logits, target = self._target_tokens(logits, target)
+            logits, target = self._target_tokens(logits, target, keep_ignored)
+            if keep_ignored:
+                return Report(loss, weight, real, logits, target, self.ignore_index)
         return Report(loss, weight, real, logits, target)
 
     def weight(self, labels: torch.Tensor | None, rows: int | None) -> Any:
@@ -300,13 +315,59 @@ class Batches:
             labels = labels[:, self.label_shift:]
         return (labels != self.ignore_index).sum()
 
-    def _target_tokens(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _target_tokens(
+        self, logits: torch.Tensor, target: torch.Tensor, keep_ignored: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.label_shift:  # the model predicts label t+shift from position t
             logits, target = logits[:, : -self.label_shift], target[:, self.label_shift:]
         logits = logits.reshape(-1, logits.shape[-1])
         target = target.reshape(-1)
-        keep = target != self.ignore_index  # boolean indexing: a host sync (only with a metric or test results)
+        if keep_ignored:  # the metric leaves them out itself, with a mask: no host sync
+            return logits, target
+        # Boolean indexing: its size depends on the data, a host sync per call. Only the test's full
+        # results (y_pred/y_true of target tokens) and metrics that keep every label come here.
+        keep = target != self.ignore_index
         return logits[keep], target[keep]
+
+
+# ---------------------------------------------------------------------- #
+# Metrics that leave out ignored tokens themselves
+# ---------------------------------------------------------------------- #
+
+
+def _members(metric: Any) -> list[Any]:
+    return list(metric.metrics.values()) if isinstance(metric, Metrics) else [metric]
+
+
+def _can_take(member: Any) -> bool:
+    """Accuracy (not multilabel) and Perplexity without an ``ignore_index``: given one, they count
+    exactly what they would count of the target tokens alone."""
+    if isinstance(member, Accuracy):
+        return member.ignore_index is None and member.num_labels is None
+    return isinstance(member, Perplexity) and member.ignore_index is None
+
+
+def leaves_out_ignored(metric: Any, ignore_index: int) -> bool:
+    """Whether ``metric`` may be given token targets with the ignored tokens left in.
+
+    True when every member (of a :class:`~distlearn.metrics.Metrics`, or the metric itself) has
+    ``ignore_index`` equal to ``ignore_index``, or is an ``Accuracy`` (not multilabel) or
+    ``Perplexity`` without one, which :func:`give_ignore_index` sets before the first such batch.
+    Any other member (one that would count the ignored tokens) keeps the exact masking path.
+    """
+    return metric is not None and all(
+        _can_take(m) or getattr(m, "ignore_index", None) == ignore_index for m in _members(metric)
+    )
+
+
+def give_ignore_index(metric: Any, ignore_index: int) -> None:
+    """Set ``ignore_index`` on the members :func:`leaves_out_ignored` counted on to take it (idempotent).
+
+    Call on the learner's own copy of the metric only: the user's object is left as it was.
+    """
+    for member in _members(metric):
+        if _can_take(member):
+            member.ignore_index = ignore_index
 
 
 # ---------------------------------------------------------------------- #

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .accelerator import build_accelerator, check_accelerator, prepare_loader
 from .accumulators import Cat, Mean, Sum, calculate
-from .batches import Batches, Report
+from .batches import Batches, Report, give_ignore_index, leaves_out_ignored
 from .checkpoint import Checkpoints, Interrupted
 from .metrics import Metric, Metrics, is_metric
 from .options import MIXED_PRECISION, NONFINITE_MODES, SCHEDULER_INTERVALS, is_int
@@ -261,6 +261,9 @@ class BackwardLearner:
         train_loader = self._resume_loader(train_loader, checkpoints, device)  # another world size: its batch size
         accelerator, model, optimizer, scheduler, loader = self._prepare(model, train_loader, device)
         batches = self._batches()
+        # Token targets reach the metric with the ignored tokens left in when it leaves them out itself
+        # (a mask on the device); taking them out first is boolean indexing, a host sync per step.
+        keep_ignored = leaves_out_ignored(metric, batches.ignore_index)
         train_idx = None if train_idx is None else torch.as_tensor(train_idx, device=accelerator.device)
         say = logger.info if accelerator.is_main_process else _quiet  # the one rank check for logging
         preparation = time.time() - begin
@@ -304,7 +307,8 @@ class BackwardLearner:
                 if skip or nonfinite == "skip" and not _finite(out.loss):
                     log.add_skipped(out.loss)  # weight 0; every rank logs every batch, so the vectors stay aligned
                 else:
-                    self._log_batch(batches.real(accelerator, out, model, train_idx, metric is not None), log, metric)
+                    report = batches.real(accelerator, out, model, train_idx, metric is not None, keep_ignored)
+                    self._log_batch(report, log, metric)
                 if self.display_every_n_steps and (step + 1) % self.display_every_n_steps == 0:
                     # a collective, on every rank; it also tells every rank whether one was signalled to stop
                     running, signalled = log.running_loss(step + 1, epoch, _stop_flags(checkpoints))
@@ -380,6 +384,8 @@ class BackwardLearner:
                     agree(batches.problem(batch, "test_loader", module))
                 with accelerator.autocast():  # the model may not have been prepared (no train() before)
                     out = batches.step(module, batch, idx, require_loss=False)
+                # The target tokens only (y_pred/y_true list them): for token labels, boolean indexing syncs
+                # with the host once per test batch, which evaluation can afford (training does not).
                 report = batches.real(accelerator, out, module, idx, metric is not None or return_full_result)
                 has_loss = has_loss or out.loss is not None  # the same on every rank: each has a first batch
                 if report.loss is not None and report.rows:
@@ -602,6 +608,8 @@ class BackwardLearner:
         """
         log.add(report.loss, report.weight, report.rows)
         if report.scores is not None and metric is not None:
+            if report.ignored is not None:  # every token, the ignored ones too: the metric leaves them out
+                give_ignore_index(metric, report.ignored)  # (learner's copy; the same numbers as masking)
             metric.update(y_score=_scores(self.loss, report.scores), y_true=report.target)
 
     def _summarise_epoch(

@@ -180,16 +180,36 @@ class Accuracy(Metric):
             scikit-learn's subset accuracy).
         average: multilabel only: ``"micro"`` (over every label of every sample),
             ``"macro"`` (mean of the per-label accuracies) or ``"none"`` (a tensor, one per label).
+        ignore_index: labels equal to this count for nothing (torchmetrics' ``ignore_index``), e.g.
+            the -100 of padded token labels. Counted with a mask on the device, without a host sync
+            (boolean indexing would sync). Not for multilabel.
+
+    Raises:
+        ValueError: a bad ``top_k``/``average``/``ignore_index``, or ``ignore_index`` with ``num_labels``.
     """
 
     higher_is_better = True
     _reductions = {"correct": SUM, "total": SUM}
 
     def __init__(
-        self, threshold: float = 0.5, top_k: int = 1, num_labels: int | None = None, average: str = "micro"
+        self,
+        threshold: float = 0.5,
+        top_k: int = 1,
+        num_labels: int | None = None,
+        average: str = "micro",
+        ignore_index: int | None = None,
     ) -> None:
         if not is_int(top_k) or top_k < 1:
             raise ValueError(f"Accuracy: top_k must be an int >= 1, got {top_k!r}")
+        if ignore_index is not None and not is_int(ignore_index):
+            raise ValueError(f"Accuracy: ignore_index must be an int or None, got {ignore_index!r}")
+        if ignore_index is not None and num_labels is not None:
+            raise ValueError(
+                f"Accuracy(num_labels={num_labels}): ignore_index={ignore_index} is for class-index labels; "
+                "multilabel 0/1 matrices have no ignored entries here. Drop ignore_index, or leave out the "
+                "ignored rows before update()"
+            )
+        self.ignore_index = ignore_index
         self.threshold = threshold
         self.top_k = top_k
         self.num_labels = _check_num_labels(self, num_labels)
@@ -230,8 +250,14 @@ class Accuracy(Metric):
             )
         k = min(self.top_k, y_score.shape[1])
         top = y_score.topk(k, dim=1).indices
-        self._states["correct"] += (top == y_true.reshape(-1, 1)).any(1).sum()
-        self._states["total"] += y_true.numel()
+        hit = (top == y_true.reshape(-1, 1)).any(1)
+        if self.ignore_index is None:
+            self._states["correct"] += hit.sum()
+            self._states["total"] += y_true.numel()
+            return
+        keep = y_true.reshape(-1) != self.ignore_index
+        self._states["correct"] += (hit & keep).sum()
+        self._states["total"] += keep.sum()
 
     def _accumulate(self, states, y_pred, y_true) -> None:
         if self.num_labels is not None:
@@ -240,8 +266,14 @@ class Accuracy(Metric):
             states["total"] += y_true.shape[0]
             return
         _check_same_shape(self, y_pred, y_true)
-        states["correct"] += (y_pred.reshape(-1) == y_true.reshape(-1)).sum()
-        states["total"] += y_true.numel()
+        hit = y_pred.reshape(-1) == y_true.reshape(-1)
+        if self.ignore_index is None:
+            states["correct"] += hit.sum()
+            states["total"] += y_true.numel()
+            return
+        keep = y_true.reshape(-1) != self.ignore_index  # a mask, not boolean indexing: no host sync
+        states["correct"] += (hit & keep).sum()
+        states["total"] += keep.sum()
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.num_labels is not None:  # torchmetrics' MultilabelAccuracy: per label, then averaged
