@@ -969,8 +969,8 @@ class Perplexity(Metric):
 
     ``update(y_score=logits, y_true=tokens)`` with logits of shape
     (..., vocabulary) and tokens of shape (...). Tokens equal to
-    ``ignore_index`` count for nothing. The log-softmax runs in float32 (float64
-    for float64 logits); the sum is float64.
+    ``ignore_index`` count for nothing (a mask on the device: no host sync).
+    The log-softmax runs in float32 (float64 for float64 logits); the sum is float64.
     """
 
     name = "perplexity"
