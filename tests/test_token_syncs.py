@@ -10,22 +10,20 @@ its steps; the learner's records are the same numbers as on the masking path.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, top_k_accuracy_score
-from torch import nn
-from torch.utils.data import DataLoader
-from torch.utils._python_dispatch import TorchDispatchMode
-
 from conftest import reset_accelerate
+from sklearn.metrics import accuracy_score, top_k_accuracy_score
+from test_batches import VOCAB, Sequences, TinyLM, pad_collate
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.data import DataLoader
+
 from distlearn import BackwardLearner
 from distlearn.accumulators import calculate
 from distlearn.batches import Batches, give_ignore_index, leaves_out_ignored
 from distlearn.metrics import F1, Accuracy, Metrics, Perplexity
-from test_batches import VOCAB, Sequences, TinyLM, pad_collate
 
 IGNORE = -100
 
@@ -130,7 +128,8 @@ class _DataDependent(TorchDispatchMode):
     """Counts the operators whose output size or value must come to the host (a sync on a GPU):
     boolean-mask indexing, nonzero, masked_select, and scalars read out (.item(), float(), bool())."""
 
-    SYNCING = {"aten::nonzero", "aten::masked_select", "aten::_local_scalar_dense", "aten::unique"}
+    SYNCING = frozenset({"aten::nonzero", "aten::masked_select", "aten::_local_scalar_dense", "aten::unique"})
+    INDEXING = frozenset({"aten::index", "aten::index_put", "aten::index_put_"})
 
     def __init__(self) -> None:
         super().__init__()
@@ -138,12 +137,8 @@ class _DataDependent(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name
-        if name in self.SYNCING or name.startswith("aten::_unique"):
-            self.n += 1
-        elif name in ("aten::index", "aten::index_put", "aten::index_put_") and any(
-            _is_bool(i) for i in (args[1] or ())
-        ):
-            self.n += 1
+        masked = name in self.INDEXING and any(_is_bool(i) for i in (args[1] or ()))
+        self.n += name in self.SYNCING or name.startswith("aten::_unique") or masked
         return func(*args, **(kwargs or {}))
 
 
