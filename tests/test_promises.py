@@ -17,14 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import reset_accelerate
+from host_syncs import HostSyncs
+from launching import launch_env
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from conftest import reset_accelerate
 from distlearn import BackwardLearner
 from distlearn.accumulators import Cat, List, Max, Mean, Min, Sum, calculate
 from distlearn.metrics import F1, Accuracy
-from launching import launch_env
 
 ROOT = Path(__file__).parents[1]
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -298,18 +299,9 @@ def test_optimizer_scheduler_and_loss_objects_win_over_configs(fresh_accelerate)
     assert _CountingLoss.calls - calls >= 8  # 4 batches x 2 epochs went through the loss object
 
 
-def test_no_host_sync_per_step_with_accumulation_bf16_clipping_and_f1(fresh_accelerate, monkeypatch):
-    """README: no host sync per step. The count of syncs for n and 2n batches must be equal
-    with the options the plain test leaves out: accumulation, bf16, F1, clipping, per-step scheduler."""
-    counts = {"n": 0}
-    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__"):
-        original = getattr(torch.Tensor, name)
-
-        def counting(self, *args, _original=original, **kwargs):
-            counts["n"] += 1
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counting)
+def test_no_host_sync_per_step_with_accumulation_bf16_clipping_and_f1(fresh_accelerate):
+    """README: no host sync per step. The count of syncs (tests/host_syncs.py) for n and 2n batches must be
+    equal with the options the plain test leaves out: accumulation, bf16, F1, clipping, per-step scheduler."""
 
     def syncs(n_batches: int) -> int:
         reset_accelerate()
@@ -321,9 +313,10 @@ def test_no_host_sync_per_step_with_accumulation_bf16_clipping_and_f1(fresh_acce
             scheduler_interval="step",
         )
         loader = DataLoader(_data(4 * n_batches), batch_size=4, shuffle=True)
-        counts["n"] = 0
-        learner.train(_net(), loader, metric=F1(num_classes=2, average="macro"), test_check=False, disable_tqdm=True)
-        return counts["n"]
+        with HostSyncs() as counted:
+            learner.train(_net(), loader, metric=F1(num_classes=2, average="macro"), test_check=False,
+                          disable_tqdm=True)
+        return counted.n
 
     syncs(4)  # warm-up
     few, many = syncs(6), syncs(12)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import reset_accelerate
+from host_syncs import HostSyncs
 from sklearn.metrics import accuracy_score, top_k_accuracy_score
 from test_batches import VOCAB, Sequences, TinyLM, pad_collate
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 
 from distlearn import BackwardLearner
@@ -120,39 +120,16 @@ def test_batches_report_every_token_with_keep_ignored():
 # --------------------------------------------------------------------------- #
 
 
-def _is_bool(index) -> bool:
-    return isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)
-
-
-class _DataDependent(TorchDispatchMode):
-    """Counts the operators whose output size or value must come to the host (a sync on a GPU):
-    boolean-mask indexing, nonzero, masked_select, and scalars read out (.item(), float(), bool())."""
-
-    SYNCING = frozenset({"aten::nonzero", "aten::masked_select", "aten::_local_scalar_dense", "aten::unique"})
-    INDEXING = frozenset({"aten::index", "aten::index_put", "aten::index_put_"})
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name
-        masked = name in self.INDEXING and any(_is_bool(i) for i in (args[1] or ()))
-        self.n += name in self.SYNCING or name.startswith("aten::_unique") or masked
-        return func(*args, **(kwargs or {}))
-
-
-def _train_tokens(n_sequences: int, metric, counts: dict, label_shift: int = 0) -> None:
+def _train_tokens(n_sequences: int, metric, label_shift: int = 0) -> int:
     reset_accelerate()
     learner = BackwardLearner(
         n_epochs=1, loss=nn.CrossEntropyLoss(), max_grad_norm=1.0, display_every_n_steps=0, label_shift=label_shift,
         optimizer_configs={"optimizer_class": "torch.optim.SGD", "optimizer_parameters": {"lr": 0.1}},
     )
     loader = DataLoader(Sequences(n_sequences), batch_size=4, shuffle=True, collate_fn=pad_collate)
-    with _DataDependent() as mode:
-        counts["n"] = 0
+    with HostSyncs() as counted:
         learner.train(TinyLM(), loader, metric=metric, test_check=False, disable_tqdm=True)
-    counts["n"] += mode.n
+    return counted.n
 
 
 @pytest.mark.parametrize(
@@ -160,22 +137,11 @@ def _train_tokens(n_sequences: int, metric, counts: dict, label_shift: int = 0) 
     [Accuracy(), Metrics([Accuracy(top_k=2), Perplexity()]), Accuracy(ignore_index=IGNORE)],
     ids=["accuracy", "top2_and_perplexity", "accuracy_ignore_index"],
 )
-def test_a_token_label_training_run_syncs_no_more_with_more_steps(fresh_accelerate, monkeypatch, metric):
-    """The syncs of 6 and 12 steps are equal (counted as tests/test_promises.py counts them, plus the
-    operators that sync inside torch without a Python call: boolean indexing among them)."""
-    counts = {"n": 0}
-    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__"):
-        original = getattr(torch.Tensor, name)
-
-        def counting(self, *args, _original=original, **kwargs):
-            counts["n"] += 1
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counting)
+def test_a_token_label_training_run_syncs_no_more_with_more_steps(fresh_accelerate, metric):
+    """The syncs of 6 and 12 steps are equal (tests/host_syncs.py: boolean indexing counts too)."""
 
     def syncs(steps: int) -> int:
-        _train_tokens(4 * steps, metric, counts, label_shift=1)
-        return counts["n"]
+        return _train_tokens(4 * steps, metric, label_shift=1)
 
     syncs(3)  # warm-up
     few, many = syncs(6), syncs(12)
