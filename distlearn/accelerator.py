@@ -223,9 +223,10 @@ def prepare_loader(accelerator: Accelerator, loader: Any, *, drop_last_ok: bool 
     Here the BatchSampler (a copy; the user's is left alone) draws from the
     seedable sampler, and ``set_epoch`` reaches it.
 
-    A loader over :class:`~distlearn.data.TensorBatches` (distlearn's in-memory tensors) takes
-    the fast path of :func:`~distlearn.data.index_tensor_batches`: the same batches, without
-    Python work per index. Any other loader is prepared as Accelerate prepares it.
+    A loader over :class:`~distlearn.data.TensorBatches` (distlearn's in-memory tensors, with
+    the ``batched`` collation, no workers, a shuffled or sequential sampler) takes the fast path
+    of :func:`~distlearn.data.index_tensor_batches`: the same batches, without Python work per
+    index. Any other loader is prepared as Accelerate prepares it.
 
     Args:
         accelerator: the Accelerator.

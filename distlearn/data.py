@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.data_loader import BatchSamplerShard, SeedableRandomSampler
+from accelerate.data_loader import BatchSamplerShard, DataLoaderShard, SeedableRandomSampler
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler, TensorDataset
 
 from .options import did_you_mean, is_int
@@ -166,9 +166,10 @@ class _IndexTensors:
     process, Accelerate's ``BatchSamplerShard`` on several) by :func:`index_tensor_batches`.
     The batches hold exactly the indices the original would give, in the same order:
 
-    - the sampler's order is computed as one tensor (for Accelerate's seedable sampler and
-      torch's sequential sampler without a Python loop per index; any other sampler is read
-      to its end, as the original reads it);
+    - the sampler's order is computed as one tensor: Accelerate's seedable sampler and torch's
+      sequential sampler, the only ones it is used with (see :func:`index_tensor_batches`), without
+      a Python loop per index (a seedable sampler with replacement, or without its generator yet,
+      is read to its end: it draws from its own generator only);
     - which positions of that order each batch takes (batching, this rank's share of the
       global batches, ``even_batches``' repeats from the start, ``drop_last``) depends only
       on the order's length, so it is found once per length by running the original batch
@@ -178,7 +179,7 @@ class _IndexTensors:
     """
 
     _original: type  # the class this is a copy of: its __iter__ lays out the positions
-    _layouts: dict
+    _layouts: dict[tuple, tuple[torch.Tensor | None, list[tuple[int, int]]]]
 
     def _source(self) -> Sampler:
         inner = self.batch_sampler if isinstance(self, BatchSamplerShard) else self
@@ -186,7 +187,14 @@ class _IndexTensors:
 
     def _layout(self, n: int) -> tuple[torch.Tensor | None, list[tuple[int, int]]]:
         """(positions of the order this rank takes, or None for all of them in order; each batch's slice)."""
-        if n not in self._layouts:
+        inner = self.batch_sampler if isinstance(self, BatchSamplerShard) else self
+        shard = (
+            (self.num_processes, self.process_index, self.split_batches, self.even_batches)
+            if isinstance(self, BatchSamplerShard) else ()
+        )
+        # Everything the layout depends on: Accelerate's join_uneven_inputs changes even_batches mid-run.
+        key = (n, inner.batch_size, inner.drop_last, *shard)
+        if key not in self._layouts:
             probe = self._original.__new__(self._original)
             probe.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("_original", "_layouts")})
             if isinstance(self, BatchSamplerShard):
@@ -201,8 +209,8 @@ class _IndexTensors:
                 bounds.append((start, start + len(b)))
                 start += len(b)
             positions = None if flat == list(range(n)) else torch.tensor(flat, dtype=torch.long)
-            self._layouts[n] = (positions, bounds)
-        return self._layouts[n]
+            self._layouts[key] = (positions, bounds)
+        return self._layouts[key]
 
     def epoch_indices(self) -> tuple[torch.Tensor, list[tuple[int, int]], Callable[[], None]]:
         """This rank's indices for one pass, as one tensor; each batch's slice of it; and what to
@@ -250,8 +258,12 @@ class _TensorBatchLoader(DataLoader):
     """
 
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
-        # torch's _BaseDataLoaderIter draws this per pass: keep the random streams where they were
+        # torch's _BaseDataLoaderIter draws this when the iterator is made (not at its first batch):
+        # keep the random streams where they were
         torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        return self._batches()
+
+    def _batches(self) -> Iterator[list[torch.Tensor]]:
         indices, bounds, finish = self.batch_sampler.epoch_indices()
         tensors = self.dataset.tensors
         pin = self.pin_memory and torch.accelerator.is_available() and torch.accelerator.current_accelerator().type != "mps"
@@ -276,15 +288,13 @@ def _sampler_order(sampler: Sampler) -> tuple[torch.Tensor, bool]:
     advance a seedable sampler's epoch once done (as it does itself at the end of its iteration).
 
     Accelerate's seedable sampler (without replacement, on a CPU generator) and torch's sequential
-    sampler are computed directly, with the same generator calls; any other sampler is read.
+    sampler are computed directly, with the same generator calls; a seedable sampler otherwise is
+    read (it draws from its own generator only, so reading the pass at once changes nothing).
     """
-    if type(sampler) is SeedableRandomSampler and not sampler.replacement and (
-        sampler.generator is None or sampler.generator.device.type == "cpu"
-    ):
-        # SeedableRandomSampler.__iter__, then RandomSampler.__iter__ (torch 2.x), in tensor form
-        if sampler.generator is None:
-            sampler.generator = torch.Generator()
-            sampler.generator.manual_seed(sampler.initial_seed)
+    if (type(sampler) is SeedableRandomSampler and not sampler.replacement and sampler.generator is not None
+            and sampler.generator.device.type == "cpu"):
+        # SeedableRandomSampler.__iter__, then RandomSampler.__iter__ (torch 2.x), in tensor form. Its
+        # first pass makes its generator (on torch's default device) itself: that pass is read below.
         generator = sampler.generator
         generator.manual_seed(sampler.epoch + sampler.initial_seed)
         n, k = len(sampler.data_source), sampler.num_samples
@@ -297,15 +307,22 @@ def _sampler_order(sampler: Sampler) -> tuple[torch.Tensor, bool]:
     return torch.as_tensor(list(sampler), dtype=torch.long).reshape(-1), False
 
 
-def index_tensor_batches(loader: Any) -> Any:
+# Samplers whose whole pass may be read when it starts: they draw from their own generator only.
+_PASS_AT_ONCE = (SeedableRandomSampler, SequentialSampler)
+
+
+def index_tensor_batches(loader: DataLoader) -> DataLoader:
     """Give an Accelerate-prepared loader over :class:`TensorBatches` index tensors instead of index lists.
 
     The prepared loader (a ``DataLoaderShard``) keeps everything Accelerate does per batch:
     device placement, the end-of-data lookahead and the gradient state (remainder, end of the
-    data loader), ``set_epoch``. Only its batch sampler is swapped for a copy that computes the
-    epoch's indices as one tensor (see ``_IndexTensors``); each batch then costs one
-    ``index_select`` per tensor. Other loaders, and shapes this does not know, are returned as
-    they are (still exact, only slower).
+    data loader), ``set_epoch``. Inside it, the batch sampler is swapped for a copy that
+    computes the pass's indices as one tensor (see ``_IndexTensors``), and the DataLoader for
+    one that gathers the rows of many batches at once (``_TensorBatchLoader``: one
+    ``index_select`` per tensor and ``GATHER_BYTES``) and hands out slices. Only loaders
+    without worker processes, with the ``batched`` collation and Accelerate's seedable or
+    torch's sequential sampler take this path; any other loader (a dispatcher, workers, a
+    custom collate or sampler) is returned as it is (still exact, only slower).
 
     Args:
         loader: what ``accelerator.prepare`` returned.
@@ -314,7 +331,9 @@ def index_tensor_batches(loader: Any) -> Any:
         The same loader object.
     """
     base = getattr(loader, "base_dataloader", None)
-    if base is None or type(base) is not DataLoader:
+    if type(loader) is not DataLoaderShard or type(base) is not DataLoader:
+        return loader
+    if base.num_workers != 0 or base.collate_fn is not batched or base.timeout:
         return loader
     dataset = base.dataset
     if not isinstance(dataset, TensorBatches) or type(dataset).__getitems__ is not TensorBatches.__getitems__:
@@ -326,15 +345,17 @@ def index_tensor_batches(loader: Any) -> Any:
         copy_class = _IndexTensorBatchSampler
     else:
         return loader
+    inner = batches.batch_sampler if copy_class is _IndexTensorBatchSamplerShard else batches
+    if type(inner.sampler) not in _PASS_AT_ONCE:  # a sampler may draw from the global RNG as it goes
+        return loader
     fast = copy_class.__new__(copy_class)
     fast.__dict__.update(batches.__dict__)  # the same sampler object: set_epoch and set_sampler reach it
     fast._original, fast._layouts = type(batches), {}
     # A DataLoader refuses a new batch_sampler once built; this one is Accelerate's own copy, not the user's.
     object.__setattr__(base, "batch_sampler", fast)
-    if base.num_workers == 0 and base.collate_fn is batched:
-        whole = _TensorBatchLoader.__new__(_TensorBatchLoader)
-        whole.__dict__.update(base.__dict__)
-        loader.base_dataloader = whole
+    whole = _TensorBatchLoader.__new__(_TensorBatchLoader)
+    whole.__dict__.update(base.__dict__)
+    loader.base_dataloader = whole
     return loader
 
 

@@ -239,6 +239,88 @@ def test_fast_path_batches_equal_accelerates_loader_element_by_element(dist_pool
             assert passes[0] != passes[1] and passes[3] != passes[4]  # set_epoch, or the loader's own count, reshuffles
 
 
+def _shard_pair(n: int, world: int, rank: int, **options):
+    """A plain TensorDataset loader and a fast one, prepared for rank ``rank`` of ``world`` without a group."""
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from distlearn.data import TensorBatches, batched, index_tensor_batches
+
+    x, y = torch.arange(n * 2, dtype=torch.float32).reshape(n, 2), torch.arange(n)
+    loaders = []
+    for dataset, collate in ((TensorDataset(x, y), None), (TensorBatches(x, y), batched)):
+        sampler = options.get("sampler")
+        loader = DataLoader(dataset, batch_size=2, collate_fn=collate, **(
+            {"sampler": sampler(dataset)} if sampler else {"shuffle": True, "generator": torch.Generator().manual_seed(1)}))
+        prepared = prepare_data_loader(loader, num_processes=world, process_index=rank, use_seedable_sampler=True,
+                                       data_seed=3, dispatch_batches=options.get("dispatch", False),
+                                       put_on_device=options.get("dispatch", False))
+        loaders.append(prepared if collate is None else index_tensor_batches(prepared))
+    return loaders
+
+
+def _rows(loader) -> list[list[int]]:
+    return [batch[1].tolist() for batch in loader]
+
+
+def test_fast_path_follows_even_batches_changed_mid_run():
+    """Accelerate's join_uneven_inputs turns even_batches off on a prepared loader: the layout follows."""
+    plain, fast = _shard_pair(11, world=2, rank=1)
+    for loader in (plain, fast):
+        loader.set_epoch(0)
+    assert _rows(plain) == _rows(fast) and len(_rows(fast)[-1]) == 2  # padded from the start
+    for loader in (plain, fast):
+        loader.batch_sampler.even_batches = False
+        loader.set_epoch(0)
+    assert _rows(plain) == _rows(fast) and len(_rows(fast)[-1]) == 1  # the odd row alone, no repeat
+
+
+class _GlobalDraws(torch.utils.data.Sampler):
+    """Draws each index from the global RNG as it goes (read ahead, the draws would move)."""
+
+    def __init__(self, dataset) -> None:
+        self.n = len(dataset)
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield int(torch.randint(self.n, ()))
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def test_a_sampler_that_draws_as_it_goes_keeps_accelerates_loader():
+    from distlearn.data import _TensorBatchLoader
+
+    plain, fast = _shard_pair(12, world=1, rank=0, sampler=_GlobalDraws)
+    assert type(fast.base_dataloader) is not _TensorBatchLoader
+    passes = []
+    for loader in (plain, fast):
+        torch.manual_seed(0)
+        rows = []
+        for batch in loader:
+            rows.append(batch[1].tolist())
+            torch.rand(3)  # the training step's own draws (dropout) between batches
+        passes.append(rows)
+    assert passes[0] == passes[1]
+
+
+def test_the_fast_path_draws_the_loaders_seed_when_the_pass_starts():
+    """torch's loader iterator draws its base seed when made: a DataLoaderDispatcher makes it on every rank."""
+    from distlearn.data import _TensorBatchLoader
+
+    plain, fast = _shard_pair(13, world=1, rank=0, sampler=torch.utils.data.SequentialSampler)
+    assert type(fast.base_dataloader) is _TensorBatchLoader
+    after = []
+    for loader in (plain.base_dataloader, fast.base_dataloader):
+        torch.manual_seed(0)
+        iter(loader)  # made, never read
+        after.append(torch.rand(1).item())
+    assert after[0] == after[1]
+    dispatched = _shard_pair(13, world=1, rank=0, dispatch=True)[1]
+    assert type(dispatched.base_dataloader) is not _TensorBatchLoader  # dispatchers keep Accelerate's loader
+
+
 def test_fast_path_is_what_the_tabular_sets_use():
     from distlearn.data import TensorBatches, batched
 
