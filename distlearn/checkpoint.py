@@ -375,7 +375,9 @@ class Checkpoints:
                     path, saved_world, world, global_batch,
                     global_batch // world if global_batch and global_batch % world == 0 else "?",
                 )
-        self.extra.update(progress.get("extra") or {})
+        # A value saved as None (e.g. no W&B run yet, when tracking is turned on at resume) keeps this run's own.
+        saved = progress.get("extra") or {}
+        self.extra.update({k: v for k, v in saved.items() if v is not None or self.extra.get(k) is None})
         return progress
 
     # ------------------------------------------------------------------ #

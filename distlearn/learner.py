@@ -727,8 +727,8 @@ class _BatchLog:
 
     def loss_means(self) -> tuple[Mean, Mean]:
         """``(loss_mean(), batch_loss())``, the batches stacked once for both (once per epoch)."""
-        if not self.losses:
-            return self.loss_mean(), self.batch_loss()
+        if not self.losses:  # nothing logged on this rank: it contributes zeros of the agreed shape
+            return Mean(), Mean()
         losses, weights = self._stacked(0, len(self.losses))
         mean, per_batch = Mean(), Mean()
         mean.extend(losses, weights)

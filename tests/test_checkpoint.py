@@ -255,3 +255,23 @@ def test_a_rank_that_dies_is_named_with_the_place_in_the_loop(tmp_path):
     assert done.returncode != 0
     assert "training stopped on rank 0 of 2, in epoch 1 after optimizer step" in done.stderr, done.stderr[-3000:]
     assert "Rerun the same command to resume" in done.stderr or "did not arrive" in done.stderr
+
+
+def test_a_run_id_saved_as_none_keeps_the_resumed_runs_own(fresh_accelerate, tmp_path):
+    """Tracking turned on at resume (run.tracking may change): the new W&B run id must not be
+    replaced by the None the first run saved, or every later checkpoint would lose it."""
+    import torch
+    from accelerate import Accelerator
+
+    from distlearn.checkpoint import Checkpoints
+
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(torch.nn.Linear(2, 1))
+    saved = Checkpoints(tmp_path, extra={"wandb_run_id": None}).save(accelerator, {"step": 3, "epoch": 0, "batches_done": 0})
+    resumed = Checkpoints(tmp_path, resume_from=saved, extra={"wandb_run_id": "new"})
+    resumed.load(accelerator, saved)
+    assert resumed.extra == {"wandb_run_id": "new"}
+    again = Checkpoints(tmp_path, extra={"wandb_run_id": "old"}).save(accelerator, {"step": 4, "epoch": 0, "batches_done": 0})
+    later = Checkpoints(tmp_path, resume_from=again, extra={"wandb_run_id": None})
+    later.load(accelerator, again)
+    assert later.extra == {"wandb_run_id": "old"}  # a saved id is resumed
