@@ -161,8 +161,9 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
             print(summary, flush=True)
         return record
     except BaseException as exc:
-        together = isinstance(exc, RunError) and exc.together  # decided on every rank together
-        tracker.finish()  # W&B's files closed before the folder is looked at
+        # decided on every rank together: a RunError they agreed on, or an error the others heard of
+        together = (isinstance(exc, RunError) and exc.together) or getattr(exc, "every_rank_knows", False)
+        tracker.finish(exit_code=1)  # W&B marks the run failed; its files closed before the folder is looked at
         if start.get("created") and accelerator.is_main_process:  # a failed start leaves no empty run folder
             report.remove_if_unused(start["output_dir"])
         raise
@@ -570,6 +571,7 @@ def _on_main(accelerator: Any, what: str, fn: Callable[..., T], *args: Any) -> T
     except ranks.MainProcessFailed as exc:
         failed = exc
     if failed.error is not None and not isinstance(failed.error, (OSError, ValueError)):
+        failed.error.every_rank_knows = True  # the others end with the message: the ranks stay on one path
         raise failed.error  # not an input problem: keep the traceback
     raise RunError(f"{what}: {failed.message}")
 

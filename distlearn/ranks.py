@@ -18,6 +18,7 @@ torch and Accelerate are imported when a function runs, not with this module (th
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -81,7 +82,10 @@ def on_main(accelerator: Any, fn: Callable[..., T], *args: Any) -> T:
     error = None
     if accelerator.is_main_process:
         try:
-            outcome[0] = ("ok", fn(*args))
+            result = fn(*args)
+            if accelerator.num_processes > 1:
+                pickle.dumps(result)  # one that cannot travel fails here, where the others hear of it
+            outcome[0] = ("ok", result)
         except Exception as exc:
             error = exc
             outcome[0] = ("error", type(exc).__name__, str(exc))

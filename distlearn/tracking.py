@@ -144,7 +144,7 @@ class RunTracker(Protocol):
 
     def log_epoch(self, epoch: int, summary: Mapping[str, Any]) -> None: ...
 
-    def finish(self) -> None: ...
+    def finish(self, exit_code: int = 0) -> None: ...
 
     def describe(self) -> str: ...
 
@@ -203,7 +203,7 @@ class NoOpTracker:
     def log_epoch(self, epoch: int, summary: Mapping[str, Any]) -> None:
         """Nothing to log here."""
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int = 0) -> None:
         """Nothing to finish here."""
 
     def describe(self) -> str:
@@ -280,9 +280,15 @@ class Tracker:
             init["mode"] = self.mode
         self.dir.mkdir(parents=True, exist_ok=True)
         self._accelerator = accelerator
-        accelerator.init_trackers(
-            self.tracking.get("project") or "distlearn", config=dict(config), init_kwargs={"wandb": init}
-        )
+        try:
+            accelerator.init_trackers(
+                self.tracking.get("project") or "distlearn", config=dict(config), init_kwargs={"wandb": init}
+            )
+        except Exception:
+            # Accelerate has already listed a tracker without a run: finishing it would only add a warning.
+            accelerator.trackers.clear()
+            self._accelerator = None
+            raise
         run = accelerator.get_tracker("wandb", unwrap=True)
         run_files = getattr(run, "dir", None)  # <dir>/wandb/<offline-run-...>/files
         self.run_dir = Path(run_files).parent if run_files else None
@@ -298,14 +304,22 @@ class Tracker:
             logger.warning("W&B logging failed at epoch %d, tracking stops: %s: %s", epoch, type(exc).__name__, exc)
             self._accelerator = None
 
-    def finish(self) -> None:
-        """Finish the W&B run (flushes an offline run to disk). Safe to call twice."""
+    def finish(self, exit_code: int = 0) -> None:
+        """Finish the W&B run (flushes an offline run to disk). Safe to call twice.
+
+        Args:
+            exit_code: Non-zero marks the W&B run as failed (the command is ending on an error).
+        """
         if self._accelerator is None:
             return
         accelerator, self._accelerator = self._accelerator, None
         for tracker in accelerator.trackers:
             try:
-                tracker.finish()
+                run = getattr(tracker, "run", None)
+                if exit_code and run is not None:
+                    run.finish(exit_code=exit_code)  # Accelerate's finish() takes no exit code
+                else:
+                    tracker.finish()
             except Exception as exc:  # see the class docstring
                 logger.warning("finishing the W&B run failed: %s: %s", type(exc).__name__, exc)
         accelerator.trackers.clear()  # so that accelerator.end_training() does not finish it again

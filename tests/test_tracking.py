@@ -271,3 +271,42 @@ def test_only_the_main_process_touches_wandb(dist_pool, tmp_path):
     assert sorted(read_wandb_run(run_file)["history"]) == [0, 1]
     assert other == {"kind": "NoOpTracker", "run_id": None, "files": [], "wandb_imported": False, "trackers": 0}
     assert not (tmp_path / "rank1").exists()
+
+
+def _exit_codes(run_file: Path) -> list[int]:
+    return [r.exit.exit_code for r in wandb_records(run_file) if r.WhichOneof("record_type") == "exit"]
+
+
+@pytest.mark.parametrize("exit_code", [0, 1])
+def test_a_run_ending_on_an_error_is_marked_failed_in_wandb(fresh_accelerate, tmp_path, monkeypatch, exit_code):
+    """The command's error path finishes the W&B run with exit code 1 (Accelerate's finish() says 0)."""
+    from accelerate import Accelerator
+
+    from distlearn.tracking import accelerator_kwargs, make_tracker
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    tracking = {"backend": "wandb", "mode": "offline"}
+    tracker = make_tracker(tracking, True)
+    tracker.start(Accelerator(cpu=True, **accelerator_kwargs(tracking)), {"a": 1}, tmp_path / "run")
+    tracker.finish(exit_code=exit_code)
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    assert _exit_codes(run_file) == [exit_code]
+
+
+def test_a_failed_wandb_start_leaves_nothing_to_finish(fresh_accelerate, tmp_path, monkeypatch, caplog):
+    """wandb.init refusing (here an id W&B does not accept) raises once; finishing after it adds no warning."""
+    from accelerate import Accelerator
+
+    from distlearn.tracking import accelerator_kwargs, make_tracker
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    tracking = {"backend": "wandb", "mode": "offline"}
+    accelerator = Accelerator(cpu=True, **accelerator_kwargs(tracking))
+    tracker = make_tracker(tracking, True)
+    with pytest.raises(Exception, match="Run ID"):
+        tracker.start(accelerator, {"a": 1}, tmp_path / "run", resume_id="bad/id")
+    with caplog.at_level("WARNING", logger="distlearn"):
+        tracker.finish(exit_code=1)
+    assert not caplog.records and accelerator.trackers == []
