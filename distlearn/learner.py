@@ -268,7 +268,7 @@ class BackwardLearner:
         say = logger.info if accelerator.is_main_process else _quiet  # the one rank check for logging
         preparation = time.time() - begin
         record: Record = {"preparation": {"preparation_time_cost": preparation}, "training": {}}
-        resumed = self._start(accelerator, checkpoints, record, test_loader, metric)  # this rank's saved progress, or None
+        resumed = self._start(accelerator, checkpoints, record, test_loader, metric, train_loader)  # this rank's saved progress, or None
         first_epoch = self.epoch
         stop = None  # the signal every rank agreed to stop on (see Checkpoints.catch_signals)
         saved = None
@@ -480,7 +480,7 @@ class BackwardLearner:
         return accelerator, model, optimizer, scheduler, loader
 
     def _start(self, accelerator: Accelerator, checkpoints: Checkpoints | None, record: dict, test_loader: Any,
-               metric: Metric | None = None):
+               metric: Metric | None = None, train_loader: Any = None):
         """Where training starts: a checkpoint's position, the counters of :meth:`load_state_dict`, or 0.
 
         A checkpoint of another number of processes is merged into this one's (see
@@ -499,7 +499,8 @@ class BackwardLearner:
         self._resume = False
         if test_loader is not None:  # the loaders prepared in the order they were saved in
             self._prepare_loader(accelerator, test_loader, evaluation=True)
-        progress = checkpoints.load(accelerator, resume_from, metric=metric)
+        progress = checkpoints.load(accelerator, resume_from, metric=metric, n_samples=_n_samples(train_loader),
+                                    drop_last=bool(getattr(train_loader, "drop_last", False)))
         self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
         record["training"].update(progress["record"]["training"])
         # This session's part: the summary tells its wall time from the whole run's training time by it.
@@ -845,6 +846,16 @@ def _stop_flags(checkpoints: Checkpoints | None) -> list[int]:
     from .checkpoint import STOP_SIGNALS
 
     return checkpoints.stop_flags() if checkpoints is not None else [0] * len(STOP_SIGNALS)
+
+
+def _n_samples(loader: Any) -> int | None:
+    """The samples one epoch of a training loader draws (its sampler's length), or None if it cannot say."""
+    if not isinstance(loader, torch.utils.data.DataLoader) or loader.batch_size is None:
+        return None  # a batch_sampler: its batches need not be the sampler's samples in order
+    try:
+        return len(loader.sampler)
+    except TypeError:  # an iterable dataset or a sampler without a length
+        return None
 
 
 def _last_batch(accelerator: Accelerator) -> bool:
