@@ -439,21 +439,21 @@ def elastic_warning(path: str | Path, saved_world: int, world: int, global_batch
     per_process = global_batch // world if global_batch and global_batch % world == 0 else "?"
     head = (f"elastic resume: checkpoint {path} was written by {saved_world} processes, this launch has {world}; "
             f"global batch {global_batch} kept ({per_process} per process), partial epoch merged, random "
-            "generators re-derived from (seed, epoch, step, rank); the reduction order differs, so ")
+            "generators re-derived from (seed, epoch, step, rank); the reduction order differs, ")
     if drop_last:
-        return head + ("the weights match an uninterrupted run only to rounding (the incomplete last batch "
+        return head + ("so the weights match an uninterrupted run only to rounding (the incomplete last batch "
                        "is dropped: no step is padded)")
     if not global_batch or n_samples is None:
-        return head + ("the weights match an uninterrupted run only to rounding if the training samples are a "
+        return head + ("so the weights match an uninterrupted run only to rounding if the training samples are a "
                        "multiple of the global batch; otherwise each epoch's last step is padded with other "
                        "repeated samples than on the original process count, and they drift further")
     if n_samples % global_batch == 0:
-        return head + (f"the weights match an uninterrupted run only to rounding ({n_samples} training samples, "
+        return head + (f"so the weights match an uninterrupted run only to rounding ({n_samples} training samples, "
                        f"a multiple of the global batch {global_batch}: no step is padded)")
-    return head + (f"the weights match an uninterrupted run only to rounding up to each epoch's last step; "
-                   f"{n_samples} training samples are not a multiple of the global batch {global_batch}, so "
-                   f"that step is padded with other repeated samples on {world} processes than on {saved_world}, "
-                   "and the weights drift further from an uninterrupted run's than rounding")
+    processes = f"{world} process" + ("es" if world != 1 else "")
+    return head + (f"and {n_samples} training samples are not a multiple of the global batch {global_batch}: "
+                   f"each epoch's last step is evened out with repeated samples differently on {processes} than "
+                   f"on {saved_world}, so the weights drift further from an uninterrupted run's than rounding")
 
 
 def derived_seed(seed: int, epoch: int, step: int, rank: int) -> int:

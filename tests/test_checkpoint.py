@@ -96,6 +96,7 @@ def test_the_elastic_warning_says_whether_padding_keeps_weights_apart():
     unknown = checkpoint.elastic_warning("ckpt", 2, 3, 6, n_samples=None)
     assert "a multiple of the global batch 6: no step is padded" in even and "drift" not in even
     assert "50 training samples are not a multiple of the global batch 6" in uneven and "drift further" in uneven
+    assert "differently on 3 processes than on 2" in uneven and "only to rounding" not in uneven
     assert "drift" not in dropped and "dropped" in dropped
     assert "if the training samples are a multiple of the global batch" in unknown
     assert all("global batch 6 kept (2 per process)" in m for m in (even, uneven, dropped, unknown))
