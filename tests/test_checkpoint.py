@@ -65,14 +65,22 @@ def _assert_same(got: dict, want: dict) -> None:
 
 def _assert_sane_clocks(got: dict, want: dict) -> None:
     """A resumed run's times count the training before the kill and after, never the time it was down:
-    every epoch and batch took > 0 s, and each epoch's rate is within 5x of the uninterrupted run's."""
+    every epoch and batch took > 0 s, the batches fit in their epoch's time, and the rate is within 5x of
+    the uninterrupted run's over the run (10x per epoch: an epoch here takes milliseconds on a shared machine)."""
     for epoch, e in got["training"].items():
         costs = [b["time_cost"] for b in e["batch_records"].values()]
         assert e["time_cost"] > 0 and min(costs) > 0, (epoch, e["time_cost"], costs)
         assert e["end_time"] - e["start_time"] == pytest.approx(e["time_cost"])
         assert sum(costs) <= e["time_cost"] * (1 + 1e-9), (epoch, sum(costs), e["time_cost"])
+        assert e["samples_per_second"] == pytest.approx(e["samples"] / e["time_cost"])
         ratio = e["samples_per_second"] / want["training"][epoch]["samples_per_second"]
-        assert 1 / 5 < ratio < 5, (epoch, e["samples_per_second"], want["training"][epoch]["samples_per_second"])
+        assert 1 / 10 < ratio < 10, (epoch, e["samples_per_second"], want["training"][epoch]["samples_per_second"])
+
+    def rate(record):
+        return sum(e["samples"] for e in record["training"].values()) / sum(
+            e["time_cost"] for e in record["training"].values())
+
+    assert 1 / 5 < rate(got) / rate(want) < 5, (rate(got), rate(want))
 
 
 def test_a_resumed_epoch_reports_its_whole_time_and_a_sane_rate(uninterrupted, tmp_path):
