@@ -53,7 +53,7 @@ import torch
 
 __all__ = [
     "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "check", "derived_seed",
-    "find", "latest", "load_progress", "reshard",
+    "elastic_warning", "find", "latest", "load_progress", "reshard",
 ]
 
 logger = logging.getLogger(__name__)
@@ -341,12 +341,15 @@ class Checkpoints:
         fixes += [f"launch {saved_world} processes", "resume from an epoch-end checkpoint (run.resume=<its path>)"]
         return f"{where}, {found}. To resume here, " + "; or ".join(fixes)
 
-    def load(self, accelerator: Any, path: str | Path, metric: Any = None) -> dict[str, Any]:
+    def load(self, accelerator: Any, path: str | Path, metric: Any = None, n_samples: int | None = None,
+             drop_last: bool = False) -> dict[str, Any]:
         """Restore the Accelerator's objects from ``path`` and return this rank's learner progress.
 
         On another number of processes than the checkpoint's, the ranks' progress is merged
         (:func:`reshard`, which needs ``metric``, an accumulator of the metric's kind, to know how
         its states reduce) and the random generators are re-derived from (seed, epoch, step, rank).
+        ``n_samples`` (the training samples per epoch, None if unknown) and ``drop_last`` (the
+        loader's) only tell the warning how close the weights stay to an uninterrupted run's.
 
         Raises:
             CheckpointError: the folder is incomplete, or a rank's progress file is missing.
@@ -366,15 +369,8 @@ class Checkpoints:
                 raise CheckpointError(f"{path}: a rank's progress is missing: {exc}") from None
             accelerator.step = _accelerate_step(path)  # the accumulation counter, the same on every rank
             if accelerator.is_main_process:
-                global_batch = meta.get("global_batch")
-                logger.warning(
-                    "elastic resume: checkpoint %s was written by %d processes, this launch has %d; "
-                    "global batch %s kept (%s per process), partial epoch merged, random generators re-derived "
-                    "from (seed, epoch, step, rank); weights continue exactly but reduction order differs, so "
-                    "they match an uninterrupted run only to rounding",
-                    path, saved_world, world, global_batch,
-                    global_batch // world if global_batch and global_batch % world == 0 else "?",
-                )
+                logger.warning("%s", elastic_warning(path, saved_world, world, meta.get("global_batch"),
+                                                     n_samples, drop_last))
         # A value saved as None (e.g. no W&B run yet, when tracking is turned on at resume) keeps this run's own.
         saved = progress.get("extra") or {}
         self.extra.update({k: v for k, v in saved.items() if v is not None or self.extra.get(k) is None})
@@ -422,6 +418,42 @@ class Checkpoints:
         complete = [path for path, _ in find(self.output_dir) if path != keep]
         for old in complete[self.keep_last - 1:]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def elastic_warning(path: str | Path, saved_world: int, world: int, global_batch: int | None,
+                    n_samples: int | None, drop_last: bool = False) -> str:
+    """The warning of a resume on another number of processes: what changes, and how close the weights stay.
+
+    The reduction order differs, so the weights match an uninterrupted run's to rounding, but only
+    when no step is padded: the epoch's samples are a multiple of the global batch (or the loader
+    drops the incomplete last batch). Otherwise Accelerate fills each epoch's last step with repeats
+    of other samples on ``world`` processes than on ``saved_world``, and the weights drift further.
+
+    Args:
+        path: The checkpoint.
+        saved_world, world: The processes that wrote it and those of this launch.
+        global_batch: Samples per step over all processes (kept by the resume); None if unknown.
+        n_samples: Training samples per epoch; None if unknown.
+        drop_last: Whether the training loader drops an incomplete last batch.
+    """
+    per_process = global_batch // world if global_batch and global_batch % world == 0 else "?"
+    head = (f"elastic resume: checkpoint {path} was written by {saved_world} processes, this launch has {world}; "
+            f"global batch {global_batch} kept ({per_process} per process), partial epoch merged, random "
+            "generators re-derived from (seed, epoch, step, rank); the reduction order differs, ")
+    if drop_last:
+        return head + ("so the weights match an uninterrupted run only to rounding (the incomplete last batch "
+                       "is dropped: no step is padded)")
+    if not global_batch or n_samples is None:
+        return head + ("so the weights match an uninterrupted run only to rounding if the training samples are a "
+                       "multiple of the global batch; otherwise each epoch's last step is padded with other "
+                       "repeated samples than on the original process count, and they drift further")
+    if n_samples % global_batch == 0:
+        return head + (f"so the weights match an uninterrupted run only to rounding ({n_samples} training samples, "
+                       f"a multiple of the global batch {global_batch}: no step is padded)")
+    processes = f"{world} process" + ("es" if world != 1 else "")
+    return head + (f"and {n_samples} training samples are not a multiple of the global batch {global_batch}: "
+                   f"each epoch's last step is evened out with repeated samples differently on {processes} than "
+                   f"on {saved_world}, so the weights drift further from an uninterrupted run's than rounding")
 
 
 def derived_seed(seed: int, epoch: int, step: int, rank: int) -> int:

@@ -268,13 +268,12 @@ class BackwardLearner:
         say = logger.info if accelerator.is_main_process else _quiet  # the one rank check for logging
         preparation = time.time() - begin
         record: Record = {"preparation": {"preparation_time_cost": preparation}, "training": {}}
-        resumed = self._start(accelerator, checkpoints, record, test_loader, metric)  # this rank's saved progress, or None
+        resumed = self._start(accelerator, checkpoints, record, test_loader, metric, train_loader)  # this rank's saved progress, or None
         first_epoch = self.epoch
         stop = None  # the signal every rank agreed to stop on (see Checkpoints.catch_signals)
         saved = None
 
         for epoch in range(first_epoch, self.n_epochs):
-            start = time.time()
             loader.set_epoch(epoch)  # the shuffle depends only on (seed, epoch): resumable
             model.train()
             log, done = self._begin_epoch(accelerator, metric, resumed if epoch == first_epoch else None)
@@ -319,7 +318,7 @@ class BackwardLearner:
                     self._checkpoint_mid_epoch(accelerator, checkpoints, stop, epoch, step + 1, log, metric, record)
 
             summary = self._summarise_epoch(
-                log, metric, epoch, start, time.time(), preparation, _stop_flags(checkpoints), nonfinite
+                log, metric, epoch, log.start, log.now(), preparation, _stop_flags(checkpoints), nonfinite
             )
             stop = stop or summary.pop("stop")
             summary.update(lr=float(lr), optimizer_steps=self.step)
@@ -481,7 +480,7 @@ class BackwardLearner:
         return accelerator, model, optimizer, scheduler, loader
 
     def _start(self, accelerator: Accelerator, checkpoints: Checkpoints | None, record: dict, test_loader: Any,
-               metric: Metric | None = None):
+               metric: Metric | None = None, train_loader: Any = None):
         """Where training starts: a checkpoint's position, the counters of :meth:`load_state_dict`, or 0.
 
         A checkpoint of another number of processes is merged into this one's (see
@@ -500,15 +499,23 @@ class BackwardLearner:
         self._resume = False
         if test_loader is not None:  # the loaders prepared in the order they were saved in
             self._prepare_loader(accelerator, test_loader, evaluation=True)
-        progress = checkpoints.load(accelerator, resume_from, metric=metric)
+        progress = checkpoints.load(accelerator, resume_from, metric=metric, n_samples=_n_samples(train_loader),
+                                    drop_last=bool(getattr(train_loader, "drop_last", False)))
         self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
         record["training"].update(progress["record"]["training"])
+        # This session's part: the summary tells its wall time from the whole run's training time by it.
+        record["preparation"]["resumed_from"] = {
+            "epoch": self.epoch, "batches_done": int(progress["batches_done"]), "optimizer_step": self.step,
+        }
         if not progress["batches_done"]:  # at an epoch's end: the saved RNG applies now (the next epoch draws)
             _set_rng_states(progress["rng"])
         return progress
 
     def _begin_epoch(self, accelerator: Accelerator, metric: Metric | None, resumed: Mapping[str, Any] | None):
-        """A fresh batch log and metric for the epoch, or the saved partial ones; returns (log, batches done)."""
+        """A fresh batch log and metric for the epoch, or the saved partial ones; returns (log, batches done).
+
+        The epoch's clock starts here (a resumed epoch's goes on from where its checkpoint read it).
+        """
         log = _BatchLog()
         if metric is not None:
             metric.reset()
@@ -669,6 +676,11 @@ class _BatchLog:
     Appending a detached loss costs no kernel and no host sync; sizes and times
     are Python numbers the host already has. Stacked once, at the end (and, for
     the running loss, once per display step: only the batches since the last one).
+
+    Times are read on the pass's training clock (:meth:`now`): the wall clock, less the time the
+    run was down. A pass resumed from a checkpoint goes on from the clock reading saved with it, so
+    the time between the checkpoint and the restart counts nowhere: the epoch's time is the time
+    spent training it before the kill plus after, and no batch time is negative.
     """
 
     def __init__(self) -> None:
@@ -679,12 +691,18 @@ class _BatchLog:
         self._running = Mean()  # the losses of batches [0, _running_upto), for running_loss()
         self._running_upto = 0
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite gradient (nonfinite="skip")
+        self.shift = 0.0  # seconds this pass was down (killed until resumed), left out of its clock
+        self.start = self.now()  # when the pass began, on its clock
+
+    def now(self) -> float:
+        """The pass's training clock: ``time.time()`` less the seconds the run was down during the pass."""
+        return time.time() - self.shift
 
     def add(self, loss: torch.Tensor, size: Any, rows: int) -> None:
         self.losses.append(loss.detach())
         self.sizes.append(size)
         self.rows.append(rows)
-        self.times.append(time.time())
+        self.times.append(self.now())
 
     def add_skipped(self, loss: torch.Tensor) -> None:
         """A batch whose optimizer step was skipped (nonfinite="skip"): it counts with weight 0."""
@@ -700,15 +718,23 @@ class _BatchLog:
             "running": self._running.state_dict(),
             "running_upto": self._running_upto,
             "skipped_steps": self.skipped_steps,
+            "start": self.start,
+            "saved_at": self.now(),  # the clock when saved: a resumed pass goes on from here
         }
 
     def load_state_dict(self, state: Mapping[str, Any], device: torch.device) -> None:
+        """Go on with a saved pass; its clock resumes at the reading it was saved with."""
         losses = state["losses"]
         self.losses = [] if losses is None else list(losses.to(device).unbind(0))
         self.sizes, self.rows, self.times = list(state["sizes"]), list(state["rows"]), list(state["times"])
         self._running.load_state_dict(_to_device(state["running"], device))
         self._running_upto = int(state["running_upto"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        # A checkpoint written before the clock was saved: its last batch's time stands for both readings.
+        saved_at = state.get("saved_at", self.times[-1] if self.times else None)
+        if saved_at is not None:
+            self.shift = time.time() - float(saved_at)
+            self.start = float(state.get("start", self.times[0] if self.times else saved_at))
 
     def _stacked(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         losses = torch.stack(self.losses[start:stop]).reshape(stop - start)
@@ -820,6 +846,16 @@ def _stop_flags(checkpoints: Checkpoints | None) -> list[int]:
     from .checkpoint import STOP_SIGNALS
 
     return checkpoints.stop_flags() if checkpoints is not None else [0] * len(STOP_SIGNALS)
+
+
+def _n_samples(loader: Any) -> int | None:
+    """The samples one epoch of a training loader draws (its sampler's length), or None if it cannot say."""
+    if not isinstance(loader, torch.utils.data.DataLoader) or loader.batch_size is None:
+        return None  # a batch_sampler: its batches need not be the sampler's samples in order
+    try:
+        return len(loader.sampler)
+    except TypeError:  # an iterable dataset or a sampler without a length
+        return None
 
 
 def _last_batch(accelerator: Accelerator) -> bool:

@@ -242,6 +242,7 @@ def curves_figure(record: Record, *, title: str = "", higher_is_better: bool | N
     """The matplotlib ``Figure`` that :func:`write_curves` saves (Agg canvas, no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = _epochs(record)
     name = next((e["metric_name"] for _, e in epochs if e.get("metric_name")), None) or "score"  # the primary
@@ -271,6 +272,7 @@ def curves_figure(record: Record, *, title: str = "", higher_is_better: bool | N
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, marker="." if len(points) < 30 else None, label=which)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs: no 1.5 tick
         ax.set_ylabel(label)
         values = [y for (k, _), pts in series.items() if k == kind for _, y in pts]
         if values and min(values) > 0 and max(values) / min(values) > 10:  # a decade or more
@@ -339,7 +341,7 @@ def summary_text(
         title: What was trained, e.g. ``"digits: MLP (18.6k parameters), 2 processes on cpu"``.
         files: The files written.
         tracking: One line on where the tracked run went.
-        wall_time: Seconds from start to finish of the command.
+        wall_time: Seconds from start to finish of the command (this session's, when it resumed a run).
         higher_is_better: Whether a higher test score is better (None: no metric).
 
     Returns:
@@ -350,12 +352,7 @@ def summary_text(
     if epochs:
         last_epoch, last = epochs[-1]
         name = last.get("metric_name") or "score"
-        speeds = [e["samples_per_second"] for _, e in epochs if finite(e.get("samples_per_second")) is not None]
-        train_time = sum(finite(e.get("time_cost")) or 0.0 for _, e in epochs)
-        lines.append(
-            f"  epochs     {len(epochs)} in {train_time:.1f} s of training, {wall_time:.1f} s in all"
-            + (f" ({sum(speeds) / len(speeds):,.0f} samples/s)" if speeds else "")
-        )
+        lines.append(f"  epochs     {_time_line(record, epochs, wall_time)}")
         lines.append(f"  train      {_numbers(last.get('train_loss'), scores(last, 'train'))}")
         tested = [(i, e["test_result"]) for i, e in epochs if e.get("test_result")]
         if tested:
@@ -373,6 +370,24 @@ def summary_text(
     lines.append(f"  files      {', '.join(p.name for p in files)}")
     lines.append(f"Output directory: {output_dir}")
     return "\n".join(lines)
+
+
+def _time_line(record: Mapping[str, Any], epochs: list[tuple[int, Mapping[str, Any]]], wall_time: float) -> str:
+    """``3 in 12.1 s of training, 14.0 s in all (5,210 samples/s)``: the rate is every sample over every
+    epoch's time. A resumed run's record holds the epochs of earlier sessions too: the wall time is then
+    said to be this session's, with where it resumed."""
+    timed = [(finite(e.get("time_cost")), e.get("samples")) for _, e in epochs]
+    timed = [(t, n) for t, n in timed if t is not None and t > 0 and isinstance(n, int)]
+    train_time = sum(finite(e.get("time_cost")) or 0.0 for _, e in epochs)
+    rate = sum(n for _, n in timed) / sum(t for t, _ in timed) if timed else None
+    speed = f" ({rate:,.0f} samples/s)" if rate is not None else ""
+    resumed = (record.get("preparation") or {}).get("resumed_from")
+    if not resumed:
+        return f"{len(epochs)} in {train_time:.1f} s of training, {wall_time:.1f} s in all{speed}"
+    epoch, done = int(resumed.get("epoch", 0)), int(resumed.get("batches_done") or 0)
+    where = f"in epoch {epoch + 1} after batch {done}" if done else f"after epoch {epoch}"
+    return (f"{len(epochs)} in {train_time:.1f} s of training{speed}; "
+            f"this session resumed {where} and took {wall_time:.1f} s in all")
 
 
 def to_jsonable(value: Any) -> Any:

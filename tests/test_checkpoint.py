@@ -63,6 +63,53 @@ def _assert_same(got: dict, want: dict) -> None:
     assert list(got["record"]["training"]) == ["0", "1", "2"]
 
 
+def _assert_sane_clocks(got: dict, want: dict) -> None:
+    """A resumed run's times count the training before the kill and after, never the time it was down:
+    every epoch and batch took > 0 s, the batches fit in their epoch's time, and the rate is within 5x of
+    the uninterrupted run's over the run (10x per epoch: an epoch here takes milliseconds on a shared machine)."""
+    for epoch, e in got["training"].items():
+        costs = [b["time_cost"] for b in e["batch_records"].values()]
+        assert e["time_cost"] > 0 and min(costs) > 0, (epoch, e["time_cost"], costs)
+        assert e["end_time"] - e["start_time"] == pytest.approx(e["time_cost"])
+        assert sum(costs) <= e["time_cost"] * (1 + 1e-9), (epoch, sum(costs), e["time_cost"])
+        assert e["samples_per_second"] == pytest.approx(e["samples"] / e["time_cost"])
+        ratio = e["samples_per_second"] / want["training"][epoch]["samples_per_second"]
+        assert 1 / 10 < ratio < 10, (epoch, e["samples_per_second"], want["training"][epoch]["samples_per_second"])
+
+    def rate(record):
+        return sum(e["samples"] for e in record["training"].values()) / sum(
+            e["time_cost"] for e in record["training"].values())
+
+    assert 1 / 5 < rate(got) / rate(want) < 5, (rate(got), rate(want))
+
+
+def test_a_resumed_epoch_reports_its_whole_time_and_a_sane_rate(uninterrupted, tmp_path):
+    """Killed at step 26 (epoch 2, after checkpoint 24, 6 of its 9 batches done) and resumed: the epoch's time
+    is the time before the kill plus after (it once was only the part after, with a negative first batch
+    time and a rate inflated by the batches trained before the kill)."""
+    got, latest, _ = _resume_until_done(1, tmp_path / "run", tmp_path / "result.json", ["step:26"])
+    assert latest == ["step-00000024"]
+    _assert_same(got, uninterrupted[1])
+    _assert_sane_clocks(got["record"], uninterrupted[1]["record"])
+    resumed = got["record"]["preparation"]["resumed_from"]
+    assert resumed == {"epoch": 2, "batches_done": 6, "optimizer_step": 24}
+    assert "resumed_from" not in uninterrupted[1]["record"]["preparation"]
+
+
+def test_the_elastic_warning_says_whether_padding_keeps_weights_apart():
+    """Weights match an uninterrupted run to rounding only when no step is padded: the message says which case."""
+    even = checkpoint.elastic_warning("ckpt", 2, 3, 6, n_samples=48)
+    uneven = checkpoint.elastic_warning("ckpt", 2, 3, 6, n_samples=50)
+    dropped = checkpoint.elastic_warning("ckpt", 2, 3, 6, n_samples=50, drop_last=True)
+    unknown = checkpoint.elastic_warning("ckpt", 2, 3, 6, n_samples=None)
+    assert "a multiple of the global batch 6: no step is padded" in even and "drift" not in even
+    assert "50 training samples are not a multiple of the global batch 6" in uneven and "drift further" in uneven
+    assert "differently on 3 processes than on 2" in uneven and "only to rounding" not in uneven
+    assert "drift" not in dropped and "dropped" in dropped
+    assert "if the training samples are a multiple of the global batch" in unknown
+    assert all("global batch 6 kept (2 per process)" in m for m in (even, uneven, dropped, unknown))
+
+
 def test_one_process_killed_mid_epoch_at_epoch_end_and_during_saves_ends_bitwise_equal(uninterrupted, tmp_path):
     # Saves happen at steps 4, 8, 9 (epoch 0 ends), 12, 16, 18 (epoch 1), 20, 24, 27.
     kills = ["step:6", "epoch:0", "save:16", "rename:20", "step:26"]
@@ -228,6 +275,7 @@ def test_sigterm_checkpoints_exits_143_and_the_rerun_ends_bitwise_equal(tmp_path
     got, want = json.loads((out / "record.json").read_text()), json.loads((full / "record.json").read_text())
     assert got["status"] == want["status"] == "completed"
     assert without_clocks(got) == without_clocks(want)
+    _assert_sane_clocks(got, want)  # the epoch stopped mid-way counts its time before the signal and after
 
 
 def test_a_rank_that_never_arrives_ends_the_run_after_run_timeout_s(tmp_path):

@@ -451,3 +451,17 @@ def test_several_metrics_ride_in_one_record_and_match_single_runs(fresh_accelera
     assert acc["train_scores"] == {"accuracy": acc["train_score"]}  # one metric: the same shape
     with pytest.raises(TypeError, match="distlearn metric"):
         run(object())
+
+
+def test_the_sample_count_an_elastic_resume_judges_padding_by():
+    """The training samples per epoch: the sampler's (a subset sampler's own length), None when unknowable."""
+    from torch.utils.data import BatchSampler, SequentialSampler, SubsetRandomSampler
+
+    from distlearn.learner import _n_samples
+
+    data = TensorDataset(torch.zeros(50, 2))
+    assert _n_samples(DataLoader(data, batch_size=6, shuffle=True)) == 50
+    assert _n_samples(DataLoader(data, batch_size=6, sampler=SubsetRandomSampler(range(30)))) == 30
+    batches = BatchSampler(SequentialSampler(data), batch_size=6, drop_last=False)
+    assert _n_samples(DataLoader(data, batch_sampler=batches)) is None
+    assert _n_samples(None) is None

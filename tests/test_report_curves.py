@@ -68,3 +68,51 @@ def test_summary_tracking_line_is_short_and_names_the_path_once(tmp_path):
     assert line.count("offline-run-20260101_120001-abcd1234") == 1
     assert "wandb sync wandb/offline-run-20260101_120001-abcd1234" in line
     assert text.splitlines()[-1] == f"Output directory: {out}"
+
+
+def _visible_xticks(ax):
+    ax.figure.canvas.draw()
+    lo, hi = ax.get_xlim()
+    return [float(x) for x in ax.get_xticks() if lo <= x <= hi]
+
+
+def test_curves_tick_whole_epochs_only():
+    """Epochs are whole: 3 epochs are ticked 1, 2, 3 (not 1.0, 1.5, ...), one epoch at 1 (not 0.96-1.04)."""
+    for n, want in ((1, [1.0]), (3, [1.0, 2.0, 3.0])):
+        fig = curves_figure(_record([1.0 / (i + 1) for i in range(n)], [1.0] * n, [0.5] * n, [0.5] * n))
+        for ax in _panels(fig):
+            assert _visible_xticks(ax) == want, (n, ax.get_ylabel())
+    fig = curves_figure(_record([1.0] * 40, [1.0] * 40))
+    assert all(x == int(x) for x in _visible_xticks(_panels(fig)[0]))
+
+
+def _timed(times, samples, resumed_from=None):
+    record = _record([1.0] * len(times), [1.0] * len(times))
+    for epoch, t, n in zip(record["training"].values(), times, samples):
+        epoch.update(time_cost=t, samples=n, samples_per_second=n / t)
+    record["preparation"] = {"preparation_time_cost": 0.1}
+    if resumed_from is not None:
+        record["preparation"]["resumed_from"] = resumed_from
+    return record
+
+
+def _epochs_line(record, wall_time):
+    text = summary_text(record, output_dir="/x", title="t", files=[], tracking="off", wall_time=wall_time)
+    return next(ln for ln in text.splitlines() if ln.strip().startswith("epochs"))
+
+
+def test_summary_rate_is_every_sample_over_every_epochs_time():
+    # 1000 samples in 1 s, then 1000 in 9 s: 2000 / 10 s = 200/s (the mean of the rates would say 555/s)
+    line = _epochs_line(_timed([1.0, 9.0], [1000, 1000]), wall_time=12.0)
+    assert line.split() == ["epochs", "2", "in", "10.0", "s", "of", "training,", "12.0", "s", "in", "all",
+                            "(200", "samples/s)"], line
+
+
+def test_summary_of_a_resumed_run_says_the_wall_time_is_this_sessions():
+    """The record holds every epoch since the start; the wall time is this session's only."""
+    record = _timed([20.0, 20.0, 14.8], [500, 500, 500], {"epoch": 2, "batches_done": 7, "optimizer_step": 47})
+    line = _epochs_line(record, wall_time=7.6)
+    assert "3 in 54.8 s of training (27 samples/s)" in line, line
+    assert "this session resumed in epoch 3 after batch 7 and took 7.6 s in all" in line, line
+    at_end = _timed([2.0], [10], {"epoch": 1, "batches_done": 0, "optimizer_step": 5})
+    assert "this session resumed after epoch 1 and took" in _epochs_line(at_end, wall_time=1.0)
