@@ -58,7 +58,8 @@ class EpochRecord(TypedDict, total=False):
 class Record(TypedDict, total=False):
     """What ``BackwardLearner.train`` returns; ``distlearn train`` adds ``status`` in record.json."""
 
-    preparation: dict[str, float]
+    preparation: dict[str, Any]  # this session's start-up times; after a resume also resumed_from
+                                 # ({"epoch", "batches_done", "optimizer_step"})
     training: dict[int, EpochRecord]
     status: Literal["completed", "interrupted"]
 
