@@ -538,8 +538,9 @@ class Mean(_Aggregate):
     """Elementwise (weighted) mean of everything accumulated.
 
     ``mean(batch_loss, weight=batch_size)`` gives the exact per-sample mean
-    over uneven batches. Sums are float64 whatever the input dtype. A total
-    weight of zero gives NaN with a warning. A Python weight (the default 1
+    over uneven batches. Sums are float64 whatever the input dtype. A weight
+    of 0 contributes nothing, whatever the value (an empty batch's NaN loss
+    included). A total weight of zero gives NaN with a warning. A Python weight (the default 1
     too) stays on the host: updating never copies host data to the device.
 
     Args:
@@ -550,7 +551,21 @@ class Mean(_Aggregate):
     _reductions = {"total": SUM, "weight": SUM, "nans": SUM}
 
     def update(self, value: Any, weight: Any = 1) -> None:
-        """Add one value with a weight (a number, or a tensor broadcastable to the value)."""
+        """Add one value with a weight (a number, or a tensor broadcastable to the value).
+
+        A weight of 0 adds nothing, whatever the value: an empty batch's NaN loss
+        with ``weight=0`` leaves the mean as it was (and is not counted as a NaN).
+        A Python 0 skips the update on the host; a tensor weight is masked
+        elementwise on the device (no host sync).
+        """
+        if _is_number(weight) and weight == 0:
+            if isinstance(value, torch.Tensor):  # shape and type still checked (metadata only)
+                kind = str(value.dtype).removeprefix("torch.")
+                self._states_for(value.shape, kind, value.device)
+            elif not (_is_number(value) and self._states is not None and not self._value_shape()):
+                tensor, _ = _as_tensor(value)
+                self._states_for(tensor.shape, "float", tensor.device)
+            return
         if _is_number(value) and _is_number(weight) and self._states is not None and not self._value_shape():
             states = self._states_for((), "float", self._device)
             if math.isnan(value) and "nans" in states:
@@ -563,8 +578,8 @@ class Mean(_Aggregate):
         tensor, kind = _as_tensor(value)
         states = self._states_for(tensor.shape, "float" if kind in ("int", "float") else kind, tensor.device)
         x = _f64(tensor, states["total"])
-        nan = self._nan_mask(x, states, rows=False)
         if _is_number(weight):  # host number: an argument of the kernels, never a tensor on the device
+            nan = self._nan_mask(x, states, rows=False)
             w = float(weight)
             if nan is not None and self._drops_nans:
                 states["total"].add_(x.masked_fill(nan, 0.0), alpha=w)
@@ -574,20 +589,19 @@ class Mean(_Aggregate):
                 states["weight"] += w
             return
         w = _f64(_as_tensor(weight)[0], states["weight"])
-        if nan is not None and self._drops_nans:
-            x, w = x.masked_fill(nan, 0.0), torch.where(nan, 0.0, w)
-        states["total"] += x * w
-        states["weight"] += w
+        self._add_weighted(states, x, w, rows=False)
 
     def extend(self, values: Any, weights: Any = None) -> None:
-        """Add every row of ``values`` (dim 0) as one value, optionally weighted per row."""
+        """Add every row of ``values`` (dim 0) as one value, optionally weighted per row.
+
+        Rows of weight 0 add nothing, whatever their values (see :meth:`update`).
+        """
         tensor, kind = _as_tensor(values)
         states = self._states_for(tensor.shape[1:], "float" if kind in ("int", "float") else kind, tensor.device)
         rows = _f64(tensor, states["total"])
-        nan = self._nan_mask(rows, states, rows=True)
-        drop = nan is not None and self._drops_nans
         if weights is None:
-            if drop:
+            nan = self._nan_mask(rows, states, rows=True)
+            if nan is not None and self._drops_nans:
                 states["total"] += rows.masked_fill(nan, 0.0).sum(0)
                 states["weight"] += (~nan).sum(0)
             else:
@@ -596,10 +610,26 @@ class Mean(_Aggregate):
             return
         w = _f64(_as_tensor(weights)[0], states["weight"])
         w = torch.broadcast_to(w.reshape(w.shape + (1,) * (rows.dim() - w.dim())), rows.shape)
-        if drop:
-            rows, w = rows.masked_fill(nan, 0.0), torch.where(nan, 0.0, w)
-        states["total"] += (rows * w).sum(0)
-        states["weight"] += w.sum(0)
+        self._add_weighted(states, rows, w, rows=True)
+
+    def _add_weighted(self, states: dict[str, torch.Tensor], x: torch.Tensor, w: torch.Tensor, rows: bool) -> None:
+        """Add ``x * w`` and ``w`` (summed over dim 0 when ``rows``), leaving out where ``w == 0``.
+
+        NaN or inf times 0 is NaN, so zero weights are masked, not multiplied: with
+        ``torch.where`` on the device, never a host sync.
+        """
+        counts = w != 0
+        x = torch.where(counts, x, 0.0)
+        if "nans" in states:  # a NaN of weight 0 is not an input: not counted, not reported
+            nan = x.isnan()  # (masked values are 0 now)
+            states["nans"] += nan.sum(0) if rows else nan
+            if self._drops_nans:
+                x, w = x.masked_fill(nan, 0.0), torch.where(nan, 0.0, w)
+        total, weight = x * w, w
+        if rows:
+            total, weight = total.sum(0), weight.sum(0)
+        states["total"] += total
+        states["weight"] += weight
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["total"] / states["weight"]
