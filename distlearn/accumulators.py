@@ -46,6 +46,7 @@ import io
 import math
 import operator
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1160,6 +1161,9 @@ def calculate(
     Raises:
         DivergenceError: on every rank, when ranks passed different
             accumulators, kinds or shapes.
+        RuntimeError: on every rank, when Accelerate was set up with another
+            number of processes than the default group holds (e.g. a plain
+            ``Accelerator()`` under ``torchrun`` on a machine without a GPU).
     """
     accs, rebuild, keys = _flatten(accumulators)
     distributed = dist.is_available() and dist.is_initialized()
@@ -1167,6 +1171,8 @@ def calculate(
     specs = [acc._spec() for acc in accs]
     if world == 1:
         return rebuild(_local_results(accs, specs))
+    if group is None:
+        _check_accelerate_world(world)
     device = _comm_device(group, accs)
 
     plan = _plan_for(accs, keys, specs, group, world, device)
@@ -1199,6 +1205,26 @@ def calculate(
         blobs = _gather_bytes(blob, sizes, group, device)
 
     return rebuild(_split_results(accs, specs, contributions, sums, max_flat, blobs))
+
+
+def _check_accelerate_world(world: int) -> None:
+    """Refuse to reduce over ranks that each trained alone: Accelerate's process count is not the group's.
+
+    Plain ``torchrun --nproc_per_node 2`` on a machine without a GPU gives every rank an
+    Accelerator of one process, which hands it all the data, while the process group
+    has 2: the sums would count every sample twice. Reads Accelerate's state only when
+    it was imported and set up (no import, no collective); every rank sees the same.
+    """
+    state = sys.modules.get("accelerate.state")
+    partial = getattr(state, "PartialState", None)
+    n = getattr(partial, "_shared_state", {}).get("num_processes")
+    if n is not None and n != world:
+        raise RuntimeError(
+            f"calculate(): Accelerate sees {n} process(es) but the process group holds {world}: each rank went "
+            "through all the data alone, so every sample would be counted once per rank. On a machine without a "
+            "GPU, build the Accelerator with distlearn.accelerator.build_accelerator() (or Accelerator(cpu=True), "
+            "or launch with ACCELERATE_USE_CPU=1)."
+        )
 
 
 class _Plan:

@@ -577,3 +577,41 @@ def test_a_python_zero_weight_does_no_tensor_work_and_a_tensor_one_no_host_sync(
     assert vector.value().isnan().tolist() == [True, False]  # nothing of weight 1 in the first entry: 0/0
     with pytest.raises(ValueError, match="shape"):  # the shape is still checked for a zero weight
         mean(torch.zeros(2), weight=0)
+
+
+_TRAPPED = """
+import sys
+import torch
+from accelerate import Accelerator
+from distlearn import Sum, calculate
+
+accelerator = Accelerator()  # plain torchrun on a machine without a GPU: it sees 1 process, the group 2
+total = Sum()
+total(torch.tensor(50.0))    # all the data, on each rank
+try:
+    calculate([total])
+except RuntimeError as error:
+    print("REFUSED", accelerator.num_processes, error, flush=True)
+    sys.exit(3)
+print("REDUCED", calculate([total]), flush=True)
+"""
+
+
+def test_calculate_refuses_ranks_whose_accelerator_sees_one_process_each(tmp_path):
+    """A real plain `torchrun --nproc_per_node 2` with a bare Accelerator: a silent 100 for 50 samples before."""
+    import subprocess
+
+    from launching import launch_env, script_command
+
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU a plain Accelerator sees every process")
+    script = tmp_path / "trapped.py"
+    script.write_text(_TRAPPED)
+    env = launch_env()
+    del env["ACCELERATE_USE_CPU"]
+    result = subprocess.run(script_command(2, script), env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0, result.stdout
+    assert result.stdout.count("REFUSED 1 calculate(): Accelerate sees 1 process(es) but the process group holds 2") == 2, (
+        result.stdout + result.stderr
+    )
+    assert "REDUCED" not in result.stdout
