@@ -592,7 +592,7 @@ try:
     calculate([total])
 except RuntimeError as error:
     print("REFUSED", accelerator.num_processes, error, flush=True)
-    sys.exit(3)
+    sys.exit(0)  # not an error exit: torchrun would stop the other rank before it prints
 print("REDUCED", calculate([total]), flush=True)
 """
 
@@ -610,7 +610,6 @@ def test_calculate_refuses_ranks_whose_accelerator_sees_one_process_each(tmp_pat
     env = launch_env()
     del env["ACCELERATE_USE_CPU"]
     result = subprocess.run(script_command(2, script), env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode != 0, result.stdout
     assert result.stdout.count("REFUSED 1 calculate(): Accelerate sees 1 process(es) but the process group holds 2") == 2, (
         result.stdout + result.stderr
     )
