@@ -22,6 +22,7 @@ from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard, Seedab
 from accelerate.utils import DataLoaderConfiguration, DistributedType
 from torch.utils.data import BatchSampler
 
+from .launch_check import warn_single_process_launch
 from .options import MIXED_PRECISION
 
 __all__ = ["build_accelerator", "check_accelerator", "check_loader", "launched_world_size", "prepare_loader"]
@@ -64,6 +65,12 @@ def build_accelerator(
         **accelerator_kwargs: passed on to ``Accelerator`` (e.g. ``log_with``,
             ``kwargs_handlers=[InitProcessGroupKwargs(timeout=...)]``).
 
+    Use it in your own loop too (instead of ``Accelerator(...)``): a plain
+    ``torchrun --nproc_per_node 2`` on a machine without a GPU then trains on 2
+    processes, not twice alone on all the data. When ``accelerate launch`` was
+    asked for several processes and started one, it logs a warning (once per
+    process) naming a command that starts them.
+
     Returns:
         The Accelerator, already checked by :func:`check_accelerator`.
 
@@ -71,6 +78,8 @@ def build_accelerator(
         ValueError: fp16 without a GPU, an unknown mixed_precision.
         RuntimeError: the Accelerator still disagrees with the launcher.
     """
+    # `accelerate launch --cpu --num_processes 2` starts one process: say so (once, the CLI may have already)
+    warn_single_process_launch(logger.warning)
     if mixed_precision is None:  # Accelerate's own rule: the script's value, else the launcher's
         mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
     if mixed_precision not in MIXED_PRECISION:

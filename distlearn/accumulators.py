@@ -46,6 +46,7 @@ import io
 import math
 import operator
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -538,8 +539,9 @@ class Mean(_Aggregate):
     """Elementwise (weighted) mean of everything accumulated.
 
     ``mean(batch_loss, weight=batch_size)`` gives the exact per-sample mean
-    over uneven batches. Sums are float64 whatever the input dtype. A total
-    weight of zero gives NaN with a warning. A Python weight (the default 1
+    over uneven batches. Sums are float64 whatever the input dtype. A weight
+    of 0 contributes nothing, whatever the value (an empty batch's NaN loss
+    included). A total weight of zero gives NaN with a warning. A Python weight (the default 1
     too) stays on the host: updating never copies host data to the device.
 
     Args:
@@ -550,7 +552,21 @@ class Mean(_Aggregate):
     _reductions = {"total": SUM, "weight": SUM, "nans": SUM}
 
     def update(self, value: Any, weight: Any = 1) -> None:
-        """Add one value with a weight (a number, or a tensor broadcastable to the value)."""
+        """Add one value with a weight (a number, or a tensor broadcastable to the value).
+
+        A weight of 0 adds nothing, whatever the value: an empty batch's NaN loss
+        with ``weight=0`` leaves the mean as it was (and is not counted as a NaN).
+        A Python 0 skips the update on the host; a tensor weight is masked
+        elementwise on the device (no host sync).
+        """
+        if _is_number(weight) and weight == 0:
+            if isinstance(value, torch.Tensor):  # shape and type still checked (metadata only)
+                kind = str(value.dtype).removeprefix("torch.")
+                self._states_for(value.shape, kind, value.device)
+            elif not (_is_number(value) and self._states is not None and not self._value_shape()):
+                tensor, _ = _as_tensor(value)
+                self._states_for(tensor.shape, "float", tensor.device)
+            return
         if _is_number(value) and _is_number(weight) and self._states is not None and not self._value_shape():
             states = self._states_for((), "float", self._device)
             if math.isnan(value) and "nans" in states:
@@ -563,8 +579,8 @@ class Mean(_Aggregate):
         tensor, kind = _as_tensor(value)
         states = self._states_for(tensor.shape, "float" if kind in ("int", "float") else kind, tensor.device)
         x = _f64(tensor, states["total"])
-        nan = self._nan_mask(x, states, rows=False)
         if _is_number(weight):  # host number: an argument of the kernels, never a tensor on the device
+            nan = self._nan_mask(x, states, rows=False)
             w = float(weight)
             if nan is not None and self._drops_nans:
                 states["total"].add_(x.masked_fill(nan, 0.0), alpha=w)
@@ -574,20 +590,19 @@ class Mean(_Aggregate):
                 states["weight"] += w
             return
         w = _f64(_as_tensor(weight)[0], states["weight"])
-        if nan is not None and self._drops_nans:
-            x, w = x.masked_fill(nan, 0.0), torch.where(nan, 0.0, w)
-        states["total"] += x * w
-        states["weight"] += w
+        self._add_weighted(states, x, w, rows=False)
 
     def extend(self, values: Any, weights: Any = None) -> None:
-        """Add every row of ``values`` (dim 0) as one value, optionally weighted per row."""
+        """Add every row of ``values`` (dim 0) as one value, optionally weighted per row.
+
+        Rows of weight 0 add nothing, whatever their values (see :meth:`update`).
+        """
         tensor, kind = _as_tensor(values)
         states = self._states_for(tensor.shape[1:], "float" if kind in ("int", "float") else kind, tensor.device)
         rows = _f64(tensor, states["total"])
-        nan = self._nan_mask(rows, states, rows=True)
-        drop = nan is not None and self._drops_nans
         if weights is None:
-            if drop:
+            nan = self._nan_mask(rows, states, rows=True)
+            if nan is not None and self._drops_nans:
                 states["total"] += rows.masked_fill(nan, 0.0).sum(0)
                 states["weight"] += (~nan).sum(0)
             else:
@@ -596,10 +611,26 @@ class Mean(_Aggregate):
             return
         w = _f64(_as_tensor(weights)[0], states["weight"])
         w = torch.broadcast_to(w.reshape(w.shape + (1,) * (rows.dim() - w.dim())), rows.shape)
-        if drop:
-            rows, w = rows.masked_fill(nan, 0.0), torch.where(nan, 0.0, w)
-        states["total"] += (rows * w).sum(0)
-        states["weight"] += w.sum(0)
+        self._add_weighted(states, rows, w, rows=True)
+
+    def _add_weighted(self, states: dict[str, torch.Tensor], x: torch.Tensor, w: torch.Tensor, rows: bool) -> None:
+        """Add ``x * w`` and ``w`` (summed over dim 0 when ``rows``), leaving out where ``w == 0``.
+
+        NaN or inf times 0 is NaN, so zero weights are masked, not multiplied: with
+        ``torch.where`` on the device, never a host sync.
+        """
+        counts = w != 0
+        x = torch.where(counts, x, 0.0)
+        if "nans" in states:  # a NaN of weight 0 is not an input: not counted, not reported
+            nan = x.isnan()  # (masked values are 0 now)
+            states["nans"] += nan.sum(0) if rows else nan
+            if self._drops_nans:
+                x, w = x.masked_fill(nan, 0.0), torch.where(nan, 0.0, w)
+        total, weight = x * w, w
+        if rows:
+            total, weight = total.sum(0), weight.sum(0)
+        states["total"] += total
+        states["weight"] += weight
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["total"] / states["weight"]
@@ -1130,6 +1161,9 @@ def calculate(
     Raises:
         DivergenceError: on every rank, when ranks passed different
             accumulators, kinds or shapes.
+        RuntimeError: on every rank, when Accelerate was set up with another
+            number of processes than the default group holds (e.g. a plain
+            ``Accelerator()`` under ``torchrun`` on a machine without a GPU).
     """
     accs, rebuild, keys = _flatten(accumulators)
     distributed = dist.is_available() and dist.is_initialized()
@@ -1137,6 +1171,8 @@ def calculate(
     specs = [acc._spec() for acc in accs]
     if world == 1:
         return rebuild(_local_results(accs, specs))
+    if group is None:
+        _check_accelerate_world(world)
     device = _comm_device(group, accs)
 
     plan = _plan_for(accs, keys, specs, group, world, device)
@@ -1169,6 +1205,26 @@ def calculate(
         blobs = _gather_bytes(blob, sizes, group, device)
 
     return rebuild(_split_results(accs, specs, contributions, sums, max_flat, blobs))
+
+
+def _check_accelerate_world(world: int) -> None:
+    """Refuse to reduce over ranks that each trained alone: Accelerate's process count is not the group's.
+
+    Plain ``torchrun --nproc_per_node 2`` on a machine without a GPU gives every rank an
+    Accelerator of one process, which hands it all the data, while the process group
+    has 2: the sums would count every sample twice. Reads Accelerate's state only when
+    it was imported and set up (no import, no collective); every rank sees the same.
+    """
+    state = sys.modules.get("accelerate.state")
+    partial = getattr(state, "PartialState", None)
+    n = getattr(partial, "_shared_state", {}).get("num_processes")
+    if n is not None and n != world:
+        raise RuntimeError(
+            f"calculate(): Accelerate sees {n} process(es) but the process group holds {world}: each rank went "
+            "through all the data alone, so every sample would be counted once per rank. On a machine without a "
+            "GPU, build the Accelerator with distlearn.accelerator.build_accelerator() (or Accelerator(cpu=True), "
+            "or launch with ACCELERATE_USE_CPU=1)."
+        )
 
 
 class _Plan:

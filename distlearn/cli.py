@@ -66,10 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         that never arrived), 143 / 130 when stopped by SIGTERM or SIGUSR1 / SIGINT.
     """
     args = _parser().parse_args(argv)
-    from .launch_check import single_process_launch_warning
+    from .launch_check import warn_single_process_launch
 
-    if (warning := single_process_launch_warning()) is not None:
-        print(f"distlearn: warning: {warning}", file=sys.stderr, flush=True)
+    warn_single_process_launch(lambda warning: print(f"distlearn: warning: {warning}", file=sys.stderr, flush=True))
     if args.config is not None and "=" in args.config and not Path(args.config).exists():
         args.overrides.insert(0, args.config)  # `distlearn train run.seed=3`: an override, not a file
         args.config = None

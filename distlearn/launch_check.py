@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-__all__ = ["single_process_launch_warning"]
+__all__ = ["single_process_launch_warning", "warn_single_process_launch"]
 
 _ACCELERATE_MARK = "ACCELERATE_MIXED_PRECISION"  # every `accelerate launch` sets it for its children
 
@@ -47,6 +47,22 @@ def single_process_launch_warning(
         f"--num_processes {n if isinstance(n, int) else 'N'} {script}  (or DISTLEARN_CPU_PROCS="
         f"{n if isinstance(n, int) else 'N'} launch/train.sh CONFIG)"
     )
+
+
+_WARNED: list[str] = []  # the warning given in this process, if any
+
+
+def warn_single_process_launch(emit: Callable[[str], object]) -> None:
+    """Give :func:`single_process_launch_warning` through ``emit``, at most once per process.
+
+    The CLI (before it reads the config) and ``build_accelerator`` both call it: a run warns once.
+    """
+    if _WARNED:
+        return
+    warning = single_process_launch_warning()
+    if warning is not None:
+        _WARNED.append(warning)
+        emit(warning)
 
 
 def _parent_cmdline() -> list[str]:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 __all__ = ["drop_padding", "real_rows"]
 
@@ -40,6 +41,21 @@ def real_rows(accelerator: Any, rows: int) -> int:
     if not state.end_of_dataloader or state.remainder <= 0:
         return rows
     return min(rows, max(0, state.remainder - accelerator.process_index * rows))
+
+
+def _check_processes(accelerator: Any) -> None:
+    """Refuse an Accelerator whose process count is not the process group's (Python numbers only: no sync)."""
+    n = getattr(accelerator, "num_processes", None)
+    if n is None or not (dist.is_available() and dist.is_initialized()):
+        return
+    world = dist.get_world_size()
+    if n != world:
+        raise RuntimeError(
+            f"drop_padding: the Accelerator sees {n} process(es) but the process group holds {world}: each rank "
+            "goes through all the data alone, and calculate() would count every sample once per rank. On a "
+            "machine without a GPU, build it with distlearn.accelerator.build_accelerator() (or "
+            "Accelerator(cpu=True), or launch with ACCELERATE_USE_CPU=1)."
+        )
 
 
 def _rows_of(value: Any) -> int | None:
@@ -80,11 +96,16 @@ def drop_padding(accelerator: Any, *tensors: Any) -> Any:
         same objects, no copy).
 
     Raises:
+        RuntimeError: the Accelerator sees fewer processes than the process group
+            holds (plain ``torchrun`` on a machine without a GPU): each rank would
+            go through all the data and :func:`~distlearn.calculate` would count
+            it once per rank.
         ValueError: the arguments disagree on the batch size.
         TypeError: an argument is neither a tensor nor a dict of tensors.
     """
     if not tensors:
         raise TypeError("drop_padding: pass at least one tensor after the accelerator")
+    _check_processes(accelerator)
     rows = next((r for r in map(_rows_of, tensors) if r is not None), None)
     keep = rows if rows is None else real_rows(accelerator, rows)
     if rows is None or keep == rows:

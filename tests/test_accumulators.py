@@ -483,3 +483,134 @@ def test_weights_that_require_grad_are_detached():
 def test_except_rejects_empty_ranges(kwargs):
     with pytest.raises(ValueError, match="must not be empty"):
         Except(Sum(), **kwargs)
+
+
+# --------------------------------------------------------------------------- #
+# A weight of 0 contributes nothing, whatever the value
+# --------------------------------------------------------------------------- #
+
+
+def _shards(samples: np.ndarray, world: int, batch: int) -> list[list[np.ndarray]]:
+    """Each rank's batches as an even_batches loader gives them: the last global batch's real rows
+    in rank order, so a rank may get an empty last batch (50 samples, batch 3, 2 ranks: rank 1's)."""
+    per_rank: list[list[np.ndarray]] = [[] for _ in range(world)]
+    for step in range(math.ceil(len(samples) / (batch * world))):
+        for rank in range(world):
+            start = step * batch * world + rank * batch
+            per_rank[rank].append(samples[start : start + batch])
+    return per_rank
+
+
+def zero_weight_mean_on_ranks(rank, world, batches, form, nan_strategy):
+    mean = Mean(nan_strategy=nan_strategy)
+    # The empty batch's mean is NaN, as CrossEntropyLoss of an empty batch is; inf and NaN of weight 0 too.
+    values = [torch.as_tensor(b, dtype=torch.float64).mean() for b in batches[rank]]
+    values += [torch.tensor(math.inf, dtype=torch.float64), torch.tensor(math.nan, dtype=torch.float64)]
+    weights = [len(b) for b in batches[rank]] + [0, 0]
+    if form == "extend":
+        mean.extend(torch.stack(values), torch.tensor(weights))
+    elif form == "vector":  # elementwise weights: the second entry's weight is 0 on odd batches only
+        for v, w in zip(values, weights):
+            mean(torch.stack([v, -v]), weight=torch.tensor([w, w if w % 2 == 0 else 0]))
+    else:
+        for v, w in zip(values, weights):
+            if form == "number":
+                mean(v.item(), weight=w)
+            elif form == "tensor":
+                mean(v, weight=torch.tensor(w))
+            else:  # "python": a tensor value, a Python weight (the README's loop)
+                mean(v, weight=w)
+    result = mean.calculate()
+    return result.tolist() if isinstance(result, torch.Tensor) else result
+
+
+@pytest.mark.parametrize("nan_strategy", ["disable", "error"])
+@pytest.mark.parametrize("form", ["python", "number", "tensor", "extend", "vector"])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_a_zero_weight_adds_nothing_even_nan_or_inf(dist_pool, world, form, nan_strategy):
+    samples = np.random.default_rng(world).normal(size=50)
+    batches = _shards(samples, world, 3)
+    if world > 1:
+        assert any(len(b) == 0 for b in batches[-1]), "the case this test is for: a rank's empty last batch"
+    results = dist_pool.run(zero_weight_mean_on_ranks, world, batches, form, nan_strategy)
+    if form == "vector":
+        odd = np.concatenate([b for rank in batches for b in rank if len(b) % 2 == 0])
+        expected = [samples.mean(), -odd.mean()]
+        assert all(r == pytest.approx(expected, rel=1e-13) for r in results)
+    else:
+        assert all(r == pytest.approx(samples.mean(), rel=1e-13) for r in results)
+
+
+def only_zero_weights_on_rank_one(rank, world):
+    mean = Mean()
+    if rank == 1:
+        mean(torch.tensor(math.nan), weight=0)  # its only update: the shape is known, nothing is added
+    else:
+        mean(torch.tensor(2.0), weight=3)
+    return mean.calculate().item()
+
+
+def test_a_rank_whose_only_update_has_weight_zero_leaves_the_mean_exact(dist_pool):
+    assert dist_pool.run(only_zero_weights_on_rank_one, 2) == [2.0, 2.0]
+
+
+def test_a_python_zero_weight_does_no_tensor_work_and_a_tensor_one_no_host_sync():
+    from host_syncs import HostSyncs
+
+    mean = Mean()
+    mean(torch.tensor(1.0), weight=2)
+    state = {k: v.clone() for k, v in mean._states.items()}
+    nan = torch.tensor(math.nan)
+    with torch.profiler.profile() as prof:
+        for _ in range(5):
+            mean.update(nan, weight=0)
+            mean.update(math.nan, weight=0)
+    assert not [e.name for e in prof.events() if e.name.startswith("aten::")]
+    assert all(torch.equal(state[k], v) for k, v in mean._states.items())
+    with HostSyncs() as syncs:
+        mean(torch.tensor(math.inf), weight=torch.tensor(0))
+        mean.extend(torch.tensor([math.nan, 4.0]), torch.tensor([0, 1]))
+        vector = Mean(nan_strategy="ignore")
+        vector(torch.tensor([math.nan, 1.0]), weight=torch.tensor([0.0, 1.0]))
+    assert syncs.n == 0
+    assert mean.value().item() == pytest.approx(2.0)  # (1*2 + 4*1) / 3
+    assert vector.value().isnan().tolist() == [True, False]  # nothing of weight 1 in the first entry: 0/0
+    with pytest.raises(ValueError, match="shape"):  # the shape is still checked for a zero weight
+        mean(torch.zeros(2), weight=0)
+
+
+_TRAPPED = """
+import sys
+import torch
+from accelerate import Accelerator
+from distlearn import Sum, calculate
+
+accelerator = Accelerator()  # plain torchrun on a machine without a GPU: it sees 1 process, the group 2
+total = Sum()
+total(torch.tensor(50.0))    # all the data, on each rank
+try:
+    calculate([total])
+except RuntimeError as error:
+    print("REFUSED", accelerator.num_processes, error, flush=True)
+    sys.exit(0)  # not an error exit: torchrun would stop the other rank before it prints
+print("REDUCED", calculate([total]), flush=True)
+"""
+
+
+def test_calculate_refuses_ranks_whose_accelerator_sees_one_process_each(tmp_path):
+    """A real plain `torchrun --nproc_per_node 2` with a bare Accelerator: a silent 100 for 50 samples before."""
+    import subprocess
+
+    from launching import launch_env, script_command
+
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU a plain Accelerator sees every process")
+    script = tmp_path / "trapped.py"
+    script.write_text(_TRAPPED)
+    env = launch_env()
+    del env["ACCELERATE_USE_CPU"]
+    result = subprocess.run(script_command(2, script), env=env, capture_output=True, text=True, timeout=240)
+    assert result.stdout.count("REFUSED 1 calculate(): Accelerate sees 1 process(es) but the process group holds 2") == 2, (
+        result.stdout + result.stderr
+    )
+    assert "REDUCED" not in result.stdout

@@ -84,3 +84,47 @@ def test_batches_are_copied_without_blocking_where_there_is_a_gpu(fresh_accelera
     assert accelerator.dataloader_config.non_blocking is torch.cuda.is_available()
     loaders = SklearnDataset("iris", batch_size=8).load()
     assert all(loader.pin_memory is torch.cuda.is_available() for loader in loaders.values())
+
+
+_TWO_BUILDS = """
+from distlearn import BackwardLearner
+from distlearn.accelerator import build_accelerator
+
+BackwardLearner(n_epochs=1).accelerator()  # the Python API builds its Accelerator through build_accelerator
+build_accelerator()                        # and a user's own loop may build one more
+print("done")
+"""
+
+
+def test_an_accelerate_cpu_launch_of_two_warns_once_from_python_and_from_the_cli(tmp_path):
+    """`accelerate launch --cpu --num_processes 2` starts one process: the Python API says so as the CLI does,
+    once per run however many Accelerators it builds (the CLI warns before reading its config, then builds one)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from launching import launch_env
+
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    launch = [accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = launch_env()
+    del env["ACCELERATE_USE_CPU"]  # as a user types it
+    script = tmp_path / "two_builds.py"
+    script.write_text(_TWO_BUILDS)
+    runs = {
+        "python": subprocess.Popen([*launch, str(script)], env=env, cwd=tmp_path, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+        "cli": subprocess.Popen([*launch, "-m", "distlearn", "train", "wine",
+                                 "learner_configs.learner_parameters.n_epochs=1", f"run.output_dir={tmp_path / 'run'}",
+                                 "-q"],
+                                env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+    }
+    outputs = {name: proc.communicate(timeout=240) for name, proc in runs.items()}
+    warning = "accelerate launch was asked for 2 processes but started only this one"
+    for name, (out, err) in outputs.items():
+        assert runs[name].returncode == 0, (name, out, err)
+        assert err.count(warning) == 1, (name, err)
+    assert "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 " + str(script) in outputs["python"][1]
+    assert outputs["python"][0].count("done") == 1  # one process started, as the warning says

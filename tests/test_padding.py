@@ -6,6 +6,9 @@ Each rank builds a real Accelerator (CPU, gloo) inside the pool's process group.
 from __future__ import annotations
 
 import collections
+import json
+import math
+import subprocess
 
 import numpy as np
 import pytest
@@ -37,7 +40,7 @@ def raw_loop(rank, world, n, batch):
     for features, labels in loader:
         features, labels = drop_padding(accelerator, features, labels)
         score = torch.stack([1 - (features % 2), features % 2], 1)  # predicts odd -> class 1
-        mean(features.mean() if len(features) else torch.tensor(0.0, dtype=torch.float64), weight=len(features))
+        mean(features.mean(), weight=len(features))  # an empty last batch: NaN of weight 0, which adds nothing
         batch_mean.extend(features)
         accuracy(y_score=score, y_true=labels)
         seen(features)
@@ -148,3 +151,79 @@ def test_drop_last_is_refused_for_evaluation():
                      drop_last_ok=False)
     check_loader(DataLoader(ds, batch_size=3, drop_last=True))  # fine for training
     check_loader(DataLoader(ds, batch_size=3), drop_last_ok=False)
+
+
+# --------------------------------------------------------------------------- #
+# The README's loop, as written, in real launches
+# --------------------------------------------------------------------------- #
+
+_PRELUDE = """
+import json, os, sys
+import torch
+torch.manual_seed(0)
+features = torch.randn(50, 4, generator=torch.Generator().manual_seed(1))
+loader = torch.utils.data.DataLoader(
+    torch.utils.data.TensorDataset(features, (features[:, 0] > 0).long()), batch_size=3)
+model, criterion = torch.nn.Linear(4, 2), torch.nn.CrossEntropyLoss()
+"""
+
+_REPORT = """
+with open(os.path.join(sys.argv[1], f"rank{accelerator.process_index}.json"), "w") as f:
+    json.dump({"loss": float(values["loss"]), "acc": float(values["acc"]), "preds": values["preds"].tolist(),
+               "processes": accelerator.num_processes}, f)
+"""
+
+
+def _readme_loop() -> str:
+    """The README's "Accumulators on their own" code block, as it is written there."""
+    from launching import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python", text.index("Accumulators on their own")) + len("```python")
+    return text[start : text.index("```", start)]
+
+
+def _launch(script, procs: int, out, plain: bool = False) -> subprocess.Popen:
+    """``script OUT`` on ``procs`` processes; ``plain``: without ACCELERATE_USE_CPU=1 (as a user types it)."""
+    from launching import launch_env, script_command
+
+    out.mkdir()
+    env = launch_env()
+    if plain:
+        del env["ACCELERATE_USE_CPU"]
+    return subprocess.Popen(script_command(procs, script, str(out)), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_the_readme_loop_gives_one_process_numbers_on_two_even_under_plain_torchrun(tmp_path):
+    """50 samples at batch 3 on 2 processes: rank 1's last batch is empty (its loss NaN, weight 0).
+
+    Launched as the README says, with and without ACCELERATE_USE_CPU=1 (build_accelerator asks for gloo
+    itself); a bare Accelerator under plain torchrun is refused by drop_padding instead of counting twice.
+    """
+    loop = _readme_loop()
+    assert "build_accelerator()" in loop and "drop_padding" in loop
+    script = tmp_path / "readme_loop.py"
+    script.write_text(_PRELUDE + loop + _REPORT)
+    bare = tmp_path / "bare_accelerator.py"
+    bare.write_text(_PRELUDE + loop.replace("build_accelerator()", "__import__('accelerate').Accelerator()") + _REPORT)
+    runs = {
+        "one": _launch(script, 1, tmp_path / "one"),
+        "two_cpu": _launch(script, 2, tmp_path / "two_cpu"),
+        "two_plain": _launch(script, 2, tmp_path / "two_plain", plain=True),
+        "bare": _launch(bare, 2, tmp_path / "bare", plain=True),
+    }
+    logs = {name: proc.communicate(timeout=240)[0] for name, proc in runs.items()}
+    for name in ("one", "two_cpu", "two_plain"):
+        assert runs[name].returncode == 0, logs[name]
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    assert len(one["preds"]) == 50 and math.isfinite(one["loss"])
+    for name in ("two_cpu", "two_plain"):
+        for rank in range(2):
+            got = json.loads((tmp_path / name / f"rank{rank}.json").read_text())
+            assert got["processes"] == 2, (name, got)
+            assert got["preds"] == one["preds"], name  # every sample once, in dataset order
+            assert got["loss"] == pytest.approx(one["loss"], rel=1e-6) and got["acc"] == one["acc"], (name, got, one)
+    assert runs["bare"].returncode != 0
+    assert "the Accelerator sees 1 process(es) but the process group holds 2" in logs["bare"], logs["bare"]
+    assert not list((tmp_path / "bare").iterdir())  # no rank got as far as a result
