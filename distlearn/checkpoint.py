@@ -551,7 +551,7 @@ def _merge_log(logs: list[Mapping[str, Any]], rank: int) -> dict[str, Any]:
         losses = torch.stack([log["losses"].to(torch.float64) for log in logs])
         weighted = torch.where(sizes > 0, losses * sizes, torch.zeros_like(losses)).sum(0)
         total = sizes.sum(0)
-        # a batch without real samples keeps rank 0's loss with weight 0 (a NaN there still shows)
+        # a batch without real samples keeps rank 0's loss with weight 0: it counts for nothing
         merged = torch.where(total > 0, weighted / total.clamp(min=1), losses[0])
         losses_out, sizes_out = merged.to(first["losses"].dtype), [int(v) for v in total.tolist()]
         rows_out = [int(v) for v in rows]  # real samples per batch: the epoch's sample count

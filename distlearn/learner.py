@@ -612,7 +612,7 @@ class BackwardLearner:
         """Record one training batch's loss and metric on its real samples only (local, no sync).
 
         On the last batch, Accelerate trained on repeated samples too; ``report`` holds only
-        the real ones (with no real sample: weight 0, but a NaN still shows).
+        the real ones (with no real sample: weight 0, so it counts for nothing).
         """
         log.add(report.loss, report.weight, report.rows)
         if report.scores is not None and metric is not None:
