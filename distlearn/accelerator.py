@@ -18,7 +18,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard, SeedableRandomSampler
+from accelerate.data_loader import (
+    DataLoaderDispatcher,
+    DataLoaderShard,
+    SeedableRandomSampler,
+)
 from accelerate.utils import DataLoaderConfiguration, DistributedType
 from torch.utils.data import BatchSampler
 

@@ -30,8 +30,8 @@ import os
 import shutil
 import sys
 import time
-from datetime import timedelta
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 

@@ -55,8 +55,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.data_loader import BatchSamplerShard, DataLoaderShard, SeedableRandomSampler
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler, TensorDataset
+from accelerate.data_loader import (
+    BatchSamplerShard,
+    DataLoaderShard,
+    SeedableRandomSampler,
+)
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    Sampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 from .options import did_you_mean, is_int
 

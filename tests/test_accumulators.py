@@ -13,7 +13,17 @@ import torch.distributed as dist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distlearn.accumulators import Cat, DivergenceError, Except, List, Max, Mean, Min, Sum, calculate
+from distlearn.accumulators import (
+    Cat,
+    DivergenceError,
+    Except,
+    List,
+    Max,
+    Mean,
+    Min,
+    Sum,
+    calculate,
+)
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64]
 SHAPES = [(), (3,), (2, 2)]

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from launching import launch_env, run_script, script_command, without_clocks
 
 from distlearn import checkpoint
-from launching import launch_env, run_script, script_command, without_clocks
 
 SCRIPT = Path(__file__).parent / "scripts" / "resume_run.py"
 

@@ -162,7 +162,12 @@ def loader_batches(rank, world):
 
     from distlearn import data
     from distlearn.accelerator import build_accelerator, prepare_loader
-    from distlearn.data import TensorBatches, _TensorBatchLoader, batched, tensor_loaders
+    from distlearn.data import (
+        TensorBatches,
+        _TensorBatchLoader,
+        batched,
+        tensor_loaders,
+    )
 
     accelerator = build_accelerator(seed=4)
     split = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(

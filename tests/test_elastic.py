@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from launching import ROOT, launch_env, run_script
 
 from distlearn import checkpoint
 from distlearn.accumulators import Mean
-from distlearn.metrics import Accuracy, F1
-from launching import ROOT, launch_env, run_script
+from distlearn.metrics import F1, Accuracy
 
 SCRIPT = Path(__file__).parent / "scripts" / "elastic_run.py"
 GLOBAL_BATCH, N_SAMPLES, N_EPOCHS, KILL_STEP = 6, 48, 3, 14  # 8 steps per epoch; checkpoints every 4 steps

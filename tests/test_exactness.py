@@ -16,7 +16,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from distlearn.accumulators import Cat, List, Max, Mean, Min, Sum, _choose_device, _reconcile, calculate
+from distlearn.accumulators import (
+    Cat,
+    List,
+    Max,
+    Mean,
+    Min,
+    Sum,
+    _choose_device,
+    _reconcile,
+    calculate,
+)
 from distlearn.metrics import MAE, MSE, R2, RMSE, Accuracy
 
 SPECIAL = st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e300, -1e300])

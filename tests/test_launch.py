@@ -16,8 +16,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from test_cli import EPOCHS, NO_TRACKING, REPO, baseline_run, final_test_score, run_command, run_env
+from test_cli import (
+    EPOCHS,
+    NO_TRACKING,
+    REPO,
+    baseline_run,
+    final_test_score,
+    run_command,
+    run_env,
+)
 
 LAUNCH = REPO / "launch"
 HALF_BATCH = "data_configs.data_parameters.batch_size=32"

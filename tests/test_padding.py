@@ -95,7 +95,13 @@ SHAPES = ["batch_size", "sampler_batch_sampler", "batch_sampler", "iterable", "s
 
 
 def loader_shape(rank, world, shape, n):
-    from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, TensorDataset
+    from torch.utils.data import (
+        BatchSampler,
+        DataLoader,
+        IterableDataset,
+        RandomSampler,
+        TensorDataset,
+    )
 
     from distlearn.accelerator import prepare_loader
 
@@ -139,7 +145,12 @@ def test_every_loader_shape_gives_every_sample_once(dist_pool, world, shape):
 
 
 def test_drop_last_is_refused_for_evaluation():
-    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
+    from torch.utils.data import (
+        BatchSampler,
+        DataLoader,
+        SequentialSampler,
+        TensorDataset,
+    )
 
     from distlearn.accelerator import check_loader
 

@@ -14,6 +14,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from test_cli import distlearn, run_env
 
 from distlearn.tracking import (
     NoOpTracker,
@@ -24,7 +25,6 @@ from distlearn.tracking import (
     resolve_mode,
     wandb_credentials,
 )
-from test_cli import distlearn, run_env
 
 TRACKED_EPOCHS = 2
 

@@ -77,9 +77,9 @@ def test_charlm_trains_end_to_end_and_beats_the_unigram_baseline(records):
 
 
 def _config(data_class: str, data_parameters: dict, model: dict | None = None) -> dict:
-    from distlearn.config import load_config
-
     from omegaconf import OmegaConf
+
+    from distlearn.config import load_config
 
     cfg = OmegaConf.to_container(load_config("digits"), resolve=True)
     cfg["data_configs"] = {"data_class": data_class, "data_parameters": data_parameters}
