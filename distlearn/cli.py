@@ -31,7 +31,7 @@ import shutil
 import sys
 import time
 from datetime import timedelta
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +55,10 @@ class RunError(Exception):
         self.together = together  # every rank raises it at the same point (else nobody waits at the end)
 
 
+class Stopped(RunError):
+    """The run stopped on a signal, as asked, after its checkpoint: reported without "error"."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``distlearn`` command; returns the process exit code.
 
@@ -65,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 2 for bad input, 1 when training failed (e.g. a NaN loss, a process
         that never arrived), 143 / 130 when stopped by SIGTERM or SIGUSR1 / SIGINT.
     """
-    args = _parser().parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else list(argv))
     from .launch_check import single_process_launch_warning
 
     if (warning := single_process_launch_warning()) is not None:
@@ -76,15 +80,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         train(args.config, args.overrides, quiet=args.quiet)
         code = 0
+    except Stopped as exc:
+        _say(str(exc))
+        code = _stop_code(exc.exit_code)
     except RunError as exc:
         _error(str(exc))
         code = exc.exit_code
-    except KeyboardInterrupt:
-        _error("interrupted")
-        code = 130
+    except KeyboardInterrupt:  # before the stop handlers were installed
+        _say("interrupted by SIGINT before training started")
+        code = _stop_code(130)
     if _FINISHED_GROUP:
         _exit_now(code)
     return code
+
+
+def _stop_code(code: int) -> int:
+    """The exit code of a stop: ``code`` (143, 130), or 0 under the launch scripts, which exit with it.
+
+    Under ``launch/*.sh`` (``DISTLEARN_EXIT_CODE_FILE`` set), a worker that exits non-zero makes the
+    launcher print a traceback, end with 1 and, with torchrun's restarts, start the run again. So
+    the workers exit 0 and the first process of each machine leaves the code in the file for the
+    script to exit with.
+    """
+    path = os.environ.get("DISTLEARN_EXIT_CODE_FILE")
+    if not path:
+        return code
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        try:
+            Path(path).write_text(f"{code}\n")
+        except OSError as exc:
+            print(f"distlearn: warning: cannot write the exit code to {path}: {exc}", file=sys.stderr, flush=True)
+            return code
+    return 0
 
 
 def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool = False) -> dict[str, Any]:
@@ -460,7 +487,6 @@ def _weights(accelerator: Any, experiment: Any) -> dict[str, Any]:
 
 def _stop(accelerator, experiment, tracker, output_dir, resolved, stopped, config, overrides) -> None:
     """After a stop signal: write the partial outputs (status "interrupted"), close W&B, raise the exit."""
-    import shlex
     import signal
 
     from . import report
@@ -471,13 +497,39 @@ def _stop(accelerator, experiment, tracker, output_dir, resolved, stopped, confi
     tracker.finish()
     name = signal.Signals(stopped.signum).name
     where = f"checkpoint {stopped.checkpoint}" if stopped.checkpoint else "no checkpoint"
-    command = ["distlearn", "train", *([config] if config else []), *overrides]
+    args = ["train", *([config] if config else []), *overrides]
     if not any(o.startswith("run.output_dir=") for o in overrides):
-        command.append(f"run.output_dir={output_dir}")
-    raise RunError(
-        f"interrupted by {name}: {where} saved; resume with the same launch and: {shlex.join(command)}",
+        args.append(f"run.output_dir={output_dir}")
+    raise Stopped(
+        f"interrupted by {name}: {where} saved; {resume_hint(args, accelerator.num_processes)}",
         130 if stopped.signum == signal.SIGINT else 143,
     )
+
+
+def resume_hint(args: Sequence[str], num_processes: int, environ: Mapping[str, str] | None = None) -> str:
+    """How to resume: the command that continues the run, with the launch that started it.
+
+    Args:
+        args: ``distlearn`` arguments that continue the run (``train CONFIG ... run.output_dir=...``).
+        num_processes: The processes of this launch.
+        environ: The environment (default ``os.environ``): ``DISTLEARN_LAUNCH_COMMAND`` (set by
+            the launch scripts), else whether torchrun or ``accelerate launch`` started the run.
+
+    Returns:
+        ``"resume with: <command>"``; a multi-process launch is never shown as a one-process command.
+    """
+    import shlex
+
+    env = os.environ if environ is None else environ
+    quoted = shlex.join(args)
+    script = env.get("DISTLEARN_LAUNCH_COMMAND", "").strip()
+    if script:  # e.g. "DISTLEARN_CPU_PROCS=2 launch/train.sh": the script takes the arguments after "train"
+        return f"resume with: {script} {shlex.join(args[1:])}"
+    if num_processes <= 1 and "TORCHELASTIC_RUN_ID" not in env:
+        return f"resume with: distlearn {quoted}"
+    launcher = "accelerate launch" if "ACCELERATE_MIXED_PRECISION" in env else "torchrun"
+    return (f"resume with the same launch ({launcher}, {num_processes} process{'es' if num_processes != 1 else ''}) "
+            f"and the arguments: {quoted}")
 
 
 # A multi-process run's objects once its group is closed. Freeing a DDP model after the group
@@ -591,6 +643,24 @@ def _everywhere(accelerator: Any, what: str, fn: Callable[..., Any], *args: Any)
 # --------------------------------------------------------------------------- presentation
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The command line; options may come anywhere among the overrides (``train wine k=v -q k2=v2``).
+
+    argparse's intermixed parsing does not take subcommands, so the ``train`` subcommand's own
+    parser reads what follows ``train``; everything else (``--help``, ``--version``, a bad command)
+    goes through the top-level parser.
+    """
+    parser = _parser()
+    if argv and argv[0] == "train":
+        args = _TRAIN_PARSER[0].parse_intermixed_args(argv[1:])
+        args.command = "train"
+        return args
+    return parser.parse_args(argv)
+
+
+_TRAIN_PARSER: list[argparse.ArgumentParser] = []  # set by _parser()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distlearn", description="Distributed training from YAML configs.")
     from . import __version__
@@ -610,6 +680,7 @@ def _parser() -> argparse.ArgumentParser:
     train_cmd.add_argument("config", nargs="?", default=None, help="YAML config file or shipped config name")
     train_cmd.add_argument("overrides", nargs="*", default=[], help="key.path=value overrides")
     train_cmd.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines or progress bars")
+    _TRAIN_PARSER[:] = [train_cmd]
     return parser
 
 
@@ -643,5 +714,10 @@ def _title(experiment: Any, accelerator: Any, config: str | None) -> str:
 
 def _error(message: str) -> None:
     """One message for the user, from one process (the others exit with the same code, silently)."""
+    _say(f"error: {message}")
+
+
+def _say(message: str) -> None:
+    """``distlearn: <message>`` on stderr, from the first process only."""
     if os.environ.get("RANK", "0") == "0":
-        print(f"distlearn: error: {message}", file=sys.stderr, flush=True)
+        print(f"distlearn: {message}", file=sys.stderr, flush=True)

@@ -35,6 +35,13 @@
 # one gloo group instead of training alone (docs/pitfalls.md).
 set -euo pipefail
 
+# This launch as a command (the settings given and the script), for the resume line printed after a stop.
+DISTLEARN_LAUNCH_COMMAND=
+for var in NPROC_PER_NODE DISTLEARN_CPU_PROCS DISTLEARN_GPUS MAX_RESTARTS NNODES NODE_RANK RDZV_ENDPOINT RDZV_ID MIXED_PRECISION TORCHRUN_ARGS; do
+    if [[ -n ${!var:-} ]]; then DISTLEARN_LAUNCH_COMMAND+=$(printf '%s=%q ' "$var" "${!var}"); fi
+done
+export DISTLEARN_LAUNCH_COMMAND+=$0
+
 PYTHON=${PYTHON:-python3}
 MAX_RESTARTS=${MAX_RESTARTS:-0}
 NNODES=${NNODES:-1}

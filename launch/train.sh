@@ -31,6 +31,13 @@
 # the variable each process trains alone on all the data (docs/pitfalls.md).
 set -euo pipefail
 
+# This launch as a command (the settings given and the script), for the resume line printed after a stop.
+DISTLEARN_LAUNCH_COMMAND=
+for var in NUM_PROCESSES DISTLEARN_CPU_PROCS DISTLEARN_GPUS ACCELERATE_CONFIG ACCELERATE_ARGS MIXED_PRECISION; do
+    if [[ -n ${!var:-} ]]; then DISTLEARN_LAUNCH_COMMAND+=$(printf '%s=%q ' "$var" "${!var}"); fi
+done
+export DISTLEARN_LAUNCH_COMMAND+=$0
+
 PYTHON=${PYTHON:-python3}
 USER_NUM_PROCESSES=${NUM_PROCESSES:-}
 USER_PORT=${MAIN_PROCESS_PORT:-}
