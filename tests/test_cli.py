@@ -215,6 +215,18 @@ def test_console_script_and_usage(tmp_path):
     assert result.returncode == 0 and "key.path=value" in result.stdout
 
 
+def test_options_may_come_between_the_overrides(tmp_path):
+    out = tmp_path / "out"
+    result = run_command([sys.executable, "-m", "distlearn", "train", "wine", "learner_configs.learner_parameters.n_epochs=1",
+                          "-q", NO_TRACKING, f"run.output_dir={out}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == f"Output directory: {out}"
+    assert "epoch 1" not in result.stderr.lower()  # -q was taken as the option, not lost
+    assert json.loads((out / "config.yaml").parent.joinpath("record.json").read_text())["status"] == "completed"
+    bad = run_command([sys.executable, "-m", "distlearn", "train", "wine", "-x", NO_TRACKING], tmp_path)
+    assert bad.returncode == 2 and "unrecognized arguments: -x" in bad.stderr
+
+
 # What a quick answer may import: the command's --help, --version and the config errors found before any
 # class is imported run without torch (~1.5 s to import here); a misspelled class needs torch, but not
 # torch._dynamo (as long again), which only building an optimizer imports.
