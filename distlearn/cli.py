@@ -155,11 +155,15 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
     experiment: Any = None
     together = True  # every rank ends on the same path (see _close)
     try:
-        start = _on_main(accelerator, "output folder", _start_folder, resolved, config)
+        start = _on_main(accelerator, "output folder", _start_folder, resolved, config, _follows_epochs(cfg))
         output_dir = Path(start["output_dir"])
         run["output_dir"] = str(output_dir)
-        for line in start["log"]:  # a resumed run's first line says from where (shown with --quiet too)
-            logger.warning("%s", line)
+        if start.get("complete") is not None:
+            if accelerator.is_main_process:
+                _say_complete(output_dir, start["complete"], resolved)
+            return start["complete"]
+        for line in start["log"] if accelerator.is_main_process else ():  # once, not once per process
+            logger.warning("%s", line)  # a resumed run's first line says from where (shown with --quiet too)
         experiment = _build(resolved, accelerator)  # before W&B: bad data makes no empty W&B run
         _everywhere(accelerator, "starting W&B tracking", tracker.start,
                     accelerator, {**resolved, "launch": _launch_info(accelerator)}, output_dir, start["wandb_run_id"])
@@ -306,7 +310,16 @@ def _build(resolved: dict[str, Any], accelerator: Any) -> Any:
         raise RunError(f"building the experiment failed: {exc}") from None
 
 
-def _start_folder(resolved: dict[str, Any], config: str | None) -> dict[str, Any]:
+def _follows_epochs(cfg: Any) -> list[str]:
+    """The keys whose value is interpolated from ``n_epochs`` (e.g. a cosine schedule's
+    ``T_max: ${learner_configs.learner_parameters.n_epochs}``): they change with it."""
+    from omegaconf import OmegaConf
+
+    raw = _flatten(OmegaConf.to_container(cfg, resolve=False))
+    return sorted(k for k, v in raw.items() if isinstance(v, str) and "${" in v and "n_epochs" in v)
+
+
+def _start_folder(resolved: dict[str, Any], config: str | None, follows_epochs: Sequence[str] = ()) -> dict[str, Any]:
     """Main process: the output folder and the checkpoint the run continues from (``run.resume``).
 
     Returns:
@@ -328,7 +341,7 @@ def _start_folder(resolved: dict[str, Any], config: str | None) -> dict[str, Any
     existed = run["output_dir"] is not None and Path(run["output_dir"]).expanduser().exists()
     output_dir = report.prepare_output_dir(run["output_dir"], run["overwrite"], config, resumable=mode != "none")
     try:
-        return _resume_point(resolved, output_dir, created=not existed)
+        return _resume_point(resolved, output_dir, created=not existed, follows_epochs=follows_epochs)
     except BaseException:
         if not existed:
             report.remove_if_unused(output_dir)
@@ -374,7 +387,8 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip())
 
 
-def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool) -> dict[str, Any]:
+def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool,
+                  follows_epochs: Sequence[str] = ()) -> dict[str, Any]:
     from . import checkpoint
 
     run = resolved["run"]
@@ -408,28 +422,71 @@ def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool) -> 
             raise ValueError(f"cannot resume from {path} on {world} processes: {exc}") from None
     changed, conflicts = config_changes(meta.get("config") or {}, resolved)
     if conflicts:
-        listed = "\n  - ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in conflicts)
+        listed = "\n  - ".join(_conflict_line(c, changed, follows_epochs) for c in conflicts)
         raise ValueError(
             f"cannot resume from {path}: the experiment differs from the one it saved:\n  - {listed}\n"
             "Resume with the same config, start a new run (another run.output_dir), or set run.resume=none "
             "with run.overwrite=true to start over in this folder."
         )
+    epoch, done = meta["epoch"], meta["batches_done"]
+    complete = _completed_record(output_dir, resolved, epoch, done)
+    if complete is not None:  # nothing left to train: no resume line, no W&B run, no training
+        out["complete"] = complete
+        return out
     progress = checkpoint.load_progress(path, 0)
     out["resume_from"] = str(path)
     out["wandb_run_id"] = (progress.get("extra") or {}).get("wandb_run_id")
-    epoch, done = meta["epoch"], meta["batches_done"]
     where = f"epoch {epoch + 1}, after batch {done}" if done else f"the start of epoch {epoch + 1}"
     again = f"restart {_restart_count()} of this launch: " if _restart_count() else ""
     out["log"].append(f"{again}resuming from checkpoint {path} ({where}, optimizer step {meta['step']})")
     if saved_world != world:
         policy = run.get("resume_batch", "global")
         out["log"].append(
-            f"the checkpoint was written by {saved_world} processes, this launch has {world}: "
+            f"the checkpoint was written by {_processes(saved_world)}, this launch has {world}: "
             + (f"global batch {meta.get('global_batch')} kept (run.resume_batch: global)" if policy == "global"
                else "per-process batch kept, the global batch changes (run.resume_batch: per_process)")
         )
     out["log"] += [f"changed since the checkpoint: {key} {old!r} -> {new!r}" for key, old, new in changed]
     return out
+
+
+EPOCHS_KEY = "learner_configs.learner_parameters.n_epochs"
+
+
+def _processes(n: Any) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
+def _completed_record(output_dir: Path, resolved: dict[str, Any], epoch: int, done: int) -> dict[str, Any] | None:
+    """The record of a finished run in ``output_dir`` when the checkpoint is past the last epoch, else None.
+
+    A run that completed (``"status": "completed"`` in record.json) and is started again with the same
+    ``n_epochs`` has nothing left to train: it is not resumed (a resume would open a new W&B run and
+    rewrite the outputs for no epoch). A larger ``n_epochs`` resumes it.
+    """
+    import json
+
+    n_epochs = (resolved["learner_configs"].get("learner_parameters") or {}).get("n_epochs")
+    if done or not isinstance(n_epochs, int) or epoch < n_epochs:
+        return None
+    try:
+        record = json.loads((output_dir / "record.json").read_text())
+    except (OSError, ValueError):
+        return None  # stopped after the last checkpoint, before its outputs: resuming writes them
+    return record if isinstance(record, dict) and record.get("status") == "completed" else None
+
+
+def _conflict_line(conflict: tuple, allowed: Sequence[tuple], follows_epochs: Sequence[str]) -> str:
+    """One refused change; one that came with a change of n_epochs says so, and how to keep it."""
+    key, old, new = conflict
+    line = f"{key}: {old!r} in the checkpoint, {new!r} now"
+    epochs = next(((o, n) for k, o, n in allowed if k == EPOCHS_KEY), None)
+    if epochs is None or (key not in follows_epochs and (old, new) != epochs):
+        return line
+    why = "it is interpolated from n_epochs" if key in follows_epochs else "it changed with n_epochs"
+    return (f"{line} ({why}, {epochs[0]!r} -> {epochs[1]!r}; n_epochs alone may change on resume). To run more "
+            f"epochs with the saved value, pin it: {key}={old!r}, e.g. for a cosine schedule the lr then follows "
+            f"the same curve past its end; or start a new run with {EPOCHS_KEY}={epochs[1]!r}")
 
 
 # Config keys a resumed run may change: how long it runs, how it is tracked, checkpointed and shown.
@@ -529,7 +586,7 @@ def resume_hint(args: Sequence[str], num_processes: int, environ: Mapping[str, s
         return f"resume with: distlearn {quoted}"
     launcher = "accelerate launch" if "ACCELERATE_MIXED_PRECISION" in env else "torchrun"
     return (f"resume with the same launch ({launcher}, {num_processes} process{'es' if num_processes != 1 else ''}) "
-            f"and the arguments: {quoted}")
+            f"and the arguments: -m distlearn {quoted}")
 
 
 # A multi-process run's objects once its group is closed. Freeing a DDP model after the group
@@ -700,6 +757,19 @@ def _launch_info(accelerator: Any) -> dict[str, Any]:
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
     }
+
+
+def _say_complete(output_dir: Path, record: dict[str, Any], resolved: dict[str, Any]) -> None:
+    """The answer to a rerun of a finished run: nothing trained; how to train more; the folder last."""
+    epochs = len(record.get("training") or {})
+    print(
+        f"distlearn train: the run in {output_dir} is already complete ({epochs} epoch{'s' if epochs != 1 else ''}, "
+        f'"status": "completed" in record.json): nothing trained, no tracking started, no file changed.\n'
+        f"  to train more epochs, run the same command with {EPOCHS_KEY}=N (N > {epochs}); to start over, "
+        "with run.resume=none run.overwrite=true\n"
+        f"Output directory: {output_dir}",
+        flush=True,
+    )
 
 
 def _title(experiment: Any, accelerator: Any, config: str | None) -> str:

@@ -345,3 +345,47 @@ def test_outputs_are_replaced_as_one_set_and_a_half_written_set_says_so(tmp_path
     with pytest.raises(OSError):
         report.write_outputs(tmp_path, config, {"training": {}}, weights)
     assert (tmp_path / report.INCOMPLETE).exists()  # the folder says it holds a mix of two sets
+
+
+# --------------------------------------------------------------------------- resuming with more epochs, rerunning a finished run
+
+
+def test_more_epochs_on_a_schedule_interpolated_from_n_epochs_says_how_to_keep_it_and_a_rerun_of_a_finished_run_trains_nothing(
+        tmp_path):
+    out = tmp_path / "run"
+    t_max = "learner_configs.learner_parameters.lr_scheduler_configs.lr_scheduler_parameters.T_max"
+
+    def diabetes(*args, env=None):
+        return distlearn("diabetes", *args, f"run.output_dir={out}", cwd=tmp_path, env=env)
+
+    first = diabetes("learner_configs.learner_parameters.n_epochs=1", NO_TRACKING)
+    assert first.returncode == 0, first.stderr[-3000:]
+    refused = diabetes("learner_configs.learner_parameters.n_epochs=2", NO_TRACKING)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert f"{t_max}: 1 in the checkpoint, 2 now (it is interpolated from n_epochs, 1 -> 2" in refused.stderr
+    assert f"pin it: {t_max}=1" in refused.stderr
+    pinned = diabetes("learner_configs.learner_parameters.n_epochs=2", f"{t_max}=1", NO_TRACKING)
+    assert pinned.returncode == 0, pinned.stderr[-3000:]
+    assert "resuming from checkpoint" in pinned.stderr and "(the start of epoch 2," in pinned.stderr
+    assert sorted(json.loads((out / "record.json").read_text())["training"]) == ["0", "1"]
+
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    env = run_env(WANDB_MODE="offline")
+    env.pop("WANDB_DIR", None)  # W&B would write under the run folder: it must not start at all
+    rerun = diabetes("learner_configs.learner_parameters.n_epochs=2", f"{t_max}=1", env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "already complete (2 epochs" in rerun.stdout and "resuming" not in rerun.stderr, rerun.stdout + rerun.stderr
+    assert rerun.stdout.strip().splitlines()[-1] == f"Output directory: {out}"
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # no file written, no W&B folder
+
+
+def test_resume_lines_say_process_counts_in_words():
+    from distlearn.cli import _processes, resume_hint
+
+    assert _processes(1) == "1 process" and _processes(3) == "3 processes"
+    args = ["train", "charlm", "run.output_dir=runs/x"]
+    assert resume_hint(args, 1, {}) == "resume with: distlearn train charlm run.output_dir=runs/x"
+    launched = resume_hint(args, 2, {"TORCHELASTIC_RUN_ID": "a"})
+    assert launched.startswith("resume with the same launch (torchrun, 2 processes)") and "-m distlearn train" in launched
+    scripted = resume_hint(args, 2, {"DISTLEARN_LAUNCH_COMMAND": "DISTLEARN_CPU_PROCS=2 launch/train.sh"})
+    assert scripted == "resume with: DISTLEARN_CPU_PROCS=2 launch/train.sh charlm run.output_dir=runs/x"

@@ -249,3 +249,15 @@ def test_a_stopped_launch_exits_with_the_stop_code_without_a_traceback_and_says_
     # the resume line keeps the launch (2 processes through the script), never a 1-process command
     assert f"resume with: DISTLEARN_CPU_PROCS=2 {LAUNCH / script} digits " in lines[0], lines[0]
     assert f"run.output_dir={out}" in lines[0]
+    if script != "train.sh":
+        return
+    # the resume line, pasted (with fewer epochs), resumes on 2 processes; the resume line is printed once
+    import shlex
+
+    words = shlex.split(lines[0].split("resume with: ", 1)[1])
+    settings = dict(w.split("=", 1) for w in words[:1])
+    env = script_env(MAIN_PROCESS_PORT=free_port(), **settings)
+    again = run_command([*words[1:], "learner_configs.learner_parameters.n_epochs=3"], tmp_path, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("resuming from checkpoint") == 1, again.stderr[-3000:]
+    assert "2 processes on cpu" in again.stdout
