@@ -27,6 +27,7 @@ import argparse
 import copy
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -741,8 +742,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _TiedHeadSaved(logging.Filter):
+    """Drops Accelerate's "Removed shared tensor {'head.weight'} while saving" for CharTransformer.
+
+    Its output layer shares the token embedding's weight on purpose (weight tying), so Accelerate's
+    save (every checkpoint) finds two names for one tensor, keeps one and warns each time. Only that
+    message for that tensor is dropped: any other shared tensor is still reported.
+    """
+
+    PATTERN = re.compile(r"(\[RANK \d+\] )?Removed shared tensor \{'(module\.)?head\.weight'\} while saving\.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.PATTERN.match(record.getMessage())
+
+
 def _setup_logging(is_main: bool, quiet: bool) -> None:
     """distlearn's log lines (one per epoch) on stderr, from the main process only."""
+    saver = logging.getLogger("accelerate.utils.other")
+    if not any(isinstance(f, _TiedHeadSaved) for f in saver.filters):
+        saver.addFilter(_TiedHeadSaved())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.handlers[:] = [handler]

@@ -8,6 +8,7 @@ Runs are real subprocesses (`python -m distlearn`, the console script), short di
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -389,3 +390,30 @@ def test_resume_lines_say_process_counts_in_words():
     assert launched.startswith("resume with the same launch (torchrun, 2 processes)") and "-m distlearn train" in launched
     scripted = resume_hint(args, 2, {"DISTLEARN_LAUNCH_COMMAND": "DISTLEARN_CPU_PROCS=2 launch/train.sh"})
     assert scripted == "resume with: DISTLEARN_CPU_PROCS=2 launch/train.sh charlm run.output_dir=runs/x"
+
+
+def test_charlm_checkpoints_do_not_warn_about_its_tied_head_but_other_shared_tensors_still_warn(tmp_path, caplog):
+    out = tmp_path / "run"
+    result = distlearn("charlm", "learner_configs.learner_parameters.n_epochs=1", "data_configs.data_parameters.max_chars=20000",
+                       "run.checkpoint.every_n_steps=10", NO_TRACKING, f"run.output_dir={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((out / "checkpoints").glob("step-*"))) >= 1
+    assert "Removed shared tensor" not in result.stderr, result.stderr[-3000:]
+
+    import torch
+    from accelerate.state import PartialState
+    from accelerate.utils.other import clean_state_dict_for_safetensors
+
+    from distlearn.cli import _setup_logging
+
+    PartialState()  # Accelerate's logger needs its state
+    ours = logging.getLogger("distlearn")
+    kept = list(ours.handlers), ours.propagate, ours.level
+    _setup_logging(is_main=True, quiet=True)
+    ours.handlers[:], ours.propagate, ours.level = kept
+    shared = torch.zeros(3)
+    with caplog.at_level(logging.WARNING, logger="accelerate.utils.other"):
+        clean_state_dict_for_safetensors({"token_embedding.weight": shared, "head.weight": shared})
+        clean_state_dict_for_safetensors({"encoder.weight": shared, "decoder.weight": shared})
+    removed = [r.getMessage() for r in caplog.records if "Removed shared tensor" in r.getMessage()]
+    assert len(removed) == 1 and "decoder.weight" in removed[0], removed
