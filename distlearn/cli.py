@@ -238,6 +238,15 @@ def _build_accelerator(resolved: dict[str, Any], tracking_kwargs: dict[str, Any]
     except (ValueError, RuntimeError) as exc:  # fp16 on CPU, the CPU trap: the launch is wrong, not the code
         if _is_group_failure(exc):  # peers that never answered (e.g. after a restart): not the user's input
             raise _group_failure(exc) from None
+        if "fp16" in str(exc):  # say where the fp16 came from: the config's key, or the launcher
+            key = "learner_configs.learner_parameters.mixed_precision"
+            if params.get("mixed_precision") == "fp16":
+                raise RunError(f"{key}: {exc} Set {key}=bf16 (or no).") from None
+            raise RunError(
+                f"{key} is null, so the launcher's precision applies, and it is fp16 (ACCELERATE_MIXED_PRECISION, "
+                f"from accelerate launch --mixed_precision or MIXED_PRECISION for the launch scripts): {exc} Launch "
+                f"with bf16 or no, or set {key}=bf16 (the config's value wins)."
+            ) from None
         raise RunError(f"cannot start training in this launch: {exc}") from None
 
 
