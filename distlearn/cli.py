@@ -67,8 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments after the program name (default ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 2 for bad input, 1 when training failed (e.g. a NaN loss, a process
-        that never arrived), 143 / 130 when stopped by SIGTERM or SIGUSR1 / SIGINT.
+        0 on success (also for a rerun of a finished run, which trains nothing), 2 for bad input,
+        1 when training failed (e.g. a NaN loss, a process that never arrived), 143 / 130 when
+        stopped by SIGTERM or SIGUSR1 / SIGINT (0 under the launch scripts, which exit with it:
+        see ``_stop_code``).
     """
     args = _parse(sys.argv[1:] if argv is None else list(argv))
     from .launch_check import single_process_launch_warning

@@ -109,7 +109,8 @@ def prepare_output_dir(
             if not set(existing) & {*OUTPUT_FILES, INCOMPLETE, "checkpoints", "wandb"}:  # nothing a run writes
                 raise OutputDirError(
                     f"run.output_dir {str(path)!r} is not empty and holds no distlearn run ({shown}). Nothing was "
-                    f"changed. Choose a new or empty folder (run.output_dir=...)."
+                    f"changed. Choose a new or empty folder (run.output_dir=...), or write the run into it beside "
+                    f"its files with run.overwrite=true."
                 )
             raise OutputDirError(
                 f"run.output_dir {str(path)!r} already holds an earlier run ({shown}). Nothing was changed. "

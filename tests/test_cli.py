@@ -286,7 +286,10 @@ def test_output_dir_rules(tmp_path, monkeypatch):
     assert second == tmp_path / "runs" / "wine-20260102-030405-2"
     assert prepare_output_dir("empty", False) == tmp_path / "empty"  # an empty folder is fine
     (tmp_path / "empty" / "x").write_text("")
-    with pytest.raises(OutputDirError, match="already holds an earlier run"):
+    with pytest.raises(OutputDirError, match=r"is not empty and holds no distlearn run \(x\)"):
+        prepare_output_dir("empty", False)  # someone's files, not a run
+    (tmp_path / "empty" / "record.json").write_text("{}")
+    with pytest.raises(OutputDirError, match=r"already holds an earlier run \(record.json, x\)"):
         prepare_output_dir("empty", False)
     assert prepare_output_dir("empty", True) == tmp_path / "empty"
     (tmp_path / "file").write_text("")
