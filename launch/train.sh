@@ -26,6 +26,10 @@
 #   PYTHON               the interpreter distlearn is installed in (default: python3)
 #   DRY_RUN=1            print the command instead of running it
 #
+# Stopping: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 sent to this script reaches every training
+# process, which saves a checkpoint and stops; the script then exits 143 (130 for SIGINT) and
+# the last line printed is the command that resumes, this script included.
+#
 # Without a GPU, several processes need `--multi_gpu` plus ACCELERATE_USE_CPU=1:
 # `--cpu` (or distributed_type MULTI_CPU) starts a single process, and without
 # the variable each process trains alone on all the data (docs/pitfalls.md).
