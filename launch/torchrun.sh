@@ -33,7 +33,7 @@
 #
 # Stopping: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 sent to this script reaches every training
 # process, which saves a checkpoint and stops; the script then exits 143 (130 for SIGINT) and
-# the last line printed is the command that resumes, this script included.
+# prints the command that resumes, this script included.
 #
 # Without a GPU, ACCELERATE_USE_CPU=1 is exported so that every process joins
 # one gloo group instead of training alone (docs/pitfalls.md).

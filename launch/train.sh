@@ -28,7 +28,7 @@
 #
 # Stopping: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 sent to this script reaches every training
 # process, which saves a checkpoint and stops; the script then exits 143 (130 for SIGINT) and
-# the last line printed is the command that resumes, this script included.
+# prints the command that resumes, this script included.
 #
 # Without a GPU, several processes need `--multi_gpu` plus ACCELERATE_USE_CPU=1:
 # `--cpu` (or distributed_type MULTI_CPU) starts a single process, and without
