@@ -27,10 +27,11 @@ import argparse
 import copy
 import logging
 import os
+import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +56,10 @@ class RunError(Exception):
         self.together = together  # every rank raises it at the same point (else nobody waits at the end)
 
 
+class Stopped(RunError):
+    """The run stopped on a signal, as asked, after its checkpoint: reported without "error"."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``distlearn`` command; returns the process exit code.
 
@@ -62,10 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments after the program name (default ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 2 for bad input, 1 when training failed (e.g. a NaN loss, a process
-        that never arrived), 143 / 130 when stopped by SIGTERM or SIGUSR1 / SIGINT.
+        0 on success (also for a rerun of a finished run, which trains nothing), 2 for bad input,
+        1 when training failed (e.g. a NaN loss, a process that never arrived), 143 / 130 when
+        stopped by SIGTERM or SIGUSR1 / SIGINT (0 under the launch scripts, which exit with it:
+        see ``_stop_code``).
     """
-    args = _parser().parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else list(argv))
     from .launch_check import warn_single_process_launch
 
     warn_single_process_launch(lambda warning: print(f"distlearn: warning: {warning}", file=sys.stderr, flush=True))
@@ -75,15 +82,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         train(args.config, args.overrides, quiet=args.quiet)
         code = 0
+    except Stopped as exc:
+        _say(str(exc))
+        code = _stop_code(exc.exit_code)
     except RunError as exc:
         _error(str(exc))
         code = exc.exit_code
-    except KeyboardInterrupt:
-        _error("interrupted")
-        code = 130
+    except KeyboardInterrupt:  # before the stop handlers were installed
+        _say("interrupted by SIGINT before training started")
+        code = _stop_code(130)
     if _FINISHED_GROUP:
         _exit_now(code)
     return code
+
+
+def _stop_code(code: int) -> int:
+    """The exit code of a stop: ``code`` (143, 130), or 0 under the launch scripts, which exit with it.
+
+    Under ``launch/*.sh`` (``DISTLEARN_EXIT_CODE_FILE`` set), a worker that exits non-zero makes the
+    launcher print a traceback, end with 1 and, with torchrun's restarts, start the run again. So
+    the workers exit 0 and the first process of each machine leaves the code in the file for the
+    script to exit with.
+    """
+    path = os.environ.get("DISTLEARN_EXIT_CODE_FILE")
+    if not path:
+        return code
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        try:
+            Path(path).write_text(f"{code}\n")
+        except OSError as exc:
+            print(f"distlearn: warning: cannot write the exit code to {path}: {exc}", file=sys.stderr, flush=True)
+            return code
+    return 0
 
 
 def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool = False) -> dict[str, Any]:
@@ -127,11 +157,15 @@ def train(config: str | None = None, overrides: Sequence[str] = (), quiet: bool 
     experiment: Any = None
     together = True  # every rank ends on the same path (see _close)
     try:
-        start = _on_main(accelerator, "output folder", _start_folder, resolved, config)
+        start = _on_main(accelerator, "output folder", _start_folder, resolved, config, _follows_epochs(cfg))
         output_dir = Path(start["output_dir"])
         run["output_dir"] = str(output_dir)
-        for line in start["log"]:  # a resumed run's first line says from where (shown with --quiet too)
-            logger.warning("%s", line)
+        if start.get("complete") is not None:
+            if accelerator.is_main_process:
+                _say_complete(output_dir, start["complete"], resolved)
+            return start["complete"]
+        for line in start["log"] if accelerator.is_main_process else ():  # once, not once per process
+            logger.warning("%s", line)  # a resumed run's first line says from where (shown with --quiet too)
         experiment = _build(resolved, accelerator)  # before W&B: bad data makes no empty W&B run
         _everywhere(accelerator, "starting W&B tracking", tracker.start,
                     accelerator, {**resolved, "launch": _launch_info(accelerator)}, output_dir, start["wandb_run_id"])
@@ -205,6 +239,15 @@ def _build_accelerator(resolved: dict[str, Any], tracking_kwargs: dict[str, Any]
     except (ValueError, RuntimeError) as exc:  # fp16 on CPU, the CPU trap: the launch is wrong, not the code
         if _is_group_failure(exc):  # peers that never answered (e.g. after a restart): not the user's input
             raise _group_failure(exc) from None
+        if "fp16" in str(exc):  # say where the fp16 came from: the config's key, or the launcher
+            key = "learner_configs.learner_parameters.mixed_precision"
+            if params.get("mixed_precision") == "fp16":
+                raise RunError(f"{key}: {exc} Set {key}=bf16 (or no).") from None
+            raise RunError(
+                f"{key} is null, so the launcher's precision applies, and it is fp16 (ACCELERATE_MIXED_PRECISION, "
+                f"from accelerate launch --mixed_precision or MIXED_PRECISION for the launch scripts): {exc} Launch "
+                f"with bf16 or no, or set {key}=bf16 (the config's value wins)."
+            ) from None
         raise RunError(f"cannot start training in this launch: {exc}") from None
 
 
@@ -278,7 +321,16 @@ def _build(resolved: dict[str, Any], accelerator: Any) -> Any:
         raise RunError(f"building the experiment failed: {exc}") from None
 
 
-def _start_folder(resolved: dict[str, Any], config: str | None) -> dict[str, Any]:
+def _follows_epochs(cfg: Any) -> list[str]:
+    """The keys whose value is interpolated from ``n_epochs`` (e.g. a cosine schedule's
+    ``T_max: ${learner_configs.learner_parameters.n_epochs}``): they change with it."""
+    from omegaconf import OmegaConf
+
+    raw = _flatten(OmegaConf.to_container(cfg, resolve=False))
+    return sorted(k for k, v in raw.items() if isinstance(v, str) and "${" in v and "n_epochs" in v)
+
+
+def _start_folder(resolved: dict[str, Any], config: str | None, follows_epochs: Sequence[str] = ()) -> dict[str, Any]:
     """Main process: the output folder and the checkpoint the run continues from (``run.resume``).
 
     Returns:
@@ -300,7 +352,7 @@ def _start_folder(resolved: dict[str, Any], config: str | None) -> dict[str, Any
     existed = run["output_dir"] is not None and Path(run["output_dir"]).expanduser().exists()
     output_dir = report.prepare_output_dir(run["output_dir"], run["overwrite"], config, resumable=mode != "none")
     try:
-        return _resume_point(resolved, output_dir, created=not existed)
+        return _resume_point(resolved, output_dir, created=not existed, follows_epochs=follows_epochs)
     except BaseException:
         if not existed:
             report.remove_if_unused(output_dir)
@@ -346,7 +398,8 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip())
 
 
-def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool) -> dict[str, Any]:
+def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool,
+                  follows_epochs: Sequence[str] = ()) -> dict[str, Any]:
     from . import checkpoint
 
     run = resolved["run"]
@@ -380,28 +433,71 @@ def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool) -> 
             raise ValueError(f"cannot resume from {path} on {world} processes: {exc}") from None
     changed, conflicts = config_changes(meta.get("config") or {}, resolved)
     if conflicts:
-        listed = "\n  - ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in conflicts)
+        listed = "\n  - ".join(_conflict_line(c, changed, follows_epochs) for c in conflicts)
         raise ValueError(
             f"cannot resume from {path}: the experiment differs from the one it saved:\n  - {listed}\n"
             "Resume with the same config, start a new run (another run.output_dir), or set run.resume=none "
             "with run.overwrite=true to start over in this folder."
         )
+    epoch, done = meta["epoch"], meta["batches_done"]
+    complete = _completed_record(output_dir, resolved, epoch, done)
+    if complete is not None:  # nothing left to train: no resume line, no W&B run, no training
+        out["complete"] = complete
+        return out
     progress = checkpoint.load_progress(path, 0)
     out["resume_from"] = str(path)
     out["wandb_run_id"] = (progress.get("extra") or {}).get("wandb_run_id")
-    epoch, done = meta["epoch"], meta["batches_done"]
     where = f"epoch {epoch + 1}, after batch {done}" if done else f"the start of epoch {epoch + 1}"
     again = f"restart {_restart_count()} of this launch: " if _restart_count() else ""
     out["log"].append(f"{again}resuming from checkpoint {path} ({where}, optimizer step {meta['step']})")
     if saved_world != world:
         policy = run.get("resume_batch", "global")
         out["log"].append(
-            f"the checkpoint was written by {saved_world} processes, this launch has {world}: "
+            f"the checkpoint was written by {_processes(saved_world)}, this launch has {world}: "
             + (f"global batch {meta.get('global_batch')} kept (run.resume_batch: global)" if policy == "global"
                else "per-process batch kept, the global batch changes (run.resume_batch: per_process)")
         )
     out["log"] += [f"changed since the checkpoint: {key} {old!r} -> {new!r}" for key, old, new in changed]
     return out
+
+
+EPOCHS_KEY = "learner_configs.learner_parameters.n_epochs"
+
+
+def _processes(n: Any) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
+def _completed_record(output_dir: Path, resolved: dict[str, Any], epoch: int, done: int) -> dict[str, Any] | None:
+    """The record of a finished run in ``output_dir`` when the checkpoint is past the last epoch, else None.
+
+    A run that completed (``"status": "completed"`` in record.json) and is started again with the same
+    ``n_epochs`` has nothing left to train: it is not resumed (a resume would open a new W&B run and
+    rewrite the outputs for no epoch). A larger ``n_epochs`` resumes it.
+    """
+    import json
+
+    n_epochs = (resolved["learner_configs"].get("learner_parameters") or {}).get("n_epochs")
+    if done or not isinstance(n_epochs, int) or epoch < n_epochs:
+        return None
+    try:
+        record = json.loads((output_dir / "record.json").read_text())
+    except (OSError, ValueError):
+        return None  # stopped after the last checkpoint, before its outputs: resuming writes them
+    return record if isinstance(record, dict) and record.get("status") == "completed" else None
+
+
+def _conflict_line(conflict: tuple, allowed: Sequence[tuple], follows_epochs: Sequence[str]) -> str:
+    """One refused change; one that came with a change of n_epochs says so, and how to keep it."""
+    key, old, new = conflict
+    line = f"{key}: {old!r} in the checkpoint, {new!r} now"
+    epochs = next(((o, n) for k, o, n in allowed if k == EPOCHS_KEY), None)
+    if epochs is None or (key not in follows_epochs and (old, new) != epochs):
+        return line
+    why = "it is interpolated from n_epochs" if key in follows_epochs else "it changed with n_epochs"
+    return (f"{line} ({why}, {epochs[0]!r} -> {epochs[1]!r}; n_epochs alone may change on resume). To run more "
+            f"epochs with the saved value, pin it: {key}={old!r}, e.g. for a cosine schedule the lr then follows "
+            f"the same curve past its end; or start a new run with {EPOCHS_KEY}={epochs[1]!r}")
 
 
 # Config keys a resumed run may change: how long it runs, how it is tracked, checkpointed and shown.
@@ -459,7 +555,6 @@ def _weights(accelerator: Any, experiment: Any) -> dict[str, Any]:
 
 def _stop(accelerator, experiment, tracker, output_dir, resolved, stopped, config, overrides) -> None:
     """After a stop signal: write the partial outputs (status "interrupted"), close W&B, raise the exit."""
-    import shlex
     import signal
 
     from . import report
@@ -470,13 +565,39 @@ def _stop(accelerator, experiment, tracker, output_dir, resolved, stopped, confi
     tracker.finish()
     name = signal.Signals(stopped.signum).name
     where = f"checkpoint {stopped.checkpoint}" if stopped.checkpoint else "no checkpoint"
-    command = ["distlearn", "train", *([config] if config else []), *overrides]
+    args = ["train", *([config] if config else []), *overrides]
     if not any(o.startswith("run.output_dir=") for o in overrides):
-        command.append(f"run.output_dir={output_dir}")
-    raise RunError(
-        f"interrupted by {name}: {where} saved; resume with the same launch and: {shlex.join(command)}",
+        args.append(f"run.output_dir={output_dir}")
+    raise Stopped(
+        f"interrupted by {name}: {where} saved; {resume_hint(args, accelerator.num_processes)}",
         130 if stopped.signum == signal.SIGINT else 143,
     )
+
+
+def resume_hint(args: Sequence[str], num_processes: int, environ: Mapping[str, str] | None = None) -> str:
+    """How to resume: the command that continues the run, with the launch that started it.
+
+    Args:
+        args: ``distlearn`` arguments that continue the run (``train CONFIG ... run.output_dir=...``).
+        num_processes: The processes of this launch.
+        environ: The environment (default ``os.environ``): ``DISTLEARN_LAUNCH_COMMAND`` (set by
+            the launch scripts), else whether torchrun or ``accelerate launch`` started the run.
+
+    Returns:
+        ``"resume with: <command>"``; a multi-process launch is never shown as a one-process command.
+    """
+    import shlex
+
+    env = os.environ if environ is None else environ
+    quoted = shlex.join(args)
+    script = env.get("DISTLEARN_LAUNCH_COMMAND", "").strip()
+    if script:  # e.g. "DISTLEARN_CPU_PROCS=2 launch/train.sh": the script takes the arguments after "train"
+        return f"resume with: {script} {shlex.join(args[1:])}"
+    if num_processes <= 1 and "TORCHELASTIC_RUN_ID" not in env:
+        return f"resume with: distlearn {quoted}"
+    launcher = "accelerate launch" if "ACCELERATE_MIXED_PRECISION" in env else "torchrun"
+    return (f"resume with the same launch ({launcher}, {num_processes} process{'es' if num_processes != 1 else ''}) "
+            f"and the arguments: -m distlearn {quoted}")
 
 
 # A multi-process run's objects once its group is closed. Freeing a DDP model after the group
@@ -590,6 +711,24 @@ def _everywhere(accelerator: Any, what: str, fn: Callable[..., Any], *args: Any)
 # --------------------------------------------------------------------------- presentation
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The command line; options may come anywhere among the overrides (``train wine k=v -q k2=v2``).
+
+    argparse's intermixed parsing does not take subcommands, so the ``train`` subcommand's own
+    parser reads what follows ``train``; everything else (``--help``, ``--version``, a bad command)
+    goes through the top-level parser.
+    """
+    parser = _parser()
+    if argv and argv[0] == "train":
+        args = _TRAIN_PARSER[0].parse_intermixed_args(argv[1:])
+        args.command = "train"
+        return args
+    return parser.parse_args(argv)
+
+
+_TRAIN_PARSER: list[argparse.ArgumentParser] = []  # set by _parser()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distlearn", description="Distributed training from YAML configs.")
     from . import __version__
@@ -609,11 +748,29 @@ def _parser() -> argparse.ArgumentParser:
     train_cmd.add_argument("config", nargs="?", default=None, help="YAML config file or shipped config name")
     train_cmd.add_argument("overrides", nargs="*", default=[], help="key.path=value overrides")
     train_cmd.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines or progress bars")
+    _TRAIN_PARSER[:] = [train_cmd]
     return parser
+
+
+class _TiedHeadSaved(logging.Filter):
+    """Drops Accelerate's "Removed shared tensor {'head.weight'} while saving" for CharTransformer.
+
+    Its output layer shares the token embedding's weight on purpose (weight tying), so Accelerate's
+    save (every checkpoint) finds two names for one tensor, keeps one and warns each time. Only that
+    message for that tensor is dropped: any other shared tensor is still reported.
+    """
+
+    PATTERN = re.compile(r"(\[RANK \d+\] )?Removed shared tensor \{'(module\.)?head\.weight'\} while saving\.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.PATTERN.match(record.getMessage())
 
 
 def _setup_logging(is_main: bool, quiet: bool) -> None:
     """distlearn's log lines (one per epoch) on stderr, from the main process only."""
+    saver = logging.getLogger("accelerate.utils.other")
+    if not any(isinstance(f, _TiedHeadSaved) for f in saver.filters):
+        saver.addFilter(_TiedHeadSaved())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.handlers[:] = [handler]
@@ -630,6 +787,19 @@ def _launch_info(accelerator: Any) -> dict[str, Any]:
     }
 
 
+def _say_complete(output_dir: Path, record: dict[str, Any], resolved: dict[str, Any]) -> None:
+    """The answer to a rerun of a finished run: nothing trained; how to train more; the folder last."""
+    epochs = len(record.get("training") or {})
+    print(
+        f"distlearn train: the run in {output_dir} is already complete ({epochs} epoch{'s' if epochs != 1 else ''}, "
+        f'"status": "completed" in record.json): nothing trained, no tracking started, no file changed.\n'
+        f"  to train more epochs, run the same command with {EPOCHS_KEY}=N (N > {epochs}); to start over, "
+        "with run.resume=none run.overwrite=true\n"
+        f"Output directory: {output_dir}",
+        flush=True,
+    )
+
+
 def _title(experiment: Any, accelerator: Any, config: str | None) -> str:
     name = Path(config).stem if config else "digits"
     n_params = sum(p.numel() for p in experiment.model.parameters())
@@ -642,5 +812,10 @@ def _title(experiment: Any, accelerator: Any, config: str | None) -> str:
 
 def _error(message: str) -> None:
     """One message for the user, from one process (the others exit with the same code, silently)."""
+    _say(f"error: {message}")
+
+
+def _say(message: str) -> None:
+    """``distlearn: <message>`` on stderr, from the first process only."""
     if os.environ.get("RANK", "0") == "0":
-        print(f"distlearn: error: {message}", file=sys.stderr, flush=True)
+        print(f"distlearn: {message}", file=sys.stderr, flush=True)

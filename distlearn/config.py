@@ -21,6 +21,7 @@ import importlib
 import inspect
 import logging
 import pkgutil
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -307,9 +308,9 @@ def resolve_class(path: str, key: str) -> type:
         fail(f"importing {module_name!r} for {path!r} failed: {type(exc).__name__}: {exc}")
     obj = getattr(module, attr, None)
     if obj is None:
-        public = [n for n in dir(module) if not n.startswith("_")]
+        public = getattr(module, "__all__", None) or [n for n in dir(module) if not n.startswith("_")]
         classes = {n: f"{module_name}.{n}" for n in public if inspect.isclass(getattr(module, n, None))}
-        fail(f"no class {path!r}{did_you_mean(attr, classes)}")
+        fail(f"no class {path!r}{did_you_mean(attr, classes, prefixes=True)}")
     if inspect.ismodule(obj):
         fail(f"{path!r} is a module; expected a class inside it ({path}.<Class>)")
     if not inspect.isclass(obj):
@@ -385,7 +386,9 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], *, check_output_dir: bo
         raise ConfigError([f"expected a mapping at the top level, got {type(c).__name__}"])
     problems: list[str] = []
     builds: list[tuple[dict[str, tuple[type, dict]], str]] = []  # the learner's nested configs, to build last
-    _check_keys(c, [*SECTIONS, "run"], "", problems)
+    metrics: list[tuple[type, dict, str]] = []  # metrics that bound their parameters, to build last
+    elsewhere = _key_paths(c)
+    _check_keys(c, [*SECTIONS, "run"], "", problems, elsewhere)
     data_cls = None
     for key, prefix in SECTIONS.items():
         if c.get(key) is None:
@@ -406,18 +409,24 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], *, check_output_dir: bo
                             f"{data_cls.__module__}.{data_cls.__qualname__} has none; set {name} to an int"
                         )
                 given = {k: v for k, v in params.items() if k not in auto}
+                before = len(problems)
                 _check_parameters(cls, given, at, problems, supplied=set(auto))
+                defaults = all(_parameters(cls)[name].default is not inspect.Parameter.empty for name in auto)
+                if key == "metric_configs" and len(problems) == before and defaults:  # sizes: the class's default
+                    metrics.append((cls, given, at))  # cheap to build: values the class refuses are found now
             elif prefix == "learner":
                 builds.append((_check_learner(cls, params, at, problems), at))
             else:
                 data_cls = cls  # only the data section gets here
                 _check_parameters(cls, params, at, problems)
-    _check_run(c.get("run"), problems)
+    _check_run(c.get("run"), problems, elsewhere)
     if check_output_dir:
         _check_output_dir(c.get("run"), problems)
     if not problems:  # building an optimizer imports torch's compiler (~1-2 s): only once all else is right
         for sections, at in builds:
             _check_builds(sections, at, problems)
+        for cls, params, at in metrics:
+            _try_construct(cls, params, at, problems)
     if problems:
         raise ConfigError(problems)
 
@@ -432,13 +441,40 @@ def _sections(c: dict, key: str, problems: list[str]) -> list[tuple[str, Any]]:
     return [(f"{key}[{i}]", section) for i, section in enumerate(c[key])]
 
 
-def _check_keys(mapping: dict, known: Sequence[str], at: str, problems: list[str]) -> None:
-    """Report the keys of the mapping at key path ``at`` ("" for the top level) not in ``known``."""
+def _check_keys(mapping: dict, known: Sequence[str], at: str, problems: list[str],
+                elsewhere: Mapping[str, Sequence[str]] | None = None) -> None:
+    """Report the keys of the mapping at key path ``at`` ("" for the top level) not in ``known``.
+
+    ``elsewhere``: key name -> the full paths where the config has (or takes) a key of that name,
+    for a key written at the wrong level (``n_epochs=5`` for ``learner_configs.learner_parameters.n_epochs=5``).
+    """
     prefix, what = (f"{at}.", f"key of {at}") if at else ("", "top-level key")
     for k in mapping:
         if k not in known:
             hint = did_you_mean(str(k), {n: prefix + n for n in known})
+            paths = [p for p in (elsewhere or {}).get(str(k), ()) if p != f"{prefix}{k}"]
+            if not hint and paths:
+                hint = f" — did you mean {' or '.join(repr(p) for p in paths[:3])}?"
             problems.append(f"{prefix}{k}: unknown {what}{hint} (expected: {', '.join(known)})")
+
+
+def _key_paths(c: dict) -> dict[str, list[str]]:
+    """Key name -> the full paths of the config's keys of that name, and of the run keys it may leave out."""
+    paths: dict[str, list[str]] = {}
+
+    def walk(node: Any, at: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                path = f"{at}.{k}" if at else str(k)
+                if at:
+                    paths.setdefault(str(k), []).append(path)
+                walk(v, path)
+
+    walk({k: v for k, v in c.items() if k in (*SECTIONS, "run")}, "")
+    for k in RUN_DEFAULTS:
+        if f"run.{k}" not in paths.setdefault(k, []):
+            paths[k].append(f"run.{k}")
+    return paths
 
 
 def _check_values(mapping: dict, checks: dict[str, tuple[Any, str]], at: str, problems: list[str]) -> set[str]:
@@ -448,6 +484,8 @@ def _check_values(mapping: dict, checks: dict[str, tuple[Any, str]], at: str, pr
         v = mapping[k]
         bare_no = k == "mixed_precision" and v is False
         hint = ' — quote it: mixed_precision: "no" (a bare no is YAML for false)' if bare_no else ""
+        if isinstance(v, str) and not hint:  # a misspelled choice: the closest of the quoted ones
+            hint = did_you_mean(v, re.findall(r"'([^']+)'", checks[k][1]))
         problems.append(f"{at}.{k}: expected {checks[k][1]}, got {v!r}{hint}")
     return set(wrong)
 
@@ -532,8 +570,15 @@ def _check_builds(sections: dict[str, tuple[type, dict]], at: str, problems: lis
 
 
 def _try_build(key: str, cls: type, params: dict, at: str, problems: list[str], *args: Any) -> Any:
-    """``cls(*args, **params)``, or a problem naming the parameter it refused (the one whose removal lets
-    it build), with the class's own words."""
+    """The learner's nested config ``key`` built: ``cls(*args, **params)``, or None and a problem (see
+    :func:`_try_construct`)."""
+    return _try_construct(cls, params, f"{at}.{key}.{LEARNER_NESTED[key][0]}_parameters", problems, *args)
+
+
+def _try_construct(cls: type, params: dict, where: str, problems: list[str], *args: Any) -> Any:
+    """``cls(*args, **params)``, or None and a problem naming the parameter it refused (the one whose
+    removal lets it build, under key path ``where``), with the class's own words and, for a misspelled
+    choice the message lists, the closest one."""
     import warnings
 
     def build(kwargs: dict) -> Any:
@@ -552,19 +597,22 @@ def _try_build(key: str, cls: type, params: dict, at: str, problems: list[str], 
                 continue
             culprit = name
             break
-        prefix = LEARNER_NESTED[key][0]
-        where = f"{at}.{key}.{prefix}_parameters" + (f".{culprit}" if culprit else "")
+        where += f".{culprit}" if culprit else ""
         what = f"the value {params[culprit]!r}" if culprit else "these parameters"
         fix = f"; fix {culprit} or remove it to use the default" if culprit else ""
+        if culprit and isinstance(params[culprit], str):  # e.g. "average must be one of 'binary', 'macro', ..."
+            choices = [c for c in re.findall(r"'([^']+)'", str(exc)) if c != params[culprit]]
+            if hint := did_you_mean(params[culprit], choices):
+                fix = f"{hint} (or remove {culprit} to use the default)"
         problems.append(f"{where}: {cls.__module__}.{cls.__qualname__} refuses {what}: {_first_line(exc)}{fix}")
         return None
 
 
-def _check_run(run: Any, problems: list[str]) -> None:
+def _check_run(run: Any, problems: list[str], elsewhere: Mapping[str, Sequence[str]] | None = None) -> None:
     if not isinstance(run, dict):
         problems.append(f"run: expected a mapping (seed, output_dir, overwrite, tracking, ...), got {run!r}")
         return
-    _check_keys(run, list(RUN_DEFAULTS), "run", problems)
+    _check_keys(run, list(RUN_DEFAULTS), "run", problems, elsewhere)
     _check_values(run, {
         "seed": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
         "output_dir": (lambda v: v is None or isinstance(v, str) and v.strip(),

@@ -42,7 +42,9 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def did_you_mean(word: str, candidates: Iterable[str] | Mapping[str, str], cutoff: float = 0.6) -> str:
+def did_you_mean(
+    word: str, candidates: Iterable[str] | Mapping[str, str], cutoff: float = 0.6, prefixes: bool = False
+) -> str:
     """``" — did you mean 'X'?"`` for the candidate closest to ``word`` (ignoring case), or "".
 
     Args:
@@ -50,6 +52,9 @@ def did_you_mean(word: str, candidates: Iterable[str] | Mapping[str, str], cutof
         candidates: The valid names; for a mapping, the closest key is matched and its value shown
             (e.g. a class name matched, its dotted path shown).
         cutoff: The least similarity (0..1) worth a suggestion.
+        prefixes: When nothing is that close, also take a candidate ``word`` starts with (the longest,
+            of 2 characters or more: ``F1Score`` -> ``F1``), or the only one that starts with
+            ``word`` (3 characters or more: ``Binned`` -> ``BinnedAUROC`` when it is the only one).
 
     Returns:
         The hint, starting with a space, or "" when nothing is close.
@@ -58,5 +63,10 @@ def did_you_mean(word: str, candidates: Iterable[str] | Mapping[str, str], cutof
     by_lower: dict[str, str] = {}
     for c in shown:
         by_lower.setdefault(str(c).lower(), c)
-    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=cutoff)
+    lower = str(word).lower()
+    close = difflib.get_close_matches(lower, list(by_lower), n=1, cutoff=cutoff)
+    if not close and prefixes:
+        heads = sorted((c for c in by_lower if len(c) >= 2 and lower.startswith(c)), key=len, reverse=True)
+        longer = [c for c in by_lower if len(lower) >= 3 and c.startswith(lower)]
+        close = heads[:1] or (longer if len(longer) == 1 else [])
     return f" — did you mean {shown[by_lower[close[0]]]!r}?" if close else ""

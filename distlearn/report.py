@@ -106,6 +106,12 @@ def prepare_output_dir(
             existing = []
         if existing:
             shown = ", ".join(existing[:6]) + (", ..." if len(existing) > 6 else "")
+            if not set(existing) & {*OUTPUT_FILES, INCOMPLETE, "checkpoints", "wandb"}:  # nothing a run writes
+                raise OutputDirError(
+                    f"run.output_dir {str(path)!r} is not empty and holds no distlearn run ({shown}). Nothing was "
+                    f"changed. Choose a new or empty folder (run.output_dir=...), or write the run into it beside "
+                    f"its files with run.overwrite=true."
+                )
             raise OutputDirError(
                 f"run.output_dir {str(path)!r} already holds an earlier run ({shown}). Nothing was changed. "
                 f"Choose a new folder (run.output_dir=...) or replace its outputs with run.overwrite=true."

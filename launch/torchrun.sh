@@ -31,9 +31,20 @@
 #   PYTHON               the interpreter distlearn is installed in (default: python3)
 #   DRY_RUN=1            print the command instead of running it
 #
+# Stopping: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 sent to this script reaches every training
+# process, which saves a checkpoint and stops; the script then exits 143 (130 for SIGINT) and
+# prints the command that resumes, this script included.
+#
 # Without a GPU, ACCELERATE_USE_CPU=1 is exported so that every process joins
 # one gloo group instead of training alone (docs/pitfalls.md).
 set -euo pipefail
+
+# This launch as a command (the settings given and the script), for the resume line printed after a stop.
+DISTLEARN_LAUNCH_COMMAND=
+for var in NPROC_PER_NODE DISTLEARN_CPU_PROCS DISTLEARN_GPUS MAX_RESTARTS NNODES NODE_RANK RDZV_ENDPOINT RDZV_ID MIXED_PRECISION TORCHRUN_ARGS; do
+    if [[ -n ${!var:-} ]]; then DISTLEARN_LAUNCH_COMMAND+=$(printf '%s=%q ' "$var" "${!var}"); fi
+done
+export DISTLEARN_LAUNCH_COMMAND+=$0
 
 PYTHON=${PYTHON:-python3}
 MAX_RESTARTS=${MAX_RESTARTS:-0}

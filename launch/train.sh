@@ -26,10 +26,21 @@
 #   PYTHON               the interpreter distlearn is installed in (default: python3)
 #   DRY_RUN=1            print the command instead of running it
 #
+# Stopping: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 sent to this script reaches every training
+# process, which saves a checkpoint and stops; the script then exits 143 (130 for SIGINT) and
+# prints the command that resumes, this script included.
+#
 # Without a GPU, several processes need `--multi_gpu` plus ACCELERATE_USE_CPU=1:
 # `--cpu` (or distributed_type MULTI_CPU) starts a single process, and without
 # the variable each process trains alone on all the data (docs/pitfalls.md).
 set -euo pipefail
+
+# This launch as a command (the settings given and the script), for the resume line printed after a stop.
+DISTLEARN_LAUNCH_COMMAND=
+for var in NUM_PROCESSES DISTLEARN_CPU_PROCS DISTLEARN_GPUS ACCELERATE_CONFIG ACCELERATE_ARGS MIXED_PRECISION; do
+    if [[ -n ${!var:-} ]]; then DISTLEARN_LAUNCH_COMMAND+=$(printf '%s=%q ' "$var" "${!var}"); fi
+done
+export DISTLEARN_LAUNCH_COMMAND+=$0
 
 PYTHON=${PYTHON:-python3}
 USER_NUM_PROCESSES=${NUM_PROCESSES:-}

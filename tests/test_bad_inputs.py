@@ -143,6 +143,17 @@ CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("overwrite-not-bool", ["digits", "run.overwrite=maybe"], ("run.overwrite", "true or false")),
     ("tracking-backend-null", ["digits", "run.tracking.backend=null"], ("run.tracking.backend", "the word none")),
     ("tracking-mode", ["digits", "run.tracking.mode=onlin"], ("run.tracking.mode", "'offline'")),
+    ("tracking-mode-typo", ["digits", "run.tracking.mode=offlne"], ("run.tracking.mode", "did you mean 'offline'")),
+    ("scheduler-interval-typo", ["digits", f"{L}.scheduler_interval=epoc"], ("scheduler_interval", "did you mean 'epoch'")),
+    # a key at the wrong level names where it belongs
+    ("learner-key-at-top-level", ["wine", "n_epochs=5"], ("n_epochs: unknown top-level key", f"did you mean '{L}.n_epochs'")),
+    ("learner-key-under-run", ["wine", "run.n_epochs=5"], ("run.n_epochs", f"did you mean '{L}.n_epochs'")),
+    ("run-key-at-top-level", ["wine", "timeout_s=5"], ("timeout_s", "did you mean 'run.timeout_s'")),
+    # metrics: refused values name their key; a longer class name finds the short one
+    ("metric-choice-typo", ["wine", "metric_configs.metric_parameters.average=marco"],
+     ("metric_configs.metric_parameters.average", "'marco'", "did you mean 'macro'")),
+    ("metric-class-longer-name", ["wine", "metric_configs.metric_class=distlearn.metrics.F1Score"],
+     ("metric_configs.metric_class", "did you mean 'distlearn.metrics.F1'")),
 ]
 
 
@@ -264,6 +275,26 @@ def test_output_dir_that_is_a_file_or_under_one(tmp_path, workdir, earlier, caps
 def test_earlier_run_is_not_overwritten(workdir, earlier):
     result = _distlearn(f"run.output_dir={earlier}", "run.tracking.backend=none", cwd=workdir)
     _check(result.returncode, result.stderr, 2, ("already holds an earlier run", "run.overwrite=true"))
+
+
+def test_a_folder_of_other_files_is_not_called_an_earlier_run(tmp_path, workdir, capsys):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    code, err = _in_process(capsys, ["train", f"run.output_dir={folder}", "run.tracking.backend=none", "-q"])
+    _check(code, err, 2, ("not empty", "holds no distlearn run", "notes.txt", "run.output_dir="))
+    assert "earlier run" not in err
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def test_fp16_on_cpu_names_the_key_or_the_launcher(workdir, earlier):
+    key = f"{L}.mixed_precision"
+    result = _distlearn(f"{key}=fp16", f"run.output_dir={earlier}", "run.overwrite=true", "run.tracking.backend=none",
+                        cwd=workdir)
+    _check(result.returncode, result.stderr, 2, (f"{key}: ", "needs a GPU", f"{key}=bf16"))
+    launched = _run([sys.executable, "-m", "distlearn", "train", f"run.output_dir={earlier}", "run.overwrite=true",
+                     "run.tracking.backend=none", "-q"], workdir, _env(ACCELERATE_MIXED_PRECISION="fp16"))
+    _check(launched.returncode, launched.stderr, 2, (f"{key} is null", "launcher", "fp16", "needs a GPU"))
 
 
 def test_labels_outside_the_models_outputs(workdir, earlier):

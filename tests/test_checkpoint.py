@@ -263,7 +263,7 @@ def test_sigterm_checkpoints_exits_143_and_the_rerun_ends_bitwise_equal(tmp_path
     if procs > 1:
         assert "exitcode  : 143" in text or "exitcode: 143" in text.replace("  ", " "), text[-3000:]
     assert seconds < 30
-    assert "interrupted by SIGTERM" in text and "resume with the same launch and: distlearn train" in text
+    assert "interrupted by SIGTERM" in text and "resume with" in text and "distlearn train" in text
     partial = json.loads((out / "record.json").read_text())
     assert partial["status"] == "interrupted" and "0" in partial["training"] and "3" not in partial["training"]
     assert checkpoint.latest(out) is not None

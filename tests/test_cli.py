@@ -8,6 +8,7 @@ Runs are real subprocesses (`python -m distlearn`, the console script), short di
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -215,6 +216,18 @@ def test_console_script_and_usage(tmp_path):
     assert result.returncode == 0 and "key.path=value" in result.stdout
 
 
+def test_options_may_come_between_the_overrides(tmp_path):
+    out = tmp_path / "out"
+    result = run_command([sys.executable, "-m", "distlearn", "train", "wine", "learner_configs.learner_parameters.n_epochs=1",
+                          "-q", NO_TRACKING, f"run.output_dir={out}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == f"Output directory: {out}"
+    assert "epoch 1" not in result.stderr.lower()  # -q was taken as the option, not lost
+    assert json.loads((out / "config.yaml").parent.joinpath("record.json").read_text())["status"] == "completed"
+    bad = run_command([sys.executable, "-m", "distlearn", "train", "wine", "-x", NO_TRACKING], tmp_path)
+    assert bad.returncode == 2 and "unrecognized arguments: -x" in bad.stderr
+
+
 # What a quick answer may import: the command's --help, --version and the config errors found before any
 # class is imported run without torch (~1.5 s to import here); a misspelled class needs torch, but not
 # torch._dynamo (as long again), which only building an optimizer imports.
@@ -273,7 +286,10 @@ def test_output_dir_rules(tmp_path, monkeypatch):
     assert second == tmp_path / "runs" / "wine-20260102-030405-2"
     assert prepare_output_dir("empty", False) == tmp_path / "empty"  # an empty folder is fine
     (tmp_path / "empty" / "x").write_text("")
-    with pytest.raises(OutputDirError, match="already holds an earlier run"):
+    with pytest.raises(OutputDirError, match=r"is not empty and holds no distlearn run \(x\)"):
+        prepare_output_dir("empty", False)  # someone's files, not a run
+    (tmp_path / "empty" / "record.json").write_text("{}")
+    with pytest.raises(OutputDirError, match=r"already holds an earlier run \(record.json, x\)"):
         prepare_output_dir("empty", False)
     assert prepare_output_dir("empty", True) == tmp_path / "empty"
     (tmp_path / "file").write_text("")
@@ -333,3 +349,74 @@ def test_outputs_are_replaced_as_one_set_and_a_half_written_set_says_so(tmp_path
     with pytest.raises(OSError):
         report.write_outputs(tmp_path, config, {"training": {}}, weights)
     assert (tmp_path / report.INCOMPLETE).exists()  # the folder says it holds a mix of two sets
+
+
+# --------------------------------------------------------------------------- resuming with more epochs, rerunning a finished run
+
+
+def test_more_epochs_on_a_schedule_interpolated_from_n_epochs_says_how_to_keep_it_and_a_rerun_of_a_finished_run_trains_nothing(
+        tmp_path):
+    out = tmp_path / "run"
+    t_max = "learner_configs.learner_parameters.lr_scheduler_configs.lr_scheduler_parameters.T_max"
+
+    def diabetes(*args, env=None):
+        return distlearn("diabetes", *args, f"run.output_dir={out}", cwd=tmp_path, env=env)
+
+    first = diabetes("learner_configs.learner_parameters.n_epochs=1", NO_TRACKING)
+    assert first.returncode == 0, first.stderr[-3000:]
+    refused = diabetes("learner_configs.learner_parameters.n_epochs=2", NO_TRACKING)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert f"{t_max}: 1 in the checkpoint, 2 now (it is interpolated from n_epochs, 1 -> 2" in refused.stderr
+    assert f"pin it: {t_max}=1" in refused.stderr
+    pinned = diabetes("learner_configs.learner_parameters.n_epochs=2", f"{t_max}=1", NO_TRACKING)
+    assert pinned.returncode == 0, pinned.stderr[-3000:]
+    assert "resuming from checkpoint" in pinned.stderr and "(the start of epoch 2," in pinned.stderr
+    assert sorted(json.loads((out / "record.json").read_text())["training"]) == ["0", "1"]
+
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    env = run_env(WANDB_MODE="offline")
+    env.pop("WANDB_DIR", None)  # W&B would write under the run folder: it must not start at all
+    rerun = diabetes("learner_configs.learner_parameters.n_epochs=2", f"{t_max}=1", env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "already complete (2 epochs" in rerun.stdout and "resuming" not in rerun.stderr, rerun.stdout + rerun.stderr
+    assert rerun.stdout.strip().splitlines()[-1] == f"Output directory: {out}"
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # no file written, no W&B folder
+
+
+def test_resume_lines_say_process_counts_in_words():
+    from distlearn.cli import _processes, resume_hint
+
+    assert _processes(1) == "1 process" and _processes(3) == "3 processes"
+    args = ["train", "charlm", "run.output_dir=runs/x"]
+    assert resume_hint(args, 1, {}) == "resume with: distlearn train charlm run.output_dir=runs/x"
+    launched = resume_hint(args, 2, {"TORCHELASTIC_RUN_ID": "a"})
+    assert launched.startswith("resume with the same launch (torchrun, 2 processes)") and "-m distlearn train" in launched
+    scripted = resume_hint(args, 2, {"DISTLEARN_LAUNCH_COMMAND": "DISTLEARN_CPU_PROCS=2 launch/train.sh"})
+    assert scripted == "resume with: DISTLEARN_CPU_PROCS=2 launch/train.sh charlm run.output_dir=runs/x"
+
+
+def test_charlm_checkpoints_do_not_warn_about_its_tied_head_but_other_shared_tensors_still_warn(tmp_path, caplog):
+    out = tmp_path / "run"
+    result = distlearn("charlm", "learner_configs.learner_parameters.n_epochs=1", "data_configs.data_parameters.max_chars=20000",
+                       "run.checkpoint.every_n_steps=10", NO_TRACKING, f"run.output_dir={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((out / "checkpoints").glob("step-*"))) >= 1
+    assert "Removed shared tensor" not in result.stderr, result.stderr[-3000:]
+
+    import torch
+    from accelerate.state import PartialState
+    from accelerate.utils.other import clean_state_dict_for_safetensors
+
+    from distlearn.cli import _setup_logging
+
+    PartialState()  # Accelerate's logger needs its state
+    ours = logging.getLogger("distlearn")
+    kept = list(ours.handlers), ours.propagate, ours.level
+    _setup_logging(is_main=True, quiet=True)
+    ours.handlers[:], ours.propagate, ours.level = kept
+    shared = torch.zeros(3)
+    with caplog.at_level(logging.WARNING, logger="accelerate.utils.other"):
+        clean_state_dict_for_safetensors({"token_embedding.weight": shared, "head.weight": shared})
+        clean_state_dict_for_safetensors({"encoder.weight": shared, "decoder.weight": shared})
+    removed = [r.getMessage() for r in caplog.records if "Removed shared tensor" in r.getMessage()]
+    assert len(removed) == 1 and "decoder.weight" in removed[0], removed

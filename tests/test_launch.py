@@ -205,3 +205,66 @@ def test_slurm_sbatch_resumes_into_the_jobs_folder_and_requeues_an_interrupted_r
     assert (tmp_path / "requeued").exists() == requeued, result.stderr
     if requeued:
         assert (tmp_path / "requeued").read_text().strip() == "77"
+
+
+# --------------------------------------------------------------------------- stopping a launch
+
+
+def _stop_a_launch(tmp_path: Path, script: str, signum: int, to_group: bool, out: Path) -> subprocess.CompletedProcess:
+    """Start ``script`` on 2 CPU processes, send ``signum`` once the first checkpoint exists: to the
+    script's process, or to its whole process group (what Ctrl-C in a terminal does)."""
+    import os
+    import signal
+    import time
+
+    env = script_env(DISTLEARN_CPU_PROCS="2", MAIN_PROCESS_PORT=free_port())
+    proc = subprocess.Popen(
+        ["bash", str(LAUNCH / script), "digits", "learner_configs.learner_parameters.n_epochs=200",
+         "run.checkpoint.every_n_steps=2", NO_TRACKING, f"run.output_dir={out}", "-q"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any((out / "checkpoints").glob("step-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        (os.killpg if to_group else os.kill)(proc.pid, signum)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize(
+    ("script", "signame", "to_group", "code"),
+    [("train.sh", "SIGINT", True, 130), ("torchrun.sh", "SIGTERM", False, 143)],
+)
+def test_a_stopped_launch_exits_with_the_stop_code_without_a_traceback_and_says_how_to_resume(
+        tmp_path, script, signame, to_group, code):
+    import signal
+
+    out = tmp_path / "run"
+    result = _stop_a_launch(tmp_path, script, getattr(signal, signame), to_group, out)
+    assert result.returncode == code, result.stderr[-5000:]
+    assert "Traceback" not in result.stderr and "SignalException" not in result.stderr, result.stderr[-5000:]
+    assert "error" not in result.stderr.lower(), result.stderr[-3000:]
+    assert json.loads((out / "record.json").read_text())["status"] == "interrupted"
+    lines = [ln for ln in result.stderr.splitlines() if f"distlearn: interrupted by {signame}" in ln]
+    assert len(lines) == 1, result.stderr[-3000:]
+    # the resume line keeps the launch (2 processes through the script), never a 1-process command
+    assert f"resume with: DISTLEARN_CPU_PROCS=2 {LAUNCH / script} digits " in lines[0], lines[0]
+    assert f"run.output_dir={out}" in lines[0]
+    if script != "train.sh":
+        return
+    # the resume line, pasted (with fewer epochs), resumes on 2 processes; the resume line is printed once
+    import shlex
+
+    words = shlex.split(lines[0].split("resume with: ", 1)[1])
+    settings = dict(w.split("=", 1) for w in words[:1])
+    env = script_env(MAIN_PROCESS_PORT=free_port(), **settings)
+    again = run_command([*words[1:], "learner_configs.learner_parameters.n_epochs=3"], tmp_path, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("resuming from checkpoint") == 1, again.stderr[-3000:]
+    assert "2 processes on cpu" in again.stdout
