@@ -38,6 +38,19 @@ def reference(base: Path) -> tuple[dict, str]:
     return _outputs(base / "run")
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:  # the process just ended
+        return []
+
+
+def _leaves(pid: int) -> list[int]:
+    """The processes under ``pid`` that have none of their own (the training processes), oldest first."""
+    children = _children(pid)
+    return [leaf for child in children for leaf in (_leaves(child) or [child])]
+
+
 def killed_and_restarted(base: Path, ref: tuple[dict, str], plain: bool = False) -> tuple[bool, str]:
     """One attempt: kill a worker mid-run under MAX_RESTARTS=1; returns (passed, why not)."""
     base.mkdir(parents=True, exist_ok=True)
@@ -55,7 +68,7 @@ def killed_and_restarted(base: Path, ref: tuple[dict, str], plain: bool = False)
             steps = [int(m.group(1)) for f in glob.glob(str(base / "runs" / "*" / "checkpoints" / "step-*"))
                      if (m := re.search(r"step-(\d+)$", f))]
             if steps and max(steps) >= KILL_AFTER:
-                workers = Path(f"/proc/{launch.pid}/task/{launch.pid}/children").read_text().split()
+                workers = _leaves(launch.pid)  # torchrun's workers: under the script's shell and its launcher
                 if workers:
                     killed = int(workers[-1])
                     os.kill(killed, signal.SIGKILL)
