@@ -241,10 +241,6 @@ class Tracker:
         """Whether this run is tracked (backend wandb and mode not disabled)."""
         return self.mode != "disabled"
 
-    def accelerator_kwargs(self) -> dict[str, Any]:
-        """What the Accelerator must be built with for this tracker (``log_with``)."""
-        return accelerator_kwargs(self.tracking, self.env)
-
     def start(
         self, accelerator: Any, config: Mapping[str, Any], output_dir: str | Path, resume_id: str | None = None
     ) -> None:

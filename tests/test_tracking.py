@@ -146,9 +146,9 @@ def test_the_users_wandb_mode_wins_and_backend_none_turns_tracking_off():
     assert resolve_mode({"backend": "wandb", "mode": "online"}, {"WANDB_MODE": "disabled"})[0] == "disabled"
     assert resolve_mode({"backend": "wandb", "mode": "offline"}, key)[0] == "offline"  # the config over credentials
     assert resolve_mode({"backend": "none", "mode": "online"}, {**key, "WANDB_MODE": "online"})[0] == "disabled"
-    assert Tracker({"backend": "none"}, {}).accelerator_kwargs() == {}
-    assert Tracker({"backend": "wandb"}, {"WANDB_MODE": "offline"}).accelerator_kwargs() == {"log_with": "wandb"}
-    assert Tracker({"backend": "wandb"}, {"WANDB_MODE": "disabled"}).accelerator_kwargs() == {}
+    assert accelerator_kwargs({"backend": "none"}, {}) == {}
+    assert accelerator_kwargs({"backend": "wandb"}, {"WANDB_MODE": "offline"}) == {"log_with": "wandb"}
+    assert accelerator_kwargs({"backend": "wandb"}, {"WANDB_MODE": "disabled"}) == {}
 
 
 def test_the_main_process_gets_the_wandb_tracker_and_says_once_that_wandb_mode_wins(caplog):
