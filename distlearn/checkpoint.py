@@ -306,7 +306,7 @@ class Checkpoints:
                 raise CheckpointError(self._mid_epoch_refusal(meta, world_size, current))
             return current
         if global_batch % world_size:
-            fits = [n for n in range(1, global_batch + 1) if global_batch % n == 0]
+            fits = _divisors(global_batch)
             raise CheckpointError(
                 f"{self.resume_from} was saved with a global batch of {global_batch} samples ({saved_world} "
                 f"processes of {global_batch // saved_world}); {world_size} processes cannot split it evenly. "
@@ -323,7 +323,7 @@ class Checkpoints:
                  f"it was saved with: expected {global_batch} samples per step ({saved_world} processes of "
                  f"{global_batch // saved_world})")
         splits = global_batch % world_size == 0
-        counts = [n for n in range(1, global_batch + 1) if global_batch % n == 0]
+        counts = _divisors(global_batch)
         on = (f" ({global_batch // world_size} per process)" if splits
               else f" on a number of processes that divides it (one of {counts}; {world_size} does not)")
         if current is None:  # the loader was built with batch_sampler=: its batch can be neither read nor resized
@@ -417,6 +417,11 @@ class Checkpoints:
         complete = [path for path, _ in find(self.output_dir) if path != keep]
         for old in complete[self.keep_last - 1:]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _divisors(global_batch: int) -> list[int]:
+    """The process counts that split ``global_batch`` evenly."""
+    return [n for n in range(1, global_batch + 1) if global_batch % n == 0]
 
 
 def elastic_warning(path: str | Path, saved_world: int, world: int, global_batch: int | None,

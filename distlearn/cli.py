@@ -596,7 +596,7 @@ def resume_hint(args: Sequence[str], num_processes: int, environ: Mapping[str, s
     if num_processes <= 1 and "TORCHELASTIC_RUN_ID" not in env:
         return f"resume with: distlearn {quoted}"
     launcher = "accelerate launch" if "ACCELERATE_MIXED_PRECISION" in env else "torchrun"
-    return (f"resume with the same launch ({launcher}, {num_processes} process{'es' if num_processes != 1 else ''}) "
+    return (f"resume with the same launch ({launcher}, {_processes(num_processes)}) "
             f"and the arguments: -m distlearn {quoted}")
 
 
@@ -803,10 +803,9 @@ def _say_complete(output_dir: Path, record: dict[str, Any], resolved: dict[str, 
 def _title(experiment: Any, accelerator: Any, config: str | None) -> str:
     name = Path(config).stem if config else "digits"
     n_params = sum(p.numel() for p in experiment.model.parameters())
-    procs = accelerator.num_processes
     return (
         f"{name}: {type(experiment.model).__name__} ({n_params:,} parameters), "
-        f"{procs} process{'es' if procs != 1 else ''} on {accelerator.device.type}"
+        f"{_processes(accelerator.num_processes)} on {accelerator.device.type}"
     )
 
 
