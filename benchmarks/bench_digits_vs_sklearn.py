@@ -48,7 +48,7 @@ def run_sklearn(config: str, seed: int) -> dict:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    from distlearn.config import instantiate, load_config
+    from distlearn.experiment.config import instantiate, load_config
 
     cfg = load_config(config)
     data = instantiate(cfg.data_configs, "data")  # the very split and scaling distlearn trains on

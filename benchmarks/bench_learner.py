@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from distlearn.learner import BackwardLearner
+from distlearn.training.learner import BackwardLearner
 from distlearn.metrics import Accuracy
 
 

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from distlearn.accelerator import prepare_loader
+from distlearn.runtime.accelerator import prepare_loader
 from distlearn.data import SklearnDataset, make_loaders
-from distlearn.learner import BackwardLearner
+from distlearn.training.learner import BackwardLearner
 from distlearn.metrics import Accuracy
 from distlearn.models import MLP
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ACC, MET, LRN = "distlearn/accumulators.py", "distlearn/metrics.py", "distlearn/learner.py"
-BAT, PAD = "distlearn/batches.py", "distlearn/padding.py"  # the learner's batch handling
+ACC, MET, LRN = "distlearn/accumulators.py", "distlearn/metrics.py", "distlearn/training/learner.py"
+BAT, PAD = "distlearn/training/batches.py", "distlearn/training/padding.py"  # the learner's batch handling
 PROMISES = "tests/test_promises.py"
 ACC_TESTS = [f"{PROMISES}::{name}" for name in (
     "test_nan_and_inf_propagate_as_in_torch", "test_large_integer_sums", "test_weights_other_than_one",

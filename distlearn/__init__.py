@@ -15,14 +15,14 @@ __version__ = "0.1.0"
 # public name -> the module defining it
 _EXPORTS = {
     **dict.fromkeys(["Cat", "Except", "List", "Max", "Mean", "Min", "Sum", "calculate"], "accumulators"),
-    **dict.fromkeys(["BackwardLearner", "NonFiniteLossError"], "learner"),
+    **dict.fromkeys(["BackwardLearner", "NonFiniteLossError"], "training.learner"),
     **dict.fromkeys(
         ["AUROC", "F1", "MAE", "MSE", "R2", "RMSE", "Accuracy", "AveragePrecision", "BinnedAUROC",
          "BinnedAveragePrecision", "ConfusionMatrix", "FBeta", "Metrics", "Perplexity", "Precision", "Recall",
          "evaluate"],
         "metrics",
     ),
-    "drop_padding": "padding",
+    "drop_padding": "training.padding",
 }
 __all__ = list(_EXPORTS)
 

@@ -1,6 +1,6 @@
 """``python -m distlearn train ...``: the ``distlearn`` command, also for launchers (``accelerate launch -m``, ``torchrun -m``)."""
 
-from distlearn.cli import main
+from distlearn.command.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from distlearn.cli import main
+from distlearn.command.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from distlearn.batches import Batches, describe, flat_tokens, token_labels
+from distlearn.training.batches import Batches, describe, flat_tokens, token_labels
 
 VOCAB, N_SEQ, GLOBAL_BATCH = 11, 23, 6  # 23 = 3 full global batches + 5: the last one is padded by Accelerate
 
@@ -87,7 +87,7 @@ def reference_loss() -> tuple[float, list[int]]:
 
 def train_lm(rank: int, world: int, mode: str) -> dict:
     """Train TinyLM with lr 0 on dict batches; the loss from the learner, the model or loss_fn."""
-    from distlearn.learner import BackwardLearner
+    from distlearn.training.learner import BackwardLearner
 
     collate = pad_pair if mode == "pair" else pad_collate
     loader = DataLoader(Sequences(), batch_size=GLOBAL_BATCH // world, shuffle=True, collate_fn=collate)
@@ -134,7 +134,7 @@ def test_per_token_loss_is_exact_on_1_2_3_processes_with_uneven_padding(dist_poo
 
 def rows_rule(rank: int, world: int) -> dict:
     """Dict batches of rows (not tokens) through Accelerate's padding: the loss per row is exact."""
-    from distlearn.learner import BackwardLearner
+    from distlearn.training.learner import BackwardLearner
 
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(13, 4, generator=g), torch.randint(0, 3, (13,), generator=g)
@@ -180,7 +180,7 @@ def test_dict_batches_drop_padding_duplicates(dist_pool):
 
 def bad_batches(rank: int, world: int, case: str) -> str:
     """A batch form the learner cannot use: every rank raises, none waits."""
-    from distlearn.learner import BackwardLearner
+    from distlearn.training.learner import BackwardLearner
 
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     if case == "dict_without_labels":
@@ -242,7 +242,7 @@ def test_token_helpers():
     assert Batches().weight(labels[:, 0], 2) == 2
     assert describe({"a": torch.zeros(2, 3)}) == "a dict {'a': Tensor(2, 3)}"
     with pytest.raises(ValueError, match="no .loss"):
-        from distlearn.batches import model_loss
+        from distlearn.training.batches import model_loss
 
         model_loss(torch.zeros(2))
 

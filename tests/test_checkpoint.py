@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from launching import launch_env, run_script, script_command, without_clocks
 
-from distlearn import checkpoint
+from distlearn.training import checkpoint
 
 SCRIPT = Path(__file__).parent / "scripts" / "resume_run.py"
 
@@ -311,7 +311,7 @@ def test_a_run_id_saved_as_none_keeps_the_resumed_runs_own(fresh_accelerate, tmp
     import torch
     from accelerate import Accelerator
 
-    from distlearn.checkpoint import Checkpoints
+    from distlearn.training.checkpoint import Checkpoints
 
     accelerator = Accelerator(cpu=True)
     accelerator.prepare(torch.nn.Linear(2, 1))

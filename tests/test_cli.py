@@ -94,7 +94,7 @@ def test_default_config_is_digits_and_all_outputs_are_valid(baseline):
     from omegaconf import OmegaConf
     from safetensors.torch import load_model
 
-    from distlearn.config import instantiate
+    from distlearn.experiment.config import instantiate
     from distlearn.data import SklearnDataset
 
     assert sorted(p.name for p in baseline.iterdir()) == [
@@ -189,7 +189,7 @@ def test_bad_input_exits_2_with_a_message_naming_the_problem(tmp_path, args, exp
 def test_mixed_precision_is_the_configs_else_the_launchers(monkeypatch):
     from accelerate.state import AcceleratorState, GradientState
 
-    from distlearn.accelerator import build_accelerator
+    from distlearn.runtime.accelerator import build_accelerator
 
     def built(configured):
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -233,7 +233,7 @@ def test_options_may_come_between_the_overrides(tmp_path):
 # torch._dynamo (as long again), which only building an optimizer imports.
 QUICK_ANSWERS = """
 import contextlib, io, json, sys
-from distlearn.cli import main
+from distlearn.command.cli import main
 heavy = ("torch", "torch._dynamo", "accelerate", "sklearn", "wandb", "matplotlib")
 answers = []
 for argv in json.loads(sys.argv[1]):
@@ -275,7 +275,7 @@ def test_a_misspelled_class_is_answered_without_torchs_compiler(tmp_path):
 def test_output_dir_rules(tmp_path, monkeypatch):
     from datetime import datetime
 
-    from distlearn.report import OutputDirError, default_output_dir, prepare_output_dir
+    from distlearn.command.report import OutputDirError, default_output_dir, prepare_output_dir
 
     monkeypatch.chdir(tmp_path)
     now = datetime(2026, 1, 2, 3, 4, 5)
@@ -298,7 +298,7 @@ def test_output_dir_rules(tmp_path, monkeypatch):
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    from distlearn.report import atomic_write, write_record
+    from distlearn.command.report import atomic_write, write_record
 
     target = tmp_path / "record.json"
     target.write_text("old")
@@ -335,7 +335,7 @@ def test_resuming_another_experiment_is_refused_before_training_naming_key_old_a
 
 
 def test_outputs_are_replaced_as_one_set_and_a_half_written_set_says_so(tmp_path, monkeypatch):
-    from distlearn import report
+    from distlearn.command import report
 
     config, record, weights = {"run": {"seed": 0}}, {"training": {0: {"train_loss": 1.0}}}, {"w": torch.zeros(2)}
     files = report.write_outputs(tmp_path, config, record, weights)
@@ -384,7 +384,7 @@ def test_more_epochs_on_a_schedule_interpolated_from_n_epochs_says_how_to_keep_i
 
 
 def test_resume_lines_say_process_counts_in_words():
-    from distlearn.cli import _processes, resume_hint
+    from distlearn.command.cli import _processes, resume_hint
 
     assert _processes(1) == "1 process" and _processes(3) == "3 processes"
     args = ["train", "charlm", "run.output_dir=runs/x"]
@@ -407,7 +407,7 @@ def test_charlm_checkpoints_do_not_warn_about_its_tied_head_but_other_shared_ten
     from accelerate.state import PartialState
     from accelerate.utils.other import clean_state_dict_for_safetensors
 
-    from distlearn.cli import _setup_logging
+    from distlearn.command.cli import _setup_logging
 
     PartialState()  # Accelerate's logger needs its state
     ours = logging.getLogger("distlearn")

@@ -13,8 +13,8 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from distlearn.batches import flat_tokens
-from distlearn.config import (
+from distlearn.training.batches import flat_tokens
+from distlearn.experiment.config import (
     ConfigError,
     build_experiment,
     config_dir,
@@ -279,7 +279,7 @@ def test_a_built_wheel_ships_the_configs(tmp_path):
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = "from distlearn.config import config_dir, load_config; print(config_dir()); load_config()"
+    code = "from distlearn.experiment.config import config_dir, load_config; print(config_dir()); load_config()"
     env = {**os.environ, "PYTHONPATH": str(site)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

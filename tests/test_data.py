@@ -161,7 +161,7 @@ def loader_batches(rank, world):
     from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
     from distlearn import data
-    from distlearn.accelerator import build_accelerator, prepare_loader
+    from distlearn.runtime.accelerator import build_accelerator, prepare_loader
     from distlearn.data import (
         TensorBatches,
         _TensorBatchLoader,
@@ -424,7 +424,7 @@ def test_the_learner_trains_on_the_fast_path_exactly_as_on_a_plain_loader(fresh_
     from torch.utils.data import DataLoader, TensorDataset
 
     from distlearn.data import _TensorBatchLoader
-    from distlearn.learner import BackwardLearner
+    from distlearn.training.learner import BackwardLearner
     from distlearn.metrics import Accuracy
     from distlearn.models import MLP
 

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from distlearn import Accuracy, BackwardLearner
-from distlearn.accelerator import build_accelerator
+from distlearn.runtime.accelerator import build_accelerator
 
 
 def _data(n: int = 30) -> DataLoader:
@@ -88,7 +88,7 @@ def test_batches_are_copied_without_blocking_where_there_is_a_gpu(fresh_accelera
 
 _TWO_BUILDS = """
 from distlearn import BackwardLearner
-from distlearn.accelerator import build_accelerator
+from distlearn.runtime.accelerator import build_accelerator
 
 BackwardLearner(n_epochs=1).accelerator()  # the Python API builds its Accelerator through build_accelerator
 build_accelerator()                        # and a user's own loop may build one more

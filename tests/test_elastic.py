@@ -20,7 +20,7 @@ import pytest
 import torch
 from launching import ROOT, launch_env, run_script
 
-from distlearn import checkpoint
+from distlearn.training import checkpoint
 from distlearn.accumulators import Mean
 from distlearn.metrics import F1, Accuracy
 
@@ -291,7 +291,7 @@ def test_a_relaunch_with_the_same_launch_id_continues_its_default_folder(tmp_pat
 
 
 def test_a_group_that_cannot_form_is_a_launch_failure_not_bad_input(monkeypatch):
-    from distlearn import cli
+    from distlearn.command import cli
 
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     refused = RuntimeError("Gloo connectFullMesh failed with ... SO_ERROR: Connection refused, remote=[127.0.0.1]:32667")

@@ -44,7 +44,7 @@ def train_bert(rank: int, world: int) -> dict:
     from torch.utils.data import DataLoader
     from transformers import BertConfig, BertForSequenceClassification
 
-    from distlearn.learner import BackwardLearner
+    from distlearn.training.learner import BackwardLearner
     from distlearn.metrics import Accuracy
 
     torch.manual_seed(0)
@@ -102,7 +102,7 @@ def text_table(n: int = 30):
 
 
 def yaml_experiment(rank: int, world: int, folder: str) -> dict:
-    from distlearn.config import build_experiment, load_config
+    from distlearn.experiment.config import build_experiment, load_config
 
     experiment = build_experiment(load_config(f"{folder}/hf.yaml"))
     record = experiment.learner.train(experiment.model, experiment.data_loaders, metric=experiment.metric,
@@ -189,7 +189,7 @@ def test_causal_lm_losses_weighted_by_shifted_tokens_give_the_exact_mean():
     their target tokens, combine to the loss of both together (padding -100 left out)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from distlearn.batches import Batches
+    from distlearn.training.batches import Batches
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=1, n_head=2)).eval()

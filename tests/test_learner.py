@@ -21,7 +21,7 @@ from host_syncs import HostSyncs
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from distlearn.learner import BackwardLearner
+from distlearn.training.learner import BackwardLearner
 from distlearn.metrics import MSE, Accuracy
 
 SCRIPT = Path(__file__).parent / "scripts" / "learner_run.py"
@@ -457,7 +457,7 @@ def test_the_sample_count_an_elastic_resume_judges_padding_by():
     """The training samples per epoch: the sampler's (a subset sampler's own length), None when unknowable."""
     from torch.utils.data import BatchSampler, SequentialSampler, SubsetRandomSampler
 
-    from distlearn.learner import _n_samples
+    from distlearn.training.learner import _n_samples
 
     data = TensorDataset(torch.zeros(50, 2))
     assert _n_samples(DataLoader(data, batch_size=6, shuffle=True)) == 50

@@ -103,7 +103,7 @@ def loader_shape(rank, world, shape, n):
         TensorDataset,
     )
 
-    from distlearn.accelerator import prepare_loader
+    from distlearn.runtime.accelerator import prepare_loader
 
     torch.manual_seed(100 + rank)
     ds = TensorDataset(torch.arange(n))
@@ -152,7 +152,7 @@ def test_drop_last_is_refused_for_evaluation():
         TensorDataset,
     )
 
-    from distlearn.accelerator import check_loader
+    from distlearn.runtime.accelerator import check_loader
 
     ds = TensorDataset(torch.arange(10))
     with pytest.raises(ValueError, match="drop_last=True: the last incomplete global batch"):

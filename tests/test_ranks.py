@@ -3,7 +3,7 @@ the main process's result or failure reaches every rank, and one rank's problem 
 
 from __future__ import annotations
 
-from distlearn.ranks import MainProcessFailed, agree, everywhere, on_main
+from distlearn.runtime.ranks import MainProcessFailed, agree, everywhere, on_main
 
 
 def _failure(fn, *args) -> tuple | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from distlearn.report import curves_figure, summary_text, write_curves
+from distlearn.command.report import curves_figure, summary_text, write_curves
 
 
 def _record(train_loss, test_loss, train_score=None, test_score=None, lr=None, metric="accuracy"):

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from distlearn import BackwardLearner
 from distlearn.accumulators import calculate
-from distlearn.batches import Batches, give_ignore_index, leaves_out_ignored
+from distlearn.training.batches import Batches, give_ignore_index, leaves_out_ignored
 from distlearn.metrics import F1, Accuracy, Metrics, Perplexity
 
 IGNORE = -100

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_cli import distlearn, run_env
 
-from distlearn.tracking import (
+from distlearn.command.tracking import (
     NoOpTracker,
     Tracker,
     accelerator_kwargs,
@@ -154,7 +154,7 @@ def test_the_users_wandb_mode_wins_and_backend_none_turns_tracking_off():
 def test_the_main_process_gets_the_wandb_tracker_and_says_once_that_wandb_mode_wins(caplog):
     tracking = {"backend": "wandb", "mode": "online"}
     env = {"WANDB_MODE": "offline"}
-    with caplog.at_level("WARNING", logger="distlearn.tracking"):
+    with caplog.at_level("WARNING", logger="distlearn.command.tracking"):
         assert accelerator_kwargs(tracking, env) == {"log_with": "wandb"}  # the same answer on every rank
         other = make_tracker(tracking, False, env)
         assert isinstance(other, NoOpTracker) and not caplog.records  # the other ranks stay quiet
@@ -220,7 +220,7 @@ def _track_on_every_rank(rank: int, world: int, root: str) -> dict:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
-    from distlearn.tracking import accelerator_kwargs, make_tracker
+    from distlearn.command.tracking import accelerator_kwargs, make_tracker
 
     out = Path(root) / f"rank{rank}"
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(out / "wandb-dir"), "WANDB_SILENT": "true"}
@@ -282,7 +282,7 @@ def test_a_run_ending_on_an_error_is_marked_failed_in_wandb(fresh_accelerate, tm
     """The command's error path finishes the W&B run with exit code 1 (Accelerate's finish() says 0)."""
     from accelerate import Accelerator
 
-    from distlearn.tracking import accelerator_kwargs, make_tracker
+    from distlearn.command.tracking import accelerator_kwargs, make_tracker
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -298,7 +298,7 @@ def test_a_failed_wandb_start_leaves_nothing_to_finish(fresh_accelerate, tmp_pat
     """wandb.init refusing (here an id W&B does not accept) raises once; finishing after it adds no warning."""
     from accelerate import Accelerator
 
-    from distlearn.tracking import accelerator_kwargs, make_tracker
+    from distlearn.command.tracking import accelerator_kwargs, make_tracker
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

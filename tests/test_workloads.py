@@ -79,7 +79,7 @@ def test_charlm_trains_end_to_end_and_beats_the_unigram_baseline(records):
 def _config(data_class: str, data_parameters: dict, model: dict | None = None) -> dict:
     from omegaconf import OmegaConf
 
-    from distlearn.config import load_config
+    from distlearn.experiment.config import load_config
 
     cfg = OmegaConf.to_container(load_config("digits"), resolve=True)
     cfg["data_configs"] = {"data_class": data_class, "data_parameters": data_parameters}
@@ -91,7 +91,7 @@ def _config(data_class: str, data_parameters: dict, model: dict | None = None) -
 def test_every_new_data_source_validates_and_reports_bad_parameters_by_key(tmp_path):
     import numpy as np
 
-    from distlearn.config import ConfigError, validate_config
+    from distlearn.experiment.config import ConfigError, validate_config
 
     np.savez(tmp_path / "a.npz", x=np.zeros((10, 3)), y=np.arange(10) % 2)
     (tmp_path / "t.csv").write_text("a,label\n1,0\n2,1\n")

@@ -21,7 +21,7 @@ from accelerate.utils import InitProcessGroupKwargs
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from distlearn.learner import BackwardLearner
+from distlearn.training.learner import BackwardLearner
 from distlearn.metrics import Accuracy
 
 GLOBAL_BATCH = 6  # per-process batch = GLOBAL_BATCH // world size: the same global batch on 1, 2, 3 processes

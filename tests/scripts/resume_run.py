@@ -32,8 +32,8 @@ from accelerate.utils import InitProcessGroupKwargs
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from distlearn import checkpoint
-from distlearn.learner import BackwardLearner
+from distlearn.training import checkpoint
+from distlearn.training.learner import BackwardLearner
 from distlearn.metrics import Accuracy
 
 WORLD = int(os.environ.get("WORLD_SIZE", "1"))

@@ -14,8 +14,8 @@ import signal
 import sys
 import time
 
-from distlearn import cli
-from distlearn.learner import BackwardLearner
+from distlearn.command import cli
+from distlearn.training.learner import BackwardLearner
 
 if int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1:
     summarise = BackwardLearner._summarise_epoch

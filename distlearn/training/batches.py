@@ -51,8 +51,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .metrics import Accuracy, Metrics, Perplexity
-from .options import is_int
+from ..metrics import Accuracy, Metrics, Perplexity
+from ..options import is_int
 from .padding import real_rows
 
 __all__ = ["Batches", "Report", "Step", "describe", "give_ignore_index", "leaves_out_ignored"]

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from .records import EpochRecord, scores
+from ..training.records import EpochRecord, scores
 from .report import finite
 
 __all__ = [

@@ -137,7 +137,7 @@ def agree(problem: str | None) -> None:
         ValueError: On every rank when any rank brought a problem: this rank's own, else the
             first rank's that has one, prefixed ``"rank N: "``.
     """
-    from .accumulators import List, Sum
+    from ..accumulators import List, Sum
 
     flags = Sum()
     flags(int(problem is not None))

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .records import Record, scores
+from ..training.records import Record, scores
 
 __all__ = [
     "OUTPUT_FILES",
@@ -54,7 +54,7 @@ def default_output_dir(config_path: str | Path | None = None, now: datetime | No
         config_path: The config given on the command line (None: the default config).
         now: The time to stamp; defaults to now.
     """
-    from .config import DEFAULT_CONFIG_NAME
+    from ..experiment.config import DEFAULT_CONFIG_NAME
 
     name = Path(config_path).stem if config_path is not None else DEFAULT_CONFIG_NAME
     return Path("runs") / f"{name}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
@@ -122,7 +122,7 @@ def prepare_output_dir(
 
 def _resumable(path: Path, entries: list[str]) -> bool:
     """Whether a run folder can be continued: it holds a complete checkpoint, or no output yet."""
-    from .checkpoint import latest
+    from ..training.checkpoint import latest
 
     return set(entries) <= {"checkpoints", "wandb"} or latest(path) is not None
 

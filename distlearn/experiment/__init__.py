@@ -1,0 +1,1 @@
+"""An experiment from YAML: config loading, validation and building, and the tinybig mapping."""

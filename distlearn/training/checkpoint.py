@@ -1,0 +1,612 @@
+"""Checkpoints: saving, finding and loading them, atomically for the whole set of files.
+
+A checkpoint is a folder ``<output_dir>/checkpoints/step-<optimizer step, 8 digits>``::
+
+    step-00000120/
+        model.safetensors, optimizer.bin, scheduler.bin, sampler.bin, random_states_<rank>.pkl
+                           what ``accelerator.save_state`` writes (model, optimizer, scheduler,
+                           grad scaler, every rank's RNG)
+        learner_state_<rank>.pt
+                           the learner's progress on that rank (epoch, optimizer step, position
+                           in the epoch, the epoch's partial loss and metric states, the record
+                           so far, the RNG states, what the caller adds such as the W&B run id)
+        COMMITTED.json     the commit marker: what the checkpoint is and the size of every file
+
+Saving is atomic for the whole set: every rank writes into a hidden temporary
+folder, all ranks meet, then the main process writes the marker (through a
+temporary name, flushed to disk) and renames the folder into place. A kill at
+any moment leaves the previous checkpoint usable: a folder without its marker,
+or whose files do not match it, is never loaded. Finding skips such a folder
+with a warning naming it and why, and falls back to the one before.
+
+The folders are named by the global optimizer step, so the numbering continues
+across resumes and never collides with Accelerate's own automatic naming.
+
+A checkpoint written by P processes resumes on Q (elastic resume, :func:`reshard`):
+the position in the epoch is a sample offset in the epoch's global order (which
+depends only on the seed and the epoch), the global batch size is kept (each of
+the Q processes gets ``global batch / Q`` samples per step, ``resume_batch="global"``)
+so the remaining batches are exactly the samples not yet trained on; the P ranks'
+partial loss and metric states are merged into Q (sums into rank 0, neutral
+elsewhere; maxima on every rank); the random generators are re-derived from
+(seed, epoch, optimizer step, rank), since P generator states cannot map onto Q.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "check", "derived_seed",
+    "elastic_warning", "find", "latest", "load_progress", "reshard",
+]
+
+logger = logging.getLogger(__name__)
+
+MARKER = "COMMITTED.json"
+FOLDER = "checkpoints"
+_NAME = re.compile(r"^step-(\d{8,})$")
+FORMAT_VERSION = 1
+# How a resume on another number of processes sizes its batches: keep the global batch (each process
+# gets global / Q samples per step: the epoch's remaining batches are exactly the samples not yet seen),
+# or keep the loader's per-process batch (the global batch changes; only from an epoch boundary).
+RESUME_BATCH = ("global", "per_process")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: no commit marker, missing or truncated files, another launch."""
+
+
+# The signals that stop a run with a checkpoint: SLURM's and a launcher's SIGTERM, Ctrl-C, and the
+# SIGUSR1 that `sbatch --signal=USR1@N` sends N seconds before the time limit. Their order is the
+# order of the stop flags the ranks exchange.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name)
+)
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal, on every rank, after saving a checkpoint.
+
+    Attributes:
+        signum: The signal (the first one any rank received).
+        record: The training record so far (the finished epochs).
+        checkpoint: The checkpoint saved on the way out (None without checkpoints).
+    """
+
+    def __init__(self, signum: int, record: dict[str, Any], checkpoint: Path | None) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum, self.record, self.checkpoint = signum, record, checkpoint
+
+
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    """Where a run's checkpoints live: ``<output_dir>/checkpoints``."""
+    return Path(output_dir) / FOLDER
+
+
+def check(path: str | Path) -> dict[str, Any]:
+    """The commit marker of a complete checkpoint folder.
+
+    Args:
+        path: A checkpoint folder.
+
+    Returns:
+        The marker's content (``name``, ``epoch``, ``step``, ``batches_done``, ``world_size``,
+        ``config``, ``files``, ...).
+
+    Raises:
+        CheckpointError: the folder, its marker or a file the marker lists is missing, unreadable
+            or of another size than when it was written.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a folder")
+    marker = path / MARKER
+    if not marker.is_file():
+        raise CheckpointError(f"no commit marker {MARKER} (the save did not finish)")
+    try:
+        meta = json.loads(marker.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"unreadable commit marker {MARKER}: {exc}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict) or "step" not in meta:
+        raise CheckpointError(f"commit marker {MARKER} lacks 'files' or 'step'")
+    for name, size in meta["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"file {name} is missing")
+        if file.stat().st_size != size:
+            raise CheckpointError(f"file {name} has {file.stat().st_size} bytes, {size} when saved")
+    return meta
+
+
+def find(output_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The complete checkpoints of a run, newest first; incomplete ones are skipped with a warning.
+
+    Args:
+        output_dir: The run's output folder (its ``checkpoints/`` folder is searched).
+
+    Returns:
+        ``(folder, marker)`` pairs ordered by optimizer step, the newest first.
+    """
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return []
+    numbered = sorted(
+        ((int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name))), key=lambda x: x[0], reverse=True
+    )
+    found = []
+    for _, path in numbered:
+        try:
+            found.append((path, check(path)))
+        except CheckpointError as exc:
+            logger.warning("skipping checkpoint %s: %s", path, exc)
+    return found
+
+
+def latest(output_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest complete checkpoint of a run, or None when there is none."""
+    found = find(output_dir)
+    return found[0] if found else None
+
+
+def load_progress(path: str | Path, rank: int) -> dict[str, Any]:
+    """One rank's learner progress saved in a checkpoint (see :meth:`Checkpoints.save`)."""
+    # Our own file, written by this library: it holds RNG states (numpy arrays), hence weights_only=False.
+    return torch.load(Path(path) / f"learner_state_{rank}.pt", map_location="cpu", weights_only=False)
+
+
+@dataclass
+class Checkpoints:
+    """A run's checkpoint policy and store: what the learner's loop calls.
+
+    Args:
+        output_dir: The run's folder; checkpoints go to ``<output_dir>/checkpoints``.
+        every_n_steps: Save every this many optimizer steps (besides every epoch's end);
+            None: at epoch ends only.
+        keep_last: How many complete checkpoints to keep (>= 1). The newest complete one is
+            deleted only after a newer one is committed.
+        resume_from: A checkpoint folder the next ``train()`` continues from (None: start fresh).
+        meta: More JSON values for the commit marker (e.g. the resolved config, compared on resume).
+        extra: Values stored with every rank's progress and given back on resume (e.g. the W&B run id).
+        resume_batch: On a resume with another number of processes, keep the ``"global"`` batch
+            size (default; each process gets ``global / Q`` samples) or the loader's ``"per_process"``
+            batch size (the global batch changes; refused mid-epoch).
+    """
+
+    output_dir: str | Path
+    every_n_steps: int | None = None
+    keep_last: int = 2
+    resume_from: str | Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    resume_batch: str = "global"
+
+    def __post_init__(self) -> None:
+        if self.resume_batch not in RESUME_BATCH:
+            raise ValueError(f"resume_batch must be one of {RESUME_BATCH}, got {self.resume_batch!r}")
+        if self.every_n_steps is not None and (not isinstance(self.every_n_steps, int) or self.every_n_steps < 1):
+            raise ValueError(f"every_n_steps must be an int >= 1 or None, got {self.every_n_steps!r}")
+        if not isinstance(self.keep_last, int) or self.keep_last < 1:
+            raise ValueError(f"keep_last must be an int >= 1, got {self.keep_last!r}")
+        self.root = checkpoint_dir(self.output_dir)
+        self.last_saved: Path | None = None
+        self.received: int | None = None  # the first stop signal this process received
+
+    @contextmanager
+    def catch_signals(self) -> Iterator[Checkpoints]:
+        """While inside, SIGTERM/SIGINT/SIGUSR1 ask training to stop with a checkpoint; a second one exits at once.
+
+        The handler only records the signal: the learner's loop sees it at its next agreement
+        point (every ``display_every_n_steps`` steps and every epoch's end), where all ranks learn
+        that one of them was signalled, save a checkpoint and raise :class:`Interrupted`.
+        """
+        if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
+            yield self
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.received is not None:  # the second signal: no checkpoint, no cleanup
+                os.write(2, f"distlearn: second {signal.Signals(signum).name}: exiting now\n".encode())
+                os._exit(128 + signum)
+            self.received = signum
+            logger.warning("%s received: stopping at the next checkpoint point", signal.Signals(signum).name)
+
+        previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+    def stop_flags(self) -> list[int]:
+        """One flag per stop signal (1 for the one this process received), for the ranks to sum."""
+        return [int(self.received == signum) for signum in STOP_SIGNALS]
+
+    @staticmethod
+    def agreed_signal(flags: Any) -> int | None:
+        """The signal the summed flags of every rank name (the first in ``STOP_SIGNALS`` order), or None."""
+        for signum, count in zip(STOP_SIGNALS, flags):
+            if count:
+                return signum
+        return None
+
+    def due(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (counted from 1) ends with a checkpoint."""
+        return self.every_n_steps is not None and step % self.every_n_steps == 0
+
+    def save(self, accelerator: Any, progress: Mapping[str, Any]) -> Path:
+        """Save a checkpoint of the whole training state; every rank calls it (collectives inside).
+
+        Args:
+            accelerator: The Accelerator holding the prepared model, optimizer, scheduler, loaders.
+            progress: This rank's learner progress (``step`` names the folder).
+
+        Returns:
+            The committed checkpoint folder.
+        """
+        began = time.time()
+        name = f"step-{int(progress['step']):08d}"
+        final, tmp = self.root / name, self.root / f".tmp-{name}"
+        if accelerator.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(".tmp-*"):  # left by a save that was killed
+                shutil.rmtree(stale, ignore_errors=True)
+        accelerator.wait_for_everyone()  # nobody writes into the folder before it is cleared
+        accelerator.save_state(str(tmp))
+        own = tmp / f"learner_state_{accelerator.process_index}.pt"
+        torch.save({**progress, "extra": dict(self.extra)}, own)
+        _fsync(own)
+        accelerator.wait_for_everyone()  # every rank's files are written
+        if accelerator.is_main_process:
+            self._commit(tmp, final, progress, accelerator.num_processes)
+            self._prune(keep=final)
+        accelerator.wait_for_everyone()  # the checkpoint is visible to every rank when save() returns
+        self.last_saved = final
+        logger.debug("checkpoint %s saved in %.2f s", final, time.time() - began)
+        return final
+
+    def per_process_batch(self, world_size: int, current: int | None) -> int | None:
+        """The per-process batch size a resume from ``resume_from`` on ``world_size`` processes trains with.
+
+        Args:
+            world_size: The processes of this launch.
+            current: The training loader's per-process batch size.
+
+        Returns:
+            ``current`` on the same number of processes (or without a checkpoint), else the saved
+            global batch divided by ``world_size`` (``resume_batch="global"``) or ``current``
+            (``"per_process"``).
+
+        Raises:
+            CheckpointError: the global batch does not split over ``world_size`` processes, or
+                ``"per_process"`` would change the global batch in the middle of an epoch.
+        """
+        if self.resume_from is None:
+            return current
+        meta = check(self.resume_from)
+        saved_world, global_batch = int(meta.get("world_size") or 0), meta.get("global_batch")
+        if saved_world == world_size or not global_batch:
+            return current
+        if self.resume_batch == "per_process" or current is None:
+            if meta.get("batches_done") and (current is None or current * world_size != global_batch):
+                raise CheckpointError(self._mid_epoch_refusal(meta, world_size, current))
+            return current
+        if global_batch % world_size:
+            fits = _divisors(global_batch)
+            raise CheckpointError(
+                f"{self.resume_from} was saved with a global batch of {global_batch} samples ({saved_world} "
+                f"processes of {global_batch // saved_world}); {world_size} processes cannot split it evenly. "
+                f"Launch a number of processes that divides {global_batch} (one of {fits}), or set "
+                "run.resume_batch: per_process to keep the loader's per-process batch (from an epoch-end checkpoint)"
+            )
+        return global_batch // world_size
+
+    def _mid_epoch_refusal(self, meta: Mapping[str, Any], world_size: int, current: int | None) -> str:
+        """Why a mid-epoch checkpoint cannot go on with this per-process batch on ``world_size`` processes, and the fixes."""
+        global_batch, saved_world = int(meta["global_batch"]), int(meta.get("world_size") or 1)
+        where = (f"{self.resume_from} was saved in the middle of epoch {int(meta['epoch']) + 1} "
+                 f"(after batch {int(meta['batches_done'])}), where the rest of the epoch needs the global batch "
+                 f"it was saved with: expected {global_batch} samples per step ({saved_world} processes of "
+                 f"{global_batch // saved_world})")
+        splits = global_batch % world_size == 0
+        counts = _divisors(global_batch)
+        on = (f" ({global_batch // world_size} per process)" if splits
+              else f" on a number of processes that divides it (one of {counts}; {world_size} does not)")
+        if current is None:  # the loader was built with batch_sampler=: its batch can be neither read nor resized
+            found = (f"found a training loader without batch_size (a batch_sampler) on {world_size} processes, "
+                     "whose global batch can be neither known nor changed")
+            fixes = [f"build the DataLoader with batch_size=, so that run.resume_batch: global (the default) "
+                     f"keeps {global_batch} per step{on}"]
+        else:
+            found = (f"found run.resume_batch: per_process with the loader's {current} per process on {world_size} "
+                     f"processes, {current * world_size} per step")
+            fixes = [f"set run.resume_batch: global (the default) to keep {global_batch} per step{on}"]
+            if splits:
+                fixes.append(f"keep per_process with a loader batch size of {global_batch // world_size}")
+        fixes += [f"launch {saved_world} processes", "resume from an epoch-end checkpoint (run.resume=<its path>)"]
+        return f"{where}, {found}. To resume here, " + "; or ".join(fixes)
+
+    def load(self, accelerator: Any, path: str | Path, metric: Any = None, n_samples: int | None = None,
+             drop_last: bool = False) -> dict[str, Any]:
+        """Restore the Accelerator's objects from ``path`` and return this rank's learner progress.
+
+        On another number of processes than the checkpoint's, the ranks' progress is merged
+        (:func:`reshard`, which needs ``metric``, an accumulator of the metric's kind, to know how
+        its states reduce) and the random generators are re-derived from (seed, epoch, step, rank).
+        ``n_samples`` (the training samples per epoch, None if unknown) and ``drop_last`` (the
+        loader's) only tell the warning how close the weights stay to an uninterrupted run's.
+
+        Raises:
+            CheckpointError: the folder is incomplete, or a rank's progress file is missing.
+        """
+        path = Path(path)
+        meta = check(path)
+        saved_world, world, rank = int(meta.get("world_size") or 1), accelerator.num_processes, accelerator.process_index
+        # Accelerate loads the random states of random_states_<rank>.pkl: another rank's on fewer
+        # processes, none on more (silently). Both are replaced below when the world size changed.
+        accelerator.load_state(str(path))
+        if saved_world == world:
+            progress = load_progress(path, rank)
+        else:
+            try:
+                progress = reshard([load_progress(path, r) for r in range(saved_world)], rank, world, metric)
+            except FileNotFoundError as exc:
+                raise CheckpointError(f"{path}: a rank's progress is missing: {exc}") from None
+            accelerator.step = _accelerate_step(path)  # the accumulation counter, the same on every rank
+            if accelerator.is_main_process:
+                logger.warning("%s", elastic_warning(path, saved_world, world, meta.get("global_batch"),
+                                                     n_samples, drop_last))
+        # A value saved as None (e.g. no W&B run yet, when tracking is turned on at resume) keeps this run's own.
+        saved = progress.get("extra") or {}
+        self.extra.update({k: v for k, v in saved.items() if v is not None or self.extra.get(k) is None})
+        return progress
+
+    # ------------------------------------------------------------------ #
+
+    def _commit(self, tmp: Path, final: Path, progress: Mapping[str, Any], world_size: int) -> None:
+        """Main process: flush the files, write the marker, rename the folder into place."""
+        files = {}
+        for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            _fsync(file)
+            files[str(file.relative_to(tmp))] = file.stat().st_size
+        meta = {
+            "format": FORMAT_VERSION,
+            "name": final.name,
+            "epoch": int(progress["epoch"]),
+            "step": int(progress["step"]),
+            "batches_done": int(progress["batches_done"]),
+            "samples_done": int(progress.get("samples_done", 0)),
+            "global_batch": int(progress.get("global_batch", 0)),
+            "world_size": world_size,
+            "time": time.time(),
+            **self.meta,
+            "files": files,
+        }
+        marker_tmp = tmp / f".{MARKER}.tmp"
+        with open(marker_tmp, "w") as f:
+            json.dump(meta, f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(marker_tmp, tmp / MARKER)
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved again (a resumed run that was killed during a save)
+            aside = self.root / f".tmp-old-{final.name}"
+            os.replace(final, aside)
+            os.replace(tmp, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(self.root)
+
+    def _prune(self, keep: Path) -> None:
+        """Delete all but the newest ``keep_last`` complete checkpoints (never ``keep``, just committed)."""
+        complete = [path for path, _ in find(self.output_dir) if path != keep]
+        for old in complete[self.keep_last - 1:]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _divisors(global_batch: int) -> list[int]:
+    """The process counts that split ``global_batch`` evenly."""
+    return [n for n in range(1, global_batch + 1) if global_batch % n == 0]
+
+
+def elastic_warning(path: str | Path, saved_world: int, world: int, global_batch: int | None,
+                    n_samples: int | None, drop_last: bool = False) -> str:
+    """The warning of a resume on another number of processes: what changes, and how close the weights stay.
+
+    The reduction order differs, so the weights match an uninterrupted run's to rounding, but only
+    when no step is padded: the epoch's samples are a multiple of the global batch (or the loader
+    drops the incomplete last batch). Otherwise Accelerate fills each epoch's last step with repeats
+    of other samples on ``world`` processes than on ``saved_world``, and the weights drift further.
+
+    Args:
+        path: The checkpoint.
+        saved_world, world: The processes that wrote it and those of this launch.
+        global_batch: Samples per step over all processes (kept by the resume); None if unknown.
+        n_samples: Training samples per epoch; None if unknown.
+        drop_last: Whether the training loader drops an incomplete last batch.
+    """
+    per_process = global_batch // world if global_batch and global_batch % world == 0 else "?"
+    head = (f"elastic resume: checkpoint {path} was written by {saved_world} processes, this launch has {world}; "
+            f"global batch {global_batch} kept ({per_process} per process), partial epoch merged, random "
+            "generators re-derived from (seed, epoch, step, rank); the reduction order differs, ")
+    if drop_last:
+        return head + ("so the weights match an uninterrupted run only to rounding (the incomplete last batch "
+                       "is dropped: no step is padded)")
+    if not global_batch or n_samples is None:
+        return head + ("so the weights match an uninterrupted run only to rounding if the training samples are a "
+                       "multiple of the global batch; otherwise each epoch's last step is padded with other "
+                       "repeated samples than on the original process count, and they drift further")
+    if n_samples % global_batch == 0:
+        return head + (f"so the weights match an uninterrupted run only to rounding ({n_samples} training samples, "
+                       f"a multiple of the global batch {global_batch}: no step is padded)")
+    processes = f"{world} process" + ("es" if world != 1 else "")
+    return head + (f"and {n_samples} training samples are not a multiple of the global batch {global_batch}: "
+                   f"each epoch's last step is evened out with repeated samples differently on {processes} than "
+                   f"on {saved_world}, so the weights drift further from an uninterrupted run's than rounding")
+
+
+def derived_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """A seed for rank ``rank`` of a run resumed on another number of processes (a 63-bit hash of the four)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"distlearn-elastic:{seed}:{epoch}:{step}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _derived_rng(seed: int, epoch: int, step: int, rank: int) -> dict[str, Any]:
+    """The generator states (torch, Python, NumPy, CUDA) seeded from :func:`derived_seed`; the current ones are kept."""
+    import random
+
+    import numpy as np
+
+    def snapshot() -> dict[str, Any]:
+        states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+        if torch.cuda.is_available():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+        return states
+
+    before = snapshot()
+    value = derived_seed(seed, epoch, step, rank)
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)  # seeds every CUDA device too
+    derived = snapshot()
+    torch.set_rng_state(before["torch"])
+    random.setstate(before["python"])
+    np.random.set_state(before["numpy"])
+    if "cuda" in before:
+        torch.cuda.set_rng_state_all(before["cuda"])
+    return derived
+
+
+def _accelerate_step(path: Path) -> int:
+    """Accelerate's gradient-accumulation counter saved with rank 0's random states (0 if absent)."""
+    try:
+        states = torch.load(path / "random_states_0.pkl", map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, ValueError):
+        return 0
+    return int(states.get("step", 0)) if isinstance(states, dict) else 0
+
+
+def reshard(progresses: list[Mapping[str, Any]], rank: int, world_size: int, metric: Any = None) -> dict[str, Any]:
+    """Rank ``rank`` of ``world_size``'s share of the progress that ``len(progresses)`` ranks saved.
+
+    The epoch, step, position and record are the same on every saved rank. The epoch's partial
+    numbers are merged so that the new ranks' reduction gives what the old ranks' would:
+
+    - the batch log (each batch's loss and real sample count): per batch, the sample-weighted loss
+      of all saved ranks and their summed count on rank 0; zeros with weight 0 on the others;
+      the running mean's sums on rank 0, zeros elsewhere; times and skipped steps as saved by rank 0;
+    - the metric (``metric`` says how each state reduces): sums on rank 0, neutral elsewhere;
+      maxima on every rank;
+    - list-like states (``{"items": [...]}``): the saved ranks' items in step-major (dataset)
+      order, dealt round-robin over the new ranks.
+
+    The random generator states are re-derived from (seed, epoch, step, rank).
+
+    Args:
+        progresses: Every saved rank's progress (:func:`load_progress`), in rank order.
+        rank: The new rank.
+        world_size: The new number of processes.
+        metric: An accumulator of the metric's kind (its ``_reductions``), or None.
+
+    Returns:
+        A progress dict as :meth:`Checkpoints.load` returns for an unchanged world size.
+    """
+    first = progresses[0]
+    out = dict(first)
+    out["world_size"], out["rank"] = world_size, rank
+    out["resharded_from"] = len(progresses)
+    out["rng"] = _derived_rng(int(first.get("seed", 0)), int(first["epoch"]), int(first["step"]), rank)
+    logs = [p.get("log") for p in progresses]
+    out["log"] = None if logs[0] is None else _merge_log(logs, rank)
+    metrics = [p.get("metric") for p in progresses]
+    out["metric"] = None if metrics[0] is None else _merge_accumulator(metrics, rank, world_size, metric)
+    return out
+
+
+def _merge_log(logs: list[Mapping[str, Any]], rank: int) -> dict[str, Any]:
+    """The learner's batch log of new rank ``rank`` (see :func:`reshard`)."""
+    from ..accumulators import Mean
+
+    first = logs[0]
+    n = len(first["sizes"])
+    if any(len(log["sizes"]) != n for log in logs):
+        raise CheckpointError(f"the saved ranks logged different numbers of batches: {[len(g['sizes']) for g in logs]}")
+    # (ranks, batches); a token count may be saved as a 0-d tensor
+    sizes = torch.tensor([[float(v) for v in log["sizes"]] for log in logs], dtype=torch.float64)
+    rows = [sum(column) for column in zip(*(log.get("rows", log["sizes"]) for log in logs))]
+    if n and rank == 0:
+        losses = torch.stack([log["losses"].to(torch.float64) for log in logs])
+        weighted = torch.where(sizes > 0, losses * sizes, torch.zeros_like(losses)).sum(0)
+        total = sizes.sum(0)
+        # a batch without real samples keeps rank 0's loss with weight 0: it counts for nothing
+        merged = torch.where(total > 0, weighted / total.clamp(min=1), losses[0])
+        losses_out, sizes_out = merged.to(first["losses"].dtype), [int(v) for v in total.tolist()]
+        rows_out = [int(v) for v in rows]  # real samples per batch: the epoch's sample count
+    else:
+        losses_out = None if first["losses"] is None else torch.zeros_like(first["losses"])
+        sizes_out, rows_out = [0] * n, [0] * n
+    return {
+        **first,
+        "losses": losses_out,
+        "sizes": sizes_out,
+        "rows": rows_out,
+        "running": _merge_accumulator([log["running"] for log in logs], rank, None, Mean()),
+    }
+
+
+def _merge_accumulator(states: list[Mapping[str, Any]], rank: int, world_size: int | None, like: Any) -> dict[str, Any]:
+    """One accumulator's state for new rank ``rank``: sums on rank 0 (zeros elsewhere), maxima everywhere."""
+    if "items" in states[0]:  # List / Cat: step-major order, dealt round-robin
+        from ..accumulators import _step_major
+
+        items = _step_major([s["items"] for s in states])
+        return {"items": items[rank::world_size] if world_size else (items if rank == 0 else [])}
+    reductions = getattr(like, "_reductions", None)
+    if reductions is None:
+        raise CheckpointError(f"cannot merge the states of {type(like).__name__} across process counts")
+    present = [s for s in states if s.get("states") is not None]
+    if not present:
+        return dict(states[0])
+    merged = {}
+    for name, how in reductions.items():
+        stacked = torch.stack([s["states"][name].to(torch.float64).cpu() for s in present])
+        if how == "max":
+            merged[name] = stacked.max(0).values
+        elif rank == 0:
+            merged[name] = stacked.sum(0)
+        else:
+            merged[name] = torch.zeros_like(stacked[0])
+    return {**present[0], "states": merged}
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
