@@ -45,7 +45,6 @@ import hashlib
 import io
 import math
 import operator
-import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -56,6 +55,7 @@ import torch
 import torch.distributed as dist
 
 from .options import is_int, is_number
+from .runtime.launch import local_rank
 
 __all__ = [
     "Accumulator",
@@ -984,9 +984,9 @@ def _local_device_index(device_count: int, current: int) -> int:
     Under plain torchrun without ``set_device`` every rank's current device
     is 0; NCCL then needs LOCAL_RANK to find the rank's own device.
     """
-    local_rank = os.environ.get("LOCAL_RANK")
-    if current == 0 and local_rank is not None and local_rank.isdigit() and device_count > 0:
-        return int(local_rank) % device_count
+    local = local_rank()
+    if current == 0 and local is not None and device_count > 0:
+        return local % device_count
     return current
 
 

@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         see ``_stop_code``).
     """
     args = _parse(sys.argv[1:] if argv is None else list(argv))
-    from ..runtime.launch_check import warn_single_process_launch
+    from ..runtime.launch import warn_single_process_launch
 
     warn_single_process_launch(lambda warning: print(f"distlearn: warning: {warning}", file=sys.stderr, flush=True))
     if args.config is not None and "=" in args.config and not Path(args.config).exists():

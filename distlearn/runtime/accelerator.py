@@ -26,21 +26,13 @@ from accelerate.data_loader import (
 from accelerate.utils import DataLoaderConfiguration, DistributedType
 from torch.utils.data import BatchSampler
 
-from .launch_check import warn_single_process_launch
+from .launch import launched_world_size, warn_single_process_launch
 from ..options import MIXED_PRECISION
 
 __all__ = ["build_accelerator", "check_accelerator", "check_loader", "launched_world_size", "prepare_loader"]
 
 logger = logging.getLogger(__name__)
 
-
-
-def launched_world_size() -> int:
-    """How many processes the launcher started (torchrun/accelerate set WORLD_SIZE, MPI its own)."""
-    for key in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
-        if os.environ.get(key):
-            return int(os.environ[key])
-    return 1
 
 
 def _has_gpu() -> bool:

@@ -1,4 +1,8 @@
-"""Noticing a launch that asked for several CPU processes and started one.
+"""The launch as the environment describes it: every launcher variable distlearn reads is read here.
+
+Rank, local rank and world size come from torchrun / ``accelerate launch`` (and MPI's names for
+the world size). This module also notices a launch that asked for several CPU processes and
+started one:
 
 ``accelerate launch --cpu --num_processes 2`` takes Accelerate's simple launcher,
 which fans out only through ``mpirun``: it starts ONE process, with the
@@ -15,9 +19,30 @@ import os
 import re
 from collections.abc import Callable, Mapping
 
-__all__ = ["single_process_launch_warning", "warn_single_process_launch"]
+__all__ = [
+    "launched_world_size", "local_rank", "rank", "single_process_launch_warning", "warn_single_process_launch",
+]
 
 _ACCELERATE_MARK = "ACCELERATE_MIXED_PRECISION"  # every `accelerate launch` sets it for its children
+
+
+def launched_world_size() -> int:
+    """How many processes the launcher started (torchrun/accelerate set WORLD_SIZE, MPI its own)."""
+    for key in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(key):
+            return int(os.environ[key])
+    return 1
+
+
+def rank() -> int:
+    """This process's global rank as the launcher set it (0 without a launcher)."""
+    return int(os.environ.get("RANK") or 0)
+
+
+def local_rank() -> int | None:
+    """This process's rank on its node as the launcher set it (``LOCAL_RANK``), or None without one."""
+    value = os.environ.get("LOCAL_RANK", "")
+    return int(value) if value.isdigit() else None
 
 
 def single_process_launch_warning(
