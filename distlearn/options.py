@@ -15,6 +15,9 @@ from typing import Any
 __all__ = [
     "MIXED_PRECISION",
     "NONFINITE_MODES",
+    "DEFAULT_KEEP_LAST",
+    "DEFAULT_RESUME_BATCH",
+    "RESUME_BATCH_MODES",
     "RESUME_MODES",
     "SCHEDULER_INTERVALS",
     "TRACKING_BACKENDS",
@@ -30,6 +33,11 @@ TRACKING_BACKENDS = ("wandb", "none")
 TRACKING_MODES = ("online", "offline", "disabled")
 RESUME_MODES = ("auto", "none")  # or the path of a checkpoint folder
 NONFINITE_MODES = ("error", "skip")  # a NaN/inf training loss: stop, or skip that optimizer step
+# On a resume with another process count: keep the global batch (the per-process batch changes), or the
+# per-process batch (the global batch changes).
+RESUME_BATCH_MODES = ("global", "per_process")
+DEFAULT_RESUME_BATCH = "global"
+DEFAULT_KEEP_LAST = 2  # complete checkpoints kept: the newest may still be being written by a later save
 
 
 def is_int(value: Any) -> bool:

@@ -36,6 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..options import DEFAULT_KEEP_LAST, DEFAULT_RESUME_BATCH
 from ..runtime import ranks
 
 __all__ = ["main", "train"]
@@ -426,7 +427,7 @@ def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool,
     from ..runtime.accelerator import launched_world_size
 
     world, saved_world = launched_world_size(), meta.get("world_size")
-    if saved_world != world and run.get("resume_batch", "global") == "global":
+    if saved_world != world and run.get("resume_batch", DEFAULT_RESUME_BATCH) == "global":
         try:  # an elastic resume: the global batch must split over this launch's processes (checked before training)
             checkpoint.Checkpoints(output_dir, resume_from=path).per_process_batch(world, 1)
         except checkpoint.CheckpointError as exc:
@@ -451,7 +452,7 @@ def _resume_point(resolved: dict[str, Any], output_dir: Path, created: bool,
     again = f"restart {_restart_count()} of this launch: " if _restart_count() else ""
     out["log"].append(f"{again}resuming from checkpoint {path} ({where}, optimizer step {meta['step']})")
     if saved_world != world:
-        policy = run.get("resume_batch", "global")
+        policy = run.get("resume_batch", DEFAULT_RESUME_BATCH)
         out["log"].append(
             f"the checkpoint was written by {_processes(saved_world)}, this launch has {world}: "
             + (f"global batch {meta.get('global_batch')} kept (run.resume_batch: global)" if policy == "global"
@@ -541,9 +542,9 @@ def _checkpoints(run: dict[str, Any], output_dir: Path, resume_from: str | None,
 
     settings = run["checkpoint"]
     return Checkpoints(
-        output_dir, every_n_steps=settings.get("every_n_steps"), keep_last=settings.get("keep_last", 2),
+        output_dir, every_n_steps=settings.get("every_n_steps"), keep_last=settings.get("keep_last", DEFAULT_KEEP_LAST),
         resume_from=resume_from, meta={"config": resolved}, extra={"wandb_run_id": tracker.run_id},
-        resume_batch=run.get("resume_batch", "global"),
+        resume_batch=run.get("resume_batch", DEFAULT_RESUME_BATCH),
     )
 
 

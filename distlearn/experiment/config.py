@@ -32,8 +32,11 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..options import (
+    DEFAULT_KEEP_LAST,
+    DEFAULT_RESUME_BATCH,
     MIXED_PRECISION,
     NONFINITE_MODES,
+    RESUME_BATCH_MODES,
     RESUME_MODES,
     SCHEDULER_INTERVALS,
     TRACKING_BACKENDS,
@@ -78,12 +81,12 @@ RUN_DEFAULTS: dict[str, Any] = {
     # mode None: online with W&B credentials, offline without
     "tracking": {"backend": "wandb", "project": "distlearn", "entity": None, "name": None, "mode": None},
     # every_n_steps None: checkpoints at epoch ends only; keep_last: complete checkpoints kept
-    "checkpoint": {"every_n_steps": None, "keep_last": 2},
+    "checkpoint": {"every_n_steps": None, "keep_last": DEFAULT_KEEP_LAST},
     "resume": "auto",  # auto: the newest complete checkpoint in output_dir, else fresh; none; or a checkpoint path
     "timeout_s": 300,  # process-group timeout: a rank that never arrives ends the run after this long
     "nonfinite": "error",  # a NaN/inf training loss: error (stop) or skip (skip that optimizer step)
     # resuming on another number of processes: keep the global batch (global) or the per-process one
-    "resume_batch": "global",
+    "resume_batch": DEFAULT_RESUME_BATCH,
 }
 
 DEFAULT_CONFIG_NAME = "digits"
@@ -639,7 +642,7 @@ def _check_run(run: Any, problems: list[str], elsewhere: Mapping[str, Sequence[s
                    f"one of {list(RESUME_MODES)} or the path of a checkpoint folder"),
         "timeout_s": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),
         "nonfinite": (lambda v: v in NONFINITE_MODES, f"one of {list(NONFINITE_MODES)}"),
-        "resume_batch": (lambda v: v in ("global", "per_process"), "one of ['global', 'per_process']"),
+        "resume_batch": (lambda v: v in RESUME_BATCH_MODES, f"one of {list(RESUME_BATCH_MODES)}"),
     }, "run", problems)
     ckpt = run.get("checkpoint")
     if isinstance(ckpt, dict):

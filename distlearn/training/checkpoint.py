@@ -50,6 +50,8 @@ from typing import Any
 
 import torch
 
+from ..options import DEFAULT_KEEP_LAST, DEFAULT_RESUME_BATCH, RESUME_BATCH_MODES
+
 __all__ = [
     "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "check", "derived_seed",
     "elastic_warning", "find", "latest", "load_progress", "reshard",
@@ -64,7 +66,7 @@ FORMAT_VERSION = 1
 # How a resume on another number of processes sizes its batches: keep the global batch (each process
 # gets global / Q samples per step: the epoch's remaining batches are exactly the samples not yet seen),
 # or keep the loader's per-process batch (the global batch changes; only from an epoch boundary).
-RESUME_BATCH = ("global", "per_process")
+RESUME_BATCH = RESUME_BATCH_MODES  # the name this module exported before options.py owned it
 
 
 class CheckpointError(ValueError):
@@ -189,11 +191,11 @@ class Checkpoints:
 
     output_dir: str | Path
     every_n_steps: int | None = None
-    keep_last: int = 2
+    keep_last: int = DEFAULT_KEEP_LAST
     resume_from: str | Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-    resume_batch: str = "global"
+    resume_batch: str = DEFAULT_RESUME_BATCH
 
     def __post_init__(self) -> None:
         if self.resume_batch not in RESUME_BATCH:
