@@ -9,7 +9,7 @@ import sklearn.datasets
 import torch
 from sklearn.model_selection import train_test_split
 
-from distlearn.data import CSVDataset, SklearnDataset, load_csv, load_sklearn
+from distlearn.data import CSVDataset, SklearnDataset
 
 
 def _all(loader):
@@ -84,7 +84,7 @@ def test_classification_split_is_stratified():
 def test_unknown_sklearn_name_suggests_the_closest():
     with pytest.raises(ValueError, match="did you mean 'breast_cancer'"):
         SklearnDataset("breast_cancr")
-    assert len(load_sklearn("iris", test_size=0.2)["test_loader"].dataset) == 30
+    assert len(SklearnDataset("iris", test_size=0.2).load()["test_loader"].dataset) == 30
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_csv_classification_with_string_labels(table):
 def test_csv_regression_uses_all_other_columns(table):
     path = table.with_name("numeric.csv")
     path.write_text(table.read_text().replace(",cat,", ",0,").replace(",dog,", ",1,"))
-    loaders = load_csv(path, target="score", task="regression", batch_size=64)
+    loaders = CSVDataset(path, target="score", task="regression", batch_size=64).load()
     x, y = _all(loaders["train_loader"])
     assert x.shape == (32, 3) and y.shape == (32, 1) and y.dtype == torch.float32
 
@@ -160,9 +160,9 @@ def loader_batches(rank, world):
     from accelerate.utils import DataLoaderConfiguration
     from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-    from distlearn import data
+    from distlearn.runtime import loader as in_memory
     from distlearn.runtime.accelerator import build_accelerator, prepare_loader
-    from distlearn.data import (
+    from distlearn.runtime.loader import (
         TensorBatches,
         _TensorBatchLoader,
         batched,
@@ -198,7 +198,7 @@ def loader_batches(rank, world):
     out = {}
     for case in CASES + SHAPES:
         # rows gathered at once: the whole pass; 10 rows (2-3 batches); 5 rows (less than one batch of 6)
-        data.GATHER_BYTES = {True: 200, False: 2**25}[case[2]] if isinstance(case, tuple) else 100
+        in_memory.GATHER_BYTES = {True: 200, False: 2**25}[case[2]] if isinstance(case, tuple) else 100
         acc, plain, fast, fast_test = pair(case)
         plain, fast = prepare_loader(acc, plain), prepare_loader(acc, fast)
         assert type(fast.base_dataloader) is _TensorBatchLoader  # the fast path is the one tested
@@ -249,7 +249,7 @@ def _shard_pair(n: int, world: int, rank: int, **options):
     from accelerate.data_loader import prepare_data_loader
     from torch.utils.data import DataLoader, TensorDataset
 
-    from distlearn.data import TensorBatches, batched, index_tensor_batches
+    from distlearn.runtime.loader import TensorBatches, batched, index_tensor_batches
 
     x, y = torch.arange(n * 2, dtype=torch.float32).reshape(n, 2), torch.arange(n)
     loaders = []
@@ -295,7 +295,7 @@ class _GlobalDraws(torch.utils.data.Sampler):
 
 
 def test_a_sampler_that_draws_as_it_goes_keeps_accelerates_loader():
-    from distlearn.data import _TensorBatchLoader
+    from distlearn.runtime.loader import _TensorBatchLoader
 
     plain, fast = _shard_pair(12, world=1, rank=0, sampler=_GlobalDraws)
     assert type(fast.base_dataloader) is not _TensorBatchLoader
@@ -312,7 +312,7 @@ def test_a_sampler_that_draws_as_it_goes_keeps_accelerates_loader():
 
 def test_the_fast_path_draws_the_loaders_seed_when_the_pass_starts():
     """torch's loader iterator draws its base seed when made: a DataLoaderDispatcher makes it on every rank."""
-    from distlearn.data import _TensorBatchLoader
+    from distlearn.runtime.loader import _TensorBatchLoader
 
     plain, fast = _shard_pair(13, world=1, rank=0, sampler=torch.utils.data.SequentialSampler)
     assert type(fast.base_dataloader) is _TensorBatchLoader
@@ -327,7 +327,7 @@ def test_the_fast_path_draws_the_loaders_seed_when_the_pass_starts():
 
 
 def test_fast_path_is_what_the_tabular_sets_use():
-    from distlearn.data import TensorBatches, batched
+    from distlearn.runtime.loader import TensorBatches, batched
 
     loader = SklearnDataset("iris", batch_size=8).load()["train_loader"]
     assert isinstance(loader.dataset, TensorBatches) and loader.collate_fn is batched
@@ -423,7 +423,7 @@ def test_the_learner_trains_on_the_fast_path_exactly_as_on_a_plain_loader(fresh_
     draws from the global RNG, which torch's loader iterator also draws from once per pass)."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from distlearn.data import _TensorBatchLoader
+    from distlearn.runtime.loader import _TensorBatchLoader
     from distlearn.training.learner import BackwardLearner
     from distlearn.metrics import Accuracy
     from distlearn.models import MLP

@@ -245,7 +245,7 @@ def prepare_loader(accelerator: Accelerator, loader: Any, *, drop_last_ok: bool 
         return loader
     check_loader(loader, drop_last_ok=drop_last_ok)
     if not _sampler_is_batch_sampler(loader):
-        from ..data import index_tensor_batches  # the in-memory tensors' fast path
+        from .loader import index_tensor_batches  # the in-memory tensors' fast path
 
         return index_tensor_batches(accelerator.prepare(loader))
     batches = copy.copy(loader.sampler)  # the user's BatchSampler stays as it was

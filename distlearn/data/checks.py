@@ -1,0 +1,62 @@
+"""The checks and the dotted-path lookup every data set shares (used by config validation too)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from ..options import is_int
+
+# Parameters that every data set's loaders take (checked the same way everywhere).
+LOADER_PARAMETERS = ("batch_size", "test_size", "seed", "shuffle")
+
+
+def check_common(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Check the loader and split parameters present in ``params``.
+
+    Returns:
+        A list of ``(parameter name, problem)``; empty when everything is valid.
+    """
+    problems: list[tuple[str, str]] = []
+    if "batch_size" in params:
+        b = params["batch_size"]
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            problems.append(("batch_size", f"expected a positive int, got {b!r}"))
+    if "test_size" in params:
+        t = params["test_size"]
+        fraction = isinstance(t, float) and 0 < t < 1
+        count = is_int(t) and t >= 1
+        if not (fraction or count):
+            problems.append(
+                ("test_size", f"expected a fraction in (0, 1) or a row count >= 1, got {t!r}")
+            )
+    if "seed" in params:
+        s = params["seed"]
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            problems.append(("seed", f"expected an int >= 0, got {s!r}"))
+    for key in ("shuffle", "standardize", "stratify"):
+        if key in params and not isinstance(params[key], bool):
+            problems.append((key, f"expected true or false, got {params[key]!r}"))
+    return problems
+
+
+def check_loader_params(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """:func:`check_common` of the loader parameters only (``LOADER_PARAMETERS``)."""
+    return check_common({k: v for k, v in params.items() if k in LOADER_PARAMETERS})
+
+
+def resolve_object(path: Any, key: str) -> Any:
+    """The object a dotted path names (``package.module.name``); objects pass through.
+
+    Raises:
+        ValueError: the path does not name an importable object, naming ``key``.
+    """
+    if not isinstance(path, str):
+        return path
+    module_name, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"{key}: cannot import {path!r} ({error}); give a dotted path like 'package.module.name'") \
+            from None

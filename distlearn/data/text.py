@@ -1,0 +1,154 @@
+"""Text: a character-level language-modelling set over a text file (by default Python's help texts)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..runtime.loader import TensorBatches, tensor_loaders
+from .checks import check_loader_params
+
+
+def python_help_text() -> str:
+    """The English help texts that ship with Python (``pydoc_data.topics``): about 465k characters."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[name] for name in sorted(topics))
+
+
+class TextDataset:
+    """A character-level language-modelling set: next-character prediction over a text.
+
+    The text is cut into windows of ``block_size + 1`` characters, every ``stride``
+    characters; a window gives the inputs (its first ``block_size`` characters) and the
+    labels (the next character at every position). The first ``1 - test_size`` of the
+    text makes the training windows and the rest the test windows, so no test
+    character is seen in training. Batches are ``(input_ids, labels)``, both int64
+    ``(batch, block_size)``: a token loss, weighed by tokens in the learner.
+
+    Args:
+        path: A UTF-8 text file; None (default): Python's own help texts (no download).
+        block_size: Characters of context per window.
+        stride: Characters between window starts (default ``block_size``: no overlap).
+        batch_size: Windows per batch (per process).
+        test_size: Fraction of the text (from its end) for testing, in (0, 1).
+        seed: Seed of the training order.
+        shuffle: Shuffle the training windows every epoch.
+        max_chars: Use only the first this many characters (small runs); None for all.
+
+    Attributes:
+        vocab_size: Number of distinct characters (the model's ``vocab_size``).
+        n_classes, n_outputs: The same (for metrics' ``num_classes: auto``).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        block_size: int = 64,
+        stride: int | None = None,
+        batch_size: int = 32,
+        test_size: float = 0.1,
+        seed: int = 0,
+        shuffle: bool = True,
+        max_chars: int | None = None,
+    ) -> None:
+        problems = self.check_parameters({"path": path, "block_size": block_size, "stride": stride,
+                                          "batch_size": batch_size, "test_size": test_size, "seed": seed,
+                                          "shuffle": shuffle, "max_chars": max_chars})
+        if problems:
+            raise ValueError(f"TextDataset: {problems[0][0]}: {problems[0][1]}")
+        self.path = None if path is None else Path(path)
+        self.block_size, self.stride = block_size, stride or block_size
+        self.batch_size, self.test_size, self.seed, self.shuffle = batch_size, test_size, seed, shuffle
+        self.max_chars = max_chars
+        self._text: str | None = None
+        self.chars: list[str] = []
+
+    @property
+    def text(self) -> str:
+        """The text, read once."""
+        if self._text is None:
+            text = python_help_text() if self.path is None else self.path.read_text(encoding="utf-8")
+            self._text = text[: self.max_chars] if self.max_chars else text
+            self.chars = sorted(set(self._text))
+            self._index = {c: i for i, c in enumerate(self.chars)}
+        return self._text
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct characters in the text."""
+        self.text  # noqa: B018 (reads it)
+        return len(self.chars)
+
+    n_classes = n_outputs = vocab_size
+    n_features = None
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Character ids of ``text`` (int64)."""
+        self.text  # noqa: B018
+        return torch.tensor([self._index[c] for c in text], dtype=torch.long)
+
+    def decode(self, ids: Any) -> str:
+        """The text of character ids."""
+        self.text  # noqa: B018
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def parts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training and test parts of the text as character ids."""
+        ids = torch.from_numpy(np.frombuffer(self.text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64))
+        ids = torch.as_tensor(np.searchsorted(np.array([ord(c) for c in self.chars]), ids.numpy()))
+        cut = int(len(ids) * (1 - self.test_size))
+        return ids[:cut], ids[cut:]
+
+    def windows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, labels)`` of every window of ``ids``: ``(n, block_size)`` each."""
+        span = self.block_size + 1
+        if len(ids) < span:
+            raise ValueError(
+                f"TextDataset: a part of {len(ids)} characters is shorter than one window ({span}); "
+                "lower block_size or test_size, or use more text"
+            )
+        w = ids.unfold(0, span, self.stride)
+        return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+    def load(self) -> dict[str, DataLoader]:
+        """``{"train_loader", "test_loader"}`` of ``(input_ids, labels)`` batches (fast path)."""
+        train, test = self.parts()
+        return tensor_loaders(TensorBatches(*self.windows(train)), TensorBatches(*self.windows(test)),
+                              batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed)
+
+    def unigram_loss(self) -> float:
+        """Per-character loss (nats) on the test part of a model that knows only the training
+        part's character frequencies (add-one smoothed): the baseline a language model must beat.
+        """
+        train, test = self.parts()
+        counts = torch.bincount(train, minlength=self.vocab_size).double() + 1
+        log_p = torch.log(counts / counts.sum())
+        _, labels = self.windows(test)
+        return float(-log_p[labels].mean())
+
+    def __repr__(self) -> str:
+        return f"TextDataset(path={None if self.path is None else str(self.path)!r}, block_size={self.block_size})"
+
+    @staticmethod
+    def check_parameters(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Check parameter values without reading the text (used by config validation)."""
+        problems = check_loader_params({k: v for k, v in params.items() if k != "test_size"})
+        for key in ("block_size", "stride", "max_chars"):
+            value = params.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                problems.append((key, f"expected a positive int{' or null' if key != 'block_size' else ''}, "
+                                      f"got {value!r}"))
+        t = params.get("test_size")
+        if t is not None and not (isinstance(t, float) and 0 < t < 1):
+            problems.append(("test_size", f"expected a fraction of the text in (0, 1), got {t!r}"))
+        path = params.get("path")
+        if isinstance(path, (str, Path)) and not Path(path).is_file():
+            problems.append(("path", f"no file {str(path)!r} (relative to {Path.cwd()}); null uses Python's "
+                                     "own help texts"))
+        return problems
