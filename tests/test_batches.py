@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from distlearn.training.batches import Batches, describe, flat_tokens, token_labels
+from distlearn.training.batches import BatchRunner
+from distlearn.training.outputs import describe, flat_tokens, token_labels
 
 VOCAB, N_SEQ, GLOBAL_BATCH = 11, 23, 6  # 23 = 3 full global batches + 5: the last one is padded by Accelerate
 
@@ -222,7 +223,7 @@ def test_several_inputs_are_passed_positionally():
         def forward(self, left, right):
             return self.a(left) + self.b(right)
 
-    batches = Batches(nn.CrossEntropyLoss())
+    batches = BatchRunner(nn.CrossEntropyLoss())
     batch = (torch.randn(4, 3), torch.randn(4, 5), torch.tensor([0, 1, 1, 0]))
     assert batches.problem(batch, "loader", Two()) is None
     step = batches.step(Two(), batch)
@@ -238,11 +239,11 @@ def test_token_helpers():
     assert flat_tokens(nn.MSELoss(), logits, labels)[0].shape == (2, 5, 7)
     assert token_labels(labels) and not token_labels(labels[:, 0]) and not token_labels(labels.float())
     labels[0, 3:] = -100
-    assert int(Batches().weight(labels, 2)) == 8 and int(Batches(label_shift=1).weight(labels, 2)) == 6
-    assert Batches().weight(labels[:, 0], 2) == 2
+    assert int(BatchRunner().weight(labels, 2)) == 8 and int(BatchRunner(label_shift=1).weight(labels, 2)) == 6
+    assert BatchRunner().weight(labels[:, 0], 2) == 2
     assert describe({"a": torch.zeros(2, 3)}) == "a dict {'a': Tensor(2, 3)}"
     with pytest.raises(ValueError, match="no .loss"):
-        from distlearn.training.batches import model_loss
+        from distlearn.training.outputs import model_loss
 
         model_loss(torch.zeros(2))
 
@@ -269,7 +270,7 @@ def test_reporting_the_last_batch_again_works_on_one_row_and_leaves_batch_norm_a
 
     model = Norm().train()
     batch = {"x": torch.randn(4, 3), "labels": torch.tensor([0, 1, 1, 0])}
-    batches = Batches()
+    batches = BatchRunner()
     batches.problem(batch, "loader", model)
     step = batches.step(model, batch)
     before = model.norm.running_mean.clone(), model.norm.num_batches_tracked.clone()

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from distlearn import BackwardLearner
 from distlearn.accumulators import calculate
-from distlearn.training.batches import Batches, give_ignore_index, leaves_out_ignored
+from distlearn.training.batches import BatchRunner, give_ignore_index, leaves_out_ignored
 from distlearn.metrics import F1, Accuracy, Metrics, Perplexity
 
 IGNORE = -100
@@ -98,7 +98,7 @@ def test_which_metrics_take_the_tokens_unmasked():
 
 
 def test_batches_report_every_token_with_keep_ignored():
-    batches = Batches(nn.CrossEntropyLoss(), label_shift=1)
+    batches = BatchRunner(nn.CrossEntropyLoss(), label_shift=1)
     batch = pad_collate([Sequences()[i] for i in range(3)])
     model = TinyLM()
     batches.problem(batch, "loader", model)

@@ -46,6 +46,16 @@ def check_loader_params(params: Mapping[str, Any]) -> list[tuple[str, str]]:
     return check_common({k: v for k, v in params.items() if k in LOADER_PARAMETERS})
 
 
+def raise_first_problem(owner: str, problems: list[tuple[str, str]]) -> None:
+    """Raise the first of a data set's ``check_parameters`` problems, if any.
+
+    Raises:
+        ValueError: ``"<owner>: <parameter>: <problem>"``.
+    """
+    if problems:
+        raise ValueError(f"{owner}: {problems[0][0]}: {problems[0][1]}")
+
+
 def resolve_object(path: Any, key: str) -> Any:
     """The object a dotted path names (``package.module.name``); objects pass through.
 

@@ -11,7 +11,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from ..runtime.loader import tensor_loaders
-from .checks import check_loader_params, resolve_object
+from .checks import check_loader_params, raise_first_problem, resolve_object
 
 HF_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
 
@@ -80,10 +80,9 @@ class HFDataset:
         seed: int = 0,
         shuffle: bool = True,
     ) -> None:
-        problems = self.check_parameters({"data_files": data_files, "format": format, "batch_size": batch_size,
-                                          "test_size": test_size, "seed": seed, "shuffle": shuffle})
-        if problems:
-            raise ValueError(f"HFDataset: {problems[0][0]}: {problems[0][1]}")
+        raise_first_problem("HFDataset", self.check_parameters({
+            "data_files": data_files, "format": format, "batch_size": batch_size, "test_size": test_size, "seed": seed,
+            "shuffle": shuffle}))
         self.data_files, self.format = data_files, format
         self.columns = None if columns is None else list(columns)
         self.label_column, self.text_column = label_column, text_column

@@ -18,11 +18,10 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from ..options import did_you_mean
-from .checks import check_common
+from .checks import check_common, raise_first_problem
 from .splits import make_loaders, served_arrays, split_arrays
 
 logger = logging.getLogger(__name__)
-
 
 # scikit-learn's bundled data sets (read from the installed package, no network).
 SKLEARN_DATASETS: dict[str, str] = {
@@ -33,6 +32,7 @@ SKLEARN_DATASETS: dict[str, str] = {
     "diabetes": "regression",
 }
 TASKS = ("classification", "regression")
+
 
 class _TabularData:
     """What ``SklearnDataset`` and ``CSVDataset`` share: split, scale, load, and sizes.
@@ -146,9 +146,7 @@ class SklearnDataset(_TabularData):
         standardize: bool = True,
         stratify: bool = True,
     ) -> None:
-        problems = self.check_parameters({"name": name})
-        if problems:
-            raise ValueError(f"SklearnDataset: {problems[0][0]}: {problems[0][1]}")
+        raise_first_problem("SklearnDataset", self.check_parameters({"name": name}))
         self.name = name
         super().__init__(SKLEARN_DATASETS[name], batch_size, test_size, seed, shuffle, standardize, stratify)
 
@@ -212,9 +210,7 @@ class CSVDataset(_TabularData):
         standardize: bool = True,
         stratify: bool = True,
     ) -> None:
-        problems = self.check_parameters({"task": task})
-        if problems:
-            raise ValueError(f"CSVDataset: {problems[0][0]}: {problems[0][1]}")
+        raise_first_problem("CSVDataset", self.check_parameters({"task": task}))
         self.path = Path(path)
         self.target = target
         self.features = None if features is None else list(features)
@@ -265,15 +261,21 @@ class CSVDataset(_TabularData):
         Returns:
             A list of ``(parameter name, problem)``; empty when everything is valid.
         """
-        problems = check_common(params)
-        if "task" in params and params["task"] not in TASKS:
-            problems.append(("task", f"expected one of {list(TASKS)}, got {params['task']!r}"))
+        problems = _check_with_task(params)
         path = params.get("path")
         if isinstance(path, (str, Path)) and not Path(path).is_file():
             problems.append(
                 ("path", f"no file {str(path)!r} (relative paths are read from the current directory {Path.cwd()})")
             )
         return problems
+
+def _check_with_task(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """:func:`check_common`, and ``task`` one of ``TASKS`` (the sets that take a task)."""
+    problems = check_common(params)
+    if "task" in params and params["task"] not in TASKS:
+        problems.append(("task", f"expected one of {list(TASKS)}, got {params['task']!r}"))
+    return problems
+
 
 def _parse_number(text: str, path: Path, line: int, column: str) -> float:
     try:
@@ -330,9 +332,7 @@ class NumpyDataset(_TabularData):
         standardize: bool = True,
         stratify: bool = True,
     ) -> None:
-        problems = self.check_parameters({"path": path, "y_path": y_path, "task": task})
-        if problems:
-            raise ValueError(f"NumpyDataset: {problems[0][0]}: {problems[0][1]}")
+        raise_first_problem("NumpyDataset", self.check_parameters({"path": path, "y_path": y_path, "task": task}))
         self.path, self.y_path = Path(path), None if y_path is None else Path(y_path)
         self.x_key, self.y_key = x_key, y_key
         self._test: tuple[np.ndarray, np.ndarray] | None = None
@@ -372,9 +372,7 @@ class NumpyDataset(_TabularData):
     @staticmethod
     def check_parameters(params: Mapping[str, Any]) -> list[tuple[str, str]]:
         """Check parameter values without reading the files (used by config validation)."""
-        problems = check_common(params)
-        if "task" in params and params["task"] not in TASKS:
-            problems.append(("task", f"expected one of {list(TASKS)}, got {params['task']!r}"))
+        problems = _check_with_task(params)
         path, y_path = params.get("path"), params.get("y_path")
         if isinstance(path, (str, Path)):
             if Path(path).suffix not in (".npz", ".npy"):

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..runtime.loader import TensorBatches, tensor_loaders
-from .checks import check_loader_params
+from .checks import check_loader_params, raise_first_problem
 
 
 def python_help_text() -> str:
@@ -57,11 +57,9 @@ class TextDataset:
         shuffle: bool = True,
         max_chars: int | None = None,
     ) -> None:
-        problems = self.check_parameters({"path": path, "block_size": block_size, "stride": stride,
-                                          "batch_size": batch_size, "test_size": test_size, "seed": seed,
-                                          "shuffle": shuffle, "max_chars": max_chars})
-        if problems:
-            raise ValueError(f"TextDataset: {problems[0][0]}: {problems[0][1]}")
+        raise_first_problem("TextDataset", self.check_parameters({
+            "path": path, "block_size": block_size, "stride": stride, "batch_size": batch_size, "test_size": test_size,
+            "seed": seed, "shuffle": shuffle, "max_chars": max_chars}))
         self.path = None if path is None else Path(path)
         self.block_size, self.stride = block_size, stride or block_size
         self.batch_size, self.test_size, self.seed, self.shuffle = batch_size, test_size, seed, shuffle

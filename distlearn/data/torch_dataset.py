@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..runtime.loader import tensor_loaders
-from .checks import check_loader_params, resolve_object
+from .checks import check_loader_params, raise_first_problem, resolve_object
 from .splits import split_sizes
 
 
@@ -40,11 +40,9 @@ class TorchDataset:
         seed: int = 0,
         shuffle: bool = True,
     ) -> None:
-        problems = self.check_parameters({"dataset_class": dataset_class, "collate_fn": collate_fn,
-                                          "batch_size": batch_size, "test_size": test_size, "seed": seed,
-                                          "shuffle": shuffle})
-        if problems:
-            raise ValueError(f"TorchDataset: {problems[0][0]}: {problems[0][1]}")
+        raise_first_problem("TorchDataset", self.check_parameters({
+            "dataset_class": dataset_class, "collate_fn": collate_fn, "batch_size": batch_size, "test_size": test_size,
+            "seed": seed, "shuffle": shuffle}))
         self.dataset_class = resolve_object(dataset_class, "dataset_class")
         self.collate_fn = resolve_object(collate_fn, "collate_fn")
         self.dataset_parameters = dict(dataset_parameters or {})

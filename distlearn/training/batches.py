@@ -1,8 +1,8 @@
 """What one batch is, how the model is called on it, its loss and its weight.
 
-The learner's loop calls :meth:`Batches.step` once per batch and
-:meth:`Batches.real` once per batch for what it reports. Three batch forms
-are accepted, decided on the first batch (:meth:`Batches.problem`, which the
+The learner's loop calls :meth:`BatchRunner.step` once per batch and
+:meth:`BatchRunner.real` once per batch for what it reports. Three batch forms
+are accepted, decided on the first batch (:meth:`BatchRunner.problem`, which the
 learner agrees on across ranks):
 
 - ``(features, labels)``: ``model(features)``;
@@ -33,7 +33,7 @@ and nothing syncs.
 With Accelerate's ``even_batches``, the last global batch of an epoch is
 completed with samples repeated from the start: rank r of P holds
 ``min(rows, max(0, remainder - r * rows))`` real rows of its last batch.
-:meth:`Batches.real` reports only those: it slices the outputs (learner loss)
+:meth:`BatchRunner.real` reports only those: it slices the outputs (learner loss)
 or, when the model or ``loss_fn`` computes the loss, runs the real rows again
 without gradients and in eval mode (every rank does, so sharded models stay in
 step; dropout is off and batch norm's statistics are left alone).
@@ -53,9 +53,21 @@ from torch import nn
 
 from ..metrics import Accuracy, Metrics, Perplexity
 from ..options import is_int
+from .outputs import (
+    batch_rows,
+    describe,
+    flat_tokens,
+    has_loss,
+    logits_of,
+    model_loss,
+    slice_output,
+    slice_rows,
+    token_labels,
+)
 from .padding import real_rows
 
-__all__ = ["Batches", "Report", "Step", "describe", "give_ignore_index", "leaves_out_ignored"]
+__all__ = ["BatchResult", "BatchRunner", "Step", "give_ignore_index", "leaves_out_ignored"]
+
 
 @dataclass
 class Step:
@@ -75,7 +87,7 @@ class Step:
 
 
 @dataclass
-class Report:
+class BatchResult:
     """What the learner reports of one batch (its real rows only).
 
     Attributes:
@@ -98,7 +110,7 @@ class Report:
     ignored: int | None = None
 
 
-class Batches:
+class BatchRunner:
     """Calls the model on a batch and computes its loss and weight; see the module doc.
 
     Args:
@@ -138,10 +150,6 @@ class Batches:
         self.ignore_index = getattr(loss, "ignore_index", ignore_index)
         self.label_shift = label_shift
         self.form: str | None = None
-
-    # ------------------------------------------------------------------ #
-    # The form, decided once
-    # ------------------------------------------------------------------ #
 
     def problem(self, batch: Any, name: str, model: nn.Module | None = None) -> str | None:
         """Decide the batch form from the first batch; the problem with it, or None.
@@ -185,10 +193,6 @@ class Batches:
                 "every batch must have the same form"
             )
 
-    # ------------------------------------------------------------------ #
-    # Per step
-    # ------------------------------------------------------------------ #
-
     def step(self, model: nn.Module, batch: Any, idx: torch.Tensor | None = None, require_loss: bool = True) -> Step:
         """Run the model on ``batch`` and compute the loss to backpropagate.
 
@@ -216,7 +220,7 @@ class Batches:
                 return Step(batch, output, None, rows)
             logits, target = _pick(logits_of(output), labels, idx)
             return Step(batch, output, self._loss(logits, target), rows)
-        if not require_loss and not _has_loss(output):
+        if not require_loss and not has_loss(output):
             return Step(batch, output, None, rows)
         return Step(batch, output, model_loss(output), rows)
 
@@ -244,10 +248,6 @@ class Batches:
             return None
         return batch[-1]
 
-    # ------------------------------------------------------------------ #
-    # What is reported: real rows only
-    # ------------------------------------------------------------------ #
-
     def real(
         self,
         accelerator: Any,
@@ -256,7 +256,7 @@ class Batches:
         idx: torch.Tensor | None = None,
         scores: bool = True,
         keep_ignored: bool = False,
-    ) -> Report:
+    ) -> BatchResult:
         """What is reported of a batch: its real rows' loss and weight, scores and targets.
 
         Args:
@@ -267,7 +267,7 @@ class Batches:
             idx: the output rows used (full-batch training), or None.
             scores: also return scores and targets (False: both None, nothing is computed).
             keep_ignored: token scores and targets are flattened but the tokens equal to ``ignore_index``
-                are left in (``Report.ignored`` says so): no host sync, for a metric that leaves them out
+                are left in (``BatchResult.ignored`` says so): no host sync, for a metric that leaves them out
                 itself (:func:`leaves_out_ignored`). False: only the target tokens, by boolean indexing,
                 which syncs with the host once per call.
         """
@@ -275,7 +275,7 @@ class Batches:
         batch, output, loss = step.batch, step.output, step.loss
         if real < step.rows and idx is None:
             if self.loss is not None and self.loss_fn is None:  # the learner's loss: slice the outputs
-                batch, output = slice_rows(batch, real), _slice_output(output, real)
+                batch, output = slice_rows(batch, real), slice_output(output, real)
                 if real and loss is not None:
                     with torch.no_grad():
                         loss = self._loss(logits_of(output), self.labels(batch))
@@ -299,13 +299,13 @@ class Batches:
             weight = self.weight(labels, real) if real else 0
         loss = None if loss is None else loss.detach()
         if not scores or labels is None or output is None or not real:
-            return Report(loss, weight, real, None, None)
+            return BatchResult(loss, weight, real, None, None)
         logits, target = logits_of(output).detach(), labels
         if token_labels(target) and logits.dim() == target.dim() + 1:
             logits, target = self._target_tokens(logits, target, keep_ignored)
             if keep_ignored:
-                return Report(loss, weight, real, logits, target, self.ignore_index)
-        return Report(loss, weight, real, logits, target)
+                return BatchResult(loss, weight, real, logits, target, self.ignore_index)
+        return BatchResult(loss, weight, real, logits, target)
 
     def weight(self, labels: torch.Tensor | None, rows: int | None) -> Any:
         """Rows, or for token labels the number of target tokens (a 0-d tensor: no host sync)."""
@@ -328,11 +328,6 @@ class Batches:
         # results (y_pred/y_true of target tokens) and metrics that keep every label come here.
         keep = target != self.ignore_index
         return logits[keep], target[keep]
-
-
-# ---------------------------------------------------------------------- #
-# Metrics that leave out ignored tokens themselves
-# ---------------------------------------------------------------------- #
 
 
 def _members(metric: Any) -> list[Any]:
@@ -370,11 +365,6 @@ def give_ignore_index(metric: Any, ignore_index: int) -> None:
             member.ignore_index = ignore_index
 
 
-# ---------------------------------------------------------------------- #
-# Helpers (also used by the learner)
-# ---------------------------------------------------------------------- #
-
-
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module):
     """Evaluation mode for a forward pass that only reports: no dropout, and batch norm neither
@@ -405,111 +395,11 @@ def _form(batch: Any, label_key: str) -> str | None:
     return None
 
 
-def describe(batch: Any) -> str:
-    """A batch's structure in words: its type, keys or items, and their shapes."""
-    def one(item: Any) -> str:
-        if isinstance(item, torch.Tensor):
-            return f"Tensor{tuple(item.shape)}"
-        return type(item).__name__
-
-    if isinstance(batch, Mapping):
-        return "a dict {" + ", ".join(f"{k!r}: {one(v)}" for k, v in batch.items()) + "}"
-    if isinstance(batch, (tuple, list)):
-        return f"a {type(batch).__name__} of {len(batch)} items (" + ", ".join(one(v) for v in batch) + ")"
-    return f"a {one(batch)}"
-
-
-def batch_rows(batch: Any, form: str | None, label_key: str = "labels") -> int:
-    """The batch's number of rows: dim 0 of its labels, else of its first tensor (else 1)."""
-    if form == "dict":
-        first = batch.get(label_key)
-        if not isinstance(first, torch.Tensor):
-            first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
-    elif form in ("pair", "inputs"):
-        first = batch[-1]
-    else:
-        items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else [batch]
-        first = next((v for v in items if isinstance(v, torch.Tensor)), None)
-    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
-
-
-def slice_rows(batch: Any, n: int) -> Any:
-    """The first ``n`` rows of every tensor in the batch (a tuple, list or dict)."""
-    if isinstance(batch, Mapping):
-        return {k: _head(v, n) for k, v in batch.items()}  # the model is called with **batch: a dict will do
-    return type(batch)(_head(v, n) for v in batch)
-
-
-def _head(value: Any, n: int) -> Any:
-    return value[:n] if isinstance(value, torch.Tensor) and value.dim() else value
-
-
-def _slice_output(output: Any, n: int) -> Any:
-    if isinstance(output, torch.Tensor):
-        return output[:n]
-    return logits_of(output)[:n]
-
-
-def logits_of(output: Any) -> torch.Tensor:
-    """The prediction tensor of a model output: the tensor, ``.logits``, ``["logits"]`` or the first item."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping) and "logits" in output:
-        return output["logits"]
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(
-        f"cannot find the predictions in the model's output ({type(output).__name__}): return a tensor, "
-        "an object with .logits, or a dict with 'logits'"
-    )
-
-
-def _has_loss(output: Any) -> bool:
-    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
-    return isinstance(loss, torch.Tensor)
-
-
-def model_loss(output: Any) -> torch.Tensor:
-    """The loss a model computed itself: ``output.loss`` or ``output["loss"]``.
-
-    Raises:
-        ValueError: the output has no loss (and no loss was configured).
-    """
-    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
-    if not isinstance(loss, torch.Tensor):
-        raise ValueError(
-            f"the learner has no loss and the model's output ({type(output).__name__}) has no .loss / ['loss']: "
-            "pass loss=... or loss_configs, give loss_fn(model, batch), or make the model compute its loss "
-            "(for Hugging Face models: pass labels in the batch)"
-        )
-    return loss
-
-
-def token_labels(labels: torch.Tensor | None) -> bool:
-    """Integer labels with a time axis ``(batch, T, ...)``: the loss is per token."""
-    return (
-        isinstance(labels, torch.Tensor)
-        and labels.dim() >= 2
-        and not labels.dtype.is_floating_point
-        and not labels.dtype.is_complex
-        and labels.dtype != torch.bool
-    )
-
-
-def flat_tokens(loss: Any, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, T, V)`` logits and ``(B, T)`` labels flattened for a class-index loss; others unchanged."""
-    if (
-        isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss))
-        and token_labels(target)
-        and logits.dim() == target.dim() + 1
-        and logits.shape[:-1] == target.shape
-    ):
-        return logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
-    return logits, target
-
 
 def _pick(output: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None) -> tuple:
     return (output, labels) if idx is None else (output[idx], labels[idx])
+
+
+# The names learner.py imports until the rename reaches it (Batches -> BatchRunner, Report -> BatchResult);
+# delete these two lines when it does.
+Batches, Report = BatchRunner, BatchResult
