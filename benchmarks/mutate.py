@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ACC, MET, LRN = "distlearn/accumulators.py", "distlearn/metrics.py", "distlearn/training/learner.py"
 BAT, PAD = "distlearn/training/batches.py", "distlearn/training/padding.py"  # the learner's batch handling
+OUT = "distlearn/training/outputs.py"  # reading batches and model outputs
 PROMISES = "tests/test_promises.py"
 ACC_TESTS = [f"{PROMISES}::{name}" for name in (
     "test_nan_and_inf_propagate_as_in_torch", "test_large_integer_sums", "test_weights_other_than_one",
@@ -74,6 +75,11 @@ MUTATIONS = [
              "if False:", ("tests/test_learner.py", "-k", "not test_invalid"), "per-epoch scheduler never steps"),
     Mutation("repeats_counted", PAD, "return min(rows, max(0, state.remainder - accelerator.process_index * rows))",
              "return rows", ("tests/test_learner.py", "-k", "uneven or order or same_numbers"), "Accelerate's repeats reported"),
+    Mutation("shift_not_weighed", BAT, "            labels = labels[:, self.label_shift:]\n", "            pass\n",
+             ("tests/test_batches.py::test_token_helpers",), "label_shift's unpredicted labels weigh as tokens"),
+    Mutation("tokens_not_flattened", OUT, "        return logits.reshape(-1, logits.shape[-1]), target.reshape(-1)\n",
+             "        return logits, target\n", ("tests/test_batches.py::test_token_helpers",),
+             "(B, T, V) logits reach CrossEntropyLoss unflattened"),
     Mutation("unweighted_batches", LRN, "        log.add(report.loss, report.weight, report.rows)\n        if report.scores",
              "        log.add(report.loss, 1, report.rows)\n        if report.scores",
              ("tests/test_learner.py", "-k", "uneven or same_numbers"), "batch losses not weighted by size"),
