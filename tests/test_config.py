@@ -18,7 +18,6 @@ from distlearn.experiment.config import (
     ConfigError,
     build_experiment,
     config_dir,
-    instantiate,
     load_config,
     resolve_class,
     shipped_configs,
@@ -52,7 +51,9 @@ def test_every_shipped_config_loads_validates_and_builds():
         assert out.shape == (*y.shape[:1 + (y.dim() > 1 and not y.is_floating_point())], exp.data.n_outputs), path.name
         if getattr(exp.data, "task", None) == "regression":
             assert y.shape == out.shape
-        loss = instantiate(exp.config["learner_configs"]["learner_parameters"]["loss_configs"], "loss")
+        loss = exp.learner.loss  # built from the config's loss_configs
+        loss_class = exp.config["learner_configs"]["learner_parameters"]["loss_configs"]["loss_class"]
+        assert type(loss) is resolve_class(loss_class, "loss_class"), path.name
         assert torch.isfinite(loss(*flat_tokens(loss, out, y))), path.name  # (B, T, V) outputs: per token
         assert exp.metric is not None and exp.run["seed"] == 0
 
@@ -208,10 +209,16 @@ def test_callers_config_is_never_modified():
     build_experiment(cfg)
     assert OmegaConf.to_yaml(cfg) == snapshot
 
+
+def test_an_optimizer_section_builds_its_class_and_stays_as_written(fresh_accelerate):
+    plain = OmegaConf.to_container(load_config("wine", ["learner_configs.learner_parameters.n_epochs=1"]), resolve=True)
     section = {"optimizer_class": "torch.optim.SGD", "optimizer_parameters": {"lr": 0.1}}
+    plain["learner_configs"]["learner_parameters"]["optimizer_configs"] = section
     before = copy.deepcopy(section)
-    opt = instantiate(section, "optimizer", params=torch.nn.Linear(2, 1).parameters())
-    assert isinstance(opt, torch.optim.SGD) and section == before
+    exp = build_experiment(plain, display_every_n_steps=0)
+    exp.learner.train(exp.model, exp.data_loaders, test_check=False, disable_tqdm=True)
+    opt = exp.learner.accelerator()._optimizers[0].optimizer
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["lr"] == 0.1 and section == before
 
 
 def test_build_experiment_sizes_model_from_data_and_seeds_it():
