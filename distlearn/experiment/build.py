@@ -99,7 +99,8 @@ def build_experiment(
     learner = build("learner_configs", **learner_kwargs)
     metric = None
     if c.get("metric_configs"):
-        metrics = [build("metric_configs", section, label) for label, section in section_entries(c, "metric_configs", [])]
+        entries = section_entries(c, "metric_configs", [])
+        metrics = [build("metric_configs", section, label) for label, section in entries]
         metric = metrics[0] if not isinstance(c["metric_configs"], list) else _collection(metrics)
     logger.debug("built experiment: data=%r model=%s metric=%r", data, type(model).__name__, metric)
     return Experiment(

@@ -75,20 +75,10 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], *, check_output_dir: bo
             at = f"{label}.{prefix}_parameters"
             if cls is None or params is None:
                 continue
-            if key in AUTO_SIZED:  # the parameters sized from the data count as supplied
-                auto = auto_sized(cls, params, key)
-                for name, (attr, needed) in auto.items():
-                    if needed and data_cls is not None and not hasattr(data_cls, attr):
-                        problems.append(
-                            f"{at}.{name}: {params.get(name, AUTO)!r} takes the size from the data's {attr!r}, but "
-                            f"{data_cls.__module__}.{data_cls.__qualname__} has none; set {name} to an int"
-                        )
-                given = {k: v for k, v in params.items() if k not in auto}
-                before = len(problems)
-                check_parameters(cls, given, at, problems, supplied=set(auto))
-                defaults = all(parameters_of(cls)[name].default is not inspect.Parameter.empty for name in auto)
-                if key == "metric_configs" and len(problems) == before and defaults:  # sizes: the class's default
-                    metrics.append((cls, given, at))  # cheap to build: values the class refuses are found now
+            if key in AUTO_SIZED:
+                buildable = _check_sized(cls, params, key, at, data_cls, problems)
+                if key == "metric_configs" and buildable is not None:
+                    metrics.append((cls, buildable, at))  # cheap to build: values the class refuses are found now
             elif prefix == "learner":
                 builds.append((_check_learner(cls, params, at, problems), at))
             else:
@@ -104,6 +94,25 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], *, check_output_dir: bo
             _try_construct(cls, params, at, problems)
     if problems:
         raise ConfigError(problems)
+
+
+def _check_sized(
+    cls: type, params: dict, key: str, at: str, data_cls: type | None, problems: list[str]
+) -> dict | None:
+    """Check a section with sizes left to the data (those count as supplied); returns the parameters
+    given, when they bound and every size left out has the class's default (so it can be built now)."""
+    auto = auto_sized(cls, params, key)
+    for name, (attr, needed) in auto.items():
+        if needed and data_cls is not None and not hasattr(data_cls, attr):
+            problems.append(
+                f"{at}.{name}: {params.get(name, AUTO)!r} takes the size from the data's {attr!r}, but "
+                f"{data_cls.__module__}.{data_cls.__qualname__} has none; set {name} to an int"
+            )
+    given = {k: v for k, v in params.items() if k not in auto}
+    before = len(problems)
+    check_parameters(cls, given, at, problems, supplied=set(auto))
+    defaults = all(parameters_of(cls)[name].default is not inspect.Parameter.empty for name in auto)
+    return given if len(problems) == before and defaults else None
 
 
 def section_entries(c: dict, key: str, problems: list[str]) -> list[tuple[str, Any]]:

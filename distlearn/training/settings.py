@@ -43,12 +43,15 @@ OPTION_RANGES: dict[str, OptionRange] = {
     "display_every_n_steps": OptionRange(_int_at_least(0), False, "an int >= 0", "an int >= 0"),
     "seed": OptionRange(_int_at_least(0), False, "an int >= 0", "an int >= 0"),
     "gradient_accumulation_steps": OptionRange(_int_at_least(1), True, "an int >= 1", "null or an int >= 1"),
-    "max_grad_norm": OptionRange(lambda v: is_number(v) and v > 0, True, "a number > 0 or None", "null or a number > 0"),
+    "max_grad_norm": OptionRange(
+        lambda v: is_number(v) and v > 0, True, "a number > 0 or None", "null or a number > 0"
+    ),
     "mixed_precision": OptionRange(
         lambda v: v in MIXED_PRECISION, True, f"one of {MIXED_PRECISION}", f"one of {list(MIXED_PRECISION)}"
     ),
     "scheduler_interval": OptionRange(
-        lambda v: v in SCHEDULER_INTERVALS, False, f"one of {SCHEDULER_INTERVALS}", f"one of {list(SCHEDULER_INTERVALS)}"
+        lambda v: v in SCHEDULER_INTERVALS, False,
+        f"one of {SCHEDULER_INTERVALS}", f"one of {list(SCHEDULER_INTERVALS)}",
     ),
 }
 
