@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig
@@ -62,7 +62,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], *, check_output_dir: bo
     problems: list[str] = []
     builds: list[tuple[dict[str, tuple[type, dict]], str]] = []  # the learner's nested configs, to build last
     metrics: list[tuple[type, dict, str]] = []  # metrics that bound their parameters, to build last
-    elsewhere = key_paths(c)
+    elsewhere = _key_paths(c)
     check_keys(c, [*SECTIONS, "run"], "", problems, elsewhere)
     data_cls = None
     for key, prefix in SECTIONS.items():
@@ -125,24 +125,7 @@ def section_entries(c: dict, key: str, problems: list[str]) -> list[tuple[str, A
     return [(f"{key}[{i}]", section) for i, section in enumerate(c[key])]
 
 
-def check_keys(mapping: dict, known: Sequence[str], at: str, problems: list[str],
-                elsewhere: Mapping[str, Sequence[str]] | None = None) -> None:
-    """Report the keys of the mapping at key path ``at`` ("" for the top level) not in ``known``.
-
-    ``elsewhere``: key name -> the full paths where the config has (or takes) a key of that name,
-    for a key written at the wrong level (``n_epochs=5`` for ``learner_configs.learner_parameters.n_epochs=5``).
-    """
-    prefix, what = (f"{at}.", f"key of {at}") if at else ("", "top-level key")
-    for k in mapping:
-        if k not in known:
-            hint = did_you_mean(str(k), {n: prefix + n for n in known})
-            paths = [p for p in (elsewhere or {}).get(str(k), ()) if p != f"{prefix}{k}"]
-            if not hint and paths:
-                hint = f" — did you mean {' or '.join(repr(p) for p in paths[:3])}?"
-            problems.append(f"{prefix}{k}: unknown {what}{hint} (expected: {', '.join(known)})")
-
-
-def key_paths(c: dict) -> dict[str, list[str]]:
+def _key_paths(c: dict) -> dict[str, list[str]]:
     """Key name -> the full paths of the config's keys of that name, and of the run keys it may leave out."""
     paths: dict[str, list[str]] = {}
 
@@ -159,19 +142,6 @@ def key_paths(c: dict) -> dict[str, list[str]]:
         if f"run.{k}" not in paths.setdefault(k, []):
             paths[k].append(f"run.{k}")
     return paths
-
-
-def check_values(mapping: dict, checks: dict[str, tuple[Any, str]], at: str, problems: list[str]) -> set[str]:
-    """Apply ``{key: (is_valid, expected)}`` to the keys present; returns the keys found wrong."""
-    wrong = [k for k, (valid, _) in checks.items() if k in mapping and not valid(mapping[k])]
-    for k in wrong:
-        v = mapping[k]
-        bare_no = k == "mixed_precision" and v is False
-        hint = ' — quote it: mixed_precision: "no" (a bare no is YAML for false)' if bare_no else ""
-        if isinstance(v, str) and not hint:  # a misspelled choice: the closest of the quoted ones
-            hint = did_you_mean(v, re.findall(r"'([^']+)'", checks[k][1]))
-        problems.append(f"{at}.{k}: expected {checks[k][1]}, got {v!r}{hint}")
-    return set(wrong)
 
 
 def _check_section(section: Any, key: str, prefix: str, problems: list[str]) -> tuple[type | None, dict | None]:
