@@ -400,3 +400,37 @@ def test_a_list_of_metrics_builds_one_collection_with_the_first_as_primary():
     assert any(p.startswith("metric_configs[1].metric_parameters") for p in _problems(cfg))
     cfg["metric_configs"] = []
     assert any("metric_configs: an empty list" in p for p in _problems(cfg))
+
+
+def test_a_class_spec_splits_into_its_two_keys():
+    from distlearn.specs import read_spec, spec_keys
+
+    spec = read_spec({"optimizer_class": "torch.optim.SGD", "optimizer_parameters": None, "lr": 1}, "optimizer")
+    assert (spec.class_key, spec.params_key) == spec_keys("optimizer") == ("optimizer_class", "optimizer_parameters")
+    assert (spec.path, spec.has_class, spec.parameters, spec.unknown) == ("torch.optim.SGD", True, {}, ["lr"])
+    assert not read_spec({"loss_parameters": 3}, "loss").has_class and read_spec({"loss_parameters": 3}, "loss").parameters == 3
+
+
+def test_the_learner_and_the_config_check_one_set_of_option_ranges():
+    from distlearn.training.settings import check_learner_options
+
+    with pytest.raises(ValueError, match=r"^n_epochs must be an int >= 1, got 0$"):
+        check_learner_options(n_epochs=0, seed=-1)  # the first one out of range
+    with pytest.raises(ValueError, match=r"^seed must be an int >= 0, got None$"):
+        check_learner_options(seed=None)
+    check_learner_options(gradient_accumulation_steps=None, max_grad_norm=None, mixed_precision=None)
+    at = "learner_configs.learner_parameters"
+    problems = _problems(_with(f"{at}.max_grad_norm=true", f"{at}.scheduler_interval=null"))
+    assert problems == [
+        f"{at}.max_grad_norm: expected null or a number > 0, got True",
+        f"{at}.scheduler_interval: expected one of ['epoch', 'step'], got None",
+    ]
+
+
+def test_the_config_layers_and_the_option_ranges_import_no_torch():
+    code = (
+        "import sys, distlearn.specs, distlearn.training.settings, distlearn.experiment.config; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]

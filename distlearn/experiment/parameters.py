@@ -90,6 +90,7 @@ def auto_sized(cls: type, params: Mapping[str, Any], key: str) -> dict[str, tupl
 
 
 def signature(cls: type) -> inspect.Signature | None:
+    """``cls``'s signature with string annotations evaluated where they can be; None when it has none."""
     try:
         return inspect.signature(cls, eval_str=True)
     except Exception:  # unresolvable string annotations: check names, skip types
@@ -100,6 +101,7 @@ def signature(cls: type) -> inspect.Signature | None:
 
 
 def parameters_of(cls: type) -> Mapping[str, inspect.Parameter]:
+    """``cls``'s parameters by name (empty when it has no signature)."""
     sig = signature(cls)
     return sig.parameters if sig is not None else {}
 
@@ -146,6 +148,7 @@ def matches(value: Any, ann: Any) -> bool | None:
 
 
 def describe(ann: Any) -> str:
+    """An annotation in a config's words: ``int or null``, ``list[int]``."""
     if typing.get_origin(ann) in (typing.Union, types.UnionType):
         return " or ".join(describe(a) for a in typing.get_args(ann))
     if ann is None or ann is type(None):

@@ -63,7 +63,8 @@ def _config_check(name: str, null_ok: bool = False) -> tuple[Callable[[Any], boo
 
 
 # The options a config's learner_parameters are checked for, in the order their problems are listed.
-# A null seed is fine in a config: the experiment builder gives the learner run.seed instead.
+# A null seed is in range for a config: the experiment builder gives the learner run.seed instead
+# (BackwardLearner's seed is annotated int, so its null is still refused, as a type).
 CONFIG_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_epochs": _config_check("n_epochs"),
     "gradient_accumulation_steps": _config_check("gradient_accumulation_steps"),
