@@ -48,10 +48,10 @@ def run_sklearn(config: str, seed: int) -> dict:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    from distlearn.experiment.config import instantiate, load_config
+    from distlearn.experiment.config import build_experiment, load_config
 
     cfg = load_config(config)
-    data = instantiate(cfg.data_configs, "data")  # the very split and scaling distlearn trains on
+    data = build_experiment(cfg).data  # the very split and scaling distlearn trains on
     x_train, x_test, y_train, y_test = data.split()
     hidden = tuple(cfg.model_configs.model_parameters.hidden_sizes)
     begin = time.perf_counter()

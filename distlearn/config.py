@@ -5,7 +5,6 @@ from .experiment.config import (
     Experiment,
     build_experiment,
     config_dir,
-    instantiate,
     load_config,
     resolve_class,
     shipped_configs,
@@ -13,6 +12,6 @@ from .experiment.config import (
 )
 
 __all__ = [
-    "ConfigError", "Experiment", "build_experiment", "config_dir", "instantiate", "load_config", "resolve_class",
+    "ConfigError", "Experiment", "build_experiment", "config_dir", "load_config", "resolve_class",
     "shipped_configs", "validate_config",
 ]

@@ -94,7 +94,7 @@ def test_default_config_is_digits_and_all_outputs_are_valid(baseline):
     from omegaconf import OmegaConf
     from safetensors.torch import load_model
 
-    from distlearn.experiment.config import instantiate
+    from distlearn.experiment.config import resolve_class
     from distlearn.data import SklearnDataset
 
     assert sorted(p.name for p in baseline.iterdir()) == [
@@ -114,7 +114,7 @@ def test_default_config_is_digits_and_all_outputs_are_valid(baseline):
 
     # The safetensors file holds the FINAL weights: they give exactly the recorded final test accuracy.
     params = dict(config["model_configs"]["model_parameters"], in_features=64, out_features=10)
-    model = instantiate({"model_class": config["model_configs"]["model_class"], "model_parameters": params}, "model")
+    model = resolve_class(config["model_configs"]["model_class"], "model_class")(**params)
     missing, unexpected = load_model(model, baseline / "model.safetensors")
     assert not missing and not unexpected
     _, x_test, _, y_test = SklearnDataset(**config["data_configs"]["data_parameters"]).split()

@@ -18,7 +18,6 @@ from distlearn.experiment.config import (
     ConfigError,
     build_experiment,
     config_dir,
-    instantiate,
     load_config,
     resolve_class,
     shipped_configs,
@@ -52,7 +51,9 @@ def test_every_shipped_config_loads_validates_and_builds():
         assert out.shape == (*y.shape[:1 + (y.dim() > 1 and not y.is_floating_point())], exp.data.n_outputs), path.name
         if getattr(exp.data, "task", None) == "regression":
             assert y.shape == out.shape
-        loss = instantiate(exp.config["learner_configs"]["learner_parameters"]["loss_configs"], "loss")
+        loss = exp.learner.loss  # built from the config's loss_configs
+        loss_class = exp.config["learner_configs"]["learner_parameters"]["loss_configs"]["loss_class"]
+        assert type(loss) is resolve_class(loss_class, "loss_class"), path.name
         assert torch.isfinite(loss(*flat_tokens(loss, out, y))), path.name  # (B, T, V) outputs: per token
         assert exp.metric is not None and exp.run["seed"] == 0
 
@@ -208,10 +209,16 @@ def test_callers_config_is_never_modified():
     build_experiment(cfg)
     assert OmegaConf.to_yaml(cfg) == snapshot
 
+
+def test_an_optimizer_section_builds_its_class_and_stays_as_written(fresh_accelerate):
+    plain = OmegaConf.to_container(load_config("wine", ["learner_configs.learner_parameters.n_epochs=1"]), resolve=True)
     section = {"optimizer_class": "torch.optim.SGD", "optimizer_parameters": {"lr": 0.1}}
+    plain["learner_configs"]["learner_parameters"]["optimizer_configs"] = section
     before = copy.deepcopy(section)
-    opt = instantiate(section, "optimizer", params=torch.nn.Linear(2, 1).parameters())
-    assert isinstance(opt, torch.optim.SGD) and section == before
+    exp = build_experiment(plain, display_every_n_steps=0)
+    exp.learner.train(exp.model, exp.data_loaders, test_check=False, disable_tqdm=True)
+    opt = exp.learner.accelerator()._optimizers[0].optimizer
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["lr"] == 0.1 and section == before
 
 
 def test_build_experiment_sizes_model_from_data_and_seeds_it():
@@ -393,3 +400,37 @@ def test_a_list_of_metrics_builds_one_collection_with_the_first_as_primary():
     assert any(p.startswith("metric_configs[1].metric_parameters") for p in _problems(cfg))
     cfg["metric_configs"] = []
     assert any("metric_configs: an empty list" in p for p in _problems(cfg))
+
+
+def test_a_class_spec_splits_into_its_two_keys():
+    from distlearn.specs import read_spec, spec_keys
+
+    spec = read_spec({"optimizer_class": "torch.optim.SGD", "optimizer_parameters": None, "lr": 1}, "optimizer")
+    assert (spec.class_key, spec.params_key) == spec_keys("optimizer") == ("optimizer_class", "optimizer_parameters")
+    assert (spec.path, spec.has_class, spec.parameters, spec.unknown) == ("torch.optim.SGD", True, {}, ["lr"])
+    assert not read_spec({"loss_parameters": 3}, "loss").has_class and read_spec({"loss_parameters": 3}, "loss").parameters == 3
+
+
+def test_the_learner_and_the_config_check_one_set_of_option_ranges():
+    from distlearn.training.settings import check_learner_options
+
+    with pytest.raises(ValueError, match=r"^n_epochs must be an int >= 1, got 0$"):
+        check_learner_options(n_epochs=0, seed=-1)  # the first one out of range
+    with pytest.raises(ValueError, match=r"^seed must be an int >= 0, got None$"):
+        check_learner_options(seed=None)
+    check_learner_options(gradient_accumulation_steps=None, max_grad_norm=None, mixed_precision=None)
+    at = "learner_configs.learner_parameters"
+    problems = _problems(_with(f"{at}.max_grad_norm=true", f"{at}.scheduler_interval=null"))
+    assert problems == [
+        f"{at}.max_grad_norm: expected null or a number > 0, got True",
+        f"{at}.scheduler_interval: expected one of ['epoch', 'step'], got None",
+    ]
+
+
+def test_the_config_layers_and_the_option_ranges_import_no_torch():
+    code = (
+        "import sys, distlearn.specs, distlearn.training.settings, distlearn.experiment.config; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]

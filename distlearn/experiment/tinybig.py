@@ -98,8 +98,18 @@ def from_tinybig(cfg: Mapping[str, Any], source: str = "the config") -> dict[str
     return out
 
 
-def unmapped_problem(path: str, key: str) -> str:
-    """The problem line for a ``tinybig.*`` class distlearn cannot map, naming what it offers instead."""
+def unmapped_problem(path: str, key: str) -> str | None:
+    """The problem line for a ``tinybig.*`` class distlearn cannot map, naming what it offers instead.
+
+    Args:
+        path: A dotted class path, left by :func:`from_tinybig` or written by hand.
+        key: The config key holding it.
+
+    Returns:
+        The problem line, or None for a path that is not tinybig's.
+    """
+    if not path.startswith(PREFIX):
+        return None
     section = key.split(".", 1)[0]
     offer = OFFERS.get(section, DEFAULT_OFFER)
     return f"{key}: {path!r} is tinybig's own class, which distlearn cannot map; distlearn offers {offer}"
