@@ -335,20 +335,20 @@ def test_resuming_another_experiment_is_refused_before_training_naming_key_old_a
 
 
 def test_outputs_are_replaced_as_one_set_and_a_half_written_set_says_so(tmp_path, monkeypatch):
-    from distlearn.command import run_folder as report
+    from distlearn.command import run_folder
 
     config, record, weights = {"run": {"seed": 0}}, {"training": {0: {"train_loss": 1.0}}}, {"w": torch.zeros(2)}
-    files = report.write_outputs(tmp_path, config, record, weights)
-    assert [p.name for p in files] == list(report.OUTPUT_FILES)
-    assert not (tmp_path / report.INCOMPLETE).exists()
+    files = run_folder.write_outputs(tmp_path, config, record, weights)
+    assert [p.name for p in files] == list(run_folder.OUTPUT_FILES)
+    assert not (tmp_path / run_folder.INCOMPLETE).exists()
 
     def broken(path, record, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report, "write_curves", broken)  # killed or failed between two files of the set
+    monkeypatch.setattr(run_folder, "write_curves", broken)  # killed or failed between two files of the set
     with pytest.raises(OSError):
-        report.write_outputs(tmp_path, config, {"training": {}}, weights)
-    assert (tmp_path / report.INCOMPLETE).exists()  # the folder says it holds a mix of two sets
+        run_folder.write_outputs(tmp_path, config, {"training": {}}, weights)
+    assert (tmp_path / run_folder.INCOMPLETE).exists()  # the folder says it holds a mix of two sets
 
 
 # --------------------------------------------------------------------------- resuming with more epochs, rerunning a finished run
