@@ -26,6 +26,7 @@ Nothing here imports torch: ``--help``, ``--version`` and config errors answer w
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,8 +51,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         stopped by SIGTERM or SIGUSR1 / SIGINT (0 under the launch scripts, which exit with it:
         see ``stop_code``).
     """
-    import sys
-
     args = parse(sys.argv[1:] if argv is None else list(argv))
     launch.warn_single_process_launch(warn)
     try:

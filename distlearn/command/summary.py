@@ -32,7 +32,8 @@ def summary_text(
         files: The files written.
         tracking: One line on where the tracked run went.
         wall_time: Seconds from start to finish of the command (this session's, when it resumed a run).
-        higher_is_better: Whether a higher test score is better (None: no metric).
+        higher_is_better: The metric's ``higher_is_better`` (None: no metric, no best line); curves.png
+            is given the same, so both name the same best epoch.
 
     Returns:
         The summary, lines joined by newlines.
