@@ -275,7 +275,7 @@ def test_a_misspelled_class_is_answered_without_torchs_compiler(tmp_path):
 def test_output_dir_rules(tmp_path, monkeypatch):
     from datetime import datetime
 
-    from distlearn.command.report import OutputDirError, default_output_dir, prepare_output_dir
+    from distlearn.command.run_folder import OutputDirError, default_output_dir, prepare_output_dir
 
     monkeypatch.chdir(tmp_path)
     now = datetime(2026, 1, 2, 3, 4, 5)
@@ -298,7 +298,7 @@ def test_output_dir_rules(tmp_path, monkeypatch):
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    from distlearn.command.report import atomic_write, write_record
+    from distlearn.command.files import atomic_write, write_record
 
     target = tmp_path / "record.json"
     target.write_text("old")
@@ -335,20 +335,20 @@ def test_resuming_another_experiment_is_refused_before_training_naming_key_old_a
 
 
 def test_outputs_are_replaced_as_one_set_and_a_half_written_set_says_so(tmp_path, monkeypatch):
-    from distlearn.command import report
+    from distlearn.command import run_folder
 
     config, record, weights = {"run": {"seed": 0}}, {"training": {0: {"train_loss": 1.0}}}, {"w": torch.zeros(2)}
-    files = report.write_outputs(tmp_path, config, record, weights)
-    assert [p.name for p in files] == list(report.OUTPUT_FILES)
-    assert not (tmp_path / report.INCOMPLETE).exists()
+    files = run_folder.write_outputs(tmp_path, config, record, weights)
+    assert [p.name for p in files] == list(run_folder.OUTPUT_FILES)
+    assert not (tmp_path / run_folder.INCOMPLETE).exists()
 
-    def broken(path, record):
+    def broken(path, record, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report, "write_curves", broken)  # killed or failed between two files of the set
+    monkeypatch.setattr(run_folder, "write_curves", broken)  # killed or failed between two files of the set
     with pytest.raises(OSError):
-        report.write_outputs(tmp_path, config, {"training": {}}, weights)
-    assert (tmp_path / report.INCOMPLETE).exists()  # the folder says it holds a mix of two sets
+        run_folder.write_outputs(tmp_path, config, {"training": {}}, weights)
+    assert (tmp_path / run_folder.INCOMPLETE).exists()  # the folder says it holds a mix of two sets
 
 
 # --------------------------------------------------------------------------- resuming with more epochs, rerunning a finished run
@@ -384,7 +384,8 @@ def test_more_epochs_on_a_schedule_interpolated_from_n_epochs_says_how_to_keep_i
 
 
 def test_resume_lines_say_process_counts_in_words():
-    from distlearn.command.cli import _processes, resume_hint
+    from distlearn.command.console import processes as _processes
+    from distlearn.command.resume import resume_hint
 
     assert _processes(1) == "1 process" and _processes(3) == "3 processes"
     args = ["train", "charlm", "run.output_dir=runs/x"]
@@ -407,7 +408,7 @@ def test_charlm_checkpoints_do_not_warn_about_its_tied_head_but_other_shared_ten
     from accelerate.state import PartialState
     from accelerate.utils.other import clean_state_dict_for_safetensors
 
-    from distlearn.command.cli import _setup_logging
+    from distlearn.command.console import setup_logging as _setup_logging
 
     PartialState()  # Accelerate's logger needs its state
     ours = logging.getLogger("distlearn")

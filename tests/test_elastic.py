@@ -291,12 +291,13 @@ def test_a_relaunch_with_the_same_launch_id_continues_its_default_folder(tmp_pat
 
 
 def test_a_group_that_cannot_form_is_a_launch_failure_not_bad_input(monkeypatch):
-    from distlearn.command import cli
+    from distlearn.command.errors import EXIT_BAD_INPUT, EXIT_TRAINING_FAILED
+    from distlearn.command.group import group_failure, is_group_failure
 
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     refused = RuntimeError("Gloo connectFullMesh failed with ... SO_ERROR: Connection refused, remote=[127.0.0.1]:32667")
-    assert cli._is_group_failure(refused)
-    assert not cli._is_group_failure(RuntimeError("2 processes were launched (WORLD_SIZE=2) but the Accelerator sees 1"))
-    error = cli._group_failure(refused)
-    assert error.exit_code == cli.EXIT_TRAINING_FAILED != cli.EXIT_BAD_INPUT
+    assert is_group_failure(refused)
+    assert not is_group_failure(RuntimeError("2 processes were launched (WORLD_SIZE=2) but the Accelerator sees 1"))
+    error = group_failure(refused)
+    assert error.exit_code == EXIT_TRAINING_FAILED != EXIT_BAD_INPUT
     assert "on restart 1 of this launch" in str(error)

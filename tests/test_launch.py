@@ -268,3 +268,36 @@ def test_a_stopped_launch_exits_with_the_stop_code_without_a_traceback_and_says_
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("resuming from checkpoint") == 1, again.stderr[-3000:]
     assert "2 processes on cpu" in again.stdout
+
+
+# --------------------------------------------------------------------------- the launcher's environment, read in one place
+
+
+def test_launcher_variables_are_read_through_runtime_launch():
+    from distlearn.runtime import launch
+
+    env = {"TORCHELASTIC_RESTART_COUNT": "2", "TORCHELASTIC_RUN_ID": "abc", "TORCHELASTIC_USE_AGENT_STORE": "True",
+           "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "ACCELERATE_USE_CPU": "yes",
+           "ACCELERATE_MIXED_PRECISION": " BF16 ", "ACCELERATE_USE_DEEPSPEED": "TRUE", "ACCELERATE_USE_FSDP": "1",
+           "DISTLEARN_RUN_ID": " job-7 ", "DISTLEARN_EXIT_CODE_FILE": "/tmp/code",
+           "DISTLEARN_LAUNCH_COMMAND": " launch/train.sh "}
+    assert launch.restart_count(env) == 2 and launch.restart_count({"TORCHELASTIC_RESTART_COUNT": "x"}) == 0
+    assert launch.under_torchelastic_agent(env) and launch.launched_by_torchelastic(env)
+    assert launch.torchelastic_run_id(env) == "abc" and launch.torchelastic_run_id({}) == "none"
+    assert launch.agent_store_shared(env) and launch.rendezvous_address(env) == ("10.0.0.1", 29500)
+    assert launch.force_cpu(env) and launch.launched_by_accelerate(env)
+    assert launch.launcher_mixed_precision(env) == "bf16" and launch.launcher_mixed_precision({}) == "no"
+    assert launch.deepspeed_asked(env) and launch.fsdp_asked(env)
+    assert launch.distlearn_run_id(env) == "job-7" and launch.distlearn_run_id({"DISTLEARN_RUN_ID": " "}) is None
+    assert launch.exit_code_file(env) == "/tmp/code" and launch.launch_script_command(env) == "launch/train.sh"
+    empty: dict[str, str] = {}
+    assert not any(f(empty) for f in (launch.under_torchelastic_agent, launch.launched_by_torchelastic,
+                                      launch.agent_store_shared, launch.force_cpu, launch.launched_by_accelerate,
+                                      launch.deepspeed_asked, launch.fsdp_asked, launch.distlearn_run_id,
+                                      launch.exit_code_file, launch.launch_script_command))
+
+
+def test_no_module_but_launch_py_reads_the_environment_except_tracking_for_wandb():
+    readers = [p.relative_to(REPO).as_posix() for p in (REPO / "distlearn").rglob("*.py")
+               if "os.environ" in p.read_text().replace("``os.environ``", "") or "os.getenv" in p.read_text()]
+    assert sorted(readers) == ["distlearn/command/tracking.py", "distlearn/runtime/launch.py"], readers

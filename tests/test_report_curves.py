@@ -1,10 +1,11 @@
-"""curves.png and the summary's tracking line (distlearn.report.write_curves / summary_text)."""
+"""curves.png and the summary (distlearn.command.curves.write_curves, distlearn.command.summary.summary_text)."""
 
 from __future__ import annotations
 
 import math
 
-from distlearn.command.report import curves_figure, summary_text, write_curves
+from distlearn.command.curves import curves_figure, write_curves
+from distlearn.command.summary import summary_text
 
 
 def _record(train_loss, test_loss, train_score=None, test_score=None, lr=None, metric="accuracy"):
@@ -116,3 +117,38 @@ def test_summary_of_a_resumed_run_says_the_wall_time_is_this_sessions():
     assert "this session resumed in epoch 3 after batch 7 and took 7.6 s in all" in line, line
     at_end = _timed([2.0], [10], {"epoch": 1, "batches_done": 0, "optimizer_step": 5})
     assert "this session resumed after epoch 1 and took" in _epochs_line(at_end, wall_time=1.0)
+
+
+def _best_line(text):
+    return next(ln for ln in text.splitlines() if ln.strip().startswith("best test"))
+
+
+def test_curves_png_and_the_summary_mark_the_same_best_epoch_by_the_metrics_own_direction(tmp_path, monkeypatch):
+    """A lower-is-better metric whose name no list knows ("brier"): the metric says lower is better,
+    and curves.png, written with the outputs, marks the epoch the summary names (epoch 2, not epoch 1)."""
+    import torch
+
+    from distlearn.command import curves, run_folder
+
+    record = _record([1.0, 0.8, 0.7], [1.0, 0.9, 0.95], [0.3, 0.2, 0.25], [0.3, 0.2, 0.25], metric="brier")
+    text = summary_text(record, output_dir="/x", title="t", files=[], tracking="off", wall_time=1.0,
+                        higher_is_better=False)
+    assert _best_line(text).split() == ["best", "test", "brier", "0.2000", "at", "epoch", "2"]
+    figures, draw = [], curves.curves_figure
+
+    def drawn(*args, **kwargs):
+        figures.append(draw(*args, **kwargs))
+        return figures[-1]
+
+    monkeypatch.setattr(curves, "curves_figure", drawn)
+    run_folder.write_outputs(tmp_path, {"run": {"seed": 0}}, record, {"w": torch.zeros(2)}, higher_is_better=False)
+    (_, score, _) = _panels(figures[0])
+    assert "best test: epoch 2 (0.2)" in [line.get_label() for line in score.get_lines()]
+    (_, score, _) = _panels(curves_figure(record, higher_is_better=True))
+    assert "best test: epoch 1 (0.3)" in [line.get_label() for line in score.get_lines()]  # the direction decides
+
+
+def test_curves_without_a_metric_direction_mark_the_lowest_test_loss():
+    record = _record([1.0, 0.8, 0.7], [1.0, 0.9, 0.95], [0.3, 0.2, 0.25], [0.3, 0.2, 0.25], metric="brier")
+    loss, _, _ = _panels(curves_figure(record, higher_is_better=None))
+    assert "best test: epoch 2 (0.9)" in [line.get_label() for line in loss.get_lines()]

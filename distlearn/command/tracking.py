@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ..training.records import EpochRecord, scores
-from .report import finite
+from .record_numbers import finite
 
 __all__ = [
     "NoOpTracker", "RunTracker", "Tracker", "accelerator_kwargs", "epoch_metrics", "make_tracker", "resolve_mode",

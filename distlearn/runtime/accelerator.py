@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from typing import Any
 
 import torch
@@ -26,13 +25,18 @@ from accelerate.data_loader import (
 from accelerate.utils import DataLoaderConfiguration, DistributedType
 from torch.utils.data import BatchSampler
 
-from .launch import launched_world_size, warn_single_process_launch
+from .launch import (
+    deepspeed_asked,
+    fsdp_asked,
+    launched_world_size,
+    launcher_mixed_precision,
+    warn_single_process_launch,
+)
 from ..options import MIXED_PRECISION
 
 __all__ = ["build_accelerator", "check_accelerator", "check_loader", "launched_world_size", "prepare_loader"]
 
 logger = logging.getLogger(__name__)
-
 
 
 def _has_gpu() -> bool:
@@ -77,7 +81,7 @@ def build_accelerator(
     # `accelerate launch --cpu --num_processes 2` starts one process: say so (once, the CLI may have already)
     warn_single_process_launch(logger.warning)
     if mixed_precision is None:  # Accelerate's own rule: the script's value, else the launcher's
-        mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+        mixed_precision = launcher_mixed_precision()
     if mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
     world = launched_world_size()
@@ -98,9 +102,7 @@ def build_accelerator(
         raise ValueError(
             "mixed_precision='fp16' needs a GPU: on CPU Accelerate silently trains in float32. Use 'bf16' or 'no'."
         )
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" or accelerator_kwargs.get(
-        "deepspeed_plugin"
-    ) or accelerator_kwargs.get("deepspeed_plugins"):
+    if deepspeed_asked() or accelerator_kwargs.get("deepspeed_plugin") or accelerator_kwargs.get("deepspeed_plugins"):
         raise ValueError(_NO_DEEPSPEED)
     accelerator_kwargs.setdefault(
         "dataloader_config",
@@ -158,8 +160,7 @@ def check_accelerator(accelerator: Accelerator) -> None:
         )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ValueError(_NO_DEEPSPEED)
-    fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")
-    if fsdp_asked and accelerator.distributed_type != DistributedType.FSDP:
+    if fsdp_asked() and accelerator.distributed_type != DistributedType.FSDP:
         # Accelerate chooses FSDP for GPU-like devices only and otherwise drops the request without a word.
         logger.warning(
             "FSDP was asked for (ACCELERATE_USE_FSDP=true, e.g. configs/accelerate/fsdp.yaml) but Accelerate chose %s "
@@ -171,9 +172,7 @@ def check_accelerator(accelerator: Accelerator) -> None:
         raise ValueError("mixed_precision='fp16' on CPU trains silently in float32; use 'bf16' or 'no'")
 
 
-# --------------------------------------------------------------------------- #
-# Data loaders: every sample exactly once, whatever the loader's shape
-# --------------------------------------------------------------------------- #
+# Data loaders: every sample exactly once, whatever the loader's shape.
 
 
 def _sampler_is_batch_sampler(loader: Any) -> bool:

@@ -1,7 +1,11 @@
 """The launch as the environment describes it: every launcher variable distlearn reads is read here.
 
 Rank, local rank and world size come from torchrun / ``accelerate launch`` (and MPI's names for
-the world size). This module also notices a launch that asked for several CPU processes and
+the world size); torchrun's restarts and rendezvous (``TORCHELASTIC_*``, ``MASTER_ADDR/PORT``);
+what ``accelerate launch`` asked for (``ACCELERATE_*``); what the launch scripts in ``launch/``
+pass down (``DISTLEARN_*``). W&B's variables are read by ``distlearn.command.tracking``, which
+owns W&B. Each reader takes the environment as an argument (default ``os.environ``) where a test
+needs another one. This module also notices a launch that asked for several CPU processes and
 started one:
 
 ``accelerate launch --cpu --num_processes 2`` takes Accelerate's simple launcher,
@@ -20,7 +24,10 @@ import re
 from collections.abc import Callable, Mapping
 
 __all__ = [
-    "launched_world_size", "local_rank", "rank", "single_process_launch_warning", "warn_single_process_launch",
+    "agent_store_shared", "deepspeed_asked", "distlearn_run_id", "exit_code_file", "fsdp_asked", "force_cpu",
+    "launch_script_command", "launched_by_accelerate", "launched_by_torchelastic", "launched_world_size",
+    "launcher_mixed_precision", "local_rank", "rank", "rendezvous_address", "restart_count", "single_process_launch_warning",
+    "torchelastic_run_id", "under_torchelastic_agent", "warn_single_process_launch",
 ]
 
 _ACCELERATE_MARK = "ACCELERATE_MIXED_PRECISION"  # every `accelerate launch` sets it for its children
@@ -45,6 +52,86 @@ def local_rank() -> int | None:
     return int(value) if value.isdigit() else None
 
 
+def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
+
+
+def restart_count(environ: Mapping[str, str] | None = None) -> int:
+    """How often torchrun restarted this launch's workers (``TORCHELASTIC_RESTART_COUNT``; 0 without it)."""
+    try:
+        return int(_env(environ).get("TORCHELASTIC_RESTART_COUNT") or 0)
+    except ValueError:
+        return 0
+
+
+def under_torchelastic_agent(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a torchrun agent started this process, one that can restart it (``TORCHELASTIC_RESTART_COUNT`` set)."""
+    return "TORCHELASTIC_RESTART_COUNT" in _env(environ)
+
+
+def launched_by_torchelastic(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether torchrun started this process (``TORCHELASTIC_RUN_ID`` set)."""
+    return "TORCHELASTIC_RUN_ID" in _env(environ)
+
+
+def torchelastic_run_id(environ: Mapping[str, str] | None = None) -> str:
+    """torchrun's ``TORCHELASTIC_RUN_ID`` (a fresh id per ``--standalone`` launch), ``"none"`` when unset."""
+    return _env(environ).get("TORCHELASTIC_RUN_ID", "none")
+
+
+def agent_store_shared(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the workers share torchrun's rendezvous store (``TORCHELASTIC_USE_AGENT_STORE=True``)."""
+    return _env(environ).get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+
+
+def rendezvous_address(environ: Mapping[str, str] | None = None) -> tuple[str, int]:
+    """Where the process group meets: (``MASTER_ADDR``, ``MASTER_PORT``); both must be set."""
+    env = _env(environ)
+    return env["MASTER_ADDR"], int(env["MASTER_PORT"])
+
+
+def force_cpu(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the launch asked for the CPU although a GPU may be there (``ACCELERATE_USE_CPU``)."""
+    return _env(environ).get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+
+
+def launched_by_accelerate(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``accelerate launch`` started this process (it sets ``ACCELERATE_MIXED_PRECISION`` for its children)."""
+    return _ACCELERATE_MARK in _env(environ)
+
+
+def launcher_mixed_precision(environ: Mapping[str, str] | None = None) -> str:
+    """The launcher's precision (``ACCELERATE_MIXED_PRECISION``, from ``accelerate launch --mixed_precision``
+    or its config file), lower case; ``"no"`` without one."""
+    return _env(environ).get(_ACCELERATE_MARK, "no").strip().lower()
+
+
+def deepspeed_asked(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the Accelerate config asked for DeepSpeed (``ACCELERATE_USE_DEEPSPEED=true``)."""
+    return _env(environ).get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def fsdp_asked(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the Accelerate config asked for FSDP (``ACCELERATE_USE_FSDP``)."""
+    return _env(environ).get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")
+
+
+def distlearn_run_id(environ: Mapping[str, str] | None = None) -> str | None:
+    """``DISTLEARN_RUN_ID`` (launch/torchrun.sh sets it: the same across restarts), None when unset or blank."""
+    return _env(environ).get("DISTLEARN_RUN_ID", "").strip() or None
+
+
+def exit_code_file(environ: Mapping[str, str] | None = None) -> str | None:
+    """``DISTLEARN_EXIT_CODE_FILE``: where the launch scripts want a stopped run's exit code; None when unset."""
+    return _env(environ).get("DISTLEARN_EXIT_CODE_FILE") or None
+
+
+def launch_script_command(environ: Mapping[str, str] | None = None) -> str:
+    """``DISTLEARN_LAUNCH_COMMAND``: how a launch script was started (e.g. ``"DISTLEARN_CPU_PROCS=2 launch/train.sh"``),
+    ``""`` when not under one."""
+    return _env(environ).get("DISTLEARN_LAUNCH_COMMAND", "").strip()
+
+
 def single_process_launch_warning(
     environ: Mapping[str, str] | None = None, parent_cmdline: list[str] | None = None
 ) -> str | None:
@@ -57,7 +144,7 @@ def single_process_launch_warning(
     Returns:
         The warning text, or None when the launch looks as intended.
     """
-    env = os.environ if environ is None else environ
+    env = _env(environ)
     if env.get("WORLD_SIZE") or env.get("RANK") or _ACCELERATE_MARK not in env or not env.get("MASTER_PORT"):
         return None  # a real multi-process launch, no accelerate launch, or one process asked for
     argv = _parent_cmdline() if parent_cmdline is None else parent_cmdline

@@ -1,0 +1,136 @@
+"""``curves.png``: loss, scores and learning rate per epoch, with the best test epoch marked.
+
+The best epoch is the summary's (:func:`~distlearn.command.record_numbers.best_point`, by the
+metric's own ``higher_is_better``), so the picture and the printed summary never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..training.records import Record, scores
+from .record_numbers import best_point, epochs_in_order, finite
+from .files import atomic_write
+
+__all__ = ["curves_figure", "write_curves"]
+
+Series = dict[tuple[str, str], list[tuple[int, float]]]  # (panel, "train" | "test" | "lr") -> points
+
+
+def write_curves(
+    path: str | Path,
+    record: Record,
+    *,
+    title: str | None = None,
+    higher_is_better: bool | None = True,
+) -> Path:
+    """Loss, score and learning rate per epoch (train and test) as a PNG.
+
+    Each panel's y axis is labelled; a panel whose values span more than a decade
+    is drawn on a log scale (a first-epoch loss of 28,000 would flatten the rest); the
+    best test epoch is marked; the score panel is left out when it repeats the loss
+    (an MSE metric next to an MSE loss). Epochs are numbered from 1, as in the summary.
+
+    Args:
+        path: The PNG file to write.
+        record: The learner's training record.
+        title: The run's name, shown on the figure (default: the name of ``path``'s folder).
+        higher_is_better: The metric's ``higher_is_better``, as the summary is given it; None (no
+            metric): the lowest test loss is marked.
+
+    Returns:
+        ``path``.
+    """
+    fig = curves_figure(record, title=title if title is not None else Path(path).resolve().parent.name,
+                        higher_is_better=higher_is_better)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+
+
+def curves_figure(record: Record, *, title: str = "", higher_is_better: bool | None = True) -> Any:
+    """The matplotlib ``Figure`` that :func:`write_curves` saves (Agg canvas, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = epochs_in_order(record)
+    name = next((e["metric_name"] for _, e in epochs if e.get("metric_name")), None) or "score"  # the primary
+    names = list(next((e["train_scores"] for _, e in epochs if e.get("train_scores")), None) or [name])
+    series = _all_series(epochs, names)
+    scored = [n for n in names if any(series[(n, s)] for s in ("train", "test"))]
+    same = name in scored and all(_same(series[("loss", s)], series[(name, s)]) for s in ("train", "test"))
+    panels = [("loss", f"loss (= {name})" if same else "loss")]
+    panels += [(n, n) for n in scored if not (same and n == name)]
+    panels.append(("lr", "learning rate"))
+
+    fig = Figure(figsize=(4.4 * len(panels), 3.9), layout="constrained")
+    FigureCanvasAgg(fig)  # the Agg canvas, without pyplot's global state or a display
+    fig.suptitle(title, fontsize=11)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (kind, label) in zip(axes, panels):
+        _draw_panel(ax, kind, label, series)
+    on_loss = same or name not in scored or higher_is_better is None
+    best = _best_epoch(series, name, on_loss, bool(higher_is_better))
+    if best is not None:
+        epoch, value, kind = best
+        ax = axes[[k for k, _ in panels].index(kind)]
+        ax.axvline(epoch, color="0.6", linestyle="--", linewidth=1)
+        ax.plot([epoch], [value], marker="*", markersize=12, color="C3", linestyle="none",
+                label=f"best test: epoch {epoch} ({value:.4g})")
+        ax.legend()
+    return fig
+
+
+def _all_series(epochs: list, names: list[str]) -> Series:
+    """Every curve: the losses, each metric's train and test scores, the learning rate."""
+    series = {
+        ("loss", "train"): _series(epochs, lambda e: e.get("train_loss")),
+        ("loss", "test"): _series(epochs, lambda e: (e.get("test_result") or {}).get("test_loss")),
+    }
+    for n in names:  # one panel per metric, the primary first
+        series[(n, "train")] = _series(epochs, lambda e, n=n: scores(e, "train").get(n))
+        series[(n, "test")] = _series(epochs, lambda e, n=n: scores(e.get("test_result") or {}, "test").get(n))
+    series[("lr", "lr")] = _series(epochs, lambda e: e.get("lr"))
+    return series
+
+
+def _draw_panel(ax: Any, kind: str, label: str, series: Series) -> None:
+    """One panel's curves, labels, scale and legend."""
+    from matplotlib.ticker import MaxNLocator
+
+    for (k, which), points in series.items():
+        if k == kind and points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="." if len(points) < 30 else None, label=which)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs: no 1.5 tick
+    ax.set_ylabel(label)
+    values = [y for (k, _), pts in series.items() if k == kind for _, y in pts]
+    if values and min(values) > 0 and max(values) / min(values) > 10:  # a decade or more
+        ax.set_yscale("log")
+    if kind != "lr" and ax.has_data():
+        ax.legend()
+
+
+def _best_epoch(series: Series, name: str, on_loss: bool, higher_is_better: bool) -> tuple[int, float, str] | None:
+    """The best test epoch (1-based), its value and the panel to mark it on: the test score's,
+    else the test loss's (lowest)."""
+    kind = "loss" if on_loss else name
+    points = series[(kind, "test")]
+    if not points:
+        return None
+    epoch, value = best_point(points, higher_is_better and kind != "loss")
+    return epoch, value, kind
+
+
+def _series(epochs: list, get: Callable[[Mapping[str, Any]], Any]) -> list[tuple[int, float]]:
+    """(1-based epoch, finite value) pairs; missing and non-finite values are left out."""
+    points = [(i + 1, finite(get(e))) for i, e in epochs]
+    return [(x, y) for x, y in points if y is not None]
+
+
+def _same(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
+    """Whether two curves are the same numbers (an MSE score next to an MSE loss)."""
+    return len(a) == len(b) and all(x == u and math.isclose(y, v, rel_tol=1e-6, abs_tol=1e-12)
+                                    for (x, y), (u, v) in zip(a, b))
