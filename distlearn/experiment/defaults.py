@@ -51,7 +51,7 @@ AUTO = "auto"
 
 RUN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
-    "output_dir": None,  # None: runs/<config name>-<timestamp>, see report.default_output_dir()
+    "output_dir": None,  # None: runs/<config name>-<timestamp>, see command.run_folder.default_output_dir()
     "overwrite": False,
     # mode None: online with W&B credentials, offline without
     "tracking": {"backend": "wandb", "project": "distlearn", "entity": None, "name": None, "mode": None},
