@@ -1,4 +1,9 @@
-"""Accuracy: the fraction of predictions equal to the labels (top-k, multilabel, ignored labels)."""
+"""Accuracy: the fraction of predictions equal to the labels (top-k, multilabel, ignored labels).
+
+One class per task over one base, as the confusion counts: class-index labels (binary or
+multiclass, with ``ignore_index``) or a multilabel 0/1 matrix. :class:`Accuracy` picks the
+task at construction and keeps its own name and signature.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,88 @@ from ...options import is_int
 from ..base import Metric
 from ..functional.inputs import _check_num_labels, _check_same_shape, _classify, _classify_labels, _detached, _label_matrices
 from .stat_scores import _MULTILABEL_AVERAGES
+
+
+class _AccuracyTask:
+    """One task's hit counts: their shapes, the update from a batch and the accuracy read from them."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"correct": (), "total": ()}
+
+    def predict(self, y_score: Any, threshold: float) -> torch.Tensor:
+        return _classify(y_score, threshold)
+
+    def update(self, states: dict[str, torch.Tensor], y_pred: torch.Tensor, y_true: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return states["correct"] / states["total"]
+
+    def batch_key(self) -> tuple | None:
+        """What accuracies of this task finished together must share; None: finish alone."""
+        return ()
+
+
+class _ClassAccuracy(_AccuracyTask):
+    """Class-index labels (binary or multiclass); labels equal to ``ignore_index`` count for nothing."""
+
+    def __init__(self, owner: str, ignore_index: int | None) -> None:
+        super().__init__(owner)
+        self.ignore_index = ignore_index
+
+    def update(self, states: dict[str, torch.Tensor], y_pred: torch.Tensor, y_true: torch.Tensor) -> None:
+        _check_same_shape(self.owner, y_pred, y_true)
+        self.count(states, y_pred.reshape(-1) == y_true.reshape(-1), y_true)
+
+    def count(self, states: dict[str, torch.Tensor], hit: torch.Tensor, y_true: torch.Tensor) -> None:
+        """Add the samples a boolean ``hit`` marks correct, leaving out the ignored labels."""
+        if self.ignore_index is None:
+            states["correct"] += hit.sum()
+            states["total"] += y_true.numel()
+            return
+        keep = y_true.reshape(-1) != self.ignore_index  # a mask, not boolean indexing: no host sync
+        states["correct"] += (hit & keep).sum()
+        states["total"] += keep.sum()
+
+
+class _MultilabelAccuracy(_AccuracyTask):
+    """Per-label hits of an (n, L) 0/1 matrix (torchmetrics' ``MultilabelAccuracy``), then averaged."""
+
+    def __init__(self, owner: str, num_labels: int, average: str, top_k: int) -> None:
+        if top_k != 1:
+            raise ValueError(f"Accuracy: top_k={top_k} has no multilabel meaning; pass top_k=1 with num_labels")
+        if average not in _MULTILABEL_AVERAGES:
+            raise ValueError(
+                f"Accuracy(num_labels={num_labels}): average must be one of "
+                f"{', '.join(map(repr, _MULTILABEL_AVERAGES))}, got {average!r}"
+            )
+        super().__init__(owner)
+        self.num_labels, self.average = num_labels, average
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"correct": (self.num_labels,), "total": ()}
+
+    def predict(self, y_score: Any, threshold: float) -> torch.Tensor:
+        return _classify_labels(y_score, threshold)
+
+    def update(self, states: dict[str, torch.Tensor], y_pred: torch.Tensor, y_true: torch.Tensor) -> None:
+        y_pred, y_true = _label_matrices(self.owner, self.num_labels, y_pred, y_true)
+        states["correct"] += (y_pred == y_true).sum(0)
+        states["total"] += y_true.shape[0]
+
+    def compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        per_label = states["correct"] / states["total"]
+        if self.average == "none":
+            return per_label
+        if self.average == "micro":
+            return states["correct"].sum() / (states["total"] * self.num_labels)
+        return per_label.mean()
+
+    def batch_key(self) -> tuple | None:
+        return None
 
 
 class Accuracy(Metric):
@@ -62,29 +149,20 @@ class Accuracy(Metric):
         self.threshold = threshold
         self.top_k = top_k
         self.num_labels = _check_num_labels(type(self).__name__, num_labels)
-        self.name = "accuracy" if top_k == 1 else f"top{top_k}_accuracy"
-        if num_labels is not None:
-            if top_k != 1:
-                raise ValueError(f"Accuracy: top_k={top_k} has no multilabel meaning; pass top_k=1 with num_labels")
-            if average not in _MULTILABEL_AVERAGES:
-                raise ValueError(
-                    f"Accuracy(num_labels={num_labels}): average must be one of "
-                    f"{', '.join(map(repr, _MULTILABEL_AVERAGES))}, got {average!r}"
-                )
-            self._reductions = {"correct": SUM, "total": SUM}
+        if num_labels is None:
+            self._task: _AccuracyTask = _ClassAccuracy(type(self).__name__, ignore_index)
+            self.name = "accuracy" if top_k == 1 else f"top{top_k}_accuracy"
+        else:
+            self._task = _MultilabelAccuracy(type(self).__name__, num_labels, average, top_k)
             self.name = "multilabel_accuracy" if average == "micro" else f"multilabel_accuracy_{average}"
         self.average = average
         super().__init__()
 
     def _initial_shapes(self) -> dict[str, tuple[int, ...]]:
-        if self.num_labels is None:
-            return super()._initial_shapes()
-        return {"correct": (self.num_labels,), "total": ()}
+        return self._task.shapes()
 
     def predict(self, y_score: Any) -> torch.Tensor:
-        if self.num_labels is not None:
-            return _classify_labels(y_score, self.threshold)
-        return _classify(y_score, self.threshold)
+        return self._task.predict(y_score, self.threshold)
 
     def update(self, y_pred: Any = None, y_true: Any = None, y_score: Any = None) -> None:
         if self.top_k == 1:
@@ -99,46 +177,19 @@ class Accuracy(Metric):
             )
         k = min(self.top_k, y_score.shape[1])
         top = y_score.topk(k, dim=1).indices
-        hit = (top == y_true.reshape(-1, 1)).any(1)
-        if self.ignore_index is None:
-            self._states["correct"] += hit.sum()
-            self._states["total"] += y_true.numel()
-            return
-        keep = y_true.reshape(-1) != self.ignore_index
-        self._states["correct"] += (hit & keep).sum()
-        self._states["total"] += keep.sum()
+        self._task.count(self._states, (top == y_true.reshape(-1, 1)).any(1), y_true)
 
     def _accumulate(self, states, y_pred, y_true) -> None:
-        if self.num_labels is not None:
-            y_pred, y_true = _label_matrices(type(self).__name__, self.num_labels, y_pred, y_true)
-            states["correct"] += (y_pred == y_true).sum(0)
-            states["total"] += y_true.shape[0]
-            return
-        _check_same_shape(type(self).__name__, y_pred, y_true)
-        hit = y_pred.reshape(-1) == y_true.reshape(-1)
-        if self.ignore_index is None:
-            states["correct"] += hit.sum()
-            states["total"] += y_true.numel()
-            return
-        keep = y_true.reshape(-1) != self.ignore_index  # a mask, not boolean indexing: no host sync
-        states["correct"] += (hit & keep).sum()
-        states["total"] += keep.sum()
+        self._task.update(states, y_pred, y_true)
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        if self.num_labels is not None:  # torchmetrics' MultilabelAccuracy: per label, then averaged
-            per_label = states["correct"] / states["total"]
-            if self.average == "none":
-                return per_label
-            if self.average == "micro":
-                return states["correct"].sum() / (states["total"] * self.num_labels)
-            return per_label.mean()
-        return states["correct"] / states["total"]
+        return self._task.compute(states)
 
     def _convert_global(self, result: torch.Tensor, kind: str, device: torch.device) -> Any:
         return result.to("cpu") if result.dim() else float(result)
 
     def _batch_config(self) -> tuple | None:
-        return () if self.num_labels is None else None
+        return self._task.batch_key()
 
     def _empty_mask(self, states):
         return states["total"] == 0
