@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -13,6 +13,100 @@ import torch
 from ...accumulators import Accumulator, Cat
 from ..functional.inputs import _check_num_labels, _classify, _classify_labels, _detached, _label_matrices
 from ..functional.ranking import binary_auroc, binary_average_precision
+
+
+BinaryScore = Callable[..., float]  # (scores, positive, warn=True) -> the score of one class
+MacroScore = Callable[[list[float], str], float]  # (one score per class or label, "classes"/"labels") -> their mean
+
+
+class _RankingTask:
+    """One task's rows (scores, then labels) and the score read from them.
+
+    Args:
+        owner: the metric's class name, for error messages.
+    """
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+
+    def predict(self, y_score: Any) -> torch.Tensor:
+        return _classify(y_score, 0.5)
+
+    def rows(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, rows: torch.Tensor, binary: BinaryScore, macro: MacroScore) -> float:
+        raise NotImplementedError
+
+
+def _score_columns(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return scores.reshape(labels.numel(), -1) if scores.numel() else scores.reshape(0, 1)
+
+
+def _with_labels(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return torch.cat([scores.to(torch.float64), labels.reshape(-1, 1).to(scores.device, torch.float64)], 1)
+
+
+class _BinaryRanking(_RankingTask):
+    """One score per sample (or two columns: the positive class's is kept) and 0/1 labels."""
+
+    def rows(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        scores = _score_columns(scores, labels)
+        if scores.shape[1] == 2:
+            scores = scores[:, 1:]  # two columns: the positive class's
+        columns = scores.shape[1]
+        if columns != 1:
+            raise ValueError(
+                f"{self.owner}: y_score has {columns} columns; pass num_classes={columns} for "
+                "one-vs-rest multiclass scores"
+            )
+        return _with_labels(scores, labels)
+
+    def score(self, rows: torch.Tensor, binary: BinaryScore, macro: MacroScore) -> float:
+        return binary(rows[:, 0], rows[:, -1].long() == 1)
+
+
+class _OneVsRestRanking(_RankingTask):
+    """One score per class and class-index labels: each class against the rest, macro average."""
+
+    def __init__(self, owner: str, num_classes: int) -> None:
+        super().__init__(owner)
+        self.num_classes = num_classes
+
+    def rows(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        scores = _score_columns(scores, labels)
+        columns = scores.shape[1]
+        if columns != self.num_classes:
+            raise ValueError(
+                f"{self.owner}(num_classes={self.num_classes}): y_score has {columns} columns; "
+                "pass one score per class"
+            )
+        return _with_labels(scores, labels)
+
+    def score(self, rows: torch.Tensor, binary: BinaryScore, macro: MacroScore) -> float:
+        scores, labels = rows[:, :-1], rows[:, -1].long()
+        values = [binary(scores[:, k], labels == k, warn=False) for k in range(scores.shape[1])]
+        return macro(values, "classes")
+
+
+class _MultilabelRanking(_RankingTask):
+    """(n, L) scores and 0/1 labels: scikit-learn's ``average="macro"`` over the labels of an indicator matrix."""
+
+    def __init__(self, owner: str, num_labels: int) -> None:
+        super().__init__(owner)
+        self.num_labels = num_labels
+
+    def predict(self, y_score: Any) -> torch.Tensor:
+        return _classify_labels(y_score, 0.5)
+
+    def rows(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # rows: the labels' scores, then their 0/1 labels
+        scores, labels = _label_matrices(self.owner, self.num_labels, scores, labels)
+        return torch.cat([scores.to(torch.float64), labels.to(scores.device, torch.float64)], 1)
+
+    def score(self, rows: torch.Tensor, binary: BinaryScore, macro: MacroScore) -> float:
+        n = self.num_labels
+        return macro([binary(rows[:, k], rows[:, n + k] == 1, warn=False) for k in range(n)], "labels")
 
 
 class _Ranked(Accumulator):
@@ -26,48 +120,33 @@ class _Ranked(Accumulator):
     _short: ClassVar[str]
 
     def __init__(self, num_classes: int | None = None, num_labels: int | None = None) -> None:
+        owner = type(self).__name__
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
-            raise ValueError(f"{type(self).__name__}: num_classes must be an int >= 2 or None, got {num_classes!r}")
-        self.num_labels = _check_num_labels(type(self).__name__, num_labels)
+            raise ValueError(f"{owner}: num_classes must be an int >= 2 or None, got {num_classes!r}")
+        self.num_labels = _check_num_labels(owner, num_labels)
         if num_labels is not None and num_classes is not None:
-            raise ValueError(f"{type(self).__name__}: pass num_classes (multiclass) or num_labels (multilabel), not both")
+            raise ValueError(f"{owner}: pass num_classes (multiclass) or num_labels (multilabel), not both")
         self.num_classes = num_classes
-        self.name = self._short if num_classes in (None, 2) else f"{self._short}_macro"
         if num_labels is not None:
+            self._task: _RankingTask = _MultilabelRanking(owner, num_labels)
             self.name = f"multilabel_{self._short}_macro"
+        elif num_classes in (None, 2):
+            self._task = _BinaryRanking(owner)
+            self.name = self._short
+        else:
+            self._task = _OneVsRestRanking(owner, num_classes)
+            self.name = f"{self._short}_macro"
         self._rows = Cat()
 
     def predict(self, y_score: Any) -> torch.Tensor:
-        if self.num_labels is not None:
-            return _classify_labels(y_score, 0.5)
-        return _classify(y_score, 0.5)
+        return self._task.predict(y_score)
 
     def update(self, y_pred: Any = None, y_true: Any = None, y_score: Any = None) -> None:
         """Keep the batch's scores (``y_score``; else ``y_pred``) and labels."""
         scores = y_score if y_score is not None else y_pred
         if scores is None or y_true is None:
             raise ValueError(f"{type(self).__name__}: pass y_score (or y_pred) and y_true")
-        scores, labels = _detached(scores), _detached(y_true)
-        if self.num_labels is not None:  # rows: the label's scores, then its 0/1 labels
-            scores, labels = _label_matrices(type(self).__name__, self.num_labels, scores, labels)
-            self._rows.update(torch.cat([scores.to(torch.float64), labels.to(scores.device, torch.float64)], 1))
-            return
-        scores = scores.reshape(labels.numel(), -1) if scores.numel() else scores.reshape(0, 1)
-        if scores.shape[1] == 2 and self.num_classes in (None, 2):
-            scores = scores[:, 1:]  # two columns: the positive class's
-        columns = scores.shape[1]
-        if self.num_classes not in (None, 2) and columns != self.num_classes:
-            raise ValueError(
-                f"{type(self).__name__}(num_classes={self.num_classes}): y_score has {columns} columns; "
-                "pass one score per class"
-            )
-        if self.num_classes in (None, 2) and columns != 1:
-            raise ValueError(
-                f"{type(self).__name__}: y_score has {columns} columns; pass num_classes={columns} for "
-                "one-vs-rest multiclass scores"
-            )
-        rows = torch.cat([scores.to(torch.float64), labels.reshape(-1, 1).to(scores.device, torch.float64)], 1)
-        self._rows.update(rows)
+        self._rows.update(self._task.rows(_detached(scores), _detached(y_true)))
 
     def value(self) -> float:
         return self._score(self._rows.value())
@@ -105,16 +184,7 @@ class _Ranked(Accumulator):
     def _score(self, rows: torch.Tensor) -> float:
         if rows.numel() == 0:
             return _undefined(self.name, "no samples")
-        rows = rows.to("cpu")
-        if self.num_labels is not None:  # scikit-learn's average="macro" over the labels of an indicator matrix
-            n = self.num_labels
-            values = [self._binary(rows[:, k], rows[:, n + k] == 1, warn=False) for k in range(n)]
-            return self._macro(values, "labels")
-        scores, labels = rows[:, :-1], rows[:, -1].long()
-        if scores.shape[1] == 1:
-            return self._binary(scores[:, 0], labels == 1)
-        values = [self._binary(scores[:, k], labels == k, warn=False) for k in range(scores.shape[1])]
-        return self._macro(values, "classes")
+        return self._task.score(rows.to("cpu"), self._binary, self._macro)
 
     def _macro(self, values: list[float], what: str) -> float:
         defined = [v for v in values if not math.isnan(v)]
