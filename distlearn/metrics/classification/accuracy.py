@@ -15,7 +15,14 @@ import torch
 from ...accumulators import SUM
 from ...options import is_int
 from ..base import Metric
-from ..functional.inputs import _check_num_labels, _check_same_shape, _classify, _classify_labels, _detached, _label_matrices
+from ..functional.inputs import (
+    _check_num_labels,
+    _check_same_shape,
+    _classify,
+    _classify_labels,
+    _detached,
+    _label_matrices,
+)
 from .stat_scores import _MULTILABEL_AVERAGES
 
 

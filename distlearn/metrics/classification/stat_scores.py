@@ -133,7 +133,8 @@ class _BinaryStatScores(_MulticlassStatScores):
         self.pos_label = pos_label
 
     def _fix(self) -> str:
-        return f"binary {self.owner} takes labels 0 and 1: use {self.owner}('macro') or {self.owner}('micro') for more classes"
+        owner = self.owner
+        return f"binary {owner} takes labels 0 and 1: use {owner}('macro') or {owner}('micro') for more classes"
 
     def scores(self, states: Mapping[str, torch.Tensor], per_class: PerClass) -> torch.Tensor:
         return binary_scores(states["confusion"], self.pos_label, per_class)
@@ -182,7 +183,9 @@ class _MultilabelStatScores(_StatScores):
         return states["counts"][..., 0].sum(-1) == 0  # no samples: label 0's four counts are all zero
 
 
-def _stat_scores(owner: str, average: str, num_classes: int | None, pos_label: int, num_labels: int | None) -> _StatScores:
+def _stat_scores(
+    owner: str, average: str, num_classes: int | None, pos_label: int, num_labels: int | None
+) -> _StatScores:
     """The task the arguments of :class:`Precision` (and the others) name."""
     if num_labels is not None:
         return _MultilabelStatScores(owner, average, num_labels, num_classes)
