@@ -496,3 +496,14 @@ def test_the_task_a_metric_picks_keeps_its_class_and_name_in_messages():
         recall.calculate()
     with pytest.raises(ValueError, match=r"^AUROC\(num_classes=3\): y_score has 2 columns"):
         AUROC(num_classes=3).update(y_true=[0, 1], y_score=torch.rand(2, 2))
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_an_ignore_index_set_after_construction_counts_from_then_on(top_k):
+    """The learner gives a token task's Accuracy its ignore_index after construction (batches.give_ignore_index)."""
+    y_true, y_score = torch.tensor([0, -1, 2, 1, -1]), torch.rand(5, 3, generator=torch.Generator().manual_seed(0))
+    late, built = Accuracy(top_k=top_k), Accuracy(top_k=top_k, ignore_index=-1)
+    late.ignore_index = -1
+    late.update(y_true=y_true, y_score=y_score), built.update(y_true=y_true, y_score=y_score)
+    assert late.ignore_index == -1 and float(late.value()) == float(built.value())
+    assert late.state_dict()["states"]["total"] == 3

@@ -29,6 +29,8 @@ from .stat_scores import _MULTILABEL_AVERAGES
 class _AccuracyTask:
     """One task's hit counts: their shapes, the update from a batch and the accuracy read from them."""
 
+    ignore_index: int | None = None
+
     def __init__(self, owner: str) -> None:
         self.owner = owner
 
@@ -152,7 +154,6 @@ class Accuracy(Metric):
                 "multilabel 0/1 matrices have no ignored entries here. Drop ignore_index, or leave out the "
                 "ignored rows before update()"
             )
-        self.ignore_index = ignore_index
         self.threshold = threshold
         self.top_k = top_k
         self.num_labels = _check_num_labels(type(self).__name__, num_labels)
@@ -164,6 +165,15 @@ class Accuracy(Metric):
             self.name = "multilabel_accuracy" if average == "micro" else f"multilabel_accuracy_{average}"
         self.average = average
         super().__init__()
+
+    @property
+    def ignore_index(self) -> int | None:
+        """The label that counts for nothing; the learner sets it on a token task's accuracy without one."""
+        return self._task.ignore_index
+
+    @ignore_index.setter
+    def ignore_index(self, value: int | None) -> None:
+        self._task.ignore_index = value  # read by the task at every update: set mid-run, it holds from then on
 
     def _initial_shapes(self) -> dict[str, tuple[int, ...]]:
         return self._task.shapes()
