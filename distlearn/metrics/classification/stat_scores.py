@@ -42,6 +42,7 @@ class _StatScores:
     reductions: ClassVar[dict[str, str]]
     growable: bool = False  # may the states of ranks differ in shape (padded to the largest)?
     num_classes: int | None = None
+    pos_label: int = 1  # the class a binary task reads; the others keep it for the metric
 
     def __init__(self, owner: str, average: str) -> None:
         self.owner = owner
@@ -128,9 +129,8 @@ class _MulticlassStatScores(_StatScores):
 class _BinaryStatScores(_MulticlassStatScores):
     """The confusion matrix read for one class, ``pos_label`` (``average="binary"``)."""
 
-    def __init__(self, owner: str, num_classes: int | None, pos_label: int) -> None:
+    def __init__(self, owner: str, num_classes: int | None) -> None:
         super().__init__(owner, "binary", num_classes)
-        self.pos_label = pos_label
 
     def _fix(self) -> str:
         owner = self.owner
@@ -188,10 +188,13 @@ def _stat_scores(
 ) -> _StatScores:
     """The task the arguments of :class:`Precision` (and the others) name."""
     if num_labels is not None:
-        return _MultilabelStatScores(owner, average, num_labels, num_classes)
-    if average == "binary":
-        return _BinaryStatScores(owner, num_classes, pos_label)
-    return _MulticlassStatScores(owner, average, num_classes)
+        task: _StatScores = _MultilabelStatScores(owner, average, num_labels, num_classes)
+    elif average == "binary":
+        task = _BinaryStatScores(owner, num_classes)
+    else:
+        task = _MulticlassStatScores(owner, average, num_classes)
+    task.pos_label = pos_label
+    return task
 
 
 class _Confusion(Metric):
@@ -214,7 +217,7 @@ class _Confusion(Metric):
         self.num_labels = _check_num_labels(owner, num_labels)
         self._task = _stat_scores(owner, average, num_classes, pos_label, num_labels)
         self.average, self.num_classes = average, self._task.num_classes
-        self.threshold, self.pos_label = threshold, pos_label
+        self.threshold = threshold
         self._reductions = self._task.reductions
         self._growable = self._task.growable  # fixed shape: the spec is cached, the state planned
         if num_labels is not None:
@@ -222,6 +225,15 @@ class _Confusion(Metric):
         else:
             self.name = self._short if average == "binary" else f"{self._short}_{average}"
         super().__init__()
+
+    @property
+    def pos_label(self) -> int:
+        """The positive class of ``average="binary"``; kept by the task, which reads it at every score."""
+        return self._task.pos_label
+
+    @pos_label.setter
+    def pos_label(self, value: int) -> None:
+        self._task.pos_label = value
 
     def _initial_shapes(self) -> dict[str, tuple[int, ...]]:
         return self._task.shapes()
