@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ACC, MET, LRN = "distlearn/accumulators.py", "distlearn/metrics.py", "distlearn/training/learner.py"
+ACC, LRN = "distlearn/accumulators.py", "distlearn/training/learner.py"
+MET = "distlearn/metrics"  # a package: each mutation names its module
 BAT, PAD = "distlearn/training/batches.py", "distlearn/training/padding.py"  # the learner's batch handling
 OUT = "distlearn/training/outputs.py"  # reading batches and model outputs
 PROMISES = "tests/test_promises.py"
@@ -125,19 +126,20 @@ MUTATIONS = [
              tuple(ACC_TESTS), "integer sums come back float64"),
     Mutation("no_nan_warning", ACC, "        if empty is not None and bool(empty.any()):\n            _nan_warning(self._name)",
              "        if empty is not None and bool(empty.any()):\n            pass", tuple(ACC_TESTS), "empty results give NaN silently"),
-    # ---- metrics.py ------------------------------------------------------------------------------
-    Mutation("accuracy_counts_batches", MET, 'states["correct"] += hit.sum()\n            states["total"] += y_true.numel()',
+    # ---- metrics/ ---------------------------------------------------------------------------------
+    Mutation("accuracy_counts_batches", f"{MET}/classification/accuracy.py", 'states["correct"] += hit.sum()\n            states["total"] += y_true.numel()',
              'states["correct"] += hit.sum()\n            states["total"] += 1',
              tuple(MET_TESTS), "accuracy divides by batches"),
-    Mutation("f1_fp_is_fn", MET, "fp = confusion.sum(-2) - tp", "fp = confusion.sum(-1) - tp", tuple(MET_TESTS),
+    Mutation("f1_fp_is_fn", f"{MET}/functional/stat_scores.py", "fp = confusion.sum(-2) - tp", "fp = confusion.sum(-1) - tp", tuple(MET_TESTS),
              "F1's false positives from the wrong axis"),
-    Mutation("macro_over_all_classes", MET, "return scores.sum(-1) / present.sum(-1)",
+    Mutation("macro_over_all_classes", f"{MET}/functional/stat_scores.py", "return scores.sum(-1) / present.sum(-1)",
              "return scores.mean(-1)", tuple(MET_TESTS), "macro F1 averages absent classes too"),
-    Mutation("mse_is_mae", MET, "        return diff.square()", "        return diff.abs()", tuple(MET_TESTS), "MSE computes MAE"),
-    Mutation("threshold_inclusive", MET, "return (_probabilities(scores) >= threshold).long()",
+    Mutation("mse_is_mae", f"{MET}/regression/errors.py", "        return diff.square()", "        return diff.abs()", tuple(MET_TESTS), "MSE computes MAE"),
+    Mutation("threshold_inclusive", f"{MET}/functional/inputs.py", "return (_probabilities(scores) >= threshold).long()",
              "return (_probabilities(scores) > threshold).long()",
              tuple(MET_TESTS), "a score of exactly the threshold is called negative (the rule is >=)"),
-    Mutation("out_of_range_ignored", MET, "        if count:\n            n = states", "        if False:\n            n = states",
+    Mutation("out_of_range_ignored", f"{MET}/classification/stat_scores.py", "        if count:\n            raise ValueError(self._out_of_range",
+             "        if False:\n            raise ValueError(self._out_of_range",
              tuple(MET_TESTS), "labels outside the classes pass silently"),
 ]
 

@@ -457,3 +457,53 @@ def test_a_fixed_number_of_classes_takes_the_plan_with_unchanged_results(dist_po
             assert planned["f1_labels_macro"] == pytest.approx(
                 sk.f1_score(ml_t, ml_p, average="macro", zero_division=0), rel=1e-12)
             assert planned["accuracy"] == pytest.approx(sk.accuracy_score(t, p), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make, shapes",
+    [
+        (lambda: F1(), {"confusion": (2, 2), "out_of_range": ()}),
+        (lambda: Precision("macro"), {"confusion": (0, 0), "out_of_range": ()}),
+        (lambda: Recall("weighted", num_classes=3), {"confusion": (3, 3), "out_of_range": ()}),
+        (lambda: FBeta(2.0, "none", num_labels=4), {"counts": (4, 4), "out_of_range": ()}),
+        (lambda: ConfusionMatrix(num_classes=3), {"confusion": (3, 3), "out_of_range": ()}),
+        (lambda: Accuracy(), {"correct": (), "total": ()}),
+        (lambda: Accuracy(top_k=2, ignore_index=-100), {"correct": (), "total": ()}),
+        (lambda: Accuracy(num_labels=3, average="none"), {"correct": (3,), "total": ()}),
+    ],
+)
+def test_each_task_keeps_the_state_layout_checkpoints_hold(make, shapes):
+    """Checkpoints hold a metric's state dict mid-epoch: the task a metric picks changes none of its keys or shapes."""
+    metric = make()
+    state = metric.state_dict()
+    assert set(state) == {"states", "kind", "device"} and state["kind"] == "float64"
+    assert {name: tuple(s.shape) for name, s in state["states"].items()} == shapes
+    assert all(s.dtype == torch.float64 for s in state["states"].values())
+    fresh = make()
+    fresh.load_state_dict(state)
+    assert type(fresh) is type(metric) and fresh.name == metric.name
+
+
+def test_the_task_a_metric_picks_keeps_its_class_and_name_in_messages():
+    precision = Precision("micro", num_labels=2)
+    assert type(precision) is Precision and isinstance(F1("macro", num_labels=2), FBeta)
+    with pytest.raises(ValueError, match=r"^Precision\(num_labels=2\): y_true and y_pred"):
+        precision.update(y_true=torch.ones(3, 3), y_pred=torch.ones(3, 3))
+    expected = r"^Recall\(average='binary'\): 1 labels .* outside \[0, 2\); binary Recall takes labels 0 and 1"
+    with pytest.raises(ValueError, match=expected):
+        recall = Recall()
+        recall.update(y_true=[0, 2], y_pred=[0, 1])
+        recall.calculate()
+    with pytest.raises(ValueError, match=r"^AUROC\(num_classes=3\): y_score has 2 columns"):
+        AUROC(num_classes=3).update(y_true=[0, 1], y_score=torch.rand(2, 2))
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_an_ignore_index_set_after_construction_counts_from_then_on(top_k):
+    """The learner gives a token task's Accuracy its ignore_index after construction (batches.give_ignore_index)."""
+    y_true, y_score = torch.tensor([0, -1, 2, 1, -1]), torch.rand(5, 3, generator=torch.Generator().manual_seed(0))
+    late, built = Accuracy(top_k=top_k), Accuracy(top_k=top_k, ignore_index=-1)
+    late.ignore_index = -1
+    late.update(y_true=y_true, y_score=y_score), built.update(y_true=y_true, y_score=y_score)
+    assert late.ignore_index == -1 and float(late.value()) == float(built.value())
+    assert late.state_dict()["states"]["total"] == 3

@@ -1,0 +1,5 @@
+"""Language-model metrics."""
+
+from .perplexity import Perplexity
+
+__all__ = ["Perplexity"]
