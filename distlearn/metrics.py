@@ -31,15 +31,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from .accumulators import (
-    SUM,
-    Accumulator,
-    Cat,
-    TensorAccumulator,
-    _check_nan_strategy,
-    _report_nans,
-    _state_device,
-)
+from .accumulators.protocol import SUM, Accumulator
+from .accumulators.sequences import Cat
+from .accumulators.tensor import TensorAccumulator
+from .accumulators.values import check_nan_strategy as _check_nan_strategy
+from .accumulators.values import report_nans as _report_nans
+from .accumulators.values import state_device as _state_device
 from .options import is_int, is_number
 
 __all__ = [

@@ -8,18 +8,18 @@ import warnings
 import pytest
 import torch
 
-from distlearn import accumulators
-from distlearn.accumulators import DivergenceError, Mean, Sum, calculate
+from distlearn.accumulators import DivergenceError, Mean, Sum, calculate, collective
+from distlearn.accumulators.plan import LAST_PLAN
 from distlearn.metrics import Accuracy
 
 
 def _general_path(fn):
-    plan_for = accumulators._plan_for
-    accumulators._plan_for = lambda *args: None
+    plan_for = collective.plan_for
+    collective.plan_for = lambda *args: None
     try:
         return fn()
     finally:
-        accumulators._plan_for = plan_for
+        collective.plan_for = plan_for
 
 
 def repeated_calls(rank, world):
@@ -37,7 +37,7 @@ def repeated_calls(rank, world):
         for metric in metrics:
             metric(y_pred=(y + step) % 3, y_true=y)
         planned = calculate(accs)
-        assert accumulators._LAST_PLAN[0] is not None and accumulators._LAST_PLAN[0].accs[0] is means[0]
+        assert LAST_PLAN[0] is not None and LAST_PLAN[0].accs[0] is means[0]
         general = _general_path(lambda: calculate(accs))
         out.append((planned, general))
     for m in means:
