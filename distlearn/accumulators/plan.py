@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .signature import signature
+from .signature import call_signature
 from .split import runs_of, split_results
 from .wire import INLINE, one_vector
 
@@ -30,7 +30,7 @@ class Plan:
         self.group, self.world, self.device = group, world, device
         self.contributions = tuple(contributions)
         self.tensors = [t for c in contributions for t in c.sums]
-        self.signature = list(signature((None if keys is None else tuple(keys), self.specs)))
+        self.signature = call_signature(keys, self.specs)
         self.expected = [world * v for v in self.signature]
         header = self.signature + [0.0] * world  # no List/Cat: every rank's byte size is 0
         self.header = torch.tensor(header, dtype=torch.float64, device=device)

@@ -15,7 +15,12 @@ from .protocol import Accumulator, DivergenceError
 _HASH_CHUNKS = 3  # 3 x 20 bits of signature hash; squares stay exact in float64
 
 
-def signature(specs: Any) -> list[float]:
+def call_signature(keys: Sequence[str] | None, specs: Sequence[tuple]) -> list[float]:
+    """The numbers a rank sums with the others to check that every rank reduces the same keys and specs."""
+    return list(_signature((None if keys is None else tuple(keys), tuple(specs))))
+
+
+def _signature(specs: Any) -> list[float]:
     try:
         return _cached_signature(specs)
     except TypeError:  # an unhashable spec: compute it afresh

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from .signature import signature, signature_agrees
+from .signature import call_signature, signature_agrees
 
 
 INLINE = 4096  # sum-like numbers carried in the first, fixed-length collective (32 KiB: still latency-bound)
@@ -51,23 +51,23 @@ def first_collective(accs, keys, specs, group, world, device):
     contributions = [acc._contribute(spec) for acc, spec in zip(accs, specs)]
     segments = [c.blob for c in contributions if c.blob is not None]
     blob = _pack_segments(segments) if segments else None
-    signature = list(signature((None if keys is None else tuple(keys), tuple(specs))))
+    mine = call_signature(keys, specs)
     sizes = [0.0] * world
     sizes[dist.get_rank(group)] = float(len(blob)) if blob is not None else 0.0
-    header = torch.tensor(signature + sizes, dtype=torch.float64)
+    header = torch.tensor(mine + sizes, dtype=torch.float64)
     sum_flat = one_vector([t for c in contributions for t in c.sums], device)
     inline = torch.zeros(INLINE, dtype=torch.float64, device=device)
     inline[: min(INLINE, sum_flat.numel())] = sum_flat[:INLINE]
     buffer = torch.cat([header.to(device), inline])
     dist.all_reduce(buffer, group=group)
     head = buffer[: len(header)].cpu()
-    if not signature_agrees(head, signature, world):
+    if not signature_agrees(head, mine, world):
         return None, None, None
     rest = sum_flat[INLINE:].clone()
     if rest.numel():
         dist.all_reduce(rest, group=group)
     sums = torch.cat([buffer[len(header) :][: min(INLINE, sum_flat.numel())], rest])
-    byte_sizes = [int(v) for v in head[len(signature) :].tolist()]
+    byte_sizes = [int(v) for v in head[len(mine) :].tolist()]
     return (sums, byte_sizes), contributions, blob
 
 
