@@ -110,3 +110,18 @@ def diverge_after_plan(rank, world):
 
 def test_divergence_after_a_plan_raises_on_every_rank(dist_pool):
     assert all(m and "accumulator 2" in m for m in dist_pool.run(diverge_after_plan, 2))
+
+
+def planned_tensor_results(rank, world):
+    total = Sum()
+    total(torch.full((3,), float(rank + 1), dtype=torch.float64))
+    first = calculate([total])[0]  # the plan is made and run
+    second = calculate([total])[0]  # the plan reused
+    total(torch.ones(3, dtype=torch.float64))
+    third = calculate([total])[0]
+    return first.tolist(), second.tolist(), third.tolist()
+
+
+def test_planned_tensor_results_are_not_overwritten_by_the_next_call(dist_pool):
+    for first, second, third in dist_pool.run(planned_tensor_results, 2):
+        assert first == second == [3.0] * 3 and third == [5.0] * 3

@@ -41,8 +41,8 @@ Modules: :mod:`.protocol` (what calculate() asks of an accumulator),
 :mod:`.tensor` (float64 tensor states), :mod:`.aggregates` (Sum, Mean, Max,
 Min), :mod:`.sequences` (List, Cat), :mod:`.excluding` (Except),
 :mod:`.collective` (calculate() itself) with :mod:`.devices`,
-:mod:`.signature`, :mod:`.structure`, :mod:`.wire`, :mod:`.plan` and
-:mod:`.split` (the one place reduced buffers become results).
+:mod:`.signature`, :mod:`.wire`, :mod:`.plan` and :mod:`.split` (the one
+place reduced buffers become results).
 """
 
 from __future__ import annotations
