@@ -36,7 +36,7 @@ class Plan:
         self.header = torch.tensor(header, dtype=torch.float64, device=device)
         self.count = sum(t.numel() for t in self.tensors)
         # One buffer for every call of this pattern: states are stacked straight into it (no
-        # allocation, no concatenation). Values handed out never alias it (see run()).
+        # allocation, no concatenation). Values handed out never alias it (split_results copies it first).
         self.buffer = torch.zeros(len(header) + INLINE, dtype=torch.float64, device=device)
         self.stackable = all(t.dim() == 0 and t.dtype == torch.float64 and t.device == device for t in self.tensors)
         self.runs = runs_of(accs, specs, contributions)

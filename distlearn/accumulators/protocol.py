@@ -17,7 +17,7 @@ class DivergenceError(RuntimeError):
     """Ranks called :func:`calculate` with different accumulators, kinds or shapes."""
 
 
-UNSET: Any = object()
+UNSET: Any = object()  # a batch key not worked out yet (None is a key: finish alone)
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Contribution:
     sums: list[torch.Tensor] = field(default_factory=list)
     maxes: list[torch.Tensor] = field(default_factory=list)
     blob: bytes | None = None  # only List/Cat-like accumulators gather bytes
-    batch_key: Any = field(default_factory=lambda: UNSET, compare=False)  # see split.batch_key
+    batch_key: Any = field(default_factory=lambda: UNSET, compare=False)  # see split._batch_key
 
 
 class Accumulator:

@@ -23,13 +23,13 @@ class Run:
 
 
 def runs_of(accs: Sequence[Accumulator], specs: Sequence[tuple], contributions: Sequence[Contribution]) -> list[Run]:
-    """Runs of neighbours that share a :func:`batch_key`; an accumulator without one is a run of its own."""
+    """Runs of neighbours that share a :func:`_batch_key`; an accumulator without one is a run of its own."""
     runs = []
     i = 0
     while i < len(accs):
-        key = batch_key(accs[i], specs[i], contributions[i])
+        key = _batch_key(accs[i], specs[i], contributions[i])
         j = i + 1
-        while key is not None and j < len(accs) and batch_key(accs[j], specs[j], contributions[j]) == key:
+        while key is not None and j < len(accs) and _batch_key(accs[j], specs[j], contributions[j]) == key:
             j += 1
         width = sum(t.numel() for t in contributions[i].sums)
         runs.append(Run(i, j, type(accs[i]) if key is not None else None, width))
@@ -100,7 +100,7 @@ def _gathered_per_accumulator(contributions: Sequence[Contribution], blobs: list
     return (list(column) for column in zip(*per_rank))
 
 
-def batch_key(acc: Accumulator, spec: tuple, c: Contribution) -> Any:
+def _batch_key(acc: Accumulator, spec: tuple, c: Contribution) -> Any:
     """What scalar accumulators share to be finished together, or None (finish alone).
 
     Kept on the contribution, which a TensorAccumulator reuses while its states stay the same.
