@@ -141,13 +141,14 @@ def _mixed(rank: int, repeats: int) -> dict[str, float]:
 
 def _floor(rank: int, repeats: int) -> dict[str, float]:
     """calculate() of 64 scalar means against raw all_reduces: of the same 128 numbers, of the same buffer."""
-    from distlearn.accumulators import _INLINE, Mean, calculate
+    from distlearn.accumulators import Mean, calculate
+    from distlearn.accumulators.wire import INLINE
 
     means = [Mean() for _ in range(64)]
     for m in means:
         m(float(rank), weight=2)
     payload = torch.zeros(128, dtype=torch.float64)
-    buffer = torch.zeros(_INLINE + 6 + 2, dtype=torch.float64)  # signature (6) + byte sizes (world) + inline sums
+    buffer = torch.zeros(INLINE + 6 + 2, dtype=torch.float64)  # signature (6) + byte sizes (world) + inline sums
     times: dict[str, list[float]] = {"distlearn": [], "raw": [], "raw_buffer": []}
     for r in range(5 * repeats + 2):  # cheap calls: more repeats, interleaved
         t_ours = _timed(lambda: calculate(means))

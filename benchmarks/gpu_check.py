@@ -553,20 +553,22 @@ def _through_collectives(accs: list[Any]) -> tuple[list[Any] | None, str]:
     the byte all_gather and the split) directly. Returns (results, what was done)."""
     import torch.distributed as dist
 
-    import distlearn.accumulators as A
-
-    names = ("_comm_device", "_first_collective", "_flat", "_gather_bytes", "_split_results")
-    if not all(hasattr(A, n) for n in names):
+    try:
+        from distlearn.accumulators.devices import comm_device
+        from distlearn.accumulators.split import runs_of, split_results
+        from distlearn.accumulators.wire import first_collective, gather_bytes, one_vector
+    except ImportError:
         return None, "collective internals not driven (renamed: update gpu_check)"
     try:
         specs = [a._spec() for a in accs]
-        device = A._comm_device(None)
-        (sums, sizes), contributions, blob = A._first_collective(accs, None, specs, None, 1, device)
-        max_flat = A._flat([t for c in contributions for t in c.maxes], device)
+        device = comm_device(None)
+        (sums, sizes), contributions, blob = first_collective(accs, None, specs, None, 1, device)
+        max_flat = one_vector([t for c in contributions for t in c.maxes], device)
         if max_flat.numel():
             dist.all_reduce(max_flat, op=dist.ReduceOp.MAX)
-        blobs = A._gather_bytes(blob, sizes, None, device) if blob is not None else None
-        results = A._split_results(accs, specs, contributions, sums, max_flat, blobs)
+        blobs = gather_bytes(blob, sizes, None, device) if blob is not None else None
+        runs = runs_of(accs, specs, contributions)
+        results = split_results(accs, specs, contributions, runs, sums, max_flat, blobs)
     except TypeError as exc:  # a changed signature
         return None, f"collective internals not driven (changed: {exc}; update gpu_check)"
     return results, f"the multi-rank path (over {device}) gives the same results"
@@ -723,8 +725,8 @@ def fsdp_part(dry: bool) -> int:
     import torch.nn.functional as F
     from torch.distributed.fsdp import FSDPModule
 
-    import distlearn.accumulators as A
     from distlearn import Accuracy, BackwardLearner, Mean
+    from distlearn.accumulators.devices import comm_device
 
     def say(what: str, ok: bool | None, detail: str) -> None:
         verdict = "INFO" if ok is None else ("PASS" if ok else "FAIL")
@@ -746,7 +748,7 @@ def fsdp_part(dry: bool) -> int:
     chosen = _force_fsdp2("bf16") if dry else str(accelerator.distributed_type)
     probe = Mean()
     probe(torch.ones((), device=accelerator.device))
-    comm = A._comm_device(None, [probe])
+    comm = comm_device(None, [probe])
     policy = getattr(accelerator.state.fsdp_plugin, "mixed_precision_policy", None) if accelerator.is_fsdp2 else None
     ok = accelerator.is_fsdp2 and comm.type == accelerator.device.type
     say("Accelerate's state", ok if not dry else (None if accelerator.is_fsdp2 else False),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ACC, LRN = "distlearn/accumulators.py", "distlearn/training/learner.py"
+ACC, LRN = "distlearn/accumulators", "distlearn/training/learner.py"  # ACC: a package, each mutation names its module
 MET = "distlearn/metrics"  # a package: each mutation names its module
 BAT, PAD = "distlearn/training/batches.py", "distlearn/training/padding.py"  # the learner's batch handling
 OUT = "distlearn/training/outputs.py"  # reading batches and model outputs
@@ -100,34 +100,34 @@ MUTATIONS = [
     Mutation("crash_on_rank1_at_end", LRN, "        return record\n",
              "        if accelerator.process_index == 1:\n            raise SystemExit(3)\n        return record\n",
              _promises("every_rank"), "rank 1 dies after the last collective"),
-    # ---- accumulators.py -------------------------------------------------------------------------
-    Mutation("no_second_sum_reduce", ACC, "    if rest.numel():\n        dist.all_reduce(rest, group=group)",
+    # ---- accumulators/ ---------------------------------------------------------------------------
+    Mutation("no_second_sum_reduce", f"{ACC}/wire.py", "    if rest.numel():\n        dist.all_reduce(rest, group=group)",
              "    if False:\n        dist.all_reduce(rest, group=group)", tuple(ACC_TESTS), "sums past 4096 stay local"),
-    Mutation("mean_weight_one", ACC, '            states["weight"] += weight\n', '            states["weight"] += 1\n',
+    Mutation("mean_weight_one", f"{ACC}/aggregates.py", '            states["weight"] += weight\n', '            states["weight"] += 1\n',
              tuple(ACC_TESTS), "Mean ignores weights in its denominator"),
-    Mutation("extend_weights_ignored", ACC, "self._add_weighted(states, rows, w, rows=True)",
+    Mutation("extend_weights_ignored", f"{ACC}/aggregates.py", "self._add_weighted(states, rows, w, rows=True)",
              "self._add_weighted(states, rows, torch.ones_like(w), rows=True)", tuple(ACC_TESTS),
              "Mean.extend ignores weights"),
-    Mutation("zero_weight_counts", ACC, "        x = torch.where(counts, x, 0.0)\n", "",
+    Mutation("zero_weight_counts", f"{ACC}/aggregates.py", "        x = torch.where(counts, x, 0.0)\n", "",
              tuple(ACC_TESTS), "a weight-0 NaN reaches the Mean"),
-    Mutation("float32_states", ACC, "fill[self._reductions[name]], dtype=torch.float64", "fill[self._reductions[name]], dtype=torch.float32",
+    Mutation("float32_states", f"{ACC}/tensor.py", "fill[self._reductions[name]], dtype=torch.float64", "fill[self._reductions[name]], dtype=torch.float32",
              tuple(ACC_TESTS), "states in float32"),
-    Mutation("rank_major", ACC, "        out.extend(items[step] for items in per_rank if step < len(items))\n    return out",
+    Mutation("rank_major", f"{ACC}/sequences.py", "        out.extend(items[step] for items in per_rank if step < len(items))\n    return out",
              "        pass\n    return [item for items in per_rank for item in items]", tuple(ACC_TESTS),
              "List/Cat in rank-major order"),
-    Mutation("max_reduced_by_sum", ACC, "op=dist.ReduceOp.MAX", "op=dist.ReduceOp.SUM", tuple(ACC_TESTS), "Max summed"),
-    Mutation("no_signature_check", ACC, "if not _signature_agrees(head, signature, world):", "if False:",
+    Mutation("max_reduced_by_sum", f"{ACC}/collective.py", "op=dist.ReduceOp.MAX", "op=dist.ReduceOp.SUM", tuple(ACC_TESTS), "Max summed"),
+    Mutation("no_signature_check", f"{ACC}/wire.py", "if not signature_agrees(head, mine, world):", "if False:",
              tuple(ACC_TESTS), "divergent ranks get garbage"),
-    Mutation("neutral_max_finite", ACC, 'MAX: float("-inf")', "MAX: -1e300", tuple(ACC_TESTS),
+    Mutation("neutral_max_finite", f"{ACC}/tensor.py", 'MAX: float("-inf")', "MAX: -1e300", tuple(ACC_TESTS),
              "a Max of -inf values reports -1e300"),
-    Mutation("empty_not_nan", ACC, 'torch.where(states["count"] > 0, result, torch.nan)', 'torch.where(states["count"] >= 0, result, torch.nan)',
+    Mutation("empty_not_nan", f"{ACC}/aggregates.py", 'torch.where(states["count"] > 0, result, torch.nan)', 'torch.where(states["count"] >= 0, result, torch.nan)',
              tuple(ACC_TESTS), "an empty Max gives -inf, not NaN"),
-    Mutation("int_sum_as_float", ACC, "return result.to(device=device, dtype=torch.int64)", "return result.to(device=device)",
+    Mutation("int_sum_as_float", f"{ACC}/aggregates.py", "return result.to(device=device, dtype=torch.int64)", "return result.to(device=device)",
              tuple(ACC_TESTS), "integer sums come back float64"),
-    Mutation("no_nan_warning", ACC, "        if empty is not None and bool(empty.any()):\n            _nan_warning(self._name)",
+    Mutation("no_nan_warning", f"{ACC}/tensor.py", "        if empty is not None and bool(empty.any()):\n            nan_warning(self._name)",
              "        if empty is not None and bool(empty.any()):\n            pass", tuple(ACC_TESTS), "empty results give NaN silently"),
-    # ---- metrics/ ---------------------------------------------------------------------------------
-    Mutation("accuracy_counts_batches", f"{MET}/classification/accuracy.py", 'states["correct"] += hit.sum()\n            states["total"] += y_true.numel()',
+ACC, LRN = "distlearn/accumulators", "distlearn/training/learner.py"  # ACC: a package, each mutation names its module
+MET = "distlearn/metrics"  # a package: each mutation names its module
              'states["correct"] += hit.sum()\n            states["total"] += 1',
              tuple(MET_TESTS), "accuracy divides by batches"),
     Mutation("f1_fp_is_fn", f"{MET}/functional/stat_scores.py", "fp = confusion.sum(-2) - tp", "fp = confusion.sum(-1) - tp", tuple(MET_TESTS),

@@ -8,18 +8,18 @@ import warnings
 import pytest
 import torch
 
-from distlearn import accumulators
-from distlearn.accumulators import DivergenceError, Mean, Sum, calculate
+from distlearn.accumulators import DivergenceError, Mean, Sum, calculate, collective
+from distlearn.accumulators.plan import LAST_PLAN
 from distlearn.metrics import Accuracy
 
 
 def _general_path(fn):
-    plan_for = accumulators._plan_for
-    accumulators._plan_for = lambda *args: None
+    plan_for = collective.plan_for
+    collective.plan_for = lambda *args: None
     try:
         return fn()
     finally:
-        accumulators._plan_for = plan_for
+        collective.plan_for = plan_for
 
 
 def repeated_calls(rank, world):
@@ -37,7 +37,7 @@ def repeated_calls(rank, world):
         for metric in metrics:
             metric(y_pred=(y + step) % 3, y_true=y)
         planned = calculate(accs)
-        assert accumulators._LAST_PLAN[0] is not None and accumulators._LAST_PLAN[0].accs[0] is means[0]
+        assert LAST_PLAN[0] is not None and LAST_PLAN[0].accs[0] is means[0]
         general = _general_path(lambda: calculate(accs))
         out.append((planned, general))
     for m in means:
@@ -110,3 +110,18 @@ def diverge_after_plan(rank, world):
 
 def test_divergence_after_a_plan_raises_on_every_rank(dist_pool):
     assert all(m and "accumulator 2" in m for m in dist_pool.run(diverge_after_plan, 2))
+
+
+def planned_tensor_results(rank, world):
+    total = Sum()
+    total(torch.full((3,), float(rank + 1), dtype=torch.float64))
+    first = calculate([total])[0]  # the plan is made and run
+    second = calculate([total])[0]  # the plan reused
+    total(torch.ones(3, dtype=torch.float64))
+    third = calculate([total])[0]
+    return first.tolist(), second.tolist(), third.tolist()
+
+
+def test_planned_tensor_results_are_not_overwritten_by_the_next_call(dist_pool):
+    for first, second, third in dist_pool.run(planned_tensor_results, 2):
+        assert first == second == [3.0] * 3 and third == [5.0] * 3

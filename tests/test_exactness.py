@@ -23,10 +23,10 @@ from distlearn.accumulators import (
     Mean,
     Min,
     Sum,
-    _choose_device,
-    _reconcile,
     calculate,
 )
+from distlearn.accumulators.devices import choose_device
+from distlearn.accumulators.signature import reconcile
 from distlearn.metrics import MAE, MSE, R2, RMSE, Accuracy
 
 SPECIAL = st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e300, -1e300])
@@ -248,17 +248,17 @@ def test_metric_reset_zeroes_states_in_place():
 
 
 def test_mps_keeps_float64_states_on_the_host():
-    from distlearn.accumulators import _f64, _state_device
+    from distlearn.accumulators.values import f64, state_device
 
-    assert _state_device(torch.device("mps")) == torch.device("cpu")
+    assert state_device(torch.device("mps")) == torch.device("cpu")
     # values move to the state's device before the float64 conversion (MPS has no float64)
     state = torch.zeros(2, dtype=torch.float64)
     value = torch.ones(2, dtype=torch.float16)
-    assert _f64(value, state).dtype == torch.float64
-    from distlearn.accumulators import _to_result_device
+    assert f64(value, state).dtype == torch.float64
+    from distlearn.accumulators.values import to_result_device
 
     result = torch.ones(2, dtype=torch.float64)
-    assert _to_result_device(result, torch.device("mps")) is result  # a float64 result stays on the host
+    assert to_result_device(result, torch.device("mps")) is result  # a float64 result stays on the host
 
 
 # --------------------------------------------------------------------------- #
@@ -281,19 +281,19 @@ def test_mps_keeps_float64_states_on_the_host():
 )
 def test_reduce_device_follows_the_backend_and_the_local_rank(monkeypatch, backend, states, expected):
     monkeypatch.setenv("LOCAL_RANK", "2")
-    assert _choose_device(backend, states, "cuda", device_count=4, current=0) == torch.device(expected)
+    assert choose_device(backend, states, "cuda", device_count=4, current=0) == torch.device(expected)
 
 
 def test_a_set_current_device_wins_over_local_rank(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "2")
-    assert _choose_device("nccl", None, "cuda", device_count=4, current=1) == torch.device("cuda", 1)
-    assert _choose_device("undefined", None, None) == torch.device("cpu")
+    assert choose_device("nccl", None, "cuda", device_count=4, current=1) == torch.device("cuda", 1)
+    assert choose_device("undefined", None, None) == torch.device("cpu")
 
 
 def test_an_empty_rank_takes_the_device_type_the_others_agree_on():
-    agreed = _reconcile([[("List", "cuda")], [("List", "cpu")]], [List()])
+    agreed = reconcile([[("List", "cuda")], [("List", "cpu")]], [List()])
     assert agreed == [("List", "cuda")]
-    assert _reconcile([[("Cat", "cpu")], [("Cat", "cpu")]], [Cat()]) == [("Cat", "cpu")]
+    assert reconcile([[("Cat", "cpu")], [("Cat", "cpu")]], [Cat()]) == [("Cat", "cpu")]
 
 
 def test_one_process_returns_list_items_without_serialising():

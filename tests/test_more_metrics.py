@@ -403,7 +403,8 @@ def _fixed_size(k: int) -> dict:
 
 
 def planned_confusion_metrics(rank, world, k, y_true, y_pred, steps):
-    from distlearn import accumulators
+    from distlearn.accumulators import collective
+    from distlearn.accumulators.plan import LAST_PLAN
 
     metrics = _fixed_size(k)
     flat = list(metrics.values())
@@ -419,14 +420,14 @@ def planned_confusion_metrics(rank, world, k, y_true, y_pred, steps):
             else:
                 metric(y_pred=p, y_true=t)
         planned = calculate(flat)
-        plan = accumulators._LAST_PLAN[0]
+        plan = LAST_PLAN[0]
         used = world > 1 and plan is not None and plan.accs[0] is flat[0] and len(plan.accs) == len(flat)
-        general_path = accumulators._plan_for
-        accumulators._plan_for = lambda *args: None
+        general_path = collective.plan_for
+        collective.plan_for = lambda *args: None
         try:
             general = calculate(flat)
         finally:
-            accumulators._plan_for = general_path
+            collective.plan_for = general_path
         out.append((dict(zip(metrics, planned)), dict(zip(metrics, general)), used))
     return out
 

@@ -9,7 +9,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..accumulators import SUM, TensorAccumulator, _state_device
+from ..accumulators.protocol import SUM
+from ..accumulators.tensor import TensorAccumulator
+from ..accumulators.values import state_device
 from .functional.inputs import _detached
 
 
@@ -38,7 +40,7 @@ class Metric(TensorAccumulator):
         super().reset()
         self._device = device
         self._kind = "float64"
-        self._states = self._neutral(shapes, _state_device(device))
+        self._states = self._neutral(shapes, state_device(device))
 
     def _initial_shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: () for name in self._reductions}
@@ -62,9 +64,9 @@ class Metric(TensorAccumulator):
         device = tensors[0].device
         if device != self._device:  # first batch on a new device: the states follow, once
             self._device = device
-            self._states = {n: s.to(_state_device(device)) for n, s in self._states.items()}
-        state_device = next(iter(self._states.values())).device
-        return tuple(t if t.device == state_device else t.to(state_device) for t in tensors)
+            self._states = {n: s.to(state_device(device)) for n, s in self._states.items()}
+        here = next(iter(self._states.values())).device
+        return tuple(t if t.device == here else t.to(here) for t in tensors)
 
     def _accumulate(self, states: dict[str, torch.Tensor], y_pred: torch.Tensor, y_true: torch.Tensor) -> None:
         raise NotImplementedError

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..accumulators import Accumulator
+from ..accumulators.protocol import Accumulator
 from .base import Metric
 from .classification import AUROC, F1, Accuracy, AveragePrecision, Precision, Recall
 from .classification.ranking import _Ranked

@@ -576,7 +576,7 @@ def _merge_log(logs: list[Mapping[str, Any]], rank: int) -> dict[str, Any]:
 def _merge_accumulator(states: list[Mapping[str, Any]], rank: int, world_size: int | None, like: Any) -> dict[str, Any]:
     """One accumulator's state for new rank ``rank``: sums on rank 0 (zeros elsewhere), maxima everywhere."""
     if "items" in states[0]:  # List / Cat: step-major order, dealt round-robin
-        from ..accumulators import _step_major
+        from ..accumulators.sequences import step_major as _step_major
 
         items = _step_major([s["items"] for s in states])
         return {"items": items[rank::world_size] if world_size else (items if rank == 0 else [])}

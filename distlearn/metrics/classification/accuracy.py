@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ...accumulators import SUM
+from ...accumulators.protocol import SUM
 from ...options import is_int
 from ..base import Metric
 from ..functional.inputs import (

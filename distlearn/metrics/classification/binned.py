@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...accumulators import SUM
+from ...accumulators.protocol import SUM
 from ...options import is_int
 from ..base import Metric
 from ..functional.inputs import _check_same_shape, _classify, _detached, _probabilities

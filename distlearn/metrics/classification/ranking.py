@@ -10,7 +10,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...accumulators import Accumulator, Cat
+from ...accumulators.protocol import Accumulator
+from ...accumulators.sequences import Cat
 from ..functional.inputs import _check_num_labels, _classify, _classify_labels, _detached, _label_matrices
 from ..functional.ranking import binary_auroc, binary_average_precision
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...accumulators import SUM
+from ...accumulators.protocol import SUM
 from ..base import Metric
 from ..functional.inputs import _check_num_labels, _check_same_shape, _classify, _classify_labels, _label_matrices
 from ..functional.stat_scores import (

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 
 import torch
 
-from ...accumulators import SUM, _check_nan_strategy, _report_nans
+from ...accumulators.protocol import SUM
+from ...accumulators.values import check_nan_strategy, report_nans
 from ..base import Metric
 from ..functional.inputs import _check_same_shape
 
@@ -25,7 +26,7 @@ class _Regression(Metric):
     higher_is_better = False
 
     def __init__(self, nan_strategy: str = "disable") -> None:
-        self.nan_strategy = _check_nan_strategy(type(self).__name__, nan_strategy)
+        self.nan_strategy = check_nan_strategy(type(self).__name__, nan_strategy)
         super().__init__()
 
     def _pairs(self, states, y_pred, y_true) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -47,7 +48,7 @@ class _Regression(Metric):
         states["count"] += true.numel() if keep is None else keep.sum()
 
     def _check_states(self, states: Mapping[str, torch.Tensor]) -> None:
-        _report_nans(type(self).__name__, self.nan_strategy, states["nans"])
+        report_nans(type(self).__name__, self.nan_strategy, states["nans"])
 
     def _batch_config(self) -> tuple:
         return (self.nan_strategy,)

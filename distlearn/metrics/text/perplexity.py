@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...accumulators import SUM
+from ...accumulators.protocol import SUM
 from ..base import Metric
 
 
