@@ -1,0 +1,81 @@
+"""The training loop's steps: the optimizer and scheduler steps, the non-finite checks, the epoch's log line."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from .records import EpochRecord, scores
+
+__all__ = [
+    "batches_after", "describe_epoch", "finite_gradients", "finite_loss", "last_batch", "optimizer_step",
+    "step_scheduler_per_epoch",
+]
+
+
+def step_scheduler_per_epoch(scheduler: Any, summary: Mapping[str, Any]) -> None:
+    """The epoch's scheduler step; ReduceLROnPlateau gets the global test loss (else the train loss)."""
+    if not isinstance(scheduler.scheduler, ReduceLROnPlateau):
+        scheduler.step()
+        return
+    test = summary["test_result"]
+    scheduler.step(test["test_loss"] if test is not None and test["test_loss"] is not None else summary["train_loss"])
+
+
+def batches_after(loader: Any, done: int) -> Iterator[Any]:
+    """The loader's batches after the first ``done`` (read and dropped, so the order is the loader's own)."""
+    for i, batch in enumerate(loader):
+        if i >= done:
+            yield batch
+
+
+def optimizer_step(accelerator: Accelerator, model: nn.Module, optimizer: Any, nonfinite: str) -> bool:
+    """``optimizer.step()`` and ``zero_grad()`` (no-ops between accumulation boundaries).
+
+    With ``nonfinite="skip"``, a step whose gradients hold a NaN/inf is skipped; returns True then.
+    The gradients are all-reduced first, so a NaN on any rank is one on every rank: all skip together.
+    """
+    skip = nonfinite == "skip" and accelerator.sync_gradients and not finite_gradients(model)
+    if not skip:
+        optimizer.step()
+    optimizer.zero_grad()
+    return skip
+
+
+def finite_loss(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite (one host sync; only with nonfinite="skip")."""
+    return bool(torch.isfinite(loss.detach()).all())
+
+
+def finite_gradients(model: nn.Module) -> bool:
+    """Whether every gradient is finite (one host sync; only with nonfinite="skip")."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
+def last_batch(accelerator: Accelerator) -> bool:
+    """Whether the batch just trained on is the loader's last of the epoch."""
+    return bool(accelerator.gradient_state.end_of_dataloader)
+
+
+def describe_epoch(epoch: int, n_epochs: int, summary: EpochRecord) -> str:
+    """The log line of an epoch (1-based, as a person reads it)."""
+    text = f"epoch {epoch + 1}/{n_epochs}: train_loss {summary['train_loss']:.6g}"
+    for name, value in scores(summary, "train").items():
+        text += f", train_{name} {_number(value)}"
+    test = summary["test_result"]
+    if test is not None:
+        if test["test_loss"] is not None:
+            text += f", test_loss {test['test_loss']:.6g}"
+        for name, value in scores(test, "test").items():
+            text += f", test_{name} {_number(value)}"
+    return text + f", lr {summary['lr']:.4g}, {summary['samples_per_second'] or 0:.0f} samples/s"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, (int, float)) else "[...]"  # e.g. a ConfusionMatrix
