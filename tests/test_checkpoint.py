@@ -327,8 +327,6 @@ def test_a_run_id_saved_as_none_keeps_the_resumed_runs_own(fresh_accelerate, tmp
 
 def test_the_stop_flags_travel_packed_and_name_the_first_signal_in_order():
     """The control channel: one flag per stop signal, summed over ranks, unpacked to the first signal named."""
-    import signal
-
     from distlearn.training.control import STOP_SIGNALS, StopFlags
 
     assert StopFlags.received(None).flags == (0,) * len(STOP_SIGNALS)
@@ -339,11 +337,10 @@ def test_the_stop_flags_travel_packed_and_name_the_first_signal_in_order():
     assert checkpoint.Checkpoints("unused").stop_flags() == StopFlags.received(None)
 
 
-def test_the_store_keeps_exporting_what_the_loop_state_now_owns():
-    """reshard and derived_seed moved to the loop's state (training.progress); the old names still work."""
+def test_the_old_checkpoint_path_keeps_exporting_what_the_loop_state_now_owns():
+    """reshard and derived_seed moved to the loop's state (training.progress); distlearn.checkpoint still has them."""
+    from distlearn.checkpoint import derived_seed, reshard
     from distlearn.training import progress
 
-    assert checkpoint.reshard is progress.reshard and checkpoint.derived_seed is progress.derived_seed
-    from distlearn.checkpoint import derived_seed, reshard  # the shim of the old path
-
     assert (reshard, derived_seed) == (progress.reshard, progress.derived_seed)
+    assert not hasattr(checkpoint, "reshard")  # the store does not know the loop's state

@@ -59,8 +59,8 @@ from ..options import DEFAULT_KEEP_LAST, DEFAULT_RESUME_BATCH, RESUME_BATCH_MODE
 from .control import STOP_SIGNALS, StopFlags
 
 __all__ = [
-    "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "check", "derived_seed",
-    "elastic_warning", "find", "latest", "load_progress", "reshard",
+    "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "check",
+    "committed_marker", "elastic_warning", "find", "latest", "load_progress",
 ]
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def checkpoint_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / FOLDER
 
 
-def check(path: str | Path) -> dict[str, Any]:
+def committed_marker(path: str | Path) -> dict[str, Any]:
     """The commit marker of a complete checkpoint folder.
 
     Args:
@@ -133,6 +133,9 @@ def check(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+check = committed_marker  # its name before the redesign (distlearn.checkpoint.check, the CLI)
+
+
 def find(output_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     """The complete checkpoints of a run, newest first; incomplete ones are skipped with a warning.
 
@@ -151,7 +154,7 @@ def find(output_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     found = []
     for _, path in numbered:
         try:
-            found.append((path, check(path)))
+            found.append((path, committed_marker(path)))
         except CheckpointError as exc:
             logger.warning("skipping checkpoint %s: %s", path, exc)
     return found
@@ -291,7 +294,7 @@ class Checkpoints:
         """
         if self.resume_from is None:
             return current
-        meta = check(self.resume_from)
+        meta = committed_marker(self.resume_from)
         saved_world, global_batch = int(meta.get("world_size") or 0), meta.get("global_batch")
         if saved_world == world_size or not global_batch:
             return current
@@ -349,7 +352,7 @@ class Checkpoints:
                 process count changed and there is no ``merge``.
         """
         path = Path(path)
-        meta = check(path)
+        meta = committed_marker(path)
         saved_world, world, rank = int(meta.get("world_size") or 1), accelerator.num_processes, accelerator.process_index
         # Accelerate loads the random states of random_states_<rank>.pkl: another rank's on fewer
         # processes, none on more (silently). Both are replaced below when the world size changed.
@@ -479,12 +482,3 @@ def _fsync_dir(path: Path) -> None:
     finally:
         os.close(fd)
 
-
-def __getattr__(name: str) -> Any:
-    """``reshard`` and ``derived_seed``, exported here before the loop's state owned them (lazily:
-    the store does not import the loop)."""
-    if name in ("reshard", "derived_seed"):
-        from . import progress
-
-        return getattr(progress, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,24 +36,24 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader
 
 from ..metrics import Metric, Metrics
 from ..options import NONFINITE_MODES
 from ..runtime.accelerator import build_accelerator, check_accelerator, prepare_loader
 from ..runtime.ranks import agree
-from .batches import Batches, Report, give_ignore_index, leaves_out_ignored
+from .batches import Batches, leaves_out_ignored
 from .checkpoint import Checkpoints, Interrupted
 from .configs import check_int, check_learner_options, check_scheduler, config_spec
 from .control import StopFlags
 from .epoch import EpochAccounting, EpochTotals, NonFiniteLossError, to_device
 from .evaluation import eval_module, evaluate
-from .preparation import check_loader, n_samples, resolved_device, split_loaders, unregister, with_batch_size
-from .progress import marker_fields, rank_state, reshard, set_rng_states
+from .preparation import check_loader, resolved_device, resume_loader, split_loaders, unregister
+from .progress import marker_fields, rank_state, restore, set_rng_states
 from .records import EpochRecord, Record, TestResult
-from .scoring import fresh_metric, model_scores
+from .scoring import fresh_metric
 from .steps import (
-    batches_after, describe_epoch, finite_loss, last_batch, optimizer_step, step_scheduler_per_epoch,
+    account_batch, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step, step_scheduler_per_epoch,
 )
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
@@ -77,7 +77,7 @@ class _Run:
     checkpoints: Checkpoints | None
     nonfinite: str
     lr: float = 0.0  # the learning rate of the last batch's step
-    bar: Any = None  # the epoch's progress bar, on the main process when shown
+    bar: Any = None  # the epoch's progress bar (None where it is not shown)
 
     def stop_flags(self) -> StopFlags:
         """This rank's stop flags (none without checkpoints: nothing to stop with)."""
@@ -264,7 +264,9 @@ class BackwardLearner:
         check_int("display_step", display_step, 1)
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
-        train_loader = self._resume_loader(train_loader, checkpoints, device)  # another world size: its batch size
+        if checkpoints is not None and checkpoints.resume_from is not None and isinstance(train_loader, DataLoader):
+            # on another number of processes: a loader that keeps the global batch
+            train_loader = resume_loader(train_loader, checkpoints, self.accelerator(device).num_processes)
         run = self._prepare(model, train_loader, device, metric, train_idx, checkpoints, nonfinite)
         preparation = time.time() - begin
         record: Record = {"preparation": {"preparation_time_cost": preparation}, "training": {}}
@@ -275,7 +277,9 @@ class BackwardLearner:
 
         for epoch in range(first_epoch, self.n_epochs):
             accounting, done = self._begin_epoch(run, epoch, resumed if epoch == first_epoch else None)
-            for step, batch in enumerate(self._epoch_batches(run, epoch, done, disable_tqdm), start=done):
+            batches, run.bar = epoch_batches(run.loader, epoch, self.n_epochs, done,
+                                             not disable_tqdm and run.accelerator.is_main_process)
+            for step, batch in enumerate(batches, start=done):
                 if step == done:
                     self._before_first_batch(run, batch, resumed if done else None, epoch == first_epoch)
                 stepped = self._train_batch(run, batch, accounting)
@@ -405,8 +409,7 @@ class BackwardLearner:
             restored by :meth:`_begin_epoch`), else None.
         """
         checkpoints = run.checkpoints
-        resume_from = checkpoints.resume_from if checkpoints is not None else None
-        if resume_from is None:
+        if checkpoints is None or checkpoints.resume_from is None:
             if not self._resume:
                 self.epoch = self.step = 0
             self._resume = False
@@ -414,20 +417,8 @@ class BackwardLearner:
         self._resume = False
         if test_loader is not None:  # the loaders prepared in the order they were saved in
             self._prepare_loader(run.accelerator, test_loader, evaluation=True)
-
-        def merge(states: list[dict[str, Any]], rank: int, world_size: int) -> dict[str, Any]:
-            return reshard(states, rank, world_size, run.metric)
-
-        progress = checkpoints.load(run.accelerator, resume_from, merge, n_samples=n_samples(train_loader),
-                                    drop_last=bool(getattr(train_loader, "drop_last", False)))
+        progress = restore(checkpoints, run.accelerator, run.metric, train_loader, record)
         self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
-        record["training"].update(progress["record"]["training"])
-        # This session's part: the summary tells its wall time from the whole run's training time by it.
-        record["preparation"]["resumed_from"] = {
-            "epoch": self.epoch, "batches_done": int(progress["batches_done"]), "optimizer_step": self.step,
-        }
-        if not progress["batches_done"]:  # at an epoch's end: the saved RNG applies now (the next epoch draws)
-            set_rng_states(progress["rng"])
         return progress
 
     def _begin_epoch(self, run: _Run, epoch: int, resumed: Mapping[str, Any] | None) -> tuple[EpochAccounting, int]:
@@ -446,16 +437,6 @@ class BackwardLearner:
         if run.metric is not None and resumed["metric"] is not None:
             run.metric.load_state_dict(to_device(resumed["metric"], run.accelerator.device))
         return accounting, int(resumed["batches_done"])
-
-    def _epoch_batches(self, run: _Run, epoch: int, done: int, disable_tqdm: bool) -> Any:
-        """The epoch's batches after the first ``done``, behind a progress bar on the main process when shown."""
-        batches = batches_after(run.loader, done) if done else run.loader
-        run.bar = None  # a progress bar only where it is shown: building even a disabled one costs per epoch
-        if not disable_tqdm and run.accelerator.is_main_process:
-            # 1-based like the log lines; left on screen only while the epoch runs (one line per epoch stays)
-            run.bar = batches = tqdm(batches, desc=f"epoch {epoch + 1}/{self.n_epochs}", initial=done,
-                                     total=len(run.loader), leave=False)
-        return batches
 
     @staticmethod
     def _before_first_batch(run: _Run, batch: Any, resumed: Mapping[str, Any] | None, first_epoch: bool) -> None:
@@ -488,20 +469,8 @@ class BackwardLearner:
             accounting.add_skipped(out.loss)  # weight 0; every rank logs every batch, so the vectors stay aligned
         else:
             report = run.batches.real(accelerator, out, model, run.train_idx, run.metric is not None, run.keep_ignored)
-            self._account_batch(report, accounting, run.metric)
+            account_batch(report, accounting, run.metric, self.loss)
         return stepped
-
-    def _account_batch(self, report: Report, accounting: EpochAccounting, metric: Metric | None) -> None:
-        """Record one training batch's loss and metric on its real samples only (local, no sync).
-
-        On the last batch, Accelerate trained on repeated samples too; ``report`` holds only
-        the real ones (with no real sample: weight 0, so it counts for nothing).
-        """
-        accounting.add(report.loss, report.weight, report.rows)
-        if report.scores is not None and metric is not None:
-            if report.ignored is not None:  # every token, the ignored ones too: the metric leaves them out
-                give_ignore_index(metric, report.ignored)  # (learner's copy; the same numbers as masking)
-            metric.update(y_score=model_scores(self.loss, report.scores), y_true=report.target)
 
     @staticmethod
     def _display(run: _Run, accounting: EpochAccounting, done: int, epoch: int) -> int | None:
@@ -553,29 +522,13 @@ class BackwardLearner:
         )
         return run.checkpoints.save(accelerator, state, marker_fields(state))
 
-    def _resume_loader(self, loader: Any, checkpoints: Checkpoints | None, device: Any) -> Any:
-        """The training loader to resume with: on another number of processes, one that keeps the global batch.
-
-        The epoch's global sample order depends only on (seed, epoch), and step k of Q processes
-        with ``global / Q`` samples each covers the same samples as step k of the P processes that
-        saved the checkpoint: skipping the saved number of batches skips exactly the samples trained on.
-        """
-        if checkpoints is None or checkpoints.resume_from is None or not isinstance(loader, torch.utils.data.DataLoader):
-            return loader
-        world = self.accelerator(device).num_processes
-        size = checkpoints.per_process_batch(world, loader.batch_size)
-        if size == loader.batch_size:
-            return loader
-        logger.info("elastic resume: per-process batch %d -> %d (global batch kept)", loader.batch_size, size)
-        return with_batch_size(loader, size)
-
     def _prepare_loader(self, accelerator: Accelerator, loader: Any, evaluation: bool = False) -> Any:
         """Prepare a loader once per learner (re-preparing would register it with Accelerate again).
 
         An evaluation loader with ``drop_last=True`` is refused: the samples it leaves out would
         depend on the number of processes.
         """
-        if not isinstance(loader, torch.utils.data.DataLoader):
+        if not isinstance(loader, DataLoader):
             raise TypeError(f"expected a torch.utils.data.DataLoader, got {type(loader).__name__}")
         if loader not in self._prepared_loaders:
             self._prepared_loaders[loader] = prepare_loader(accelerator, loader, drop_last_ok=not evaluation)

@@ -10,14 +10,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import logging
+
 import torch
 from accelerate import Accelerator
 
 from ..runtime.ranks import agree
 
 __all__ = [
-    "check_loader", "n_samples", "registered_models", "resolved_device", "split_loaders", "unregister", "with_batch_size",
+    "check_loader", "n_samples", "registered_models", "resolved_device", "resume_loader", "split_loaders", "unregister",
+    "with_batch_size",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def _prepared_lists(accelerator: Accelerator) -> dict[str, list]:
@@ -55,6 +60,21 @@ def n_samples(loader: Any) -> int | None:
         return len(loader.sampler)
     except TypeError:  # an iterable dataset or a sampler without a length
         return None
+
+
+def resume_loader(loader: torch.utils.data.DataLoader, checkpoints: Any, world: int) -> torch.utils.data.DataLoader:
+    """The training loader to resume ``checkpoints.resume_from`` with on ``world`` processes.
+
+    On another number of processes, one that keeps the global batch: the epoch's global sample
+    order depends only on (seed, epoch), and step k of Q processes with ``global / Q`` samples each
+    covers the same samples as step k of the P processes that saved the checkpoint, so skipping the
+    saved number of batches skips exactly the samples trained on.
+    """
+    size = checkpoints.per_process_batch(world, loader.batch_size)
+    if size == loader.batch_size:
+        return loader
+    logger.info("elastic resume: per-process batch %d -> %d (global batch kept)", loader.batch_size, size)
+    return with_batch_size(loader, size)
 
 
 def with_batch_size(loader: torch.utils.data.DataLoader, batch_size: int) -> torch.utils.data.DataLoader:

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from .epoch import EpochAccounting, merged_accumulator_state
+from .preparation import n_samples
 
-__all__ = ["derived_seed", "marker_fields", "rank_state", "reshard", "rng_states", "set_rng_states"]
+__all__ = ["derived_seed", "marker_fields", "rank_state", "reshard", "restore", "rng_states", "set_rng_states"]
 
 
 def rank_state(*, epoch: int, step: int, batches_done: int, global_batch: int, world_size: int, rank: int,
@@ -84,6 +85,29 @@ def reshard(progresses: list[Mapping[str, Any]], rank: int, world_size: int, met
     metrics = [p.get("metric") for p in progresses]
     out["metric"] = None if metrics[0] is None else merged_accumulator_state(metrics, rank, world_size, metric)
     return out
+
+
+def restore(checkpoints: Any, accelerator: Any, metric: Any, train_loader: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """Load ``checkpoints.resume_from`` into the Accelerator and return this rank's progress.
+
+    A checkpoint of another number of processes is merged into this one's (:func:`reshard`;
+    ``metric`` tells how its states reduce). The saved epochs go into ``record``, with
+    ``preparation.resumed_from``; at an epoch's end the saved RNG applies now (the next epoch draws).
+    """
+    def merge(states: list[dict[str, Any]], rank: int, world_size: int) -> dict[str, Any]:
+        return reshard(states, rank, world_size, metric)
+
+    progress = checkpoints.load(accelerator, checkpoints.resume_from, merge, n_samples=n_samples(train_loader),
+                                drop_last=bool(getattr(train_loader, "drop_last", False)))
+    record["training"].update(progress["record"]["training"])
+    # This session's part: the summary tells its wall time from the whole run's training time by it.
+    record["preparation"]["resumed_from"] = {
+        "epoch": int(progress["epoch"]), "batches_done": int(progress["batches_done"]),
+        "optimizer_step": int(progress["step"]),
+    }
+    if not progress["batches_done"]:
+        set_rng_states(progress["rng"])
+    return progress
 
 
 def derived_seed(seed: int, epoch: int, step: int, rank: int) -> int:

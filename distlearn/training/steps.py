@@ -2,20 +2,52 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+from tqdm.auto import tqdm
 
+from ..metrics import Metric
+from .batches import Report, give_ignore_index
+from .epoch import EpochAccounting
 from .records import EpochRecord, scores
+from .scoring import model_scores
 
 __all__ = [
-    "batches_after", "describe_epoch", "finite_gradients", "finite_loss", "last_batch", "optimizer_step",
-    "step_scheduler_per_epoch",
+    "account_batch", "batches_after", "describe_epoch", "epoch_batches", "finite_gradients", "finite_loss",
+    "last_batch", "optimizer_step", "step_scheduler_per_epoch",
 ]
+
+
+def epoch_batches(loader: Any, epoch: int, n_epochs: int, done: int, show_bar: bool) -> tuple[Iterable[Any], Any]:
+    """The epoch's batches after the first ``done``, and its progress bar (None when not shown).
+
+    A bar only where it is shown: building even a disabled one costs per epoch. It is 1-based
+    like the log lines, and left on screen only while the epoch runs (one line per epoch stays).
+    """
+    batches = batches_after(loader, done) if done else loader
+    if not show_bar:
+        return batches, None
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{n_epochs}", initial=done, total=len(loader), leave=False)
+    return bar, bar
+
+
+def account_batch(report: Report, accounting: EpochAccounting, metric: Metric | None, loss: Any) -> None:
+    """Record one training batch's loss and metric on its real samples only (local, no sync).
+
+    On the last batch, Accelerate trained on repeated samples too; ``report`` holds only
+    the real ones (with no real sample: weight 0, so it counts for nothing). ``loss`` is the
+    learner's (it decides how outputs become scores).
+    """
+    accounting.add(report.loss, report.weight, report.rows)
+    if report.scores is not None and metric is not None:
+        if report.ignored is not None:  # every token, the ignored ones too: the metric leaves them out
+            give_ignore_index(metric, report.ignored)  # (learner's copy; the same numbers as masking)
+        metric.update(y_score=model_scores(loss, report.scores), y_true=report.target)
 
 
 def step_scheduler_per_epoch(scheduler: Any, summary: Mapping[str, Any]) -> None:
