@@ -94,6 +94,12 @@ MUTATIONS = [
     Mutation("crash_on_rank1_at_end", LRN, "        return record\n",
              "        if run.accelerator.process_index == 1:\n            raise SystemExit(3)\n        return record\n",
              _promises("every_rank"), "rank 1 dies after the last collective"),
+    Mutation("stop_flags_dropped", "distlearn/training/control.py", "            if count:\n                return signum",
+             "            if False:\n                return signum", ("tests/test_checkpoint.py", "-k", "stop_flags or sigterm"),
+             "a stop signal never reaches the ranks"),
+    Mutation("merge_sums_everywhere", EPO, "        if n and rank == 0:\n", "        if n:\n",
+             ("tests/test_elastic.py::test_reshard_sums_into_rank_zero",),
+             "an elastic resume counts the saved partial epoch on every new rank"),
     # ---- accumulators.py -------------------------------------------------------------------------
     Mutation("no_second_sum_reduce", ACC, "    if rest.numel():\n        dist.all_reduce(rest, group=group)",
              "    if False:\n        dist.all_reduce(rest, group=group)", tuple(ACC_TESTS), "sums past 4096 stay local"),

@@ -28,7 +28,6 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,43 +44,20 @@ from ..runtime.ranks import agree
 from .batches import Batches, leaves_out_ignored
 from .checkpoint import Checkpoints, Interrupted
 from .configs import check_int, check_learner_options, check_scheduler, config_spec
-from .control import StopFlags
 from .epoch import EpochAccounting, EpochTotals, NonFiniteLossError, to_device
 from .evaluation import eval_module, evaluate
-from .preparation import check_loader, resolved_device, resume_loader, split_loaders, unregister
+from .preparation import check_device, check_loader, resume_loader, split_loaders, unregister
 from .progress import marker_fields, rank_state, restore, set_rng_states
 from .records import EpochRecord, Record, TestResult
 from .scoring import fresh_metric
 from .steps import (
-    account_batch, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step, step_scheduler_per_epoch,
+    TrainRun, account_batch, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step,
+    step_scheduler_per_epoch,
 )
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _Run:
-    """What one train() call prepared, and what its loop carries from batch to batch."""
-
-    accelerator: Accelerator
-    model: nn.Module
-    optimizer: Any
-    scheduler: Any
-    loader: Any
-    batches: Batches
-    metric: Metric | Metrics | None
-    keep_ignored: bool  # token targets reach the metric with the ignored tokens in (it masks them itself)
-    train_idx: torch.Tensor | None
-    checkpoints: Checkpoints | None
-    nonfinite: str
-    lr: float = 0.0  # the learning rate of the last batch's step
-    bar: Any = None  # the epoch's progress bar (None where it is not shown)
-
-    def stop_flags(self) -> StopFlags:
-        """This rank's stop flags (none without checkpoints: nothing to stop with)."""
-        return self.checkpoints.stop_flags() if self.checkpoints is not None else StopFlags.received(None)
 
 
 class BackwardLearner:
@@ -192,10 +168,7 @@ class BackwardLearner:
             )
         else:
             check_accelerator(self._accelerator)
-            if device is not None and self._accelerator.num_processes == 1:
-                wanted, have = resolved_device(device), resolved_device(self._accelerator.device)
-                if wanted != have:  # "cuda" and "cuda:0" are one device when cuda:0 is the current one
-                    raise ValueError(f"device={str(device)!r} but this learner's Accelerator runs on {have}")
+            check_device(self._accelerator, device)
         return self._accelerator
 
     @property
@@ -362,7 +335,7 @@ class BackwardLearner:
         self._resume = True
 
     def _prepare(self, model: nn.Module, train_loader: Any, device: Any, metric: Metric | Metrics | None,
-                 train_idx: Any, checkpoints: Checkpoints | None, nonfinite: str) -> _Run:
+                 train_idx: Any, checkpoints: Checkpoints | None, nonfinite: str) -> TrainRun:
         """Check the learner can train, build the optimizer and scheduler, prepare everything with Accelerate."""
         if self.optimizer is None and self._optimizer_spec is None:
             raise ValueError(
@@ -395,10 +368,10 @@ class BackwardLearner:
         # (a mask on the device); taking them out first is boolean indexing, a host sync per step.
         keep_ignored = leaves_out_ignored(metric, batches.ignore_index)
         train_idx = None if train_idx is None else torch.as_tensor(train_idx, device=accelerator.device)
-        return _Run(accelerator, model, optimizer, scheduler, loader, batches, metric, keep_ignored, train_idx,
+        return TrainRun(accelerator, model, optimizer, scheduler, loader, batches, metric, keep_ignored, train_idx,
                     checkpoints, nonfinite)
 
-    def _resume_point(self, run: _Run, record: Record, test_loader: Any, train_loader: Any) -> dict[str, Any] | None:
+    def _resume_point(self, run: TrainRun, record: Record, test_loader: Any, train_loader: Any) -> dict[str, Any] | None:
         """Where training starts: a checkpoint's position, the counters of :meth:`load_state_dict`, or 0.
 
         A checkpoint of another number of processes is merged into this one's (see
@@ -421,7 +394,7 @@ class BackwardLearner:
         self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
         return progress
 
-    def _begin_epoch(self, run: _Run, epoch: int, resumed: Mapping[str, Any] | None) -> tuple[EpochAccounting, int]:
+    def _begin_epoch(self, run: TrainRun, epoch: int, resumed: Mapping[str, Any] | None) -> tuple[EpochAccounting, int]:
         """Fresh accounting and metric for the epoch, or the saved partial ones; returns (accounting, batches done).
 
         The epoch's clock starts here (a resumed epoch's goes on from where its checkpoint read it).
@@ -439,7 +412,7 @@ class BackwardLearner:
         return accounting, int(resumed["batches_done"])
 
     @staticmethod
-    def _before_first_batch(run: _Run, batch: Any, resumed: Mapping[str, Any] | None, first_epoch: bool) -> None:
+    def _before_first_batch(run: TrainRun, batch: Any, resumed: Mapping[str, Any] | None, first_epoch: bool) -> None:
         """Before an epoch's first batch: after a mid-epoch resume the saved RNG goes on; in the session's
         first epoch the batch form is checked, decided on every rank together."""
         if resumed is not None:
@@ -447,7 +420,7 @@ class BackwardLearner:
         if first_epoch:
             agree(run.batches.problem(batch, "data_loader['train_loader']", run.model))
 
-    def _train_batch(self, run: _Run, batch: Any, accounting: EpochAccounting) -> bool:
+    def _train_batch(self, run: TrainRun, batch: Any, accounting: EpochAccounting) -> bool:
         """Forward, backward and (at an accumulation boundary) the optimizer step; returns whether it stepped."""
         accelerator, model, optimizer = run.accelerator, run.model, run.optimizer
         with accelerator.accumulate(model):
@@ -473,7 +446,7 @@ class BackwardLearner:
         return stepped
 
     @staticmethod
-    def _display(run: _Run, accounting: EpochAccounting, done: int, epoch: int) -> int | None:
+    def _display(run: TrainRun, accounting: EpochAccounting, done: int, epoch: int) -> int | None:
         """The running loss on the progress bar; a collective, on every rank, that also tells every
         rank whether one was signalled to stop. Returns that signal, or None."""
         running, signalled = accounting.running_loss_and_stop(done, epoch, run.stop_flags())
@@ -481,7 +454,7 @@ class BackwardLearner:
             run.bar.set_postfix(loss=f"{running:.4g}", lr=f"{run.lr:.3g}", refresh=False)
         return signalled
 
-    def _checkpoint_mid_epoch(self, run: _Run, stop: int | None, epoch: int, done: int,
+    def _checkpoint_mid_epoch(self, run: TrainRun, stop: int | None, epoch: int, done: int,
                               accounting: EpochAccounting, record: Record) -> None:
         """After an optimizer step: save when due or stopping (not on the epoch's last batch: its end saves).
 
@@ -496,7 +469,7 @@ class BackwardLearner:
         if stop:
             raise Interrupted(stop, record, saved)
 
-    def _epoch_record(self, run: _Run, totals: EpochTotals, accounting: EpochAccounting, epoch: int,
+    def _epoch_record(self, run: TrainRun, totals: EpochTotals, accounting: EpochAccounting, epoch: int,
                       can_test: bool, display_step: int, test_loader: Any, test_idx: Any) -> EpochRecord:
         """The epoch's record: its reduced numbers, lr and steps, and its test when due; steps a per-epoch scheduler."""
         summary = totals.record
@@ -511,7 +484,7 @@ class BackwardLearner:
             step_scheduler_per_epoch(run.scheduler, summary)
         return summary
 
-    def _save(self, run: _Run, epoch: int, batches_done: int, accounting: EpochAccounting | None,
+    def _save(self, run: TrainRun, epoch: int, batches_done: int, accounting: EpochAccounting | None,
               record: Record) -> Any:
         """Save a checkpoint of this rank's progress (``accounting`` None: at an epoch's end, without the metric)."""
         accelerator = run.accelerator

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from ..runtime.ranks import agree
 
 __all__ = [
-    "check_loader", "n_samples", "registered_models", "resolved_device", "resume_loader", "split_loaders", "unregister",
+    "check_device", "check_loader", "n_samples", "registered_models", "resolved_device", "resume_loader", "split_loaders", "unregister",
     "with_batch_size",
 ]
 
@@ -109,6 +109,14 @@ def _loader_problem(name: str, raw: Any, prepared: Any) -> str | None:
             "fewer samples than one global batch): lower the batch size or set drop_last=False"
         )
     return None
+
+
+def check_device(accelerator: Accelerator, device: str | torch.device | None) -> None:
+    """Raise ValueError when a single process's Accelerator runs on another device than ``device``."""
+    if device is not None and accelerator.num_processes == 1:
+        wanted, have = resolved_device(device), resolved_device(accelerator.device)
+        if wanted != have:  # "cuda" and "cuda:0" are one device when cuda:0 is the current one
+            raise ValueError(f"device={str(device)!r} but this learner's Accelerator runs on {have}")
 
 
 def resolved_device(device: str | torch.device) -> torch.device:

@@ -1,8 +1,10 @@
-"""The training loop's steps: the optimizer and scheduler steps, the non-finite checks, the epoch's log line."""
+"""The training loop's steps: what a run carries, the optimizer and scheduler steps, the non-finite checks,
+the epoch's batches and log line."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,16 +13,41 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
-from ..metrics import Metric
-from .batches import Report, give_ignore_index
+from ..metrics import Metric, Metrics
+from .batches import Batches, Report, give_ignore_index
+from .checkpoint import Checkpoints
+from .control import StopFlags
 from .epoch import EpochAccounting
 from .records import EpochRecord, scores
 from .scoring import model_scores
 
 __all__ = [
-    "account_batch", "batches_after", "describe_epoch", "epoch_batches", "finite_gradients", "finite_loss",
+    "TrainRun", "account_batch", "batches_after", "describe_epoch", "epoch_batches", "finite_gradients", "finite_loss",
     "last_batch", "optimizer_step", "step_scheduler_per_epoch",
 ]
+
+
+@dataclass
+class TrainRun:
+    """What one ``train()`` call prepared, and what its loop carries from batch to batch."""
+
+    accelerator: Accelerator
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    batches: Batches
+    metric: Metric | Metrics | None
+    keep_ignored: bool  # token targets reach the metric with the ignored tokens in (it masks them itself)
+    train_idx: torch.Tensor | None
+    checkpoints: Checkpoints | None
+    nonfinite: str
+    lr: float = 0.0  # the learning rate of the last batch's step
+    bar: Any = None  # the epoch's progress bar (None where it is not shown)
+
+    def stop_flags(self) -> StopFlags:
+        """This rank's stop flags (none without checkpoints: nothing to stop with)."""
+        return self.checkpoints.stop_flags() if self.checkpoints is not None else StopFlags.received(None)
 
 
 def epoch_batches(loader: Any, epoch: int, n_epochs: int, done: int, show_bar: bool) -> tuple[Iterable[Any], Any]:
