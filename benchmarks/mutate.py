@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ACC, LRN = "distlearn/accumulators", "distlearn/training/learner.py"  # ACC: a package, each mutation names its module
 MET = "distlearn/metrics"  # a package: each mutation names its module
+EVL, STP, EPO = "distlearn/training/evaluation.py", "distlearn/training/steps.py", "distlearn/training/epoch.py"  # the loop's parts
 BAT, PAD = "distlearn/training/batches.py", "distlearn/training/padding.py"  # the learner's batch handling
 OUT = "distlearn/training/outputs.py"  # reading batches and model outputs
 PROMISES = "tests/test_promises.py"
@@ -51,7 +52,7 @@ def _promises(k: str) -> tuple[str, ...]:
 
 
 MUTATIONS = [
-    # ---- learner.py ------------------------------------------------------------------------------
+    # ---- learner.py and the loop's parts -------------------------------------------------------------
     Mutation("clip", LRN, "accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)", "pass",
              _promises("clip or max_grad_norm"), "max_grad_norm ignored"),
     Mutation("seed_rank", LRN, "set_seed(self.seed, device_specific=True)", "set_seed(self.seed, device_specific=False)",
@@ -67,12 +68,12 @@ MUTATIONS = [
              _promises("objects"), "loss_configs wins over the loss object"),
     Mutation("bf16_ignored", LRN, "mixed_precision=self.mixed_precision,", "mixed_precision=None,",
              _promises("mixed_precision or host_sync"), "mixed_precision='bf16' ignored"),
-    Mutation("eval_no_autocast", LRN, "with accelerator.autocast():  # the model", "with torch.no_grad():  # the model",
+    Mutation("eval_no_autocast", EVL, "with accelerator.autocast():  # the model", "with torch.no_grad():  # the model",
              _promises("mixed_precision"), "test() runs in float32 under bf16"),
-    Mutation("no_zero_grad", LRN, "optimizer.zero_grad()", "pass",
+    Mutation("no_zero_grad", STP, "optimizer.zero_grad()", "pass",
              (f"{PROMISES}::test_max_grad_norm_clips_the_gradient_as_clip_grad_norm_does", "tests/test_learner.py"),
              "gradients pile up across steps"),
-    Mutation("epoch_scheduler_never", LRN, 'if scheduler is not None and self.scheduler_interval == "epoch":',
+    Mutation("epoch_scheduler_never", LRN, 'if run.scheduler is not None and self.scheduler_interval == "epoch":',
              "if False:", ("tests/test_learner.py", "-k", "not test_invalid"), "per-epoch scheduler never steps"),
     Mutation("repeats_counted", PAD, "return min(rows, max(0, state.remainder - accelerator.process_index * rows))",
              "return rows", ("tests/test_learner.py", "-k", "uneven or order or same_numbers"), "Accelerate's repeats reported"),
@@ -81,25 +82,31 @@ MUTATIONS = [
     Mutation("tokens_not_flattened", OUT, "        return logits.reshape(-1, logits.shape[-1]), target.reshape(-1)\n",
              "        return logits, target\n", ("tests/test_batches.py::test_token_helpers",),
              "(B, T, V) logits reach CrossEntropyLoss unflattened"),
-    Mutation("unweighted_batches", LRN, "        log.add(report.loss, report.weight, report.rows)\n        if report.scores",
-             "        log.add(report.loss, 1, report.rows)\n        if report.scores",
+    Mutation("unweighted_batches", STP, "    accounting.add(result.loss, result.weight, result.rows)\n    if result.scores",
+             "    accounting.add(result.loss, 1, result.rows)\n    if result.scores",
              ("tests/test_learner.py", "-k", "uneven or same_numbers"), "batch losses not weighted by size"),
-    Mutation("no_running_nan_check", LRN, "if not math.isfinite(value):", "if False:",
+    Mutation("no_running_nan_check", EPO, "if not math.isfinite(value):", "if False:",
              (f"{PROMISES}::test_a_nan_loss_stops_training_at_the_next_display_step_not_the_epoch_end",
               "tests/test_learner.py::test_non_finite_loss_names_epoch_and_step_on_every_rank"),
              "NaN loss not caught mid-epoch"),
-    Mutation("no_batch_check", LRN, "agree(batches.problem(batch, \"data_loader['train_loader']\", model))",
-             "batches.problem(batch, \"data_loader['train_loader']\", model)",
+    Mutation("no_batch_check", LRN, "agree(run.batches.problem(batch, \"data_loader['train_loader']\", run.model))",
+             "run.batches.problem(batch, \"data_loader['train_loader']\", run.model)",
              ("tests/test_learner.py", "-k", "bad_input"), "a bad batch on one rank is not agreed on"),
-    Mutation("samples_count_batches", LRN, 'accumulators["samples"](sum(log.rows))', 'accumulators["samples"](len(log.rows))',
+    Mutation("samples_count_batches", EPO, 'accumulators["samples"](sum(self.rows))', 'accumulators["samples"](len(self.rows))',
              _promises("drop_last"), "samples counts batches"),
-    Mutation("sync_per_step", LRN, "                    accelerator.backward(out.loss)\n",
-             "                    accelerator.backward(out.loss)\n                    float(out.loss)\n",
+    Mutation("sync_per_step", LRN, "            accelerator.backward(out.loss)\n",
+             "            accelerator.backward(out.loss)\n            float(out.loss)\n",
              ("tests/test_learner.py::test_no_host_sync_per_training_step",
               f"{PROMISES}::test_no_host_sync_per_step_with_accumulation_bf16_clipping_and_f1"), "a host sync every step"),
     Mutation("crash_on_rank1_at_end", LRN, "        return record\n",
-             "        if accelerator.process_index == 1:\n            raise SystemExit(3)\n        return record\n",
+             "        if run.accelerator.process_index == 1:\n            raise SystemExit(3)\n        return record\n",
              _promises("every_rank"), "rank 1 dies after the last collective"),
+    Mutation("stop_flags_dropped", "distlearn/training/control.py", "            if count:\n                return signum",
+             "            if False:\n                return signum", ("tests/test_checkpoint.py", "-k", "stop_flags or sigterm"),
+             "a stop signal never reaches the ranks"),
+    Mutation("merge_sums_everywhere", EPO, "        if n and rank == 0:\n", "        if n:\n",
+             ("tests/test_elastic.py::test_reshard_sums_into_rank_zero",),
+             "an elastic resume counts the saved partial epoch on every new rank"),
     # ---- accumulators/ ---------------------------------------------------------------------------
     Mutation("no_second_sum_reduce", f"{ACC}/wire.py", "    if rest.numel():\n        dist.all_reduce(rest, group=group)",
              "    if False:\n        dist.all_reduce(rest, group=group)", tuple(ACC_TESTS), "sums past 4096 stay local"),
@@ -126,8 +133,7 @@ MUTATIONS = [
              tuple(ACC_TESTS), "integer sums come back float64"),
     Mutation("no_nan_warning", f"{ACC}/tensor.py", "        if empty is not None and bool(empty.any()):\n            nan_warning(self._name)",
              "        if empty is not None and bool(empty.any()):\n            pass", tuple(ACC_TESTS), "empty results give NaN silently"),
-ACC, LRN = "distlearn/accumulators", "distlearn/training/learner.py"  # ACC: a package, each mutation names its module
-MET = "distlearn/metrics"  # a package: each mutation names its module
+    Mutation("accuracy_counts_batches", f"{MET}/classification/accuracy.py", 'states["correct"] += hit.sum()\n            states["total"] += y_true.numel()',
              'states["correct"] += hit.sum()\n            states["total"] += 1',
              tuple(MET_TESTS), "accuracy divides by batches"),
     Mutation("f1_fp_is_fn", f"{MET}/functional/stat_scores.py", "fp = confusion.sum(-2) - tp", "fp = confusion.sum(-1) - tp", tuple(MET_TESTS),

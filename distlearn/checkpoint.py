@@ -8,13 +8,12 @@ from .training.checkpoint import (
     Checkpoints,
     Interrupted,
     check,
-    derived_seed,
     elastic_warning,
     find,
     latest,
     load_progress,
-    reshard,
 )
+from .training.progress import derived_seed, reshard
 
 __all__ = [
     "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "check", "derived_seed",

@@ -315,11 +315,32 @@ def test_a_run_id_saved_as_none_keeps_the_resumed_runs_own(fresh_accelerate, tmp
 
     accelerator = Accelerator(cpu=True)
     accelerator.prepare(torch.nn.Linear(2, 1))
-    saved = Checkpoints(tmp_path, extra={"wandb_run_id": None}).save(accelerator, {"step": 3, "epoch": 0, "batches_done": 0})
+    saved = Checkpoints(tmp_path, extra={"wandb_run_id": None}).save(accelerator, {"step": 3, "epoch": 0, "batches_done": 0}, {"step": 3, "epoch": 0, "batches_done": 0})
     resumed = Checkpoints(tmp_path, resume_from=saved, extra={"wandb_run_id": "new"})
     resumed.load(accelerator, saved)
     assert resumed.extra == {"wandb_run_id": "new"}
-    again = Checkpoints(tmp_path, extra={"wandb_run_id": "old"}).save(accelerator, {"step": 4, "epoch": 0, "batches_done": 0})
+    again = Checkpoints(tmp_path, extra={"wandb_run_id": "old"}).save(accelerator, {"step": 4, "epoch": 0, "batches_done": 0}, {"step": 4, "epoch": 0, "batches_done": 0})
     later = Checkpoints(tmp_path, resume_from=again, extra={"wandb_run_id": None})
     later.load(accelerator, again)
     assert later.extra == {"wandb_run_id": "old"}  # a saved id is resumed
+
+
+def test_the_stop_flags_travel_packed_and_name_the_first_signal_in_order():
+    """The control channel: one flag per stop signal, summed over ranks, unpacked to the first signal named."""
+    from distlearn.training.control import STOP_SIGNALS, StopFlags
+
+    assert StopFlags.received(None).flags == (0,) * len(STOP_SIGNALS)
+    assert StopFlags.received(signal.SIGINT).flags == tuple(int(s == signal.SIGINT) for s in STOP_SIGNALS)
+    assert StopFlags.unpack(StopFlags.received(signal.SIGINT).pack().calculate()) == signal.SIGINT
+    assert StopFlags.unpack([0] * len(STOP_SIGNALS)) is None
+    assert StopFlags.unpack([2, 1, 0][:len(STOP_SIGNALS)]) == STOP_SIGNALS[0]  # several ranks, several signals
+    assert checkpoint.Checkpoints("unused").stop_flags() == StopFlags.received(None)
+
+
+def test_the_old_checkpoint_path_keeps_exporting_what_the_loop_state_now_owns():
+    """reshard and derived_seed moved to the loop's state (training.progress); distlearn.checkpoint still has them."""
+    from distlearn.checkpoint import derived_seed, reshard
+    from distlearn.training import progress
+
+    assert (reshard, derived_seed) == (progress.reshard, progress.derived_seed)
+    assert not hasattr(checkpoint, "reshard")  # the store does not know the loop's state

@@ -23,6 +23,8 @@ from launching import ROOT, launch_env, run_script
 from distlearn.training import checkpoint
 from distlearn.accumulators import Mean
 from distlearn.metrics import F1, Accuracy
+from distlearn.training.epoch import merged_accumulator_state
+from distlearn.training.progress import reshard
 
 SCRIPT = Path(__file__).parent / "scripts" / "elastic_run.py"
 GLOBAL_BATCH, N_SAMPLES, N_EPOCHS, KILL_STEP = 6, 48, 3, 14  # 8 steps per epoch; checkpoints every 4 steps
@@ -143,7 +145,7 @@ def test_reshard_sums_into_rank_zero(world):
     a.update(y_pred=torch.tensor([1, 0, 1]), y_true=torch.tensor([1, 1, 1]))
     b.update(y_pred=torch.tensor([0, 0]), y_true=torch.tensor([0, 1]))
     saved = [_progress(0, [0.5, 1.0], [3, 3], a), _progress(1, [2.0, 4.0], [3, 1], b)]
-    shares = [checkpoint.reshard(saved, r, world, Accuracy()) for r in range(world)]
+    shares = [reshard(saved, r, world, Accuracy()) for r in range(world)]
     # the batch losses: rank 0 holds the sample-weighted loss of both, the others weight 0
     torch.testing.assert_close(shares[0]["log"]["losses"], torch.tensor([1.25, 1.75]))
     assert shares[0]["log"]["sizes"] == [6, 4] and all(s["log"]["sizes"] == [0, 0] for s in shares[1:])
@@ -158,7 +160,7 @@ def test_reshard_sums_into_rank_zero(world):
     running = sum(torch.stack(list(s["log"]["running"]["states"].values())) for s in shares)
     torch.testing.assert_close(running, sum(torch.stack(list(p["log"]["running"]["states"].values())) for p in saved))
     # generators re-derived per rank, reproducibly
-    again = checkpoint.reshard(saved, 0, world, Accuracy())
+    again = reshard(saved, 0, world, Accuracy())
     assert torch.equal(again["rng"]["torch"], shares[0]["rng"]["torch"])
     if world > 1:
         assert not torch.equal(shares[1]["rng"]["torch"], shares[0]["rng"]["torch"])
@@ -169,11 +171,11 @@ def test_reshard_f1_confusion_and_lists():
     f[0].update(y_pred=torch.tensor([0, 1]), y_true=torch.tensor([0, 2]))
     f[1].update(y_pred=torch.tensor([2]), y_true=torch.tensor([2]))
     states = [m.state_dict() for m in f]
-    merged = [checkpoint._merge_accumulator(states, r, 3, F1(num_classes=3)) for r in range(3)]
+    merged = [merged_accumulator_state(states, r, 3, F1(num_classes=3)) for r in range(3)]
     torch.testing.assert_close(sum(m["states"]["confusion"] for m in merged),
                                states[0]["states"]["confusion"] + states[1]["states"]["confusion"])
     lists = [{"items": ["a0", "a1"]}, {"items": ["b0", "b1"]}]  # step-major: a0 b0 a1 b1
-    dealt = [checkpoint._merge_accumulator(lists, r, 2, None)["items"] for r in range(2)]
+    dealt = [merged_accumulator_state(lists, r, 2, None)["items"] for r in range(2)]
     assert dealt == [["a0", "a1"], ["b0", "b1"]]
 
 

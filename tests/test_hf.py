@@ -189,14 +189,14 @@ def test_causal_lm_losses_weighted_by_shifted_tokens_give_the_exact_mean():
     their target tokens, combine to the loss of both together (padding -100 left out)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from distlearn.training.batches import Batches
+    from distlearn.training.batches import BatchRunner
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=1, n_head=2)).eval()
     ids = torch.randint(0, VOCAB, (4, 9))
     labels = ids.clone()
     labels[0, 6:], labels[2, 3:] = -100, -100  # rows of uneven length
-    batches = Batches(label_shift=1)
+    batches = BatchRunner(label_shift=1)
     batches.problem({"input_ids": ids, "labels": labels}, "loader", model)
     with torch.no_grad():
         whole = batches.step(model, {"input_ids": ids, "labels": labels}).loss
@@ -205,6 +205,6 @@ def test_causal_lm_losses_weighted_by_shifted_tokens_give_the_exact_mean():
     weights = [batches.weight(labels[s], None) for s in (slice(0, 1), slice(1, 4))]
     combined = sum(p.double() * w for p, w in zip(parts, weights)) / sum(weights)
     assert math.isclose(float(combined), float(whole), rel_tol=1e-5)
-    unshifted = [Batches().weight(labels[s], None) for s in (slice(0, 1), slice(1, 4))]
+    unshifted = [BatchRunner().weight(labels[s], None) for s in (slice(0, 1), slice(1, 4))]
     wrong = sum(p.double() * w for p, w in zip(parts, unshifted)) / sum(unshifted)
     assert not math.isclose(float(wrong), float(whole), rel_tol=1e-5)  # without the shift it is not exact

@@ -457,7 +457,7 @@ def test_the_sample_count_an_elastic_resume_judges_padding_by():
     """The training samples per epoch: the sampler's (a subset sampler's own length), None when unknowable."""
     from torch.utils.data import BatchSampler, SequentialSampler, SubsetRandomSampler
 
-    from distlearn.training.learner import _n_samples
+    from distlearn.training.preparation import n_samples as _n_samples
 
     data = TensorDataset(torch.zeros(50, 2))
     assert _n_samples(DataLoader(data, batch_size=6, shuffle=True)) == 50

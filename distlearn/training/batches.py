@@ -398,8 +398,3 @@ def _form(batch: Any, label_key: str) -> str | None:
 
 def _pick(output: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None) -> tuple:
     return (output, labels) if idx is None else (output[idx], labels[idx])
-
-
-# The names learner.py imports until the rename reaches it (Batches -> BatchRunner, Report -> BatchResult);
-# delete these two lines when it does.
-Batches, Report = BatchRunner, BatchResult

@@ -22,7 +22,7 @@ with a warning naming it and why, and falls back to the one before.
 The folders are named by the global optimizer step, so the numbering continues
 across resumes and never collides with Accelerate's own automatic naming.
 
-A checkpoint written by P processes resumes on Q (elastic resume, :func:`reshard`):
+A checkpoint written by P processes resumes on Q (elastic resume, :func:`~distlearn.training.progress.reshard`):
 the position in the epoch is a sample offset in the epoch's global order (which
 depends only on the seed and the epoch), the global batch size is kept (each of
 the Q processes gets ``global batch / Q`` samples per step, ``resume_batch="global"``)
@@ -30,6 +30,11 @@ so the remaining batches are exactly the samples not yet trained on; the P ranks
 partial loss and metric states are merged into Q (sums into rank 0, neutral
 elsewhere; maxima on every rank); the random generators are re-derived from
 (seed, epoch, optimizer step, rank), since P generator states cannot map onto Q.
+
+The store saves and loads the learner's state dicts without reading them: the
+training loop's state (:mod:`distlearn.training.progress`) says what it holds and
+how it merges across process counts, and hands the store the fields of the commit
+marker.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +56,11 @@ from typing import Any
 import torch
 
 from ..options import DEFAULT_KEEP_LAST, DEFAULT_RESUME_BATCH, RESUME_BATCH_MODES
+from .control import STOP_SIGNALS, StopFlags
 
 __all__ = [
-    "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "check", "derived_seed",
-    "elastic_warning", "find", "latest", "load_progress", "reshard",
+    "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "check",
+    "committed_marker", "elastic_warning", "find", "latest", "load_progress",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,14 +77,6 @@ RESUME_BATCH = RESUME_BATCH_MODES  # the name this module exported before option
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: no commit marker, missing or truncated files, another launch."""
-
-
-# The signals that stop a run with a checkpoint: SLURM's and a launcher's SIGTERM, Ctrl-C, and the
-# SIGUSR1 that `sbatch --signal=USR1@N` sends N seconds before the time limit. Their order is the
-# order of the stop flags the ranks exchange.
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name)
-)
 
 
 class Interrupted(Exception):
@@ -100,7 +98,7 @@ def checkpoint_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / FOLDER
 
 
-def check(path: str | Path) -> dict[str, Any]:
+def committed_marker(path: str | Path) -> dict[str, Any]:
     """The commit marker of a complete checkpoint folder.
 
     Args:
@@ -135,6 +133,9 @@ def check(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+check = committed_marker  # its name before the redesign (distlearn.checkpoint.check, the CLI)
+
+
 def find(output_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     """The complete checkpoints of a run, newest first; incomplete ones are skipped with a warning.
 
@@ -153,7 +154,7 @@ def find(output_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     found = []
     for _, path in numbered:
         try:
-            found.append((path, check(path)))
+            found.append((path, committed_marker(path)))
         except CheckpointError as exc:
             logger.warning("skipping checkpoint %s: %s", path, exc)
     return found
@@ -234,34 +235,28 @@ class Checkpoints:
             for signum, old in previous.items():
                 signal.signal(signum, old)
 
-    def stop_flags(self) -> list[int]:
-        """One flag per stop signal (1 for the one this process received), for the ranks to sum."""
-        return [int(self.received == signum) for signum in STOP_SIGNALS]
-
-    @staticmethod
-    def agreed_signal(flags: Any) -> int | None:
-        """The signal the summed flags of every rank name (the first in ``STOP_SIGNALS`` order), or None."""
-        for signum, count in zip(STOP_SIGNALS, flags):
-            if count:
-                return signum
-        return None
+    def stop_flags(self) -> StopFlags:
+        """This process's stop flags (1 for the signal it received), for the ranks to sum."""
+        return StopFlags.received(self.received)
 
     def due(self, step: int) -> bool:
         """Whether optimizer step ``step`` (counted from 1) ends with a checkpoint."""
         return self.every_n_steps is not None and step % self.every_n_steps == 0
 
-    def save(self, accelerator: Any, progress: Mapping[str, Any]) -> Path:
+    def save(self, accelerator: Any, state: Mapping[str, Any], position: Mapping[str, Any]) -> Path:
         """Save a checkpoint of the whole training state; every rank calls it (collectives inside).
 
         Args:
             accelerator: The Accelerator holding the prepared model, optimizer, scheduler, loaders.
-            progress: This rank's learner progress (``step`` names the folder).
+            state: This rank's learner state, saved as it is (with ``extra``) to ``learner_state_<rank>.pt``.
+            position: What the commit marker says of it: ``step`` (names the folder), ``epoch``,
+                ``batches_done`` and optionally ``samples_done`` and ``global_batch``.
 
         Returns:
             The committed checkpoint folder.
         """
         began = time.time()
-        name = f"step-{int(progress['step']):08d}"
+        name = f"step-{int(position['step']):08d}"
         final, tmp = self.root / name, self.root / f".tmp-{name}"
         if accelerator.is_main_process:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -270,11 +265,11 @@ class Checkpoints:
         accelerator.wait_for_everyone()  # nobody writes into the folder before it is cleared
         accelerator.save_state(str(tmp))
         own = tmp / f"learner_state_{accelerator.process_index}.pt"
-        torch.save({**progress, "extra": dict(self.extra)}, own)
+        torch.save({**state, "extra": dict(self.extra)}, own)
         _fsync(own)
         accelerator.wait_for_everyone()  # every rank's files are written
         if accelerator.is_main_process:
-            self._commit(tmp, final, progress, accelerator.num_processes)
+            self._commit(tmp, final, position, accelerator.num_processes)
             self._prune(keep=final)
         accelerator.wait_for_everyone()  # the checkpoint is visible to every rank when save() returns
         self.last_saved = final
@@ -299,7 +294,7 @@ class Checkpoints:
         """
         if self.resume_from is None:
             return current
-        meta = check(self.resume_from)
+        meta = committed_marker(self.resume_from)
         saved_world, global_batch = int(meta.get("world_size") or 0), meta.get("global_batch")
         if saved_world == world_size or not global_batch:
             return current
@@ -342,21 +337,22 @@ class Checkpoints:
         fixes += [f"launch {saved_world} processes", "resume from an epoch-end checkpoint (run.resume=<its path>)"]
         return f"{where}, {found}. To resume here, " + "; or ".join(fixes)
 
-    def load(self, accelerator: Any, path: str | Path, metric: Any = None, n_samples: int | None = None,
-             drop_last: bool = False) -> dict[str, Any]:
-        """Restore the Accelerator's objects from ``path`` and return this rank's learner progress.
+    def load(self, accelerator: Any, path: str | Path,
+             merge: Callable[[list[dict[str, Any]], int, int], dict[str, Any]] | None = None,
+             n_samples: int | None = None, drop_last: bool = False) -> dict[str, Any]:
+        """Restore the Accelerator's objects from ``path`` and return this rank's learner state.
 
-        On another number of processes than the checkpoint's, the ranks' progress is merged
-        (:func:`reshard`, which needs ``metric``, an accumulator of the metric's kind, to know how
-        its states reduce) and the random generators are re-derived from (seed, epoch, step, rank).
+        On another number of processes than the checkpoint's, ``merge(every saved rank's state,
+        rank, world_size)`` gives this rank's (the learner's :func:`~distlearn.training.progress.reshard`).
         ``n_samples`` (the training samples per epoch, None if unknown) and ``drop_last`` (the
         loader's) only tell the warning how close the weights stay to an uninterrupted run's.
 
         Raises:
-            CheckpointError: the folder is incomplete, or a rank's progress file is missing.
+            CheckpointError: the folder is incomplete, a rank's state file is missing, or the
+                process count changed and there is no ``merge``.
         """
         path = Path(path)
-        meta = check(path)
+        meta = committed_marker(path)
         saved_world, world, rank = int(meta.get("world_size") or 1), accelerator.num_processes, accelerator.process_index
         # Accelerate loads the random states of random_states_<rank>.pkl: another rank's on fewer
         # processes, none on more (silently). Both are replaced below when the world size changed.
@@ -364,8 +360,10 @@ class Checkpoints:
         if saved_world == world:
             progress = load_progress(path, rank)
         else:
+            if merge is None:
+                raise CheckpointError(f"{path} was saved by {saved_world} processes, not {world}, and cannot be merged")
             try:
-                progress = reshard([load_progress(path, r) for r in range(saved_world)], rank, world, metric)
+                progress = merge([load_progress(path, r) for r in range(saved_world)], rank, world)
             except FileNotFoundError as exc:
                 raise CheckpointError(f"{path}: a rank's progress is missing: {exc}") from None
             accelerator.step = _accelerate_step(path)  # the accumulation counter, the same on every rank
@@ -377,9 +375,7 @@ class Checkpoints:
         self.extra.update({k: v for k, v in saved.items() if v is not None or self.extra.get(k) is None})
         return progress
 
-    # ------------------------------------------------------------------ #
-
-    def _commit(self, tmp: Path, final: Path, progress: Mapping[str, Any], world_size: int) -> None:
+    def _commit(self, tmp: Path, final: Path, position: Mapping[str, Any], world_size: int) -> None:
         """Main process: flush the files, write the marker, rename the folder into place."""
         files = {}
         for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
@@ -388,11 +384,11 @@ class Checkpoints:
         meta = {
             "format": FORMAT_VERSION,
             "name": final.name,
-            "epoch": int(progress["epoch"]),
-            "step": int(progress["step"]),
-            "batches_done": int(progress["batches_done"]),
-            "samples_done": int(progress.get("samples_done", 0)),
-            "global_batch": int(progress.get("global_batch", 0)),
+            "epoch": int(position["epoch"]),
+            "step": int(position["step"]),
+            "batches_done": int(position["batches_done"]),
+            "samples_done": int(position.get("samples_done", 0)),
+            "global_batch": int(position.get("global_batch", 0)),
             "world_size": world_size,
             "time": time.time(),
             **self.meta,
@@ -462,40 +458,6 @@ def elastic_warning(path: str | Path, saved_world: int, world: int, global_batch
                    f"on {saved_world}, so the weights drift further from an uninterrupted run's than rounding")
 
 
-def derived_seed(seed: int, epoch: int, step: int, rank: int) -> int:
-    """A seed for rank ``rank`` of a run resumed on another number of processes (a 63-bit hash of the four)."""
-    import hashlib
-
-    digest = hashlib.sha256(f"distlearn-elastic:{seed}:{epoch}:{step}:{rank}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def _derived_rng(seed: int, epoch: int, step: int, rank: int) -> dict[str, Any]:
-    """The generator states (torch, Python, NumPy, CUDA) seeded from :func:`derived_seed`; the current ones are kept."""
-    import random
-
-    import numpy as np
-
-    def snapshot() -> dict[str, Any]:
-        states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-        if torch.cuda.is_available():
-            states["cuda"] = torch.cuda.get_rng_state_all()
-        return states
-
-    before = snapshot()
-    value = derived_seed(seed, epoch, step, rank)
-    random.seed(value)
-    np.random.seed(value % 2**32)
-    torch.manual_seed(value)  # seeds every CUDA device too
-    derived = snapshot()
-    torch.set_rng_state(before["torch"])
-    random.setstate(before["python"])
-    np.random.set_state(before["numpy"])
-    if "cuda" in before:
-        torch.cuda.set_rng_state_all(before["cuda"])
-    return derived
-
-
 def _accelerate_step(path: Path) -> int:
     """Accelerate's gradient-accumulation counter saved with rank 0's random states (0 if absent)."""
     try:
@@ -503,99 +465,6 @@ def _accelerate_step(path: Path) -> int:
     except (OSError, RuntimeError, ValueError):
         return 0
     return int(states.get("step", 0)) if isinstance(states, dict) else 0
-
-
-def reshard(progresses: list[Mapping[str, Any]], rank: int, world_size: int, metric: Any = None) -> dict[str, Any]:
-    """Rank ``rank`` of ``world_size``'s share of the progress that ``len(progresses)`` ranks saved.
-
-    The epoch, step, position and record are the same on every saved rank. The epoch's partial
-    numbers are merged so that the new ranks' reduction gives what the old ranks' would:
-
-    - the batch log (each batch's loss and real sample count): per batch, the sample-weighted loss
-      of all saved ranks and their summed count on rank 0; zeros with weight 0 on the others;
-      the running mean's sums on rank 0, zeros elsewhere; times and skipped steps as saved by rank 0;
-    - the metric (``metric`` says how each state reduces): sums on rank 0, neutral elsewhere;
-      maxima on every rank;
-    - list-like states (``{"items": [...]}``): the saved ranks' items in step-major (dataset)
-      order, dealt round-robin over the new ranks.
-
-    The random generator states are re-derived from (seed, epoch, step, rank).
-
-    Args:
-        progresses: Every saved rank's progress (:func:`load_progress`), in rank order.
-        rank: The new rank.
-        world_size: The new number of processes.
-        metric: An accumulator of the metric's kind (its ``_reductions``), or None.
-
-    Returns:
-        A progress dict as :meth:`Checkpoints.load` returns for an unchanged world size.
-    """
-    first = progresses[0]
-    out = dict(first)
-    out["world_size"], out["rank"] = world_size, rank
-    out["resharded_from"] = len(progresses)
-    out["rng"] = _derived_rng(int(first.get("seed", 0)), int(first["epoch"]), int(first["step"]), rank)
-    logs = [p.get("log") for p in progresses]
-    out["log"] = None if logs[0] is None else _merge_log(logs, rank)
-    metrics = [p.get("metric") for p in progresses]
-    out["metric"] = None if metrics[0] is None else _merge_accumulator(metrics, rank, world_size, metric)
-    return out
-
-
-def _merge_log(logs: list[Mapping[str, Any]], rank: int) -> dict[str, Any]:
-    """The learner's batch log of new rank ``rank`` (see :func:`reshard`)."""
-    from ..accumulators import Mean
-
-    first = logs[0]
-    n = len(first["sizes"])
-    if any(len(log["sizes"]) != n for log in logs):
-        raise CheckpointError(f"the saved ranks logged different numbers of batches: {[len(g['sizes']) for g in logs]}")
-    # (ranks, batches); a token count may be saved as a 0-d tensor
-    sizes = torch.tensor([[float(v) for v in log["sizes"]] for log in logs], dtype=torch.float64)
-    rows = [sum(column) for column in zip(*(log.get("rows", log["sizes"]) for log in logs))]
-    if n and rank == 0:
-        losses = torch.stack([log["losses"].to(torch.float64) for log in logs])
-        weighted = torch.where(sizes > 0, losses * sizes, torch.zeros_like(losses)).sum(0)
-        total = sizes.sum(0)
-        # a batch without real samples keeps rank 0's loss with weight 0: it counts for nothing
-        merged = torch.where(total > 0, weighted / total.clamp(min=1), losses[0])
-        losses_out, sizes_out = merged.to(first["losses"].dtype), [int(v) for v in total.tolist()]
-        rows_out = [int(v) for v in rows]  # real samples per batch: the epoch's sample count
-    else:
-        losses_out = None if first["losses"] is None else torch.zeros_like(first["losses"])
-        sizes_out, rows_out = [0] * n, [0] * n
-    return {
-        **first,
-        "losses": losses_out,
-        "sizes": sizes_out,
-        "rows": rows_out,
-        "running": _merge_accumulator([log["running"] for log in logs], rank, None, Mean()),
-    }
-
-
-def _merge_accumulator(states: list[Mapping[str, Any]], rank: int, world_size: int | None, like: Any) -> dict[str, Any]:
-    """One accumulator's state for new rank ``rank``: sums on rank 0 (zeros elsewhere), maxima everywhere."""
-    if "items" in states[0]:  # List / Cat: step-major order, dealt round-robin
-        from ..accumulators.sequences import step_major as _step_major
-
-        items = _step_major([s["items"] for s in states])
-        return {"items": items[rank::world_size] if world_size else (items if rank == 0 else [])}
-    reductions = getattr(like, "_reductions", None)
-    if reductions is None:
-        raise CheckpointError(f"cannot merge the states of {type(like).__name__} across process counts")
-    present = [s for s in states if s.get("states") is not None]
-    if not present:
-        return dict(states[0])
-    merged = {}
-    for name, how in reductions.items():
-        stacked = torch.stack([s["states"][name].to(torch.float64).cpu() for s in present])
-        if how == "max":
-            merged[name] = stacked.max(0).values
-        elif rank == 0:
-            merged[name] = stacked.sum(0)
-        else:
-            merged[name] = torch.zeros_like(stacked[0])
-    return {**present[0], "states": merged}
 
 
 def _fsync(path: Path) -> None:
@@ -612,3 +481,4 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+

@@ -60,23 +60,23 @@ class KillingCheckpoints(checkpoint.Checkpoints):
             _die(f"step {step}")
         return super().due(step)
 
-    def _commit(self, tmp, final, progress, world_size):
-        if self.kill == ("save", progress["step"]):
-            _die(f"the save of step {progress['step']}")
-        if self.kill == ("rename", progress["step"]):
+    def _commit(self, tmp, final, position, world_size):
+        if self.kill == ("save", position["step"]):
+            _die(f"the save of step {position['step']}")
+        if self.kill == ("rename", position["step"]):
             os_replace = os.replace
 
             def replace_then_die(src, dst):  # the marker goes in, the folder's rename never happens
                 os_replace(src, dst)
                 if str(dst).endswith(checkpoint.MARKER):
-                    _die(f"the rename of step {progress['step']}")
+                    _die(f"the rename of step {position['step']}")
 
             os.replace = replace_then_die
             try:
-                return super()._commit(tmp, final, progress, world_size)
+                return super()._commit(tmp, final, position, world_size)
             finally:
                 os.replace = os_replace
-        return super()._commit(tmp, final, progress, world_size)
+        return super()._commit(tmp, final, position, world_size)
 
 
 def main() -> None:

@@ -15,17 +15,17 @@ import sys
 import time
 
 from distlearn.command import cli
-from distlearn.training.learner import BackwardLearner
+from distlearn.training.epoch import EpochAccounting
 
 if int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1:
-    summarise = BackwardLearner._summarise_epoch
+    reduce = EpochAccounting.reduce
 
     def stalled(self, *args, **kwargs):
         if os.environ.get("DIE") == "1":
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(float(os.environ.get("STALL_S", "120")))
-        return summarise(self, *args, **kwargs)
+        return reduce(self, *args, **kwargs)
 
-    BackwardLearner._summarise_epoch = stalled
+    EpochAccounting.reduce = stalled
 
 sys.exit(cli.main(["train", *sys.argv[1:]]))

@@ -1,0 +1,58 @@
+"""The control channel: the flags that travel with the loop's loss reductions.
+
+A stop signal one rank received must reach every rank at the same step, or the
+ranks would part ways in their collectives. Rather than spend a collective of its
+own, the flags ride in the reduction the loop does anyway (the running loss at a
+display step, the epoch's numbers at its end): each rank adds one integer per stop
+signal, and the summed vector names the signal every rank then stops on.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..accumulators import Sum
+
+__all__ = ["STOP_SIGNALS", "StopFlags"]
+
+# The signals that stop a run with a checkpoint: SLURM's and a launcher's SIGTERM, Ctrl-C, and the
+# SIGUSR1 that `sbatch --signal=USR1@N` sends N seconds before the time limit. Their order is the
+# order of the stop flags the ranks exchange.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name)
+)
+
+
+@dataclass(frozen=True)
+class StopFlags:
+    """One rank's stop flags: 1 for the stop signal this process received, 0 for the others.
+
+    Attributes:
+        flags: One int per signal of :data:`STOP_SIGNALS`, in that order.
+    """
+
+    flags: tuple[int, ...]
+
+    @classmethod
+    def received(cls, signum: int | None) -> StopFlags:
+        """The flags of a process that received ``signum`` (None: no signal)."""
+        return cls(tuple(int(signum == stop) for stop in STOP_SIGNALS))
+
+    def pack(self) -> Sum:
+        """The flags as an accumulator, to add to a reduction's accumulators (summed over ranks)."""
+        summed = Sum()
+        summed(torch.tensor(self.flags, dtype=torch.int64))
+        return summed
+
+    @staticmethod
+    def unpack(summed: Sequence[int] | torch.Tensor) -> int | None:
+        """The signal the summed flags of every rank name (the first in ``STOP_SIGNALS`` order), or None."""
+        counts = summed.tolist() if isinstance(summed, torch.Tensor) else summed
+        for signum, count in zip(STOP_SIGNALS, counts):
+            if count:
+                return signum
+        return None

@@ -1,0 +1,140 @@
+"""The training loop's steps: what a run carries, the optimizer and scheduler steps, the non-finite checks,
+the epoch's batches and log line."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from tqdm.auto import tqdm
+
+from ..metrics import Metric, Metrics
+from .batches import BatchRunner, BatchResult, give_ignore_index
+from .checkpoint import Checkpoints
+from .control import StopFlags
+from .epoch import EpochAccounting
+from .records import EpochRecord, scores
+from .scoring import model_scores
+
+__all__ = [
+    "TrainRun", "account_batch", "batches_after", "describe_epoch", "epoch_batches", "finite_gradients", "finite_loss",
+    "last_batch", "optimizer_step", "step_scheduler_per_epoch",
+]
+
+
+@dataclass
+class TrainRun:
+    """What one ``train()`` call prepared, and what its loop carries from batch to batch."""
+
+    accelerator: Accelerator
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    batches: BatchRunner
+    metric: Metric | Metrics | None
+    keep_ignored: bool  # token targets reach the metric with the ignored tokens in (it masks them itself)
+    train_idx: torch.Tensor | None
+    checkpoints: Checkpoints | None
+    nonfinite: str
+    lr: float = 0.0  # the learning rate of the last batch's step
+    bar: Any = None  # the epoch's progress bar (None where it is not shown)
+
+    def stop_flags(self) -> StopFlags:
+        """This rank's stop flags (none without checkpoints: nothing to stop with)."""
+        return self.checkpoints.stop_flags() if self.checkpoints is not None else StopFlags.received(None)
+
+
+def epoch_batches(loader: Any, epoch: int, n_epochs: int, done: int, show_bar: bool) -> tuple[Iterable[Any], Any]:
+    """The epoch's batches after the first ``done``, and its progress bar (None when not shown).
+
+    A bar only where it is shown: building even a disabled one costs per epoch. It is 1-based
+    like the log lines, and left on screen only while the epoch runs (one line per epoch stays).
+    """
+    batches = batches_after(loader, done) if done else loader
+    if not show_bar:
+        return batches, None
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{n_epochs}", initial=done, total=len(loader), leave=False)
+    return bar, bar
+
+
+def account_batch(result: BatchResult, accounting: EpochAccounting, metric: Metric | None, loss: Any) -> None:
+    """Record one training batch's loss and metric on its real samples only (local, no sync).
+
+    On the last batch, Accelerate trained on repeated samples too; ``report`` holds only
+    the real ones (with no real sample: weight 0, so it counts for nothing). ``loss`` is the
+    learner's (it decides how outputs become scores).
+    """
+    accounting.add(result.loss, result.weight, result.rows)
+    if result.scores is not None and metric is not None:
+        if result.ignored is not None:  # every token, the ignored ones too: the metric leaves them out
+            give_ignore_index(metric, result.ignored)  # (learner's copy; the same numbers as masking)
+        metric.update(y_score=model_scores(loss, result.scores), y_true=result.target)
+
+
+def step_scheduler_per_epoch(scheduler: Any, summary: Mapping[str, Any]) -> None:
+    """The epoch's scheduler step; ReduceLROnPlateau gets the global test loss (else the train loss)."""
+    if not isinstance(scheduler.scheduler, ReduceLROnPlateau):
+        scheduler.step()
+        return
+    test = summary["test_result"]
+    scheduler.step(test["test_loss"] if test is not None and test["test_loss"] is not None else summary["train_loss"])
+
+
+def batches_after(loader: Any, done: int) -> Iterator[Any]:
+    """The loader's batches after the first ``done`` (read and dropped, so the order is the loader's own)."""
+    for i, batch in enumerate(loader):
+        if i >= done:
+            yield batch
+
+
+def optimizer_step(accelerator: Accelerator, model: nn.Module, optimizer: Any, nonfinite: str) -> bool:
+    """``optimizer.step()`` and ``zero_grad()`` (no-ops between accumulation boundaries).
+
+    With ``nonfinite="skip"``, a step whose gradients hold a NaN/inf is skipped; returns True then.
+    The gradients are all-reduced first, so a NaN on any rank is one on every rank: all skip together.
+    """
+    skip = nonfinite == "skip" and accelerator.sync_gradients and not finite_gradients(model)
+    if not skip:
+        optimizer.step()
+    optimizer.zero_grad()
+    return skip
+
+
+def finite_loss(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite (one host sync; only with nonfinite="skip")."""
+    return bool(torch.isfinite(loss.detach()).all())
+
+
+def finite_gradients(model: nn.Module) -> bool:
+    """Whether every gradient is finite (one host sync; only with nonfinite="skip")."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
+def last_batch(accelerator: Accelerator) -> bool:
+    """Whether the batch just trained on is the loader's last of the epoch."""
+    return bool(accelerator.gradient_state.end_of_dataloader)
+
+
+def describe_epoch(epoch: int, n_epochs: int, summary: EpochRecord) -> str:
+    """The log line of an epoch (1-based, as a person reads it)."""
+    text = f"epoch {epoch + 1}/{n_epochs}: train_loss {summary['train_loss']:.6g}"
+    for name, value in scores(summary, "train").items():
+        text += f", train_{name} {_number(value)}"
+    test = summary["test_result"]
+    if test is not None:
+        if test["test_loss"] is not None:
+            text += f", test_loss {test['test_loss']:.6g}"
+        for name, value in scores(test, "test").items():
+            text += f", test_{name} {_number(value)}"
+    return text + f", lr {summary['lr']:.4g}, {summary['samples_per_second'] or 0:.0f} samples/s"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, (int, float)) else "[...]"  # e.g. a ConfusionMatrix
