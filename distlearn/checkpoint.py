@@ -7,7 +7,7 @@ from .training.checkpoint import (
     CheckpointError,
     Checkpoints,
     Interrupted,
-    check,
+    committed_marker as check,  # its name before the redesign
     elastic_warning,
     find,
     latest,

@@ -112,7 +112,7 @@ def _checkpoint_to_resume(mode: str, output_dir: Path) -> tuple[Path, dict[str, 
         return checkpoint.latest(output_dir)
     path = Path(mode).expanduser()
     try:
-        return path, checkpoint.check(path)
+        return path, checkpoint.committed_marker(path)
     except checkpoint.CheckpointError as exc:
         raise ValueError(f"run.resume={mode!r}: not a usable checkpoint: {exc}") from None
 

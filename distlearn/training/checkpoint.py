@@ -59,8 +59,8 @@ from ..options import DEFAULT_KEEP_LAST, DEFAULT_RESUME_BATCH, RESUME_BATCH_MODE
 from .control import STOP_SIGNALS, StopFlags
 
 __all__ = [
-    "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "check",
-    "committed_marker", "elastic_warning", "find", "latest", "load_progress",
+    "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "committed_marker",
+    "elastic_warning", "find", "latest", "load_progress",
 ]
 
 logger = logging.getLogger(__name__)
@@ -131,9 +131,6 @@ def committed_marker(path: str | Path) -> dict[str, Any]:
         if file.stat().st_size != size:
             raise CheckpointError(f"file {name} has {file.stat().st_size} bytes, {size} when saved")
     return meta
-
-
-check = committed_marker  # its name before the redesign (distlearn.checkpoint.check, the CLI)
 
 
 def find(output_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
