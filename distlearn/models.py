@@ -344,10 +344,20 @@ class HFModel(nn.Module):
     Called with a dict batch (``model(**batch)``), it returns the model's output, with its
     ``loss`` when the batch has labels. The wrapped model is ``self.model``.
 
+    The learner checks the first batch with it (``batch_problem``) and reads ``label_shift``:
+    a causal language model (``GPT2LMHeadModel``, ``*ForCausalLM``) predicts label t+1 from
+    position t and shifts the labels itself, so the learner must have ``label_shift=1``.
+
     Args:
         model_class: Dotted path of a ``transformers`` model class (or the class).
         config_parameters: Keyword arguments of its config class (random initialisation).
         pretrained: A local folder for ``from_pretrained`` (``local_files_only``) instead.
+        vocab_size: The vocabulary of a randomly initialised model when ``config_parameters``
+            gives none (configs: left out or ``auto``, the data's ``vocab_size``); a pretrained
+            model keeps its own.
+
+    Attributes:
+        label_shift: 1 for a causal language model (it shifts the labels itself), else 0.
 
     Raises:
         ImportError: ``transformers`` is missing (``pip install 'distlearn[hf]'``).
@@ -359,6 +369,7 @@ class HFModel(nn.Module):
         model_class: str | type,
         config_parameters: Mapping[str, Any] | None = None,
         pretrained: str | None = None,
+        vocab_size: int | None = None,
     ) -> None:
         super().__init__()
         from .data import require_hf, resolve_object
@@ -368,11 +379,62 @@ class HFModel(nn.Module):
         config_class = getattr(cls, "config_class", None)
         if config_class is None or not hasattr(cls, "from_pretrained"):
             raise ValueError(f"model_class: {model_class!r} is not a transformers model class (it has no config_class)")
+        parameters = dict(config_parameters or {})
         if pretrained is not None:
-            self.model = cls.from_pretrained(pretrained, local_files_only=True, **dict(config_parameters or {}))
+            self.model = cls.from_pretrained(pretrained, local_files_only=True, **parameters)
         else:
-            self.model = cls(config_class(**dict(config_parameters or {})))
+            if vocab_size is not None:
+                parameters.setdefault("vocab_size", vocab_size)
+            self.model = cls(config_class(**parameters))
+        self.label_shift = int(_is_causal_lm(cls))
 
     def forward(self, **batch: Any) -> Any:
         """The wrapped model's output for a dict batch."""
         return self.model(**batch)
+
+    def batch_problem(self, batch: Any) -> str | None:
+        """What this model cannot take in ``batch`` (the learner asks on the first batch), or None."""
+        name = type(self.model).__name__
+        if not isinstance(batch, Mapping):
+            return (f"HFModel({name}) takes dict batches (model(**batch), e.g. {{'input_ids': ..., 'labels': ...}}); "
+                    "make the data yield dicts: for distlearn.data.TextDataset set batch_format: dict")
+        ids = batch.get("input_ids")
+        limit = _max_positions(self.model.config)
+        if isinstance(ids, torch.Tensor) and ids.dim() >= 2 and limit is not None and ids.shape[1] > limit:
+            return (f"input_ids of {ids.shape[1]} tokens, but HFModel({name}) takes at most {limit} positions: set "
+                    f"its config_parameters' n_positions (max_position_embeddings) to {ids.shape[1]} or more, or "
+                    "shorten the sequences (TextDataset's dict batches are block_size + 1 tokens)")
+        return None
+
+    @staticmethod
+    def check_parameters(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Check without importing anything (config validation): transformers is installed, sizes are ints."""
+        import importlib.util
+
+        problems: list[tuple[str, str]] = []
+        if importlib.util.find_spec("transformers") is None:
+            problems.append(("model_class", f"{params.get('model_class')!r} needs transformers, which is not "
+                                            "installed; it comes with the hf extra: pip install 'distlearn[hf]'"))
+        size = params.get("vocab_size")
+        if size is not None and size != "auto" and not _is_positive_int(size):
+            problems.append(("vocab_size", f"expected a positive int, auto or null, got {size!r}"))
+        return problems
+
+
+def _is_causal_lm(cls: type) -> bool:
+    """Whether ``cls`` is one of transformers' causal language models (they shift the labels themselves)."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:  # another layout: go by the naming convention
+        return cls.__name__.endswith(("ForCausalLM", "LMHeadModel"))
+    names = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in (v if isinstance(v, (tuple, list)) else [v])}
+    return cls.__name__ in names
+
+
+def _max_positions(config: Any) -> int | None:
+    """The most positions the model's config allows (``n_positions`` / ``max_position_embeddings``);
+    None when it sets none or its position embeddings are relative."""
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    return limit if is_int(limit) else None

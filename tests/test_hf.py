@@ -208,3 +208,112 @@ def test_causal_lm_losses_weighted_by_shifted_tokens_give_the_exact_mean():
     unshifted = [BatchRunner().weight(labels[s], None) for s in (slice(0, 1), slice(1, 4))]
     wrong = sum(p.double() * w for p, w in zip(parts, unshifted)) / sum(unshifted)
     assert not math.isclose(float(wrong), float(whole), rel_tol=1e-5)  # without the shift it is not exact
+
+
+# --------------------------------------------------------------------------- #
+# A Hugging Face causal LM on TextDataset's dict batches (configs/charlm_hf.yaml)
+# --------------------------------------------------------------------------- #
+
+# 2000 characters: 112 training windows of 17 (14 global batches of 8) and 12 test windows
+TINY_HF = ("data_configs.data_parameters.max_chars=2000", "data_configs.data_parameters.block_size=16",
+           "model_configs.model_parameters.config_parameters.n_positions=17",
+           "model_configs.model_parameters.config_parameters.n_embd=16",
+           "model_configs.model_parameters.config_parameters.n_layer=1",
+           "model_configs.model_parameters.config_parameters.n_head=2",
+           "learner_configs.learner_parameters.n_epochs=2", "run.tracking.backend=none", "run.resume=none")
+
+
+def run_charlm_hf(tmp_path, procs: int, *overrides: str) -> subprocess.CompletedProcess:
+    """``distlearn train charlm_hf`` with the tiny overrides, on ``procs`` processes (torchrun for 2)."""
+    from launching import launch_env
+
+    launch = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                                                  str(procs), "--standalone", "--monitor_interval", "0.2"]
+    command = [*launch, "-m", "distlearn", "train", "charlm_hf", *TINY_HF, *overrides, "-q"]
+    return subprocess.run(command, cwd=tmp_path, env=launch_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_hf_causal_lm_on_text_trains_through_the_cli_with_the_same_per_token_loss_on_1_and_2_processes(tmp_path):
+    losses = {}
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        result = run_charlm_hf(tmp_path, procs, f"data_configs.data_parameters.batch_size={8 // procs}",
+                               f"run.output_dir={out}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        epochs = json.loads((out / "record.json").read_text())["training"]
+        losses[procs] = [(e["train_loss"], e["test_result"]["test_loss"]) for e in epochs.values()]
+    assert len(losses[1]) == 2 and losses[1][1][0] < losses[1][0][0]  # it learns
+    for one, two in zip(losses[1], losses[2]):
+        assert one == pytest.approx(two, rel=1e-5, abs=1e-7), losses
+
+
+def test_a_first_batch_the_model_cannot_take_exits_2_with_one_line(tmp_path):
+    result = run_charlm_hf(tmp_path, 1, "data_configs.data_parameters.batch_format=tuple",
+                           f"run.output_dir={tmp_path / 'out'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("distlearn: error")]
+    assert "HFModel(GPT2LMHeadModel) takes dict batches" in line and "batch_format: dict" in line
+
+
+def tiny_gpt2(vocab_size: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=17, n_embd=16, n_layer=1, n_head=2,
+                                      bos_token_id=0, eos_token_id=0)).eval()
+
+
+def test_the_per_token_loss_of_a_dict_text_batch_is_the_hand_computed_next_character_loss():
+    """The model's own loss on {"input_ids": w, "labels": w}, a learner loss with label_shift=1 on the same
+    batch, and the tuple form (w[:, :-1], w[:, 1:]) with a plain cross entropy: one number, the mean of
+    -log p(next character) over block_size targets per window (the weight)."""
+    from distlearn.data import TextDataset
+    from distlearn.training.batches import BatchRunner
+
+    data = TextDataset(max_chars=2000, block_size=16, batch_size=8, batch_format="dict")
+    batch = next(iter(data.load()["train_loader"]))
+    model = tiny_gpt2(data.vocab_size)
+    with torch.no_grad():
+        w = batch["input_ids"]
+        log_p = torch.log_softmax(model(input_ids=w).logits.double(), dim=-1)
+        by_hand = -log_p[:, :-1].gather(-1, w[:, 1:, None]).mean()
+        losses = []
+        for runner in (BatchRunner(label_shift=1), BatchRunner(torch.nn.CrossEntropyLoss(), label_shift=1)):
+            assert runner.problem(batch, "loader", model) is None
+            losses.append(runner.step(model, batch).loss)
+            assert int(runner.weight(batch["labels"], 8)) == 8 * 16  # block_size targets per window
+        tuple_loss = torch.nn.functional.cross_entropy(model(input_ids=w[:, :-1]).logits.flatten(0, 1),
+                                                       w[:, 1:].flatten())
+    for loss in (*losses, tuple_loss):
+        assert float(loss) == pytest.approx(float(by_hand), rel=1e-6)
+
+
+def test_first_batch_refusals_name_the_fix():
+    from distlearn.models import HFModel
+    from distlearn.training.batches import BatchRunner
+
+    model = HFModel("transformers.GPT2LMHeadModel", {"n_positions": 8, "n_embd": 16, "n_layer": 1, "n_head": 2},
+                    vocab_size=VOCAB)
+    assert model.label_shift == 1 and model.model.config.vocab_size == VOCAB
+    ids = torch.randint(0, VOCAB, (2, 8))
+    batch = {"input_ids": ids, "labels": ids.clone()}
+    assert BatchRunner(label_shift=1).problem(batch, "loader", model) is None
+    unshifted = BatchRunner().problem(batch, "loader", model)
+    assert "label_shift is 0: set label_shift=1 (learner_parameters.label_shift: 1" in unshifted
+    with_loss = BatchRunner(torch.nn.CrossEntropyLoss()).problem(batch, "loader", model)
+    assert "gets its input_ids as labels" in with_loss  # a learner loss would teach it to copy its input
+    shifted_by_data = {"input_ids": ids, "labels": torch.roll(ids, -1, 1)}
+    assert BatchRunner(torch.nn.CrossEntropyLoss()).problem(shifted_by_data, "loader", model) is None
+    too_long = BatchRunner(label_shift=1).problem({"input_ids": torch.zeros(2, 9, dtype=torch.long)}, "loader", model)
+    assert "input_ids of 9 tokens" in too_long and "n_positions" in too_long
+    assert "batch_format: dict" in BatchRunner(label_shift=1).problem((ids, ids), "loader", model)
+    classifier = HFModel("transformers.BertForSequenceClassification", tiny_bert_config())
+    assert classifier.label_shift == 0
+
+
+def test_the_hf_config_without_transformers_names_the_extra(monkeypatch):
+    from distlearn.experiment.config import ConfigError, load_config, validate_config
+
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ConfigError, match=r"needs transformers, which is not installed.*pip install 'distlearn\[hf\]'"):
+        validate_config(load_config("charlm_hf"))

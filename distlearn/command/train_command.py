@@ -170,7 +170,9 @@ def _checkpoints(session: _Session, output_dir: Path) -> Any:
 
 
 def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool) -> dict[str, Any]:
-    """``learner.train`` with per-epoch tracking; a non-finite loss ends the command without a traceback."""
+    """``learner.train`` with per-epoch tracking; a refused first batch or a non-finite loss ends the command
+    without a traceback."""
+    from ..training.batches import BatchError
     from ..training.learner import NonFiniteLossError
 
     try:
@@ -183,6 +185,8 @@ def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool) ->
             checkpoints=checkpoints,
             nonfinite=experiment.run["nonfinite"],
         )
+    except BatchError as exc:  # found before training on it, on every rank together: an input error (exit 2)
+        raise RunError(f"the data does not fit the model or learner: {exc}") from None
     except NonFiniteLossError as exc:
         raise RunError(f"training failed: {exc}", EXIT_TRAINING_FAILED) from None
     except RuntimeError as exc:  # gloo and NCCL report a collective's timeout as a RuntimeError

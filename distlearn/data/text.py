@@ -13,6 +13,11 @@ from torch.utils.data import DataLoader
 from ..runtime.loader import TensorBatches, tensor_loaders
 from .checks import check_loader_params, raise_first_problem
 
+# How TextDataset hands out a window (the one owner of the allowed values): "tuple" gives
+# (inputs, next-character labels); "dict" gives Hugging Face's causal-LM form, {"input_ids": window,
+# "labels": window}, for a model that shifts the labels itself.
+BATCH_FORMATS = ("tuple", "dict")
+
 
 def python_help_text() -> str:
     """The English help texts that ship with Python (``pydoc_data.topics``): about 465k characters."""
@@ -31,6 +36,13 @@ class TextDataset:
     character is seen in training. Batches are ``(input_ids, labels)``, both int64
     ``(batch, block_size)``: a token loss, weighed by tokens in the learner.
 
+    With ``batch_format="dict"`` a batch is ``{"input_ids": w, "labels": w}`` instead, ``w``
+    the whole windows ``(batch, block_size + 1)``: Hugging Face causal language models
+    (``distlearn.models.HFModel`` around ``GPT2LMHeadModel``) shift the labels themselves, so
+    they get the same window twice and predict the same ``block_size`` characters from the
+    same context as the tuple form. Train them with the learner's ``label_shift=1`` (the
+    first character of each window is no target) and ``n_positions >= block_size + 1``.
+
     Args:
         path: A UTF-8 text file; None (default): Python's own help texts (no download).
         block_size: Characters of context per window.
@@ -40,6 +52,7 @@ class TextDataset:
         seed: Seed of the training order.
         shuffle: Shuffle the training windows every epoch.
         max_chars: Use only the first this many characters (small runs); None for all.
+        batch_format: ``"tuple"`` (default) or ``"dict"`` (see above; ``BATCH_FORMATS``).
 
     Attributes:
         vocab_size: Number of distinct characters (the model's ``vocab_size``).
@@ -56,14 +69,15 @@ class TextDataset:
         seed: int = 0,
         shuffle: bool = True,
         max_chars: int | None = None,
+        batch_format: str = "tuple",
     ) -> None:
         raise_first_problem("TextDataset", self.check_parameters({
             "path": path, "block_size": block_size, "stride": stride, "batch_size": batch_size, "test_size": test_size,
-            "seed": seed, "shuffle": shuffle, "max_chars": max_chars}))
+            "seed": seed, "shuffle": shuffle, "max_chars": max_chars, "batch_format": batch_format}))
         self.path = None if path is None else Path(path)
         self.block_size, self.stride = block_size, stride or block_size
         self.batch_size, self.test_size, self.seed, self.shuffle = batch_size, test_size, seed, shuffle
-        self.max_chars = max_chars
+        self.max_chars, self.batch_format = max_chars, batch_format
         self._text: str | None = None
         self.chars: list[str] = []
 
@@ -103,20 +117,29 @@ class TextDataset:
         cut = int(len(ids) * (1 - self.test_size))
         return ids[:cut], ids[cut:]
 
-    def windows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(inputs, labels)`` of every window of ``ids``: ``(n, block_size)`` each."""
+    def whole_windows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Every window of ``ids``, ``block_size + 1`` characters each: ``(n, block_size + 1)``."""
         span = self.block_size + 1
         if len(ids) < span:
             raise ValueError(
                 f"TextDataset: a part of {len(ids)} characters is shorter than one window ({span}); "
                 "lower block_size or test_size, or use more text"
             )
-        w = ids.unfold(0, span, self.stride)
+        return ids.unfold(0, span, self.stride)
+
+    def windows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, labels)`` of every window of ``ids``: ``(n, block_size)`` each."""
+        w = self.whole_windows(ids)
         return w[:, :-1].contiguous(), w[:, 1:].contiguous()
 
     def load(self) -> dict[str, DataLoader]:
-        """``{"train_loader", "test_loader"}`` of ``(input_ids, labels)`` batches (fast path)."""
+        """``{"train_loader", "test_loader"}`` of ``(input_ids, labels)`` batches (fast path), or of
+        ``{"input_ids", "labels"}`` dicts with ``batch_format="dict"``."""
         train, test = self.parts()
+        if self.batch_format == "dict":
+            train_set, test_set = (TensorBatches(self.whole_windows(part).contiguous()) for part in (train, test))
+            return tensor_loaders(train_set, test_set, batch_size=self.batch_size, shuffle=self.shuffle,
+                                  seed=self.seed, collate_fn=causal_lm_batch)
         return tensor_loaders(TensorBatches(*self.windows(train)), TensorBatches(*self.windows(test)),
                               batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed)
 
@@ -131,7 +154,8 @@ class TextDataset:
         return float(-log_p[labels].mean())
 
     def __repr__(self) -> str:
-        return f"TextDataset(path={None if self.path is None else str(self.path)!r}, block_size={self.block_size})"
+        return (f"TextDataset(path={None if self.path is None else str(self.path)!r}, block_size={self.block_size}"
+                + (f", batch_format={self.batch_format!r})" if self.batch_format != "tuple" else ")"))
 
     @staticmethod
     def check_parameters(params: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -145,8 +169,25 @@ class TextDataset:
         t = params.get("test_size")
         if t is not None and not (isinstance(t, float) and 0 < t < 1):
             problems.append(("test_size", f"expected a fraction of the text in (0, 1), got {t!r}"))
+        form = params.get("batch_format", "tuple")
+        if form not in BATCH_FORMATS:
+            problems.append(("batch_format", f"expected one of {list(BATCH_FORMATS)}, got {form!r}: 'dict' for "
+                                             "models that take dict batches (distlearn.models.HFModel)"))
         path = params.get("path")
         if isinstance(path, (str, Path)) and not Path(path).is_file():
             problems.append(("path", f"no file {str(path)!r} (relative to {Path.cwd()}); null uses Python's "
                                      "own help texts"))
         return problems
+
+
+def causal_lm_batch(rows: Any) -> dict[str, torch.Tensor]:
+    """The collation of ``batch_format="dict"``: whole windows as ``{"input_ids", "labels"}``.
+
+    The labels are a copy of the inputs (not the same tensor), so that a change to one (e.g. a
+    collate or loss that masks labels in place) leaves the other alone.
+    """
+    if isinstance(rows[0], torch.Tensor):  # TensorBatches.__getitems__: the batch's windows at once
+        windows = rows[0]
+    else:  # samples one by one: (window,) each
+        windows = torch.stack([row[0] for row in rows])
+    return {"input_ids": windows, "labels": windows.clone()}

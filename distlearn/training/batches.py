@@ -20,7 +20,15 @@ target tokens: labels not equal to ``ignore_index``. Weighted by that, losses
 averaged over batches and ranks are exact per-token means however the ranks'
 batches are padded. For causal language models that shift the labels inside
 (Hugging Face ``*ForCausalLM``), set ``label_shift=1`` so the first label of
-each row is not counted.
+each row is not counted; a learner loss then shifts too (the output at
+position t against label t+1), so either loss is the same per-token mean.
+
+A model may take part in the first-batch check: ``model.batch_problem(batch)``
+returns what it cannot take (or None), and an int ``model.label_shift`` is the
+shift its outputs have (``HFModel``: 1 for causal LMs), which the learner's
+``label_shift`` must equal when the model computes the loss or the labels are
+its ``input_ids``. A refusal raises :class:`BatchError` on every rank
+(:func:`agree_on_batch`), which the command reports as an input error.
 
 Sequence outputs ``(batch, T, V)`` against token labels ``(batch, T)`` are
 flattened to ``(batch * T, V)`` and ``(batch * T,)`` for the learner's
@@ -53,6 +61,7 @@ from torch import nn
 
 from ..metrics import Accuracy, Metrics, Perplexity
 from ..options import is_int
+from ..runtime.ranks import agree
 from .outputs import (
     batch_rows,
     describe,
@@ -66,7 +75,24 @@ from .outputs import (
 )
 from .padding import real_rows
 
-__all__ = ["BatchResult", "BatchRunner", "Step", "give_ignore_index", "leaves_out_ignored"]
+__all__ = ["BatchError", "BatchResult", "BatchRunner", "Step", "agree_on_batch", "give_ignore_index",
+           "leaves_out_ignored"]
+
+
+class BatchError(ValueError):
+    """A batch the model or the learner cannot take, found before training on it; raised on every rank."""
+
+
+def agree_on_batch(problem: str | None) -> None:
+    """Raise :class:`BatchError` on every rank when any rank found a problem with its batches (a collective).
+
+    Every first-batch check goes through here (the batch form, an empty loader), so the ranks
+    raise the same error type whichever check found it.
+    """
+    try:
+        agree(problem)
+    except ValueError as error:
+        raise BatchError(str(error)) from None
 
 
 @dataclass
@@ -155,8 +181,12 @@ class BatchRunner:
         """Decide the batch form from the first batch; the problem with it, or None.
 
         The learner agrees on the answer across ranks (every rank calls this on its
-        first batch), so a bad batch on one rank raises on all of them.
+        first batch, see :func:`agree_on_batch`), so a bad batch on one rank raises on all of them.
         """
+        inner = None if model is None else _unwrapped(model)
+        own = getattr(inner, "batch_problem", None)
+        if callable(own) and self.loss_fn is None and (found := own(batch)) is not None:
+            return f"{name}: {found}"
         form = _form(batch, self.label_key)
         if form is None and self.loss_fn is not None:
             form = "other"  # loss_fn(model, batch) takes any batch
@@ -167,21 +197,52 @@ class BatchRunner:
                 "Make the dataset return (x, y) pairs (e.g. TensorDataset(x, y)), give the DataLoader a collate_fn "
                 "that does, or set label_key / loss_fn."
             )
-        if form in ("pair", "inputs") and self.loss_fn is None and model is not None:
-            forward = _unwrapped(model).forward
-            try:
-                inspect.signature(forward).bind(*batch[:-1])
-            except TypeError as error:
-                return (
-                    f"{name} yields {describe(batch)}: the model is called with the first {len(batch) - 1} item(s) "
-                    f"as inputs and the last as labels, but {type(_unwrapped(model)).__name__}.forward does not take "
-                    f"them ({error}). Yield (features, labels), or (input_1, ..., input_k, labels) for a model "
-                    "with k inputs."
-                )
-            except ValueError:  # no signature to check: the call itself will tell
-                pass
-        self.form = form
+        found = self._call_problem(batch, form, name, inner) or self._shift_problem(batch, form, name, inner)
+        if found is None:
+            self.form = form
+        return found
+
+    def _call_problem(self, batch: Any, form: str, name: str, inner: nn.Module | None) -> str | None:
+        """Whether the model's forward takes the batch as it will be called (a signature check, no call)."""
+        if form not in ("pair", "inputs", "dict") or self.loss_fn is not None or inner is None:
+            return None
+        try:
+            signature = inspect.signature(inner.forward)
+        except ValueError:  # no signature to check: the call itself will tell
+            return None
+        model = type(inner).__name__
+        try:
+            if form == "dict":
+                signature.bind(**{k: v for k, v in batch.items() if self.loss is None or k != self.label_key})
+            else:
+                signature.bind(*batch[:-1])
+        except TypeError as error:
+            if form == "dict":
+                return (f"{name} yields {describe(batch)}, called as model(**batch), but {model}.forward does not "
+                        f"take it ({error}). Yield (features, labels) tuples for a model called as model(x) "
+                        "(distlearn.data.TextDataset: batch_format: tuple), or dicts of its forward's arguments.")
+            return (
+                f"{name} yields {describe(batch)}: the model is called with the first {len(batch) - 1} item(s) "
+                f"as inputs and the last as labels, but {model}.forward does not take them ({error}). Yield "
+                "(features, labels), or (input_1, ..., input_k, labels) for a model with k inputs."
+            )
         return None
+
+    def _shift_problem(self, batch: Any, form: str, name: str, inner: nn.Module | None) -> str | None:
+        """A model whose outputs are shifted (``label_shift``) against unshifted labels needs the same shift here:
+        when it computes the loss itself, or when the labels are its ``input_ids`` (a learner loss)."""
+        shift = getattr(inner, "label_shift", None)
+        if form != "dict" or self.loss_fn is not None or not is_int(shift) or shift == self.label_shift:
+            return None
+        labels, ids = batch.get(self.label_key), batch.get("input_ids")
+        same = isinstance(labels, torch.Tensor) and isinstance(ids, torch.Tensor) and labels.shape == ids.shape \
+            and bool(torch.equal(labels, ids))  # once, on the first batch
+        if self.loss is not None and not same:
+            return None
+        why = "computes its loss on labels it shifts itself" if self.loss is None else "gets its input_ids as labels"
+        return (f"{name}: {type(inner).__name__} predicts label t+{shift} at position t and {why}, but the learner's "
+                f"label_shift is {self.label_shift}: set label_shift={shift} (learner_parameters.label_shift: {shift} "
+                "in a config), so that the first label of each row is not counted as a target")
 
     def _check(self, batch: Any) -> None:
         form = _form(batch, self.label_key) or "other"
@@ -232,6 +293,8 @@ class BatchRunner:
         return model(*batch[:-1])
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.label_shift and token_labels(target) and logits.dim() == target.dim() + 1:
+            logits, target = self._shifted(logits, target)
         logits, target = flat_tokens(self.loss, logits, target)
         if logits.is_floating_point() and logits.dtype != torch.float64:
             logits = logits.float()  # the loss of half-precision logits, computed in fp32 (as Accelerate does for DDP)
@@ -315,11 +378,15 @@ class BatchRunner:
             labels = labels[:, self.label_shift:]
         return (labels != self.ignore_index).sum()
 
+    def _shifted(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model predicts label t+shift from position t: the outputs and labels that meet."""
+        return logits[:, : -self.label_shift], target[:, self.label_shift:]
+
     def _target_tokens(
         self, logits: torch.Tensor, target: torch.Tensor, keep_ignored: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.label_shift:  # the model predicts label t+shift from position t
-            logits, target = logits[:, : -self.label_shift], target[:, self.label_shift:]
+        if self.label_shift:
+            logits, target = self._shifted(logits, target)
         logits = logits.reshape(-1, logits.shape[-1])
         target = target.reshape(-1)
         if keep_ignored:  # the metric leaves them out itself, with a mask: no host sync

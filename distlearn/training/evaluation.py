@@ -17,8 +17,7 @@ from torch import nn
 
 from ..accumulators import Cat, Mean, calculate
 from ..metrics import Metric, Metrics
-from ..runtime.ranks import agree
-from .batches import BatchRunner
+from .batches import BatchRunner, agree_on_batch
 from .preparation import registered_models
 from .epoch import EpochAccounting
 from .records import TestResult
@@ -44,7 +43,7 @@ def evaluate(accelerator: Accelerator, module: nn.Module, loader: Any, batches: 
     with torch.no_grad():
         for step, batch in enumerate(loader):
             if step == 0:  # the batch form, decided on every rank together
-                agree(batches.problem(batch, "test_loader", module))
+                agree_on_batch(batches.problem(batch, "test_loader", module))
             with accelerator.autocast():  # the model may not have been prepared (no train() before)
                 out = batches.step(module, batch, idx, require_loss=False)
             # The target tokens only (y_pred/y_true list them): for token labels, boolean indexing syncs

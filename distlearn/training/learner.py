@@ -40,8 +40,7 @@ from torch.utils.data import DataLoader
 from ..metrics import Metric, Metrics
 from ..options import NONFINITE_MODES
 from ..runtime.accelerator import build_accelerator, check_accelerator, prepare_loader
-from ..runtime.ranks import agree
-from .batches import BatchRunner, leaves_out_ignored
+from .batches import BatchRunner, agree_on_batch, leaves_out_ignored
 from .checkpoint import Checkpoints, Interrupted
 from .configs import check_int, check_learner_options, check_scheduler, config_spec
 from .epoch import EpochAccounting, EpochTotals, NonFiniteLossError, to_device
@@ -418,7 +417,7 @@ class BackwardLearner:
         if resumed is not None:
             set_rng_states(resumed["rng"])
         if first_epoch:
-            agree(run.batches.problem(batch, "data_loader['train_loader']", run.model))
+            agree_on_batch(run.batches.problem(batch, "data_loader['train_loader']", run.model))
 
     def _train_batch(self, run: TrainRun, batch: Any, accounting: EpochAccounting) -> bool:
         """Forward, backward and (at an accumulation boundary) the optimizer step; returns whether it stepped."""

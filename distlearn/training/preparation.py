@@ -15,7 +15,7 @@ import logging
 import torch
 from accelerate import Accelerator
 
-from ..runtime.ranks import agree
+from .batches import agree_on_batch
 
 __all__ = [
     "check_device", "check_loader", "n_samples", "registered_models", "resolved_device", "resume_loader", "split_loaders", "unregister",
@@ -97,7 +97,7 @@ def check_loader(name: str, raw: Any, prepared: Any) -> None:
     """
     problem = _loader_problem(name, raw, prepared)
     if problem is not None:
-        agree(problem)
+        agree_on_batch(problem)
 
 
 def _loader_problem(name: str, raw: Any, prepared: Any) -> str | None:
