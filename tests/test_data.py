@@ -158,6 +158,26 @@ def test_text_dataset_windows_split_and_baseline(tmp_path):
                                                                                                   "test_size"]
 
 
+def test_text_dataset_dict_batches_are_the_tuple_windows_whole_for_a_model_that_shifts():
+    """batch_format: dict gives each window of block_size + 1 characters as input_ids and labels (a copy),
+    in the same order as the tuple form's (inputs, next-character labels); any other value is refused."""
+    from distlearn.data import TextDataset
+
+    pairs, dicts = (TextDataset(block_size=8, batch_size=4, max_chars=3000, batch_format=form).load()
+                    for form in ("tuple", "dict"))
+    for name in ("train_loader", "test_loader"):
+        for (x, y), batch in zip(pairs[name], dicts[name], strict=True):
+            assert set(batch) == {"input_ids", "labels"} and batch["input_ids"].shape == (x.shape[0], 9)
+            assert torch.equal(batch["input_ids"][:, :-1], x) and torch.equal(batch["labels"][:, 1:], y)
+            assert torch.equal(batch["labels"], batch["input_ids"])
+            assert batch["labels"].data_ptr() != batch["input_ids"].data_ptr()
+    assert repr(TextDataset(batch_format="dict")).endswith("batch_format='dict')")
+    problems = TextDataset.check_parameters({"batch_format": "dicts"})
+    assert [k for k, _ in problems] == ["batch_format"] and "['tuple', 'dict']" in problems[0][1]
+    with pytest.raises(ValueError, match="batch_format"):
+        TextDataset(batch_format="pairs")
+
+
 def test_numpy_dataset_npz_npy_and_own_test_part(tmp_path):
     from distlearn.data import NumpyDataset
 
