@@ -387,6 +387,9 @@ class HFModel(nn.Module):
                 parameters.setdefault("vocab_size", vocab_size)
             self.model = cls(config_class(**parameters))
         self.label_shift = int(_is_causal_lm(cls))
+        if self.label_shift and getattr(self.model, "loss_type", "") is None:
+            # what transformers falls back to, with a warning per run (GPT-2's class name maps to no loss type)
+            self.model.loss_type = "ForCausalLM"
 
     def forward(self, **batch: Any) -> Any:
         """The wrapped model's output for a dict batch."""
