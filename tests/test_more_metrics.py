@@ -537,6 +537,8 @@ def test_binned_scores_exactly_on_a_threshold_count_at_it(dist_pool, world, thre
     assert ap == pytest.approx(sk.average_precision_score(y_true, y_score), rel=1e-6)
     lengths = [80] if world == 1 else [30, 50]
     splits = np.cumsum(lengths)[:-1]
-    for values in dist_pool.run(binned_on_ranks, world, np.split(y_true, splits), np.split(y_score, splits), thresholds):
-        assert values["auroc_binned"] == pytest.approx(sk.roc_auc_score(y_true, y_score), rel=1e-12)
-        assert values["average_precision_binned"] == pytest.approx(sk.average_precision_score(y_true, y_score), rel=1e-12)
+    exact_auroc, exact_ap = sk.roc_auc_score(y_true, y_score), sk.average_precision_score(y_true, y_score)
+    results = dist_pool.run(binned_on_ranks, world, np.split(y_true, splits), np.split(y_score, splits), thresholds)
+    for values in results:
+        assert values["auroc_binned"] == pytest.approx(exact_auroc, rel=1e-12)
+        assert values["average_precision_binned"] == pytest.approx(exact_ap, rel=1e-12)
