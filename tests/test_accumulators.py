@@ -624,3 +624,72 @@ def test_calculate_refuses_ranks_whose_accelerator_sees_one_process_each(tmp_pat
         result.stdout + result.stderr
     )
     assert "REDUCED" not in result.stdout
+
+
+def split(data: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
+    return np.split(data, np.cumsum(lengths)[:-1])
+
+
+def nan_weight_mean_on_ranks(rank, world, values, weights, form, nan_strategy):
+    mean = Mean(nan_strategy=nan_strategy)
+    v, w = values[rank], weights[rank]
+    if form == "extend":
+        mean.extend(torch.as_tensor(v), torch.as_tensor(w))
+    else:
+        for a, b in zip(v.tolist(), w.tolist()):
+            if form == "number":
+                mean(a, weight=b)
+            elif form == "python":  # a tensor value, a Python weight
+                mean(torch.tensor(a, dtype=torch.float64), weight=b)
+            else:
+                mean(torch.tensor(a, dtype=torch.float64), weight=torch.tensor(b, dtype=torch.float64))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = mean.calculate()
+        except ValueError as error:
+            return "raised: " + str(error)
+    result = result.item() if isinstance(result, torch.Tensor) else result
+    return result, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("form", ["number", "python", "tensor", "extend"])
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_nan_weight_drops_its_pair_as_torchmetrics_mean_metric(dist_pool, world, form):
+    # Before: "ignore"/"warn" left out NaN values only, so a NaN weight made the mean NaN, and
+    # "error" did not raise. torchmetrics' MeanMetric drops a pair whose value or weight is NaN.
+    torchmetrics = pytest.importorskip("torchmetrics")
+    values = np.array([1.0, 2.0, math.nan, 4.0, 5.0, 6.0])
+    weights = np.array([1.0, math.nan, 2.0, 3.0, math.nan, 0.5])
+    lengths = [6] if world == 1 else [2, 4]  # a NaN weight on each rank
+    for nan_strategy in ("ignore", "warn"):
+        reference = torchmetrics.MeanMetric(nan_strategy=nan_strategy).to(torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference.update(torch.as_tensor(values), torch.as_tensor(weights))
+        expected = float(reference.compute())
+        keep = ~(np.isnan(values) | np.isnan(weights))
+        assert expected == pytest.approx(np.average(values[keep], weights=weights[keep]), rel=1e-12)
+        results = dist_pool.run(nan_weight_mean_on_ranks, world, split(values, lengths), split(weights, lengths),
+                                form, nan_strategy)
+        for value, caught in results:
+            assert value == pytest.approx(expected, rel=1e-12)
+            assert bool(caught) == (nan_strategy == "warn") and all("left out 3 NaN" in m for m in caught)
+    for message in dist_pool.run(nan_weight_mean_on_ranks, world, split(values, lengths), split(weights, lengths),
+                                 form, "error"):
+        assert message.startswith("raised: Mean: 3 NaN input value(s)")
+    for value, _ in dist_pool.run(nan_weight_mean_on_ranks, world, split(values, lengths), split(weights, lengths),
+                                  form, "disable"):
+        assert math.isnan(value)  # the default propagates NaN, as numpy's average
+
+
+def test_a_nan_weight_is_dropped_elementwise_without_a_host_sync():
+    from host_syncs import HostSyncs
+
+    mean = Mean(nan_strategy="ignore")
+    with HostSyncs() as syncs:
+        mean(torch.tensor([1.0, 2.0, 3.0]), weight=torch.tensor([1.0, math.nan, 2.0]))
+        mean(torch.tensor([3.0, 4.0, 5.0]), weight=torch.tensor([math.nan, 1.0, 2.0]))
+        mean(torch.tensor([7.0, 8.0, 9.0]), weight=math.nan)
+    assert syncs.n == 0
+    assert mean.value().tolist() == [1.0, 4.0, 4.0]

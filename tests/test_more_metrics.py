@@ -508,3 +508,37 @@ def test_an_ignore_index_set_after_construction_counts_from_then_on(top_k):
     late.update(y_true=y_true, y_score=y_score), built.update(y_true=y_true, y_score=y_score)
     assert late.ignore_index == -1 and float(late.value()) == float(built.value())
     assert late.state_dict()["states"]["total"] == 3
+
+
+def binned_on_ranks(rank, world, y_true, y_score, thresholds):
+    metrics = Metrics([BinnedAUROC(thresholds=thresholds), BinnedAveragePrecision(thresholds=thresholds)])
+    if len(y_true[rank]):
+        metrics(y_score=torch.as_tensor(y_score[rank]), y_true=torch.as_tensor(y_true[rank]))
+    return metrics.calculate()
+
+
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("thresholds", [5, [0.1, 0.3, 0.6, 0.8]])
+def test_binned_scores_exactly_on_a_threshold_count_at_it(dist_pool, world, thresholds):
+    # Every score sits exactly on a threshold, so the binned curve is the exact one: equal to
+    # scikit-learn's and to torchmetrics' binned metrics only if a score t counts at threshold t (>=).
+    import torchmetrics.functional.classification as tmc
+
+    grid = np.linspace(0, 1, thresholds) if isinstance(thresholds, int) else np.array(thresholds)
+    rng = np.random.default_rng(len(grid) + world)
+    y_true = rng.integers(0, 2, 80)
+    # below the top threshold, where the binned curve reaches (0, 0) as the exact one does
+    y_score = grid[np.clip(rng.integers(0, len(grid) - 1, 80) + y_true, 0, len(grid) - 2)]
+    args = (torch.as_tensor(y_score, dtype=torch.float32), torch.as_tensor(y_true))
+    tm_thresholds = thresholds if isinstance(thresholds, int) else torch.tensor(thresholds)
+    auroc = float(tmc.binary_auroc(*args, thresholds=tm_thresholds))
+    ap = float(tmc.binary_average_precision(*args, thresholds=tm_thresholds))
+    assert auroc == pytest.approx(sk.roc_auc_score(y_true, y_score), rel=1e-6)
+    assert ap == pytest.approx(sk.average_precision_score(y_true, y_score), rel=1e-6)
+    lengths = [80] if world == 1 else [30, 50]
+    splits = np.cumsum(lengths)[:-1]
+    exact_auroc, exact_ap = sk.roc_auc_score(y_true, y_score), sk.average_precision_score(y_true, y_score)
+    results = dist_pool.run(binned_on_ranks, world, np.split(y_true, splits), np.split(y_score, splits), thresholds)
+    for values in results:
+        assert values["auroc_binned"] == pytest.approx(exact_auroc, rel=1e-12)
+        assert values["average_precision_binned"] == pytest.approx(exact_ap, rel=1e-12)

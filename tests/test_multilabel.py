@@ -79,6 +79,9 @@ def check_against_sklearn(values, y_true, y_score, probabilities):
     np.testing.assert_allclose(values["accuracy_none"].numpy(), per_label, rtol=1e-12)
     assert values["accuracy_micro"] == pytest.approx(1 - sk.hamming_loss(y_true, y_pred), rel=1e-12)
     assert values["accuracy_macro"] == pytest.approx(per_label.mean(), rel=1e-12)
+    support = y_true.sum(0)  # torchmetrics' weights: each label's positives (0 when none has any)
+    weighted = (per_label * support).sum() / support.sum() if support.sum() else 0.0
+    assert values["accuracy_weighted"] == pytest.approx(weighted, rel=1e-12)
     both = [k for k in range(y_true.shape[1]) if 0 < y_true[:, k].sum() < len(y_true)]
     if both:
         expected_auc = np.mean([sk.roc_auc_score(y_true[:, k], y_score[:, k]) for k in both])
@@ -178,3 +181,39 @@ def test_names_and_local_values():
     torch.testing.assert_close(metric(y_score=y_score, y_true=y_true), torch.tensor([1.0, 1.0, 2 / 3], dtype=torch.float64))
     assert Accuracy(num_labels=3).evaluate(y_true=y_true, y_score=y_score) == pytest.approx(5 / 6)
     assert metric.predict(y_score).tolist() == [[1, 0, 0], [0, 1, 1]]
+
+
+def weighted_accuracy_on_ranks(rank, world, y_true, y_score):
+    accuracy = Accuracy(num_labels=y_true[0].shape[1], average="weighted")
+    accuracy(y_score=torch.as_tensor(y_score[rank]), y_true=torch.as_tensor(y_true[rank]))
+    return accuracy.calculate()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("case", ["random", "a_label_without_positives", "no_positives_at_all"])
+def test_multilabel_weighted_accuracy_weighs_labels_by_support_as_torchmetrics(dist_pool, world, case):
+    # Before: average="weighted" returned the macro mean. torchmetrics' MultilabelAccuracy weighs each
+    # label's accuracy by its positives; with no positive anywhere the weighted value is 0.
+    torchmetrics = pytest.importorskip("torchmetrics")
+    rng = np.random.default_rng(world)
+    y_true = (rng.random((23, 4)) < np.array([0.1, 0.3, 0.5, 0.8])).astype(np.int64)
+    if case == "a_label_without_positives":
+        y_true[:, 1] = 0
+    if case == "no_positives_at_all":
+        y_true[:] = 0
+    y_score = rng.random((23, 4))
+    lengths = [23, 0, 0][:world] if world == 1 else [9, 0, 14][:world] if world == 3 else [5, 18]
+    reference = torchmetrics.classification.MultilabelAccuracy(num_labels=4, average="weighted")
+    expected = float(reference(torch.as_tensor(y_score), torch.as_tensor(y_true)))
+    macro = float((y_true == (y_score >= 0.5)).mean(0).mean())
+    assert case == "no_positives_at_all" or expected != pytest.approx(macro)  # the case tells them apart
+    for value in dist_pool.run(weighted_accuracy_on_ranks, world, split(y_true, lengths), split(y_score, lengths)):
+        assert value == pytest.approx(expected, rel=1e-6)  # torchmetrics computes in float32
+
+
+def test_only_the_weighted_multilabel_accuracy_keeps_a_support_state():
+    # the other averages keep the states (and checkpoints) they had
+    for average, names in (("macro", {"correct", "total"}), ("weighted", {"correct", "total", "support"})):
+        accuracy = Accuracy(num_labels=3, average=average)
+        accuracy(y_pred=torch.ones(2, 3), y_true=torch.tensor([[1, 0, 1], [1, 0, 0]]))
+        assert set(accuracy.state_dict()["states"]) == names

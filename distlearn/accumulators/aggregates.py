@@ -134,7 +134,8 @@ class Mean(_Aggregate):
 
     Args:
         nan_strategy: ``"disable"`` (NaN propagates), ``"error"``, ``"warn"``
-            or ``"ignore"`` (a NaN value is left out with its weight).
+            or ``"ignore"`` (a NaN value or weight is left out with its pair, as
+            torchmetrics' ``MeanMetric``); ``"error"`` raises on either.
     """
 
     _reductions = {"total": SUM, "weight": SUM, "nans": SUM}
@@ -157,7 +158,7 @@ class Mean(_Aggregate):
             return
         if is_number(value) and is_number(weight) and self._states is not None and not self._value_shape():
             states = self._states_for((), "float", self._device)
-            if math.isnan(value) and "nans" in states:
+            if (math.isnan(value) or math.isnan(weight)) and "nans" in states:
                 states["nans"] += 1
                 if self._drops_nans:
                     return
@@ -168,8 +169,12 @@ class Mean(_Aggregate):
         states = self._states_for(tensor.shape, "float" if kind in ("int", "float") else kind, tensor.device)
         x = f64(tensor, states["total"])
         if is_number(weight):  # host number: an argument of the kernels, never a tensor on the device
-            nan = self._nan_mask(x, states, rows=False)
             w = float(weight)
+            if math.isnan(w) and "nans" in states:  # a NaN weight: every element is a NaN pair
+                states["nans"] += 1
+                if self._drops_nans:
+                    return
+            nan = self._nan_mask(x, states, rows=False)
             if nan is not None and self._drops_nans:
                 states["total"].add_(x.masked_fill(nan, 0.0), alpha=w)
                 states["weight"].add_((~nan).to(torch.float64), alpha=w)
@@ -210,7 +215,7 @@ class Mean(_Aggregate):
         counts = w != 0
         x = torch.where(counts, x, 0.0)
         if "nans" in states:  # a NaN of weight 0 is not an input: not counted, not reported
-            nan = x.isnan()  # (masked values are 0 now)
+            nan = x.isnan() | w.isnan()  # (masked values are 0 now); a NaN weight drops its value too
             states["nans"] += nan.sum(0) if rows else nan
             if self._drops_nans:
                 x, w = x.masked_fill(nan, 0.0), torch.where(nan, 0.0, w)

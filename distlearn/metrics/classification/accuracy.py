@@ -23,6 +23,7 @@ from ..functional.inputs import (
     _detached,
     _label_matrices,
 )
+from ..functional.stat_scores import _ratio
 from .stat_scores import _MULTILABEL_AVERAGES
 
 
@@ -88,7 +89,10 @@ class _MultilabelAccuracy(_AccuracyTask):
         self.num_labels, self.average = num_labels, average
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"correct": (self.num_labels,), "total": ()}
+        shapes = {"correct": (self.num_labels,), "total": ()}
+        if self.average == "weighted":  # only here: the other averages keep their states (and checkpoints)
+            shapes["support"] = (self.num_labels,)
+        return shapes
 
     def predict(self, y_score: Any, threshold: float) -> torch.Tensor:
         return _classify_labels(y_score, threshold)
@@ -97,6 +101,8 @@ class _MultilabelAccuracy(_AccuracyTask):
         y_pred, y_true = _label_matrices(self.owner, self.num_labels, y_pred, y_true)
         states["correct"] += (y_pred == y_true).sum(0)
         states["total"] += y_true.shape[0]
+        if "support" in states:
+            states["support"] += (y_true == 1).sum(0)
 
     def compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         per_label = states["correct"] / states["total"]
@@ -104,10 +110,31 @@ class _MultilabelAccuracy(_AccuracyTask):
             return per_label
         if self.average == "micro":
             return states["correct"].sum() / (states["total"] * self.num_labels)
+        if self.average == "weighted":
+            # torchmetrics' rule: weighted by each label's positives; 0 when no label has any
+            support = states["support"]
+            return _ratio((per_label * support).sum(-1), support.sum(-1))
         return per_label.mean()
 
     def batch_key(self) -> tuple | None:
         return None
+
+
+def _in_top_k(y_score: torch.Tensor, y_true: torch.Tensor, k: int) -> torch.Tensor:
+    """Whether each label is among the ``k`` highest scores, ties broken as scikit-learn's ``top_k_accuracy_score``.
+
+    scikit-learn ranks by a stable ascending argsort, reversed: among equal scores the higher
+    class index ranks first. A class outranks the label's when its score is higher, or equal
+    with a higher index; the label is a hit when fewer than ``k`` do. No sort, no host sync.
+    Labels outside ``[0, classes)`` (``ignore_index`` too) are misses.
+    """
+    classes = y_score.shape[1]
+    inside = (y_true >= 0) & (y_true < classes)
+    label = torch.where(inside, y_true, 0).long().reshape(-1, 1)
+    own = y_score.gather(1, label)
+    index = torch.arange(classes, device=y_score.device)
+    above = (y_score > own) | ((y_score == own) & (index > label))
+    return inside & (above.sum(1) < k)
 
 
 class Accuracy(Metric):
@@ -118,13 +145,16 @@ class Accuracy(Metric):
             the prediction is 1; logits are passed through a sigmoid first.
         top_k: with ``top_k > 1`` a sample counts as correct when its label is
             among the ``top_k`` highest scores (scikit-learn's
-            ``top_k_accuracy_score``); needs ``y_score`` of shape (n, classes).
+            ``top_k_accuracy_score``, whose tie rule it follows: among equal scores the
+            higher class index ranks first); needs ``y_score`` of shape (n, classes).
         num_labels: multilabel: ``y_true`` is an (n, num_labels) 0/1 matrix and
             ``y_score`` (n, num_labels) probabilities or logits, each thresholded;
             the accuracy is per label (torchmetrics' ``MultilabelAccuracy``, not
             scikit-learn's subset accuracy).
         average: multilabel only: ``"micro"`` (over every label of every sample),
-            ``"macro"`` (mean of the per-label accuracies) or ``"none"`` (a tensor, one per label).
+            ``"macro"`` (mean of the per-label accuracies), ``"weighted"`` (their mean
+            weighted by each label's number of positive samples, as torchmetrics; 0 when
+            no label has a positive) or ``"none"`` (a tensor, one per label).
         ignore_index: labels equal to this count for nothing (torchmetrics' ``ignore_index``), e.g.
             the -100 of padded token labels. Counted with a mask on the device, without a host sync
             (boolean indexing would sync). Not for multilabel.
@@ -164,6 +194,7 @@ class Accuracy(Metric):
             self._task = _MultilabelAccuracy(type(self).__name__, num_labels, average, top_k)
             self.name = "multilabel_accuracy" if average == "micro" else f"multilabel_accuracy_{average}"
         self.average = average
+        self._reductions = {name: SUM for name in self._task.shapes()}  # every state is a count
         super().__init__()
 
     @property
@@ -192,9 +223,7 @@ class Accuracy(Metric):
                 f"Accuracy(top_k={self.top_k}): y_score must have shape (n, classes) with n = {y_true.numel()} "
                 f"labels, got {tuple(y_score.shape)}"
             )
-        k = min(self.top_k, y_score.shape[1])
-        top = y_score.topk(k, dim=1).indices
-        self._task.count(self._states, (top == y_true.reshape(-1, 1)).any(1), y_true)
+        self._task.count(self._states, _in_top_k(y_score, y_true.reshape(-1), self.top_k), y_true)
 
     def _accumulate(self, states, y_pred, y_true) -> None:
         self._task.update(states, y_pred, y_true)

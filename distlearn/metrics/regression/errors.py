@@ -94,7 +94,8 @@ class R2(_Regression):
 
     From float64 sums of y, y**2 and squared residuals: exact to rounding
     unless the targets' mean is huge against their spread. A constant target
-    gives 1.0 for a perfect fit and 0.0 otherwise, as scikit-learn does.
+    gives 1.0 for a perfect fit and 0.0 otherwise, as scikit-learn does. A NaN
+    prediction or target gives NaN under the default ``nan_strategy="disable"``.
     """
 
     name = "r2"
@@ -113,4 +114,7 @@ class R2(_Regression):
         spread = (states["squares"] - states["total"].square() / n).clamp(min=0.0)
         r2 = 1 - states["residual"] / spread.clamp(min=1e-300)
         constant = torch.where(states["residual"] == 0, 1.0, 0.0).to(r2)
-        return torch.where(spread > 0, r2, constant)
+        result = torch.where(spread > 0, r2, constant)
+        # A NaN in the sums (nan_strategy="disable") must stay NaN, as in MSE/MAE: the
+        # comparisons above are False for NaN and would turn it into 0.0.
+        return torch.where(spread.isnan() | states["residual"].isnan(), torch.nan, result)
