@@ -32,7 +32,7 @@ train: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PYTHON) -m distlearn train $(ARGS)
 
 test: $(TEST_STAMP)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=15
 
 bench: $(TEST_STAMP)
 	$(PYTHON) benchmarks/bench_accumulators.py

@@ -29,7 +29,8 @@ def _run(procs: int, run_dir: Path, result: Path, kill: str | None = None, **env
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """The reference runs, 1 and 2 processes, never killed."""
+    """The reference runs, 1 and 2 processes, never killed (one after the other: the clock test compares
+    rates against the 1-process run's, which must not share the cores with another run)."""
     out = {}
     for procs in (1, 2):
         base = tmp_path_factory.mktemp(f"full{procs}")
@@ -49,6 +50,8 @@ def _resume_until_done(procs, run_dir, result, kills):
         kill, env = (kill, {}) if isinstance(kill, str) else (kill[0], {"RANK_ONLY": str(kill[1])})
         killed = _run(procs, run_dir, result, kill, **env)
         assert killed.returncode != 0, f"{kill}: the run was not killed\n{killed.stderr[-2000:]}"
+        if procs == 1:  # the harness itself: a kill is a SIGKILL (exit -9), not an exception the script could catch
+            assert killed.returncode == -signal.SIGKILL, (kill, killed.returncode)
         assert "SIGKILL at" in killed.stderr, killed.stderr[-3000:]
         assert not result.exists()
         resumed.append(checkpoint.latest(run_dir)[0].name if checkpoint.latest(run_dir) else None)
@@ -83,12 +86,36 @@ def _assert_sane_clocks(got: dict, want: dict) -> None:
     assert 1 / 5 < rate(got) / rate(want) < 5, (rate(got), rate(want))
 
 
-def test_a_resumed_epoch_reports_its_whole_time_and_a_sane_rate(uninterrupted, tmp_path):
+@pytest.fixture(scope="module")
+def killed_everywhere_on_one_process(tmp_path_factory):
+    """One process killed mid-epoch, at an epoch end and during saves, resumed each time, to the end.
+
+    Saves happen at steps 4, 8, 9 (epoch 0 ends), 12, 16, 18 (epoch 1), 20, 24, 27. The last kill,
+    step:26, comes in epoch 2 after checkpoint 24, 6 of its 9 batches done.
+    """
+    base = tmp_path_factory.mktemp("killed1")
+    kills = ["step:6", "epoch:0", "save:16", "rename:20", "step:26"]
+    return _resume_until_done(1, base / "run", base / "result.json", kills)
+
+
+def test_sigkill_really_kills(killed_everywhere_on_one_process):
+    """The harness itself: a kill is a SIGKILL (exit -9), not an exception the script could catch.
+
+    _resume_until_done asserts it of every one-process kill; this names the check and makes sure it ran.
+    First of the tests on the shared run, so its setup (6 launches) is not counted with the reference runs' in
+    one test's timeout.
+    """
+    _, latest, _ = killed_everywhere_on_one_process
+    assert len(latest) == 5  # five kills, each checked to be exit -9
+
+
+def test_a_resumed_epoch_reports_its_whole_time_and_a_sane_rate(uninterrupted, killed_everywhere_on_one_process):
     """Killed at step 26 (epoch 2, after checkpoint 24, 6 of its 9 batches done) and resumed: the epoch's time
     is the time before the kill plus after (it once was only the part after, with a negative first batch
-    time and a rate inflated by the batches trained before the kill)."""
-    got, latest, _ = _resume_until_done(1, tmp_path / "run", tmp_path / "result.json", ["step:26"])
-    assert latest == ["step-00000024"]
+    time and a rate inflated by the batches trained before the kill). Every epoch of this run was killed
+    and resumed at least once, so every epoch's clocks are checked."""
+    got, latest, _ = killed_everywhere_on_one_process
+    assert latest[-1] == "step-00000024"
     _assert_same(got, uninterrupted[1])
     _assert_sane_clocks(got["record"], uninterrupted[1]["record"])
     resumed = got["record"]["preparation"]["resumed_from"]
@@ -110,10 +137,10 @@ def test_the_elastic_warning_says_whether_padding_keeps_weights_apart():
     assert all("global batch 6 kept (2 per process)" in m for m in (even, uneven, dropped, unknown))
 
 
-def test_one_process_killed_mid_epoch_at_epoch_end_and_during_saves_ends_bitwise_equal(uninterrupted, tmp_path):
-    # Saves happen at steps 4, 8, 9 (epoch 0 ends), 12, 16, 18 (epoch 1), 20, 24, 27.
-    kills = ["step:6", "epoch:0", "save:16", "rename:20", "step:26"]
-    got, latest, _ = _resume_until_done(1, tmp_path / "run", tmp_path / "result.json", kills)
+def test_one_process_killed_mid_epoch_at_epoch_end_and_during_saves_ends_bitwise_equal(
+        uninterrupted, killed_everywhere_on_one_process):
+    # kills: step:6, epoch:0, save:16, rename:20, step:26 (see the fixture)
+    got, latest, _ = killed_everywhere_on_one_process
     assert latest == ["step-00000004", "step-00000009", "step-00000012", "step-00000018", "step-00000024"]
     _assert_same(got, uninterrupted[1])
     assert got["resumed_from"] == "step-00000024"
@@ -191,12 +218,6 @@ def test_find_skips_incomplete_folders_and_keeps_the_newest_complete(tmp_path, c
     text = caplog.text
     assert "step-00000009: no commit marker" in text and "step-00000011: unreadable commit marker" in text
     assert checkpoint.latest(tmp_path / "nothing") is None
-
-
-def test_sigkill_really_kills(tmp_path):
-    """The harness itself: a kill is a SIGKILL (exit -9), not an exception the script could catch."""
-    killed = _run(1, tmp_path / "run", tmp_path / "r.json", "step:2")
-    assert killed.returncode == -signal.SIGKILL
 
 
 # --------------------------------------------------------------------------- signals, through the command

@@ -11,6 +11,7 @@ differs between process counts, so bitwise equality is not expected).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -54,6 +55,24 @@ def uninterrupted(tmp_path_factory):
     return json.loads((base / "result.json").read_text())
 
 
+_KILLED: dict[tuple, Path] = {}
+
+
+def _killed(before: int, kill_step: int, env: dict[str, str], tmp_path: Path) -> Path:
+    """The folder of a run on ``before`` processes SIGKILLed after optimizer step ``kill_step``.
+
+    Killed once per (processes, step, environment) in the session: the tests that resume the same killed
+    run on different numbers of processes each resume their own copy of it.
+    """
+    key = (before, kill_step, tuple(sorted(env.items())))
+    if key not in _KILLED:
+        run_dir = tmp_path / "killed"
+        killed = _run(before, run_dir, tmp_path / "killed.json", f"step:{kill_step}", **env)
+        assert killed.returncode != 0 and "SIGKILL at step" in killed.stderr, killed.stderr[-3000:]
+        _KILLED[key] = run_dir
+    return _KILLED[key]
+
+
 def _kill_and_resume(tmp_path: Path, reference: dict, before: int, after: int, kill_step: int, **env: str) -> dict:
     """Kill a run on ``before`` processes after optimizer step ``kill_step``, finish it on ``after``; check it.
 
@@ -62,8 +81,7 @@ def _kill_and_resume(tmp_path: Path, reference: dict, before: int, after: int, k
     """
     n_samples = int(env.get("N_SAMPLES", N_SAMPLES))
     run_dir, result = tmp_path / "run", tmp_path / "result.json"
-    killed = _run(before, run_dir, result, f"step:{kill_step}", **env)
-    assert killed.returncode != 0 and "SIGKILL at step" in killed.stderr, killed.stderr[-3000:]
+    shutil.copytree(_killed(before, kill_step, env, tmp_path), run_dir)
     saved = checkpoint.latest(run_dir)
     assert saved is not None and saved[1]["world_size"] == before and saved[1]["batches_done"] > 0  # mid-epoch
     # the loader's own per-process batch is the old one: the learner must resize it to keep the global batch

@@ -25,7 +25,9 @@ RUNS = {
     "charlm": [
         "data_configs.data_parameters.max_chars=60000", "data_configs.data_parameters.block_size=32",
         "model_configs.model_parameters.d_model=32", "data_configs.data_parameters.batch_size=16",
-        "learner_configs.learner_parameters.n_epochs=3",
+        # 2 epochs: the second still must lower the loss; its perplexity was 15.2 (3 epochs: 14.4) against
+        # the bar of 0.8 x the unigram's, 21.2
+        "learner_configs.learner_parameters.n_epochs=2",
     ],
 }
 
