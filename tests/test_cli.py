@@ -25,6 +25,7 @@ N_EPOCHS = 5
 EPOCHS = f"learner_configs.learner_parameters.n_epochs={N_EPOCHS}"
 NO_TRACKING = "run.tracking.backend=none"
 TIMEOUT = 240
+OUTPUTS = ["config.yaml", "record.json", "batches.jsonl", "model.safetensors", "curves.png"]
 
 
 def run_env(**extra: str) -> dict[str, str]:
@@ -426,6 +427,59 @@ def test_record_json_keeps_epochs_and_batches_jsonl_holds_what_the_record_held(t
     # the per-batch losses are the batches of the epoch's loss: 22 of 64 samples and one of 29
     losses = [r["loss"] for r in rows if r["epoch"] == 1]
     assert (sum(losses[:-1]) * 64 + losses[-1] * 29) / 1437 == pytest.approx(written["training"]["1"]["train_loss"])
+
+
+def _one_more_epoch(baseline: Path, out: Path, *args: str, signal_at: str | None = None):
+    """The baseline's run copied to ``out`` and resumed for one more epoch (the test hook sends a signal)."""
+    from distlearn.command.files import TEST_SIGNAL_VARIABLE
+
+    if not out.exists():
+        shutil.copytree(baseline, out)
+    env = run_env(**({TEST_SIGNAL_VARIABLE: signal_at} if signal_at else {}))
+    return distlearn(f"learner_configs.learner_parameters.n_epochs={N_EPOCHS + 1}", NO_TRACKING,
+                     f"run.output_dir={out}", *args, cwd=out.parent, env=env)
+
+
+def test_a_kill_while_the_outputs_are_swapped_is_completed_by_the_next_command_and_overwrite_says_it_resumes(
+        tmp_path, baseline):
+    from distlearn.command.files import SWAPPING, read_record
+
+    out = tmp_path / "run"
+    killed = _one_more_epoch(baseline, out, "run.overwrite=true", signal_at="swap:2:SIGKILL")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    # run.overwrite=true continues the run: the first line says so, from where, and how to start over instead
+    first = killed.stderr.strip().splitlines()[0]
+    assert first.startswith(f"resuming from checkpoint {out}/checkpoints/step-") and f"(the start of epoch {N_EPOCHS + 1}," in first
+    assert "run.overwrite=true keeps the folder's checkpoints and continues its run; to start over, add run.resume=none" in first
+    assert sorted(p.name for p in (out / SWAPPING).iterdir()) == ["curves.png", "model.safetensors", "record.json"]
+    assert len(strict_json((out / "record.json").read_text())["training"]) == N_EPOCHS  # the old one, until moved in
+
+    again = _one_more_epoch(baseline, out, "run.overwrite=true")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "the new set was complete and is now in place" in again.stderr, again.stderr[-3000:]
+    assert f"already complete ({N_EPOCHS + 1} epochs" in again.stdout  # the swap made the new set whole
+    assert "run.overwrite=true keeps the folder's checkpoints and continues its run" in again.stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(["checkpoints", *OUTPUTS])
+    record = read_record(out)
+    assert record["status"] == "completed" and len(record["training"]) == N_EPOCHS + 1
+    assert all(len(epoch["batch_records"]) == 23 for epoch in record["training"].values())
+    assert (out / "model.safetensors").read_bytes() != (baseline / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("signal_at, code", [("swap:1:SIGTERM", 143), ("stage:2:SIGINT", 130)])
+def test_a_stop_signal_while_the_outputs_are_written_waits_for_them_then_exits_as_a_stop(tmp_path, baseline,
+                                                                                         signal_at, code):
+    out = tmp_path / "run"
+    result = _one_more_epoch(baseline, out, signal_at=signal_at)
+    name = signal_at.rsplit(":", 1)[1]
+    assert result.returncode == code, result.stderr[-3000:]
+    assert f"{name} received while the outputs are written: stopping once they are whole" in result.stderr
+    assert f"distlearn: {name} came while the outputs were written: they were written whole" in result.stderr
+    assert "before training started" not in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(["checkpoints", *OUTPUTS])  # nothing staged is left
+    written = strict_json((out / "record.json").read_text())
+    assert written["status"] == "completed" and len(written["training"]) == N_EPOCHS + 1
+    assert result.stdout.strip().splitlines()[-1] == f"Output directory: {out}"
 
 
 # --------------------------------------------------------------------------- resuming with more epochs, rerunning a finished run
