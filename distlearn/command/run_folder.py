@@ -18,7 +18,6 @@ A stop signal in that window waits for the swap (:func:`signals_wait`).
 from __future__ import annotations
 
 import signal
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -167,24 +166,17 @@ def signals_wait() -> Iterator[list[int]]:
     Yields the list of signals received, in order; the caller stops with the first once the
     outputs are whole. A :meth:`Checkpoints.catch_signals` block inside takes over while it lasts.
     """
-    from ..training.control import STOP_SIGNALS
+    from ..training.control import stop_signals_to
 
     received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
-        yield received
-        return
 
     def handler(signum: int, frame: Any) -> None:
         received.append(signum)
         logger.warning("%s received while the outputs are written: stopping once they are whole",
                        signal.Signals(signum).name)
 
-    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
-    try:
+    with stop_signals_to(handler):
         yield received
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 def write_outputs(
