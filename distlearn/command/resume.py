@@ -206,7 +206,7 @@ def say_complete(output_dir: Path, record: dict[str, Any], overwrite: bool = Fal
     start_over = OVERWRITE_RESUMES if overwrite else "to start over, add run.resume=none run.overwrite=true"
     print(
         f"distlearn train: the run in {output_dir} is already complete ({epochs} epoch{'s' if epochs != 1 else ''}, "
-        f'"status": "completed" in record.json): nothing trained, no tracking started, no file changed.\n'
+        f'"status": "completed" in record.json): nothing trained, no tracking started, no output written.\n'
         f"  to train more epochs, run the same command with {EPOCHS_KEY}=N (N > {epochs}); {start_over}\n"
         f"Output directory: {output_dir}",
         flush=True,
