@@ -400,6 +400,22 @@ def test_a_kill_at_any_point_of_the_outputs_write_leaves_the_old_set_or_the_new_
         assert (folder / "notes.txt").read_text() == "mine"
 
 
+def test_a_write_that_fails_leaves_the_old_set_and_nothing_staged(tmp_path, monkeypatch):
+    from distlearn.command import run_folder
+
+    record, weights = {"training": {0: {"train_loss": 1.0}}}, {"w": torch.zeros(2)}
+    run_folder.write_outputs(tmp_path, {"run": {"seed": 0}}, record, weights)
+    old = _output_set(tmp_path)
+
+    def broken(path, record, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(run_folder, "write_curves", broken)  # the last file of the set fails
+    with pytest.raises(OSError, match="disk full"):
+        run_folder.write_outputs(tmp_path, {"run": {"seed": 1}}, {"training": {}}, weights)
+    assert _output_set(tmp_path) == old and sorted(p.name for p in tmp_path.iterdir()) == sorted(OUTPUTS)
+
+
 def test_record_json_keeps_epochs_and_batches_jsonl_holds_what_the_record_held(tmp_path, fresh_accelerate):
     """Through the command's own path, in-process: record.json without per-batch values, a few hundred bytes per
     epoch; batches.jsonl one line per batch; joined again, exactly the record train() returned."""
