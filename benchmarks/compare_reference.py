@@ -19,7 +19,8 @@ in the temporary folder in case anything still imports W&B) and no variable of a
 
 Compared per (config, processes):
 
-- ``record.json``: exactly (floats bitwise, types and key order included) after dropping the clock
+- ``record.json`` with ``batches.jsonl`` joined back (``distlearn.command.files.read_record``; a reference
+  written before that file keeps its batches in record.json): exactly (floats bitwise, types and key order included) after dropping the clock
   readings ``TIMING_KEYS`` at any depth. These are the keys that differed between two runs of the same code
   on the same config (all five configs, 1 and 2 processes, diffed key by key); nothing else did:
   ``preparation_time_cost`` (set-up seconds), ``start_time``/``end_time`` (epoch wall-clock
@@ -34,7 +35,6 @@ exit status is 1 if any run failed or differed, else 0.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import struct
@@ -130,8 +130,12 @@ def first_difference(a: Any, b: Any, path: str = "") -> str | None:
 
 
 def compare_records(ref: Path, cand: Path) -> str | None:
-    """The first difference between two record.json files without their timings; None if equal."""
-    a, b = (without_timings(json.loads((d / "record.json").read_text())) for d in (ref, cand))
+    """The first difference between two records (record.json, with batches.jsonl joined back where a side has
+    one) without their timings; None if equal."""
+    sys.path.insert(0, str(ROOT))  # this checkout's reader; it also reads a folder written before batches.jsonl
+    from distlearn.command.files import read_record
+
+    a, b = (without_timings(read_record(d)) for d in (ref, cand))
     return first_difference(a, b)
 
 

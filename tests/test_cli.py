@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ N_EPOCHS = 5
 EPOCHS = f"learner_configs.learner_parameters.n_epochs={N_EPOCHS}"
 NO_TRACKING = "run.tracking.backend=none"
 TIMEOUT = 240
+OUTPUTS = ["config.yaml", "record.json", "batches.jsonl", "model.safetensors", "curves.png"]
 
 
 def run_env(**extra: str) -> dict[str, str]:
@@ -98,7 +100,7 @@ def test_default_config_is_digits_and_all_outputs_are_valid(baseline):
     from distlearn.data import SklearnDataset
 
     assert sorted(p.name for p in baseline.iterdir()) == [
-        "checkpoints", "config.yaml", "curves.png", "model.safetensors", "record.json"
+        "batches.jsonl", "checkpoints", "config.yaml", "curves.png", "model.safetensors", "record.json"
     ]
 
     config = OmegaConf.to_container(OmegaConf.load(baseline / "config.yaml"))
@@ -334,21 +336,166 @@ def test_resuming_another_experiment_is_refused_before_training_naming_key_old_a
     assert fresh.returncode == 2 and "already holds an earlier run" in fresh.stderr  # none: a fresh start, refused here
 
 
-def test_outputs_are_replaced_as_one_set_and_a_half_written_set_says_so(tmp_path, monkeypatch):
+def _output_set(folder: Path) -> dict[str, bytes]:
+    """The output files in place in ``folder``, by name."""
+    from distlearn.command.run_folder import OUTPUT_FILES
+
+    return {name: (folder / name).read_bytes() for name in OUTPUT_FILES if (folder / name).exists()}
+
+
+def _killed_writing(folder: Path, point: str, record: dict, weights: dict) -> int:
+    """A forked process writes the outputs and SIGKILLs itself at ``point``; returns its exit code."""
+    import multiprocessing
+
+    from distlearn.command import files, run_folder
+
+    def write() -> None:
+        os.environ[files.TEST_SIGNAL_VARIABLE] = f"{point}:SIGKILL"
+        run_folder.write_outputs(folder, {"run": {"seed": 1}}, record, weights)
+
+    child = multiprocessing.get_context("fork").Process(target=write)  # torch and matplotlib already imported
+    child.start()
+    child.join(TIMEOUT)
+    return child.exitcode
+
+
+def test_a_kill_at_any_point_of_the_outputs_write_leaves_the_old_set_or_the_new_one(tmp_path):
+    """SIGKILL after each file staged and after each file moved in: the folder holds the old set untouched
+    (before the commit) or the old files beside a complete new set (after it), and recovery makes it one set."""
+    from distlearn.command import files, run_folder
+
+    old_record = {"training": {0: {"train_loss": 1.0, "batch_records": {0: {"loss": 1.0}}}}, "status": "completed"}
+    new_record = {"training": {0: {"train_loss": 0.5, "batch_records": {0: {"loss": 0.7}, 1: {"loss": 0.3}}},
+                               1: {"train_loss": 0.25, "batch_records": {0: {"loss": 0.25}}}}, "status": "interrupted"}
+    n = len(run_folder.OUTPUT_FILES)
+    points = [f"stage:{k}" for k in range(1, n + 1)] + [f"swap:{k}" for k in range(n + 1)]
+    first = tmp_path / "old"
+    first.mkdir()
+    (first / "notes.txt").write_text("mine")
+    run_folder.write_outputs(first, {"run": {"seed": 0}}, old_record, {"w": torch.zeros(2)})
+    old = _output_set(first)
+    assert sorted(old) == sorted(run_folder.OUTPUT_FILES)
+    for point in points:
+        folder = tmp_path / point.replace(":", "-")
+        shutil.copytree(first, folder)
+        assert _killed_writing(folder, point, new_record, {"w": torch.ones(3)}) == -signal.SIGKILL, point
+        in_place, staged = _output_set(folder), folder / files.SWAPPING
+        if point.startswith("stage:"):  # before the commit: the old set is whole and untouched
+            assert in_place == old and not staged.exists(), point
+        else:  # after it: every file is either still old (to be moved in) or already new
+            pending = {p.name: p.read_bytes() for p in staged.iterdir()}
+            moved = sorted(set(in_place) - set(pending))
+            assert len(moved) == int(point.split(":")[1]) and sorted({*moved, *pending}) == sorted(old), point
+            assert all(in_place[name] == old[name] for name in pending), point
+
+        said = run_folder.recover_outputs(folder)  # what the next command does first
+        assert ("the earlier set stays" if point.startswith("stage:") else "is now in place") in said, point
+        assert sorted(p.name for p in folder.iterdir()) == sorted([*run_folder.OUTPUT_FILES, "notes.txt"]), point
+        if point.startswith("stage:"):
+            assert _output_set(folder) == old, point
+        else:
+            assert files.read_record(folder) == files.to_jsonable(new_record), point
+            assert (folder / "config.yaml").read_text() == "run:\n  seed: 1\n"
+        assert run_folder.recover_outputs(folder) is None  # nothing left to do
+        assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_a_write_that_fails_leaves_the_old_set_and_nothing_staged(tmp_path, monkeypatch):
     from distlearn.command import run_folder
 
-    config, record, weights = {"run": {"seed": 0}}, {"training": {0: {"train_loss": 1.0}}}, {"w": torch.zeros(2)}
-    files = run_folder.write_outputs(tmp_path, config, record, weights)
-    assert [p.name for p in files] == list(run_folder.OUTPUT_FILES)
-    assert not (tmp_path / run_folder.INCOMPLETE).exists()
+    record, weights = {"training": {0: {"train_loss": 1.0}}}, {"w": torch.zeros(2)}
+    run_folder.write_outputs(tmp_path, {"run": {"seed": 0}}, record, weights)
+    old = _output_set(tmp_path)
 
     def broken(path, record, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(run_folder, "write_curves", broken)  # killed or failed between two files of the set
-    with pytest.raises(OSError):
-        run_folder.write_outputs(tmp_path, config, {"training": {}}, weights)
-    assert (tmp_path / run_folder.INCOMPLETE).exists()  # the folder says it holds a mix of two sets
+    monkeypatch.setattr(run_folder, "write_curves", broken)  # the last file of the set fails
+    with pytest.raises(OSError, match="disk full"):
+        run_folder.write_outputs(tmp_path, {"run": {"seed": 1}}, {"training": {}}, weights)
+    assert _output_set(tmp_path) == old and sorted(p.name for p in tmp_path.iterdir()) == sorted(OUTPUTS)
+
+
+def test_record_json_keeps_epochs_and_batches_jsonl_holds_what_the_record_held(tmp_path, fresh_accelerate):
+    """Through the command's own path, in-process: record.json without per-batch values, a few hundred bytes per
+    epoch; batches.jsonl one line per batch; joined again, exactly the record train() returned."""
+    from distlearn.command.files import read_record, to_jsonable
+    from distlearn.command.train_command import train
+
+    out = tmp_path / "run"
+    ours = logging.getLogger("distlearn")
+    kept = list(ours.handlers), ours.propagate, ours.level
+    try:
+        record = train(None, ["learner_configs.learner_parameters.n_epochs=2", NO_TRACKING, f"run.output_dir={out}"],
+                       quiet=True)
+    finally:
+        ours.handlers[:], ours.propagate, ours.level = kept
+    assert all(len(epoch["batch_records"]) == 23 for epoch in record["training"].values())  # the API keeps them
+
+    written = strict_json((out / "record.json").read_text())
+    assert written["status"] == "completed" and sorted(written["training"]) == ["0", "1"]
+    assert not any("batch_records" in epoch for epoch in written["training"].values())
+    per_epoch = len(json.dumps(written["training"]["1"], indent=1))
+    assert per_epoch < 1000, per_epoch  # was ~4.9 kB with 23 batches
+    rows = [strict_json(line) for line in (out / "batches.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["batch"]) for r in rows] == [(e, b) for e in range(2) for b in range(23)]
+    assert read_record(out) == to_jsonable(record)  # same keys, same order, same numbers
+    # the per-batch losses are the batches of the epoch's loss: 22 of 64 samples and one of 29
+    losses = [r["loss"] for r in rows if r["epoch"] == 1]
+    assert (sum(losses[:-1]) * 64 + losses[-1] * 29) / 1437 == pytest.approx(written["training"]["1"]["train_loss"])
+
+
+def _one_more_epoch(baseline: Path, out: Path, *args: str, signal_at: str | None = None):
+    """The baseline's run copied to ``out`` and resumed for one more epoch (the test hook sends a signal)."""
+    from distlearn.command.files import TEST_SIGNAL_VARIABLE
+
+    if not out.exists():
+        shutil.copytree(baseline, out)
+    env = run_env(**({TEST_SIGNAL_VARIABLE: signal_at} if signal_at else {}))
+    return distlearn(f"learner_configs.learner_parameters.n_epochs={N_EPOCHS + 1}", NO_TRACKING,
+                     f"run.output_dir={out}", *args, cwd=out.parent, env=env)
+
+
+def test_a_kill_while_the_outputs_are_swapped_is_completed_by_the_next_command_and_overwrite_says_it_resumes(
+        tmp_path, baseline):
+    from distlearn.command.files import SWAPPING, read_record
+
+    out = tmp_path / "run"
+    killed = _one_more_epoch(baseline, out, "run.overwrite=true", signal_at="swap:2:SIGKILL")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    # run.overwrite=true continues the run: the first line says so, from where, and how to start over instead
+    first = killed.stderr.strip().splitlines()[0]
+    assert first.startswith(f"resuming from checkpoint {out}/checkpoints/step-") and f"(the start of epoch {N_EPOCHS + 1}," in first
+    assert "run.overwrite=true keeps the folder's checkpoints and continues its run; to start over, add run.resume=none" in first
+    assert sorted(p.name for p in (out / SWAPPING).iterdir()) == ["curves.png", "model.safetensors", "record.json"]
+    assert len(strict_json((out / "record.json").read_text())["training"]) == N_EPOCHS  # the old one, until moved in
+
+    again = _one_more_epoch(baseline, out, "run.overwrite=true")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "the new set was complete and is now in place" in again.stderr, again.stderr[-3000:]
+    assert f"already complete ({N_EPOCHS + 1} epochs" in again.stdout  # the swap made the new set whole
+    assert "run.overwrite=true keeps the folder's checkpoints and continues its run" in again.stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(["checkpoints", *OUTPUTS])
+    record = read_record(out)
+    assert record["status"] == "completed" and len(record["training"]) == N_EPOCHS + 1
+    assert all(len(epoch["batch_records"]) == 23 for epoch in record["training"].values())
+    assert (out / "model.safetensors").read_bytes() != (baseline / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("signal_at, code", [("swap:1:SIGTERM", 143), ("stage:2:SIGINT", 130)])
+def test_a_stop_signal_while_the_outputs_are_written_waits_for_them_then_exits_as_a_stop(tmp_path, baseline,
+                                                                                         signal_at, code):
+    out = tmp_path / "run"
+    result = _one_more_epoch(baseline, out, signal_at=signal_at)
+    name = signal_at.rsplit(":", 1)[1]
+    assert result.returncode == code, result.stderr[-3000:]
+    assert f"{name} received while the outputs are written: stopping once they are whole" in result.stderr
+    assert f"distlearn: {name} came while the outputs were written: they were written whole" in result.stderr
+    assert "before training started" not in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(["checkpoints", *OUTPUTS])  # nothing staged is left
+    written = strict_json((out / "record.json").read_text())
+    assert written["status"] == "completed" and len(written["training"]) == N_EPOCHS + 1
+    assert result.stdout.strip().splitlines()[-1] == f"Output directory: {out}"
 
 
 # --------------------------------------------------------------------------- resuming with more epochs, rerunning a finished run

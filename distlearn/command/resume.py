@@ -9,7 +9,6 @@ launch's processes; a finished run started again trains nothing.
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,10 @@ __all__ = ["EPOCHS_KEY", "RESUME_MAY_CHANGE", "config_changes", "follows_epochs"
            "say_complete", "start_folder"]
 
 EPOCHS_KEY = "learner_configs.learner_parameters.n_epochs"
+# run.overwrite=true replaces the outputs but continues the folder's run: SLURM requeues and torchrun
+# restarts rerun the same arguments and rely on it. Said wherever it resumes or finds the run complete.
+OVERWRITE_RESUMES = ("run.overwrite=true keeps the folder's checkpoints and continues its run; to start over, "
+                     "add run.resume=none")
 
 # Config keys a resumed run may change: how long it runs, how it is tracked, checkpointed and shown.
 RESUME_MAY_CHANGE = (
@@ -45,7 +48,7 @@ def start_folder(resolved: dict[str, Any], config: str | None, follows_epochs: S
     Raises:
         ValueError: an unusable folder or checkpoint, or a checkpoint of another experiment.
     """
-    from .run_folder import default_output_dir, prepare_output_dir, remove_if_unused
+    from .run_folder import default_output_dir, prepare_output_dir, recover_outputs, remove_if_unused
 
     run = resolved["run"]
     mode = run["resume"]
@@ -54,14 +57,17 @@ def start_folder(resolved: dict[str, Any], config: str | None, follows_epochs: S
         if identity is not None:
             base = default_output_dir(config)
             run["output_dir"] = str(base.with_name(f"{base.name.rsplit('-', 2)[0]}-{identity}"))
+    recovered = recover_outputs(run["output_dir"])  # a swap a kill left is made whole before the folder is read
     existed = run["output_dir"] is not None and Path(run["output_dir"]).expanduser().exists()
     output_dir = prepare_output_dir(run["output_dir"], run["overwrite"], config, resumable=mode != "none")
     try:
-        return resume_point(resolved, output_dir, created=not existed, follows_epochs=follows_epochs)
+        out = resume_point(resolved, output_dir, created=not existed, follows_epochs=follows_epochs)
     except BaseException:
         if not existed:
             remove_if_unused(output_dir)
         raise
+    out["log"] += [recovered] if recovered else []
+    return out
 
 
 def resume_point(resolved: dict[str, Any], output_dir: Path, created: bool,
@@ -157,7 +163,10 @@ def _resume_lines(run: dict[str, Any], path: Path, meta: Mapping[str, Any], chan
     where = f"epoch {epoch + 1}, after batch {done}" if done else f"the start of epoch {epoch + 1}"
     restart = launch.restart_count()
     again = f"restart {restart} of this launch: " if restart else ""
-    lines = [f"{again}resuming from checkpoint {path} ({where}, optimizer step {meta['step']})"]
+    first = f"{again}resuming from checkpoint {path} ({where}, optimizer step {meta['step']})"
+    if run["overwrite"]:  # HF Trainer's overwrite_output_dir starts over; this one keeps the checkpoints
+        first += f": {OVERWRITE_RESUMES}"
+    lines = [first]
     world, saved_world = launch.launched_world_size(), meta.get("world_size")
     if saved_world != world:
         policy = run.get("resume_batch", DEFAULT_RESUME_BATCH)
@@ -176,24 +185,29 @@ def completed_record(output_dir: Path, resolved: dict[str, Any], epoch: int, don
     ``n_epochs`` has nothing left to train: it is not resumed (a resume would open a new W&B run and
     rewrite the outputs for no epoch). A larger ``n_epochs`` resumes it.
     """
+    from .files import read_record
+
     n_epochs = (resolved["learner_configs"].get("learner_parameters") or {}).get("n_epochs")
     if done or not isinstance(n_epochs, int) or epoch < n_epochs:
         return None
     try:
-        record = json.loads((output_dir / "record.json").read_text())
-    except (OSError, ValueError):
+        record = read_record(output_dir)  # with batches.jsonl's per-batch values, as the learner returned it
+    except (OSError, ValueError, KeyError, AttributeError):
         return None  # stopped after the last checkpoint, before its outputs: resuming writes them
     return record if isinstance(record, dict) and record.get("status") == "completed" else None
 
 
-def say_complete(output_dir: Path, record: dict[str, Any]) -> None:
-    """The answer to a rerun of a finished run: nothing trained; how to train more; the folder last."""
+def say_complete(output_dir: Path, record: dict[str, Any], overwrite: bool = False) -> None:
+    """The answer to a rerun of a finished run: nothing trained; how to train more; the folder last.
+
+    With ``overwrite`` (``run.overwrite=true`` given), it says that this does not start over.
+    """
     epochs = len(record.get("training") or {})
+    start_over = OVERWRITE_RESUMES if overwrite else "to start over, add run.resume=none run.overwrite=true"
     print(
         f"distlearn train: the run in {output_dir} is already complete ({epochs} epoch{'s' if epochs != 1 else ''}, "
-        f'"status": "completed" in record.json): nothing trained, no tracking started, no file changed.\n'
-        f"  to train more epochs, run the same command with {EPOCHS_KEY}=N (N > {epochs}); to start over, "
-        "with run.resume=none run.overwrite=true\n"
+        f'"status": "completed" in record.json): nothing trained, no tracking started, no output written.\n'
+        f"  to train more epochs, run the same command with {EPOCHS_KEY}=N (N > {epochs}); {start_over}\n"
         f"Output directory: {output_dir}",
         flush=True,
     )

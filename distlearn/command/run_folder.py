@@ -3,36 +3,44 @@
     runs/digits-20260101-120000/
         config.yaml        the resolved config (file + overrides + defaults, output_dir filled in)
         record.json        the learner's training record (per epoch: losses, scores, lr, times, test result)
+        batches.jsonl      one line per batch: epoch, batch, loss, time (the record's batch_records)
         model.safetensors  the final weights (the unwrapped model's state dict)
         curves.png         loss, score and lr per epoch, train and test
         wandb/             the W&B run files when tracking is on (unless WANDB_DIR is set)
 
-Only the main process calls the functions that touch the file system. Each file is
-written whole or not at all (:mod:`distlearn.command.files`).
+Only the main process calls the functions that touch the file system. The five files are
+replaced as one set (:func:`distlearn.command.files.replace_set`): a kill while they are
+written leaves the old set or a committed new one, and the next ``distlearn train`` on the
+folder finishes or undoes that swap before anything reads it (:func:`recover_outputs`).
+A stop signal in that window waits for the swap (:func:`signals_wait`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import signal
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .console import logger
 from .curves import write_curves
-from .files import atomic_write, write_config, write_model, write_record
+from .files import STAGING, SWAPPING, recover_set, replace_set, split_batches, write_batches, write_config, \
+    write_model, write_record
 
 __all__ = [
-    "INCOMPLETE",
     "OUTPUT_FILES",
     "OutputDirError",
     "default_output_dir",
     "prepare_output_dir",
+    "recover_outputs",
     "remove_if_unused",
+    "signals_wait",
     "write_outputs",
 ]
 
-OUTPUT_FILES = ("config.yaml", "record.json", "model.safetensors", "curves.png")
-INCOMPLETE = "OUTPUTS_INCOMPLETE"  # present only while write_outputs replaces the set
+OUTPUT_FILES = ("config.yaml", "record.json", "batches.jsonl", "model.safetensors", "curves.png")
 
 
 class OutputDirError(FileExistsError):
@@ -101,7 +109,7 @@ def prepare_output_dir(
             existing = []
         if existing:
             shown = ", ".join(existing[:6]) + (", ..." if len(existing) > 6 else "")
-            if not set(existing) & {*OUTPUT_FILES, INCOMPLETE, "checkpoints", "wandb"}:  # nothing a run writes
+            if not set(existing) & {*OUTPUT_FILES, STAGING, SWAPPING, "checkpoints", "wandb"}:  # nothing a run writes
                 raise OutputDirError(
                     f"run.output_dir {str(path)!r} is not empty and holds no distlearn run ({shown}). Nothing was "
                     f"changed. Choose a new or empty folder (run.output_dir=...), or write the run into it beside "
@@ -131,6 +139,46 @@ def remove_if_unused(path: str | Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def recover_outputs(output_dir: str | Path | None) -> str | None:
+    """Finish or undo the replacement of the outputs that a killed process left (main process only).
+
+    Call it before anything reads the folder. A new set that was written whole is moved into
+    place; one that was still being written is removed, leaving the old set.
+
+    Returns:
+        A line for the log saying what was done, or None (nothing was left, or no such folder).
+    """
+    if output_dir is None:
+        return None
+    path = Path(output_dir).expanduser()
+    outcome = recover_set(path)
+    if outcome is None:
+        return None
+    if outcome == "completed":
+        return f"{path}: a process was killed while replacing the outputs; the new set was complete and is now in place"
+    return f"{path}: a process was killed while writing new outputs; they were incomplete and removed, the earlier set stays"
+
+
+@contextmanager
+def signals_wait() -> Iterator[list[int]]:
+    """While inside, SIGTERM/SIGINT/SIGUSR1 are noted, not acted on: the outputs are being written.
+
+    Yields the list of signals received, in order; the caller stops with the first once the
+    outputs are whole. A :meth:`Checkpoints.catch_signals` block inside takes over while it lasts.
+    """
+    from ..training.control import stop_signals_to
+
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        logger.warning("%s received while the outputs are written: stopping once they are whole",
+                       signal.Signals(signum).name)
+
+    with stop_signals_to(handler):
+        yield received
+
+
 def write_outputs(
     output_dir: str | Path,
     config: Mapping[str, Any],
@@ -138,30 +186,30 @@ def write_outputs(
     state_dict: Mapping[str, Any],
     higher_is_better: bool | None = True,
 ) -> list[Path]:
-    """Write config.yaml, record.json, model.safetensors and curves.png (main process only).
+    """Write config.yaml, record.json, batches.jsonl, model.safetensors and curves.png (main process only).
 
     Args:
         output_dir: The folder from :func:`prepare_output_dir`.
         config: The resolved config as a plain dict.
-        record: The learner's training record.
+        record: The learner's training record; its per-batch values go to batches.jsonl, the
+            rest to record.json (:func:`distlearn.command.files.read_record` joins them again).
         state_dict: The final model weights (``accelerator.get_state_dict(model)``).
         higher_is_better: The metric's ``higher_is_better`` (None: no metric), for the best epoch
             that curves.png marks: the one the summary names.
 
     Returns:
-        The paths written.
+        The paths written, in the order of :data:`OUTPUT_FILES`.
 
-    The four files are replaced as one set: ``OUTPUTS_INCOMPLETE`` exists in the folder while
-    they are being replaced, so a kill in between leaves a folder that says it is incomplete.
+    The files are replaced as one set (:func:`distlearn.command.files.replace_set`): staged in a
+    hidden folder, then swapped in; a kill leaves what :func:`recover_outputs` makes whole.
     """
-    out = Path(output_dir)
-    marker = out / INCOMPLETE
-    atomic_write(marker, lambda tmp: tmp.write_text("the outputs are being replaced; a kill left a mix of two sets\n"))
-    files = [
-        write_config(out / "config.yaml", config),
-        write_record(out / "record.json", record),
-        write_model(out / "model.safetensors", state_dict),
-        write_curves(out / "curves.png", record, higher_is_better=higher_is_better),
-    ]
-    marker.unlink()
-    return files
+    summary, batches = split_batches(record)
+    writers = {
+        "config.yaml": lambda path: write_config(path, config),
+        "record.json": lambda path: write_record(path, summary),
+        "batches.jsonl": lambda path: write_batches(path, batches),
+        "model.safetensors": lambda path: write_model(path, state_dict),
+        "curves.png": lambda path: write_curves(path, record, title=Path(output_dir).resolve().name,
+                                                higher_is_better=higher_is_better),  # staged elsewhere
+    }
+    return replace_set(output_dir, {name: writers[name] for name in OUTPUT_FILES})

@@ -103,31 +103,36 @@ def _run(session: _Session, follows: Sequence[str]) -> dict[str, Any]:
     """The folder, the experiment, W&B, training and the outputs, on every rank."""
     from ..training.checkpoint import Interrupted
 
+    from .run_folder import signals_wait
+
     accelerator, resolved = session.accelerator, session.resolved
     session.start = on_main(accelerator, "output folder", start_folder, resolved, session.config, follows)
     output_dir = Path(session.start["output_dir"])
     resolved["run"]["output_dir"] = str(output_dir)
-    if session.start.get("complete") is not None:
-        if accelerator.is_main_process:
-            say_complete(output_dir, session.start["complete"])
-        return session.start["complete"]
     for line in session.start["log"] if accelerator.is_main_process else ():  # once, not once per process
         logger.warning("%s", line)  # a resumed run's first line says from where (shown with --quiet too)
+    if session.start.get("complete") is not None:
+        if accelerator.is_main_process:
+            say_complete(output_dir, session.start["complete"], resolved["run"]["overwrite"])
+        return session.start["complete"]
     session.experiment = _build(resolved, accelerator)  # before W&B: bad data makes no empty W&B run
     everywhere(accelerator, "starting W&B tracking", session.tracker.start,
                accelerator, {**resolved, "launch": _launch_info(accelerator)}, output_dir, session.start["wandb_run_id"])
     checkpoints = _checkpoints(session, output_dir)
-    try:
-        with checkpoints.catch_signals():
-            record = _fit(session.experiment, session.tracker, checkpoints,
-                          disable_tqdm=session.quiet or not sys.stderr.isatty())
-    except Interrupted as stopped:  # every rank: a checkpoint is saved; write what there is and say how to go on
-        _stop(session, output_dir, stopped)
-    record["status"] = "completed"
-    files = _write_outputs(session, output_dir, record)
+    with signals_wait() as held:  # from the end of training until the outputs are whole, a stop signal waits
+        try:
+            with checkpoints.catch_signals():
+                record = _fit(session.experiment, session.tracker, checkpoints,
+                              disable_tqdm=session.quiet or not sys.stderr.isatty())
+        except Interrupted as stopped:  # every rank: a checkpoint is saved; write what there is and say how to go on
+            _stop(session, output_dir, stopped)
+        record["status"] = "completed"
+        files = _write_outputs(session, output_dir, record)
     session.tracker.finish()  # before the summary, so that W&B's closing lines come first and ours last
     if accelerator.is_main_process:
         print(_summary(session, output_dir, record, files), flush=True)
+    if held:
+        _stopped_after_outputs(held[0])
     return record
 
 
@@ -223,7 +228,7 @@ def _higher_is_better(experiment: Any) -> bool | None:
 
 
 def _write_outputs(session: _Session, output_dir: Path, record: dict[str, Any]) -> list[Path]:
-    """config.yaml, record.json, model.safetensors and curves.png, written by the main process.
+    """The output set (config.yaml, record.json, batches.jsonl, the weights, curves.png), written by the main process.
 
     The weights are gathered through the prepared model (under FSDP the user's module holds a
     shard): a collective under FSDP, so every rank calls this.
@@ -248,6 +253,15 @@ def _summary(session: _Session, output_dir: Path, record: dict[str, Any], files:
         wall_time=time.time() - session.begin,
         higher_is_better=_higher_is_better(session.experiment),
     )
+
+
+def _stopped_after_outputs(signum: int) -> None:
+    """A stop signal that came while the outputs of a finished run were written: exit as a stop would."""
+    import signal
+
+    name = signal.Signals(signum).name
+    raise Stopped(f"{name} came while the outputs were written: they were written whole and the run is complete "
+                  f"(\"status\": \"completed\"); nothing is left to resume", 130 if signum == signal.SIGINT else 143)
 
 
 def _stop(session: _Session, output_dir: Path, stopped: Any) -> None:

@@ -45,7 +45,6 @@ import os
 import re
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -56,7 +55,7 @@ from typing import Any
 import torch
 
 from ..options import DEFAULT_KEEP_LAST, DEFAULT_RESUME_BATCH, RESUME_BATCH_MODES
-from .control import STOP_SIGNALS, StopFlags
+from .control import STOP_SIGNALS, StopFlags, stop_signals_to
 
 __all__ = [
     "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "committed_marker",
@@ -214,10 +213,6 @@ class Checkpoints:
         point (every ``display_every_n_steps`` steps and every epoch's end), where all ranks learn
         that one of them was signalled, save a checkpoint and raise :class:`Interrupted`.
         """
-        if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
-            yield self
-            return
-
         def handler(signum: int, frame: Any) -> None:
             if self.received is not None:  # the second signal: no checkpoint, no cleanup
                 os.write(2, f"distlearn: second {signal.Signals(signum).name}: exiting now\n".encode())
@@ -225,12 +220,8 @@ class Checkpoints:
             self.received = signum
             logger.warning("%s received: stopping at the next checkpoint point", signal.Signals(signum).name)
 
-        previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
-        try:
+        with stop_signals_to(handler):
             yield self
-        finally:
-            for signum, old in previous.items():
-                signal.signal(signum, old)
 
     def stop_flags(self) -> StopFlags:
         """This process's stop flags (1 for the signal it received), for the ranks to sum."""

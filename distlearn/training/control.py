@@ -10,14 +10,17 @@ signal, and the summed vector names the signal every rank then stops on.
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..accumulators import Sum
 
-__all__ = ["STOP_SIGNALS", "StopFlags"]
+__all__ = ["STOP_SIGNALS", "StopFlags", "stop_signals_to"]
 
 # The signals that stop a run with a checkpoint: SLURM's and a launcher's SIGTERM, Ctrl-C, and the
 # SIGUSR1 that `sbatch --signal=USR1@N` sends N seconds before the time limit. Their order is the
@@ -56,3 +59,19 @@ class StopFlags:
             if count:
                 return signum
         return None
+
+
+@contextmanager
+def stop_signals_to(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """While inside, every signal of :data:`STOP_SIGNALS` calls ``handler(signum, frame)``; the
+    handlers before are restored on leaving. Off the main thread (where Python cannot install
+    handlers) nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
