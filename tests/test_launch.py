@@ -190,7 +190,7 @@ def test_ranks_started_with_different_world_sizes_both_say_so_and_exit_2(tmp_pat
     finally:
         for p in procs:
             p.kill()
-    said = "disagree on WORLD_SIZE: rank 0 has WORLD_SIZE=2, rank 1 has WORLD_SIZE=3."
+    said = "disagree on WORLD_SIZE: rank 0 has WORLD_SIZE=2, rank 1 has WORLD_SIZE=3, rank 2 has not started."
     for rank, (p, (out, err)) in enumerate(zip(procs, results)):
         assert p.returncode == 2, err[-3000:]
         assert err.count("distlearn: error:") == 1 and said in err, err[-3000:]

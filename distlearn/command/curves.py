@@ -31,7 +31,8 @@ def write_curves(
     """Loss, score and learning rate per epoch (train and test) as a PNG.
 
     Each panel's y axis is labelled; a learning rate that never changes is named in the title
-    instead of a panel of its own (a flat line on an axis of rounding noise); a panel whose values span more than a decade
+    instead of a panel of its own (a flat line on an axis of rounding noise); a panel whose
+    values span more than a decade
     is drawn on a log scale (a first-epoch loss of 28,000 would flatten the rest); the
     best test epoch is marked; the score panel is left out when it repeats the loss
     (an MSE metric next to an MSE loss). Epochs are numbered from 1, as in the summary.

@@ -28,7 +28,7 @@ class RunError(Exception):
         super().__init__(message)
         self.exit_code = exit_code
         self.together = together  # every rank raises it at the same point (else nobody waits at the end)
-        self.every_rank = every_rank  # each rank says it (its own finding, e.g. a launch it alone sees), not rank 0 only
+        self.every_rank = every_rank  # each rank says it, not rank 0 only (what it found may be its alone)
 
 
 class Stopped(RunError):

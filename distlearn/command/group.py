@@ -1,5 +1,6 @@
-"""Starting and ending the processes of a run: the Accelerator, the process group after a
-torchrun restart, the launch's name across restarts, and the orderly end.
+"""Starting and ending the processes of a run: the Accelerator, the processes' agreement on
+WORLD_SIZE, the process group after a torchrun restart, the launch's name across restarts, and
+the orderly end.
 
 torch is imported when a function runs, not with this module (``--help`` stays torch-free).
 """
@@ -105,6 +106,7 @@ def join_restarted_group(timeout_s: float) -> None:
 _WORLD_KEY = "/distlearn/world_size/"  # + rank: the WORLD_SIZE that rank was started with
 _WORLD_READ = "/distlearn/world_size_read"  # how many ranks that disagree have read the others' values
 _STORE: list[Any] = []  # the rendezvous store, kept open: rank 0's server is the one torch's env:// reuses
+_SNAPSHOT_S = 3.0  # how long a rank that saw a disagreement waits for the others' values, for its message
 _LINGER_S = 10.0  # how long rank 0, which hosts the store, waits for the others to read it before it exits
 
 
@@ -140,13 +142,12 @@ def check_world_size(timeout_s: float) -> None:
             break
     else:
         return
-    for peer in range(max(world, *sizes.values())):  # what the others said so far, for the message
-        if peer not in sizes and store.check([f"{_WORLD_KEY}{peer}"]):
-            sizes[peer] = int(store.get(f"{_WORLD_KEY}{peer}"))
+    told = _other_world_sizes(store, sizes, max(world, *sizes.values()), min(timeout_s, _SNAPSHOT_S))
     store.add(_WORLD_READ, 1)
     if rank == 0:  # the store dies with this process: let the others read it first
-        _wait_for_count(store, _WORLD_READ, len(sizes), min(timeout_s, _LINGER_S))
-    said = ", ".join(f"rank {peer} has WORLD_SIZE={size}" for peer, size in sorted(sizes.items()))
+        _wait_for_count(store, _WORLD_READ, sum(size is not None for size in told.values()), min(timeout_s, _LINGER_S))
+    said = ", ".join(f"rank {peer} has WORLD_SIZE={size}" if size is not None else f"rank {peer} has not started"
+                     for peer, size in sorted(told.items()))
     raise RunError(f"rank {rank} (WORLD_SIZE={world}): the processes of this launch disagree on WORLD_SIZE: {said}. "
                    f"{_SAME_WORLD}", every_rank=True)
 
@@ -166,7 +167,9 @@ def _rendezvous_store(host: str, port: int, rank: int, world: int, timeout_s: fl
     except (RuntimeError, ValueError) as exc:  # DistNetworkError, DistStoreError are RuntimeErrors
         if rank == 0:
             raise RunError(f"cannot start training in this launch: rank 0 cannot host the process group at "
-                           f"MASTER_ADDR={host} MASTER_PORT={port}: {exc}", every_rank=True) from None
+                           f"MASTER_ADDR={host} MASTER_PORT={port}: {_first_line(exc)}. Another process may hold "
+                           "that port (a second process started with RANK=0?): pick a free MASTER_PORT.",
+                           every_rank=True) from None
         raise RunError(
             f"rank {rank} (WORLD_SIZE={world}): rank 0 did not answer at MASTER_ADDR={host} MASTER_PORT={port} "
             f"within run.timeout_s={timeout_s:g} s. Rank 0 is not running, cannot be reached from here, or was "
@@ -184,15 +187,38 @@ def _peer_world_size(store: Any, peer: int, rank: int, world: int, timeout_s: fl
         store.wait([key], timedelta(seconds=timeout_s))
         return int(store.get(key))
     except RuntimeError as exc:  # a timeout, or rank 0's store gone
-        detail = str(exc).strip().splitlines()[0]
+        detail = _first_line(exc)
         closed = "closed" in detail.lower() or "reset" in detail.lower()
-        why = ("rank 0 ended before it wrote its own: it ran with WORLD_SIZE=1 (alone) or failed, see its log"
-               if closed else f"it did not start within run.timeout_s={timeout_s:g} s")
+        why = ("the store closed: rank 0, which hosts it, ended (it ran with WORLD_SIZE=1, alone, or failed: see "
+               "its log)" if closed else f"it did not start within run.timeout_s={timeout_s:g} s")
         raise RunError(
             f"rank {rank} (WORLD_SIZE={world}): rank {peer} never wrote its WORLD_SIZE into the rendezvous store: "
             f"{why} ({detail}). {_SAME_WORLD}",
             exit_code=EXIT_TRAINING_FAILED, together=False, every_rank=True,
         ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first line: torch's store errors go on with a C++ backtrace."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _other_world_sizes(store: Any, sizes: dict[int, int], ranks: int, limit_s: float) -> dict[int, int | None]:
+    """``sizes`` with the WORLD_SIZE of every other rank below ``ranks`` (None: not there within ``limit_s``),
+    for the message: the ranks start at their own pace."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    found: dict[int, int | None] = dict(sizes)
+    for peer in range(ranks):
+        if peer in found:
+            continue
+        try:
+            store.wait([f"{_WORLD_KEY}{peer}"], timedelta(seconds=max(deadline - time.monotonic(), 0.01)))
+            found[peer] = int(store.get(f"{_WORLD_KEY}{peer}"))
+        except RuntimeError:  # not there in time, or the store closed
+            found[peer] = None
+    return found
 
 
 def _wait_for_count(store: Any, key: str, count: int, limit_s: float) -> None:
