@@ -145,6 +145,11 @@ CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("tracking-mode", ["digits", "run.tracking.mode=onlin"], ("run.tracking.mode", "'offline'")),
     ("tracking-mode-typo", ["digits", "run.tracking.mode=offlne"], ("run.tracking.mode", "did you mean 'offline'")),
     ("scheduler-interval-typo", ["digits", f"{L}.scheduler_interval=epoc"], ("scheduler_interval", "did you mean 'epoch'")),
+    # broken interpolations name the key holding them and what they lack, in distlearn's words
+    ("interpolation-missing-key", ["digits", f"{L}.n_epochs=${{nope.key}}"],
+     (f"{L}.n_epochs: the interpolation '${{nope.key}}' refers to 'nope.key', which is not in the config",)),
+    ("interpolation-key-typo", ["digits", f"run.seed=${{{L}.n_epoch}}"], ("run.seed", f"did you mean '{L}.n_epochs'")),
+    ("interpolation-unknown-resolver", ["digits", f"{L}.n_epochs=${{oops:1}}"], (f"{L}.n_epochs", "resolver 'oops'")),
     # a key at the wrong level names where it belongs
     ("learner-key-at-top-level", ["wine", "n_epochs=5"], ("n_epochs: unknown top-level key", f"did you mean '{L}.n_epochs'")),
     ("learner-key-under-run", ["wine", "run.n_epochs=5"], ("run.n_epochs", f"did you mean '{L}.n_epochs'")),
@@ -194,6 +199,18 @@ def test_config_file_shapes_are_named(tmp_path, workdir, earlier, capsys):
     ]:
         code, err = _in_process(capsys, ["train", str(path), *out])
         _check(code, err, 2, (*words,))
+
+
+def test_broken_interpolations_in_a_file_are_each_named_without_omegaconfs_exception(tmp_path, workdir, earlier,
+                                                                                        capsys):
+    config = tmp_path / "broken.yaml"
+    text = (REPO / "configs" / "wine.yaml").read_text()
+    config.write_text(text.replace("n_epochs: ", "n_epochs: ${run.epochs} # ", 1)
+                      + "\nextra_notes:\n  where: runs/${nope}\n")
+    code, err = _in_process(capsys, ["train", str(config), f"run.output_dir={earlier}", "run.overwrite=true", "-q"])
+    _check(code, err, 2, (f"{L}.n_epochs: the interpolation '${{run.epochs}}' refers to 'run.epochs'",
+                          "extra_notes.where: the interpolation 'runs/${nope}' refers to 'nope'", "2 problems"))
+    assert "InterpolationKeyError" not in err and "full_key" not in err, err
 
 
 def test_bad_command_line_exits_2(workdir, capsys):

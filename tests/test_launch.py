@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,39 @@ def test_an_earlier_run_is_refused_on_every_rank_without_hanging(tmp_path):
     assert result.returncode != 0
     assert result.stderr.count("distlearn: error:") == 1 and "already holds an earlier run" in result.stderr
     assert [p.name for p in out.iterdir()] == ["record.json"] and (out / "record.json").read_text() == "earlier"
+
+
+def test_ranks_started_with_different_world_sizes_both_say_so_and_exit_2(tmp_path):
+    """By hand, rank 0 with WORLD_SIZE=2 and rank 1 with 3: each names both sizes at start, before any group."""
+    port, procs = free_port(), []
+    for rank, world in ((0, 2), (1, 3)):
+        env = run_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=port, ACCELERATE_USE_CPU="1")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "distlearn", "train", NO_TRACKING, f"run.output_dir={tmp_path / 'run'}",
+             "run.timeout_s=60", "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
+    try:
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    said = "disagree on WORLD_SIZE: rank 0 has WORLD_SIZE=2, rank 1 has WORLD_SIZE=3, rank 2 has not started."
+    for rank, (p, (out, err)) in enumerate(zip(procs, results)):
+        assert p.returncode == 2, err[-3000:]
+        assert err.count("distlearn: error:") == 1 and said in err, err[-3000:]
+        assert f"rank {rank} (WORLD_SIZE={rank + 2})" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_launch_read_from_the_environment_is_checked_only_with_several_processes_and_no_torchrun_agent():
+    from distlearn.runtime import launch
+
+    env = {"MASTER_ADDR": "h", "MASTER_PORT": "29500", "RANK": "1", "WORLD_SIZE": "3"}
+    assert launch.env_rendezvous(env) == ("h", 29500, 1, 3)
+    assert launch.env_rendezvous({**env, "WORLD_SIZE": "1"}) is None
+    assert launch.env_rendezvous({**env, "TORCHELASTIC_RESTART_COUNT": "0"}) is None
+    assert launch.env_rendezvous({**env, "RANK": ""}) is None and launch.env_rendezvous({**env, "RANK": "x"}) is None
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ def _record(train_loss, test_loss, train_score=None, test_score=None, lr=None, m
     for i, (a, b) in enumerate(zip(train_loss, test_loss)):
         training[str(i)] = {
             "train_loss": a, "train_score": None if train_score is None else train_score[i],
-            "metric_name": metric, "lr": 1e-3 if lr is None else lr[i],
+            "metric_name": metric, "lr": 1e-3 * 0.9**i if lr is None else lr[i],  # a schedule: its own panel
             "test_result": {"test_loss": b, "test_score": None if test_score is None else test_score[i],
                             "metric_name": metric},
         }
@@ -47,6 +47,20 @@ def test_curves_drop_a_score_that_repeats_the_loss_and_use_log_scale_over_decade
     assert loss.get_ylabel() == "loss (= mse)"
     assert loss.get_yscale() == "log" and lr.get_yscale() == "log"
     assert "best test: epoch 3 (3300)" in [line.get_label() for line in loss.get_lines()]  # lowest test MSE
+
+
+def test_a_constant_learning_rate_is_named_in_the_title_not_drawn(tmp_path):
+    """A flat lr line on a 0.00096-0.00104 axis says nothing: the title says it once, the panel is left out."""
+    record = _record([2.0, 1.0, 0.5], [2.1, 1.2, 0.9], [0.3, 0.6, 0.8], [0.3, 0.5, 0.8], lr=[1e-3] * 3)
+    fig = curves_figure(record, title="digits-20260101-120000")
+    assert [ax.get_ylabel() for ax in _panels(fig)] == ["loss", "accuracy"]
+    assert fig._suptitle.get_text() == "digits-20260101-120000\nconstant learning rate 0.001"
+    no_lr = _record([2.0, 1.0], [2.1, 1.2])
+    for epoch in no_lr["training"].values():
+        epoch.pop("lr")
+    fig = curves_figure(no_lr, title="t")
+    assert [ax.get_ylabel() for ax in _panels(fig)] == ["loss"] and fig._suptitle.get_text() == "t"
+    assert write_curves(tmp_path / "curves.png", record).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_curves_skip_nan_epochs_and_mark_lowest_loss_without_a_metric():

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,6 +207,12 @@ def test_a_resumed_run_keeps_its_wandb_id_and_logs_each_epoch_once(tmp_path):
         steps += sorted(read_wandb_run(file)["history"])
     assert len(ids) == 1  # one W&B run, continued
     assert sorted(steps) == [0, 1, 2]  # each epoch once
+    # the summary's upload hint names both folders, oldest first: one command uploads the whole run
+    folders = " ".join(str(f.parent.relative_to(out)) for f in files)
+    assert f"upload with: wandb sync {folders} (from the output directory)" in second.stdout, second.stdout
+    dry = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", *folders.split()], cwd=out, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert "Would sync 2 run(s)" in dry.stdout + dry.stderr, dry.stdout + dry.stderr  # wandb takes them in one command
 
 
 # --------------------------------------------------------------------------- every rank, one W&B run

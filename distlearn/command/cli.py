@@ -60,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(str(exc))
         code = stop_code(exc.exit_code)
     except RunError as exc:
-        error(str(exc))
+        if exc.every_rank:  # a rank's own finding: rank 0 may not know it, or may never have started
+            print(f"distlearn: error: {exc}", file=sys.stderr, flush=True)
+        else:
+            error(str(exc))
         code = exc.exit_code
     except KeyboardInterrupt:  # before the stop handlers were installed
         say("interrupted by SIGINT before training started")

@@ -1,4 +1,5 @@
-"""``curves.png``: loss, scores and learning rate per epoch, with the best test epoch marked.
+"""``curves.png``: loss, scores and learning rate per epoch, with the best test epoch marked
+(a constant learning rate is said in the title, not drawn).
 
 The best epoch is the summary's (:func:`~distlearn.command.record_numbers.best_point`, by the
 metric's own ``higher_is_better``), so the picture and the printed summary never disagree.
@@ -29,7 +30,9 @@ def write_curves(
 ) -> Path:
     """Loss, score and learning rate per epoch (train and test) as a PNG.
 
-    Each panel's y axis is labelled; a panel whose values span more than a decade
+    Each panel's y axis is labelled; a learning rate that never changes is named in the title
+    instead of a panel of its own (a flat line on an axis of rounding noise); a panel whose
+    values span more than a decade
     is drawn on a log scale (a first-epoch loss of 28,000 would flatten the rest); the
     best test epoch is marked; the score panel is left out when it repeats the loss
     (an MSE metric next to an MSE loss). Epochs are numbered from 1, as in the summary.
@@ -62,9 +65,13 @@ def curves_figure(record: Record, *, title: str = "", higher_is_better: bool | N
     same = name in scored and all(_same(series[("loss", s)], series[(name, s)]) for s in ("train", "test"))
     panels = [("loss", f"loss (= {name})" if same else "loss")]
     panels += [(n, n) for n in scored if not (same and n == name)]
-    panels.append(("lr", "learning rate"))
+    constant_lr = _constant(series[("lr", "lr")])
+    if constant_lr is not None:  # a flat line on an axis of rounding noise says less than the title does
+        title = "\n".join(t for t in (title, f"constant learning rate {constant_lr:.4g}") if t)
+    elif series[("lr", "lr")]:
+        panels.append(("lr", "learning rate"))
 
-    fig = Figure(figsize=(4.4 * len(panels), 3.9), layout="constrained")
+    fig = Figure(figsize=(4.4 * len(panels), 3.9 + 0.25 * title.count("\n")), layout="constrained")
     FigureCanvasAgg(fig)  # the Agg canvas, without pyplot's global state or a display
     fig.suptitle(title, fontsize=11)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -128,6 +135,14 @@ def _series(epochs: list, get: Callable[[Mapping[str, Any]], Any]) -> list[tuple
     """(1-based epoch, finite value) pairs; missing and non-finite values are left out."""
     points = [(i + 1, finite(get(e))) for i, e in epochs]
     return [(x, y) for x, y in points if y is not None]
+
+
+def _constant(points: list[tuple[int, float]]) -> float | None:
+    """The one value of a curve that never changes, else None (no points, or a value that moves)."""
+    values = [y for _, y in points]
+    if values and all(math.isclose(v, values[0], rel_tol=1e-9) for v in values):
+        return values[0]
+    return None
 
 
 def _same(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:

@@ -23,10 +23,12 @@ T = TypeVar("T")
 class RunError(Exception):
     """A problem with the user's input or launch: reported as a message, without a traceback."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT, together: bool = True) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT, together: bool = True,
+                 every_rank: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.together = together  # every rank raises it at the same point (else nobody waits at the end)
+        self.every_rank = every_rank  # each rank says it, not rank 0 only (what it found may be its alone)
 
 
 class Stopped(RunError):

@@ -19,7 +19,8 @@ no network ``wandb.init`` blocks ~90 s; with no key and online mode it fails):
    places ``wandb`` itself reads) and ``offline`` when none are.
 
 An offline run is written under ``WANDB_DIR`` (default: the run's output
-folder) as ``wandb/offline-run-*``; upload it later with ``wandb sync``.
+folder) as ``wandb/offline-run-*``; upload it later with ``wandb sync`` (the summary's line
+names every folder of a resumed run, oldest first).
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ class Tracker:
                 ``run.tracking.name`` is set.
             resume_id: The W&B run id of the run this one continues (from its checkpoint): the
                 run logs into it (``resume="allow"``). Offline, W&B writes a second
-                ``offline-run-*`` folder under the same id; ``wandb sync`` both folders.
+                ``offline-run-*`` folder under the same id; :meth:`describe` names them all.
 
         Raises:
             Whatever ``wandb.init`` raises: a run that was asked to be tracked and cannot be
@@ -327,5 +328,17 @@ class Tracker:
         where = self.run_dir or self.dir
         text = f"W&B {self.mode} ({self.reason}): {where}"
         if self.mode == "offline" and self.run_dir is not None:
-            text += f"; upload with: wandb sync {self.run_dir}"
+            text += f"; upload with: wandb sync {' '.join(str(p) for p in self.offline_folders())}"
         return text
+
+    def offline_folders(self) -> list[Path]:
+        """Every offline folder of this W&B run in ``run_dir``'s folder, oldest first (empty before :meth:`start`).
+
+        W&B 0.31 cannot resume an offline run: each resumed session writes another
+        ``offline-run-<time>-<id>`` folder under the same id, holding only its own epochs.
+        ``wandb sync`` takes them all in one command and uploads them in order into one run.
+        """
+        if self.run_dir is None:
+            return []
+        folders = set(self.run_dir.parent.glob(f"offline-run-*-{self.run_id}")) if self.run_id else set()
+        return sorted(folders | {self.run_dir}, key=lambda p: p.name)  # the name starts with the start time

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from ..specs import ConfigError
 from .defaults import DEFAULT_CONFIG_NAME, RUN_DEFAULTS
 from .tinybig import from_tinybig, is_tinybig
 
-__all__ = ["config_dir", "first_line", "load_config", "shipped_configs"]
+__all__ = ["config_dir", "first_line", "interpolation_problems", "load_config", "shipped_configs"]
 
 
 def config_dir() -> Path:
@@ -159,3 +160,53 @@ def first_line(exc: BaseException) -> str:
     text = " ".join(ln for ln in lines[:3] if not ln.startswith(("full_key:", "object_type", "in \"<unicode")))
     return text or type(exc).__name__
 
+
+
+def interpolation_problems(cfg: DictConfig) -> list[str]:
+    """Each ``${...}`` in ``cfg`` that cannot be resolved, named by the key that holds it and what it lacks.
+
+    OmegaConf resolves lazily, so a broken interpolation (``n_epochs=${nope.key}``, from the
+    file or an override) would surface as OmegaConf's exception wherever the value is first read.
+    """
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    known = [".".join(map(str, path)) for path, _ in _leaves(raw, ())]
+    problems = []
+    for path, text in _leaves(raw, ()):
+        if not (isinstance(text, str) and "${" in text):
+            continue
+        try:
+            node: Any = cfg
+            for key in path:
+                node = node[key]  # the last step resolves the interpolation
+        except Exception as exc:  # OmegaConf's resolution errors share no base class worth naming
+            problems.append(_interpolation_problem(".".join(map(str, path)), text, exc, known))
+    return problems
+
+
+def _leaves(node: Any, path: tuple) -> Iterator[tuple[tuple, Any]]:
+    """(key path, value) of every value that is not a mapping or a list."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else None
+    if items is None:
+        yield path, node
+        return
+    for key, value in items:
+        yield from _leaves(value, (*path, key))
+
+
+def _interpolation_problem(where: str, text: str, exc: Exception, known: list[str]) -> str:
+    """The message for the interpolation ``text`` at ``where`` that raised ``exc``."""
+    message = first_line(exc)
+    fix = f"fix the reference or give {where} a value"
+    missing = re.search(r"Interpolation key '([^']+)' not found", message)
+    if missing:
+        key = missing.group(1)
+        hint = did_you_mean(key, [k for k in known if k != where])
+        return f"{where}: the interpolation {text!r} refers to {key!r}, which is not in the config; {fix}{hint}"
+    resolver = re.search(r"Unsupported interpolation type (\S+)", message)
+    if resolver:
+        return (f"{where}: the interpolation {text!r} calls the resolver {resolver.group(1)!r}, which is not "
+                f"registered (OmegaConf's own: oc.env, oc.select, oc.decode, ...); {fix}")
+    unset = re.search(r"Missing mandatory value: (\S+)", message)
+    if unset:
+        return f"{where}: the interpolation {text!r} refers to {unset.group(1)!r}, which has no value (???); {fix}"
+    return f"{where}: the interpolation {text!r} cannot be resolved: {message}; {fix}"

@@ -25,7 +25,7 @@ from .defaults import (
     plain,
     with_run_defaults,
 )
-from .load import first_line
+from .load import first_line, interpolation_problems
 from .parameters import auto_sized, check_parameters, parameters_of, resolve_class, signature
 from .run_section import check_output_folder, check_run
 
@@ -53,10 +53,12 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], *, check_output_dir: bo
         ConfigError: Listing every problem found, each naming the key path, what was
             expected, what was found and, where one exists, the likely fix.
     """
+    if isinstance(cfg, DictConfig) and (broken := interpolation_problems(cfg)):
+        raise ConfigError(broken)  # each names its key: nothing else can be read until they resolve
     try:
         c = with_run_defaults(plain(cfg))
-    except Exception as exc:  # a broken ${interpolation}
-        raise ConfigError([f"resolving the config: {type(exc).__name__}: {exc}"]) from None
+    except Exception as exc:  # what interpolation_problems could not pin to a key
+        raise ConfigError([f"resolving the config: {type(exc).__name__}: {first_line(exc)}"]) from None
     if not isinstance(c, dict):
         raise ConfigError([f"expected a mapping at the top level, got {type(c).__name__}"])
     problems: list[str] = []

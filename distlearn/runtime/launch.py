@@ -24,8 +24,8 @@ import re
 from collections.abc import Callable, Mapping
 
 __all__ = [
-    "agent_store_shared", "deepspeed_asked", "distlearn_run_id", "exit_code_file", "fsdp_asked", "force_cpu",
-    "launch_script_command", "launched_by_accelerate", "launched_by_torchelastic", "launched_world_size",
+    "agent_store_shared", "deepspeed_asked", "distlearn_run_id", "env_rendezvous", "exit_code_file", "fsdp_asked",
+    "force_cpu", "launch_script_command", "launched_by_accelerate", "launched_by_torchelastic", "launched_world_size",
     "launcher_mixed_precision", "local_rank", "rank", "rendezvous_address", "restart_count", "single_process_launch_warning",
     "torchelastic_run_id", "under_torchelastic_agent", "warn_single_process_launch",
 ]
@@ -88,6 +88,21 @@ def rendezvous_address(environ: Mapping[str, str] | None = None) -> tuple[str, i
     """Where the process group meets: (``MASTER_ADDR``, ``MASTER_PORT``); both must be set."""
     env = _env(environ)
     return env["MASTER_ADDR"], int(env["MASTER_PORT"])
+
+
+def env_rendezvous(environ: Mapping[str, str] | None = None) -> tuple[str, int, int, int] | None:
+    """(``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``) of a several-process launch whose
+    processes meet through these variables alone (by hand, srun, a script), or None: one process, a
+    variable missing or not a number, or a torchrun agent (its rendezvous agreed on the world already)."""
+    env = _env(environ)
+    needed = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
+    if under_torchelastic_agent(env) or not all(env.get(k) for k in needed):
+        return None
+    try:
+        port, this_rank, world = int(env["MASTER_PORT"]), int(env["RANK"]), int(env["WORLD_SIZE"])
+    except ValueError:
+        return None  # torch's own rendezvous says what is wrong with it
+    return (env["MASTER_ADDR"], port, this_rank, world) if world > 1 else None
 
 
 def force_cpu(environ: Mapping[str, str] | None = None) -> bool:
