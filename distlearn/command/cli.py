@@ -125,7 +125,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         description=(
             "Train an experiment: CONFIG is a YAML file or a shipped config's name (default: digits); "
             "key.path=value arguments override its values, e.g. learner_configs.learner_parameters.n_epochs=5 "
-            "run.output_dir=runs/try1 run.tracking.backend=none. Writes config.yaml, record.json, "
+            "run.output_dir=runs/try1 run.tracking.backend=none. Writes config.yaml, record.json, batches.jsonl, "
             "model.safetensors and curves.png to run.output_dir (default runs/<config>-<time>)."
         ),
     )
