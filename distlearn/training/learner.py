@@ -51,7 +51,7 @@ from .progress import marker_fields, rank_state, restore, set_rng_states
 from .records import EpochRecord, Record, TestResult
 from .scoring import fresh_metric
 from .steps import (
-    TrainRun, account_batch, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step,
+    TrainRun, account_batch, backward, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step,
     step_scheduler_per_epoch, stepper,
 )
 
@@ -426,7 +426,7 @@ class BackwardLearner:
         with accelerator.accumulate(model):
             # prepare() already runs model.forward under Accelerate's autocast
             out = run.batches.step(model, batch, run.train_idx)
-            accelerator.backward(out.loss)
+            backward(accelerator, out.loss, run.direct)  # accelerator.backward, minus its idle work
             if self.max_grad_norm and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
             run.lr = optimizer.param_groups[0]["lr"]

@@ -25,7 +25,7 @@ from .records import EpochRecord, scores
 from .scoring import model_scores
 
 __all__ = [
-    "DirectSteps", "TrainRun", "account_batch", "batches_after", "describe_epoch", "epoch_batches", "finite_gradients", "finite_loss",
+    "DirectSteps", "TrainRun", "account_batch", "backward", "batches_after", "describe_epoch", "epoch_batches", "finite_gradients", "finite_loss",
     "last_batch", "optimizer_step", "step_scheduler_per_epoch",
 ]
 
@@ -48,6 +48,11 @@ class TrainRun:
     stepper: Any = None  # what optimizer_step calls: the optimizer, or DirectSteps around it (see stepper())
     lr: float = 0.0  # the learning rate of the last batch's step
     bar: Any = None  # the epoch's progress bar (None where it is not shown)
+
+    @property
+    def direct(self) -> bool:
+        """Whether Accelerate's optimizer wrapper and backward are provably idle here (see :func:`stepper`)."""
+        return isinstance(self.stepper, DirectSteps)
 
     def stop_flags(self) -> StopFlags:
         """This rank's stop flags (none without checkpoints: nothing to stop with)."""
@@ -126,11 +131,23 @@ class DirectSteps:
 def stepper(accelerator: Accelerator, optimizer: Any) -> Any:
     """What :func:`optimizer_step` steps: :class:`DirectSteps` where Accelerate's wrapper does nothing
     more, else the prepared optimizer itself (fp16's skip detection, XLA, DeepSpeed, LOMO, ...)."""
-    if (type(optimizer) is not AcceleratedOptimizer or optimizer.scaler is not None
-            or accelerator.distributed_type == DistributedType.XLA
+    if (type(optimizer) is not AcceleratedOptimizer or optimizer.scaler is not None or accelerator.scaler is not None
+            or accelerator.distributed_type in (DistributedType.XLA, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
             or type(optimizer.optimizer).__module__.split(".")[0] == "lomo_optim"):
         return optimizer
     return DirectSteps(optimizer)
+
+
+def backward(accelerator: Accelerator, loss: torch.Tensor, direct: bool) -> None:
+    """``accelerator.backward(loss)``; ``direct`` (its work proved idle by :func:`stepper`: no GradScaler,
+    no DeepSpeed or Megatron) does the same division by the accumulation steps and ``loss.backward()``
+    itself. Dividing by 1 is skipped: it is exact (the loss and its gradient bitwise unchanged), and
+    Accelerate pays a kernel, an autograd node and a context-manager object for it every step."""
+    if not direct:
+        accelerator.backward(loss)
+        return
+    steps = accelerator.gradient_accumulation_steps
+    (loss / steps if steps != 1 else loss).backward()
 
 
 def optimizer_step(accelerator: Accelerator, model: nn.Module, optimizer: Any, nonfinite: str) -> bool:
