@@ -187,8 +187,9 @@ def memory(args) -> None:
     growth: dict[str, list[int]] = {"learner": [], "plain": []}
     for _ in range(max(3, args.repeats // 2)):
         for kind in growth:
-            out = subprocess.run([sys.executable, __file__, "--memory-worker", kind, "--epochs", str(args.epochs)],
-                                 capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            command = [sys.executable, __file__, "--memory-worker", kind, "--epochs", str(args.epochs)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
             growth[kind].append(int(out.stdout.split()[-1]))
     learner, plain = statistics.median(growth["learner"]), statistics.median(growth["plain"])
     verdict = "ok" if learner <= plain * 1.05 + 64 else "OVER"  # 64 KiB: the resolution of page counting

@@ -25,8 +25,8 @@ from .records import EpochRecord, scores
 from .scoring import model_scores
 
 __all__ = [
-    "DirectSteps", "TrainRun", "account_batch", "backward", "batches_after", "describe_epoch", "epoch_batches", "finite_gradients", "finite_loss",
-    "last_batch", "optimizer_step", "step_scheduler_per_epoch",
+    "DirectSteps", "TrainRun", "account_batch", "backward", "batches_after", "describe_epoch", "epoch_batches",
+    "finite_gradients", "finite_loss", "last_batch", "optimizer_step", "step_scheduler_per_epoch", "stepper",
 ]
 
 
@@ -128,11 +128,15 @@ class DirectSteps:
             self.optimizer.zero_grad(**self._zero_kwargs)
 
 
+# Where Accelerate's optimizer wrapper or backward does work of its own.
+_OWN_STEPS = (DistributedType.XLA, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+
+
 def stepper(accelerator: Accelerator, optimizer: Any) -> Any:
     """What :func:`optimizer_step` steps: :class:`DirectSteps` where Accelerate's wrapper does nothing
     more, else the prepared optimizer itself (fp16's skip detection, XLA, DeepSpeed, LOMO, ...)."""
     if (type(optimizer) is not AcceleratedOptimizer or optimizer.scaler is not None or accelerator.scaler is not None
-            or accelerator.distributed_type in (DistributedType.XLA, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+            or accelerator.distributed_type in _OWN_STEPS
             or type(optimizer.optimizer).__module__.split(".")[0] == "lomo_optim"):
         return optimizer
     return DirectSteps(optimizer)
