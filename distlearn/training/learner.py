@@ -50,8 +50,8 @@ from .progress import marker_fields, rank_state, restore, set_rng_states
 from .records import EpochRecord, Record, TestResult
 from .scoring import fresh_metric
 from .steps import (
-    TrainRun, account_batch, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step,
-    step_scheduler_per_epoch,
+    TrainRun, account_batch, backward, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step,
+    step_scheduler_per_epoch, stepper,
 )
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
@@ -368,7 +368,7 @@ class BackwardLearner:
         keep_ignored = leaves_out_ignored(metric, batches.ignore_index)
         train_idx = None if train_idx is None else torch.as_tensor(train_idx, device=accelerator.device)
         return TrainRun(accelerator, model, optimizer, scheduler, loader, batches, metric, keep_ignored, train_idx,
-                    checkpoints, nonfinite)
+                        checkpoints, nonfinite, stepper(accelerator, optimizer))
 
     def _resume_point(self, run: TrainRun, record: Record, test_loader: Any, train_loader: Any) -> dict[str, Any] | None:
         """Where training starts: a checkpoint's position, the counters of :meth:`load_state_dict`, or 0.
@@ -425,11 +425,11 @@ class BackwardLearner:
         with accelerator.accumulate(model):
             # prepare() already runs model.forward under Accelerate's autocast
             out = run.batches.step(model, batch, run.train_idx)
-            accelerator.backward(out.loss)
+            backward(accelerator, out.loss, run.direct)  # accelerator.backward, minus its idle work
             if self.max_grad_norm and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
             run.lr = optimizer.param_groups[0]["lr"]
-            skip = optimizer_step(accelerator, model, optimizer, run.nonfinite)  # True: skipped on a NaN
+            skip = optimizer_step(accelerator, model, run.stepper, run.nonfinite)  # True: skipped on a NaN
         accounting.skipped_steps += skip
         # step_was_skipped is a Python flag; under fp16 the GradScaler in optimizer.step() syncs per step.
         stepped = accelerator.sync_gradients and not skip and not optimizer.step_was_skipped

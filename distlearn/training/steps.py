@@ -3,12 +3,15 @@ the epoch's batches and log line."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.utils import DistributedType
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
@@ -22,8 +25,8 @@ from .records import EpochRecord, scores
 from .scoring import model_scores
 
 __all__ = [
-    "TrainRun", "account_batch", "batches_after", "describe_epoch", "epoch_batches", "finite_gradients", "finite_loss",
-    "last_batch", "optimizer_step", "step_scheduler_per_epoch",
+    "DirectSteps", "TrainRun", "account_batch", "backward", "batches_after", "describe_epoch", "epoch_batches",
+    "finite_gradients", "finite_loss", "last_batch", "optimizer_step", "step_scheduler_per_epoch", "stepper",
 ]
 
 
@@ -42,8 +45,14 @@ class TrainRun:
     train_idx: torch.Tensor | None
     checkpoints: Checkpoints | None
     nonfinite: str
+    stepper: Any = None  # what optimizer_step calls: the optimizer, or DirectSteps around it (see stepper())
     lr: float = 0.0  # the learning rate of the last batch's step
     bar: Any = None  # the epoch's progress bar (None where it is not shown)
+
+    @property
+    def direct(self) -> bool:
+        """Whether Accelerate's optimizer wrapper and backward are provably idle here (see :func:`stepper`)."""
+        return isinstance(self.stepper, DirectSteps)
 
     def stop_flags(self) -> StopFlags:
         """This rank's stop flags (none without checkpoints: nothing to stop with)."""
@@ -91,6 +100,58 @@ def batches_after(loader: Any, done: int) -> Iterator[Any]:
     for i, batch in enumerate(loader):
         if i >= done:
             yield batch
+
+
+class DirectSteps:
+    """``AcceleratedOptimizer.step`` and ``zero_grad`` without the work that is provably idle here.
+
+    Used only where :func:`stepper` proved it idle: no GradScaler (no fp16 skip detection), not
+    XLA, an ``AcceleratedOptimizer`` exactly (not DeepSpeed's or another subclass), not a LOMO
+    optimizer. What is left is the wrapper's own rule: step and zero the gradients only at an
+    accumulation boundary (``sync_gradients``), ``set_to_none=True`` where accepted. What is cut
+    per step: two ``is_lomo_available()`` file-system lookups (uncached in Accelerate) in ``step``
+    and an ``inspect.signature`` in ``zero_grad`` (decided once here).
+    """
+
+    def __init__(self, accelerated: AcceleratedOptimizer) -> None:
+        self.optimizer = accelerated.optimizer
+        self.gradient_state = accelerated.gradient_state
+        accepts = "set_to_none" in inspect.signature(self.optimizer.zero_grad).parameters
+        self._zero_kwargs = {"set_to_none": True} if accepts else {}
+
+    def step(self) -> None:
+        if self.gradient_state.sync_gradients:
+            self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        if self.gradient_state.sync_gradients:
+            self.optimizer.zero_grad(**self._zero_kwargs)
+
+
+# Where Accelerate's optimizer wrapper or backward does work of its own.
+_OWN_STEPS = (DistributedType.XLA, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+
+
+def stepper(accelerator: Accelerator, optimizer: Any) -> Any:
+    """What :func:`optimizer_step` steps: :class:`DirectSteps` where Accelerate's wrapper does nothing
+    more, else the prepared optimizer itself (fp16's skip detection, XLA, DeepSpeed, LOMO, ...)."""
+    if (type(optimizer) is not AcceleratedOptimizer or optimizer.scaler is not None or accelerator.scaler is not None
+            or accelerator.distributed_type in _OWN_STEPS
+            or type(optimizer.optimizer).__module__.split(".")[0] == "lomo_optim"):
+        return optimizer
+    return DirectSteps(optimizer)
+
+
+def backward(accelerator: Accelerator, loss: torch.Tensor, direct: bool) -> None:
+    """``accelerator.backward(loss)``; ``direct`` (its work proved idle by :func:`stepper`: no GradScaler,
+    no DeepSpeed or Megatron) does the same division by the accumulation steps and ``loss.backward()``
+    itself. Dividing by 1 is skipped: it is exact (the loss and its gradient bitwise unchanged), and
+    Accelerate pays a kernel, an autograd node and a context-manager object for it every step."""
+    if not direct:
+        accelerator.backward(loss)
+        return
+    steps = accelerator.gradient_accumulation_steps
+    (loss / steps if steps != 1 else loss).backward()
 
 
 def optimizer_step(accelerator: Accelerator, model: nn.Module, optimizer: Any, nonfinite: str) -> bool:
