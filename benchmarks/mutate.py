@@ -94,8 +94,9 @@ MUTATIONS = [
              ("tests/test_learner.py", "-k", "bad_input"), "a bad batch on one rank is not agreed on"),
     Mutation("samples_count_batches", EPO, 'accumulators["samples"](sum(self.rows))', 'accumulators["samples"](len(self.rows))',
              _promises("drop_last"), "samples counts batches"),
-    Mutation("sync_per_step", LRN, "            accelerator.backward(out.loss)\n",
-             "            accelerator.backward(out.loss)\n            float(out.loss)\n",
+    Mutation("sync_per_step", LRN, "            backward(accelerator, out.loss, run.direct)  # accelerator.backward, minus its idle work\n",
+             "            backward(accelerator, out.loss, run.direct)  # accelerator.backward, minus its idle work\n"
+             "            float(out.loss)\n",
              ("tests/test_learner.py::test_no_host_sync_per_training_step",
               f"{PROMISES}::test_no_host_sync_per_step_with_accumulation_bf16_clipping_and_f1"), "a host sync every step"),
     Mutation("crash_on_rank1_at_end", LRN, "        return record\n",
