@@ -89,7 +89,7 @@ MUTATIONS = [
              (f"{PROMISES}::test_a_nan_loss_stops_training_at_the_next_display_step_not_the_epoch_end",
               "tests/test_learner.py::test_non_finite_loss_names_epoch_and_step_on_every_rank"),
              "NaN loss not caught mid-epoch"),
-    Mutation("no_batch_check", LRN, "agree(run.batches.problem(batch, \"data_loader['train_loader']\", run.model))",
+    Mutation("no_batch_check", LRN, "agree_on_batch(run.batches.problem(batch, \"data_loader['train_loader']\", run.model))",
              "run.batches.problem(batch, \"data_loader['train_loader']\", run.model)",
              ("tests/test_learner.py", "-k", "bad_input"), "a bad batch on one rank is not agreed on"),
     Mutation("samples_count_batches", EPO, 'accumulators["samples"](sum(self.rows))', 'accumulators["samples"](len(self.rows))',
