@@ -348,9 +348,10 @@ def _killed_writing(folder: Path, point: str, record: dict, weights: dict) -> in
     import multiprocessing
 
     from distlearn.command import files, run_folder
+    from distlearn.runtime.launch import OUTPUTS_TEST_SIGNAL
 
     def write() -> None:
-        os.environ[files.TEST_SIGNAL_VARIABLE] = f"{point}:SIGKILL"
+        os.environ[OUTPUTS_TEST_SIGNAL] = f"{point}:SIGKILL"
         run_folder.write_outputs(folder, {"run": {"seed": 1}}, record, weights)
 
     child = multiprocessing.get_context("fork").Process(target=write)  # torch and matplotlib already imported
@@ -447,11 +448,11 @@ def test_record_json_keeps_epochs_and_batches_jsonl_holds_what_the_record_held(t
 
 def _one_more_epoch(baseline: Path, out: Path, *args: str, signal_at: str | None = None):
     """The baseline's run copied to ``out`` and resumed for one more epoch (the test hook sends a signal)."""
-    from distlearn.command.files import TEST_SIGNAL_VARIABLE
+    from distlearn.runtime.launch import OUTPUTS_TEST_SIGNAL
 
     if not out.exists():
         shutil.copytree(baseline, out)
-    env = run_env(**({TEST_SIGNAL_VARIABLE: signal_at} if signal_at else {}))
+    env = run_env(**({OUTPUTS_TEST_SIGNAL: signal_at} if signal_at else {}))
     return distlearn(f"learner_configs.learner_parameters.n_epochs={N_EPOCHS + 1}", NO_TRACKING,
                      f"run.output_dir={out}", *args, cwd=out.parent, env=env)
 

@@ -22,7 +22,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BATCHES_KEY", "STAGING", "SWAPPING", "TEST_SIGNAL_VARIABLE", "atomic_write", "read_record",
+from ..runtime.launch import outputs_test_signal
+
+__all__ = ["BATCHES_KEY", "STAGING", "SWAPPING", "atomic_write", "read_record",
            "recover_set", "replace_set", "split_batches", "to_jsonable", "write_batches", "write_config",
            "write_model", "write_record"]
 
@@ -31,7 +33,6 @@ SWAPPING = ".outputs-new"  # the new set, complete: recover_set moves what is le
 BATCHES_KEY = "batch_records"  # the epoch record's per-batch part, kept in batches.jsonl
 # Tests only: "<point>:<SIGNAL>" sends this process SIGNAL at a point of replace_set, e.g. "stage:2:SIGKILL"
 # after the second file is staged, "swap:0:SIGTERM" right after the commit, "swap:3:SIGKILL" after 3 moves.
-TEST_SIGNAL_VARIABLE = "DISTLEARN_TEST_OUTPUTS_SIGNAL"
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -126,8 +127,8 @@ def _swap_in(folder: Path) -> None:
 
 
 def _test_signal(point: str) -> None:
-    """Send this process the signal that :data:`TEST_SIGNAL_VARIABLE` names for ``point`` (tests only)."""
-    wanted = os.environ.get(TEST_SIGNAL_VARIABLE, "")
+    """Send this process the signal that ``DISTLEARN_TEST_OUTPUTS_SIGNAL`` names for ``point`` (tests only)."""
+    wanted = outputs_test_signal()
     where, _, name = wanted.rpartition(":")
     if where == point:
         os.kill(os.getpid(), signal.Signals[name])

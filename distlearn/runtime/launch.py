@@ -136,6 +136,15 @@ def distlearn_run_id(environ: Mapping[str, str] | None = None) -> str | None:
     return _env(environ).get("DISTLEARN_RUN_ID", "").strip() or None
 
 
+OUTPUTS_TEST_SIGNAL = "DISTLEARN_TEST_OUTPUTS_SIGNAL"  # tests only, see outputs_test_signal()
+
+
+def outputs_test_signal(environ: Mapping[str, str] | None = None) -> str:
+    """``DISTLEARN_TEST_OUTPUTS_SIGNAL``, for tests only: ``"<point>:<SIGNAL>"`` makes the outputs' writer
+    send itself that signal at that point (``stage:k``, ``swap:k``); ``""`` when unset."""
+    return _env(environ).get(OUTPUTS_TEST_SIGNAL, "")
+
+
 def exit_code_file(environ: Mapping[str, str] | None = None) -> str | None:
     """``DISTLEARN_EXIT_CODE_FILE``: where the launch scripts want a stopped run's exit code; None when unset."""
     return _env(environ).get("DISTLEARN_EXIT_CODE_FILE") or None
