@@ -9,7 +9,7 @@ from typing import Any
 import torch.distributed as dist
 
 from .devices import comm_device
-from .plan import plan_for
+from .plan import Call, plan_for
 from .protocol import Accumulator, DivergenceError
 from .signature import reconcile
 from .split import runs_of, split_results
@@ -41,22 +41,28 @@ def calculate(
             number of processes than the default group holds (e.g. a plain
             ``Accelerator()`` under ``torchrun`` on a machine without a GPU).
     """
-    accs, rebuild, keys = _flatten(accumulators)
-    distributed = dist.is_available() and dist.is_initialized()
-    world = dist.get_world_size(group) if distributed else 1
-    specs = [acc._spec() for acc in accs]
-    if world == 1:
-        return rebuild(_local_results(accs, specs))
-    if group is None:
-        _check_accelerate_world(world)
-    device = comm_device(group, accs)
-
-    plan = plan_for(accs, keys, specs, group, world, device)
+    plan = plan_for(accumulators, group)  # the common case first: the last call again, checked cheaply
     if plan is not None:
-        results = plan.run(accs, specs, group)
+        accs, rebuild, keys, world, device = plan.accs, list, None, plan.world, plan.device
+        if group is None:
+            _check_accelerate_world(world)
+    else:
+        accs, rebuild, keys = _flatten(accumulators)
+        distributed = dist.is_available() and dist.is_initialized()
+        world = dist.get_world_size(group) if distributed else 1
+        specs = [acc._spec() for acc in accs]
+        if world == 1:
+            return rebuild(_local_results(accs, specs))
+        if group is None:
+            _check_accelerate_world(world)
+        device = comm_device(group, accs)
+        plan = plan_for(accumulators, group, Call(accs, keys, specs, world, device))
+    if plan is not None:
+        results = plan.run(group)
         if results is not None:
             return rebuild(results)
         first = None  # signatures differ (the same first collective as below was made)
+        specs = [acc._spec() for acc in accs]
     else:
         first, contributions, blob = first_collective(accs, keys, specs, group, world, device)
     if first is None:  # signatures differ: agree on shapes or raise on every rank
