@@ -50,7 +50,7 @@ from __future__ import annotations
 from .aggregates import Max, Mean, Min, Sum
 from .collective import calculate
 from .excluding import Except
-from .protocol import Accumulator, DivergenceError
+from .protocol import Accumulator, DivergenceError, PeerLostError
 from .sequences import Cat, List
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "Max",
     "Mean",
     "Min",
+    "PeerLostError",
     "Sum",
     "calculate",
 ]

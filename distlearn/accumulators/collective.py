@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from .devices import comm_device
 from .plan import Call, plan_for
-from .protocol import Accumulator, DivergenceError
+from .protocol import Accumulator, DivergenceError, PeerLostError
 from .signature import reconcile
 from .split import runs_of, split_results
 from .wire import first_collective, gather_bytes, one_vector
@@ -37,10 +37,48 @@ def calculate(
     Raises:
         DivergenceError: on every rank, when ranks passed different
             accumulators, kinds or shapes.
+        PeerLostError: when another process ended, or did not call
+            ``calculate()`` within the group's timeout (``build_accelerator(timeout_s=...)``,
+            the CLI's ``run.timeout_s``); the backend's error is its ``__cause__``.
         RuntimeError: on every rank, when Accelerate was set up with another
             number of processes than the default group holds (e.g. a plain
             ``Accelerator()`` under ``torchrun`` on a machine without a GPU).
     """
+    try:
+        return _calculate(accumulators, group)
+    except (DivergenceError, PeerLostError):
+        raise
+    except RuntimeError as exc:
+        if not _from_backend(exc):
+            raise
+        raise PeerLostError(
+            f"calculate() waited for another process that ended or did not arrive within the group's timeout "
+            f"({_timeout_text(group)}): every process must call calculate() the same number of times and "
+            f"stay up until the last one. The backend said: {str(exc).strip()}"
+        ) from exc
+
+
+def _from_backend(exc: RuntimeError) -> bool:
+    """A collective's failure (gloo's, NCCL's), not an error of this module or of an accumulator."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return any(mark in text for mark in ("gloo/", "Connection closed", "Connection reset", "Timed out", "NCCL"))
+
+
+def _timeout_text(group: dist.ProcessGroup | None) -> str:
+    try:
+        pg = group if group is not None else dist.distributed_c10d._get_default_group()
+        seconds = pg._get_backend(dist.distributed_c10d._get_pg_default_device(pg)).options._timeout.total_seconds()
+        return f"{seconds:g} s"
+    except Exception:  # noqa: BLE001 - private torch API: the message goes without the figure
+        return "the group's timeout"
+
+
+def _calculate(
+    accumulators: Sequence[Accumulator] | Mapping[str, Accumulator],
+    group: dist.ProcessGroup | None,
+) -> Any:
     plan = plan_for(accumulators, group)  # the common case first: the last call again, checked cheaply
     if plan is not None:
         accs, rebuild, keys, world, device = plan.accs, list, None, plan.world, plan.device
