@@ -655,6 +655,8 @@ def _peer_lost_rank(rank: int, port: int, peer: str, queue) -> None:
         queue.put(("PeerLostError", str(exc), type(exc.__cause__).__name__))
     except BaseException as exc:  # noqa: BLE001 - the test reports what came instead
         queue.put((type(exc).__name__, str(exc), None))
+    queue.close()
+    queue.join_thread()  # the report is sent before the hard exit (which skips the queue's feeder thread)
     os._exit(0)
 
 
