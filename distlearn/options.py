@@ -37,6 +37,7 @@ NONFINITE_MODES = ("error", "skip")  # a NaN/inf training loss: stop, or skip th
 # per-process batch (the global batch changes).
 RESUME_BATCH_MODES = ("global", "per_process")
 DEFAULT_RESUME_BATCH = "global"
+DEFAULT_TIMEOUT_S = 300  # process-group timeout (run.timeout_s, build_accelerator): a rank that never arrives ends the run
 DEFAULT_KEEP_LAST = 2  # complete checkpoints kept: the newest may still be being written by a later save
 
 

@@ -693,3 +693,85 @@ def test_a_nan_weight_is_dropped_elementwise_without_a_host_sync():
         mean(torch.tensor([7.0, 8.0, 9.0]), weight=math.nan)
     assert syncs.n == 0
     assert mean.value().tolist() == [1.0, 4.0, 4.0]
+
+
+def _peer_lost_rank(rank: int, port: int, peer: str, queue) -> None:
+    """Rank 0 calls calculate(); rank 1 exits first ("exits") or never calls it ("absent")."""
+    import os
+    import time
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), ACCELERATE_USE_CPU="1")
+    import torch.distributed as dist
+
+    from distlearn.accelerator import build_accelerator
+    from distlearn.accumulators import Mean, PeerLostError, calculate
+
+    build_accelerator(timeout_s=3)
+    dist.barrier()
+    if rank == 1:
+        if peer == "absent":
+            time.sleep(8)  # alive, never calling: rank 0 waits for the timeout
+        os._exit(0)
+    if peer == "exits":
+        time.sleep(1)
+    mean = Mean()
+    mean(1.0)
+    try:
+        calculate([mean])
+        queue.put(("no error", None, None))
+    except PeerLostError as exc:
+        queue.put(("PeerLostError", str(exc), type(exc.__cause__).__name__))
+    except BaseException as exc:  # noqa: BLE001 - the test reports what came instead
+        queue.put((type(exc).__name__, str(exc), None))
+    queue.close()
+    queue.join_thread()  # the report is sent before the hard exit (which skips the queue's feeder thread)
+    os._exit(0)
+
+
+@pytest.mark.parametrize("peer", ["exits", "absent"])
+def test_a_peer_that_ends_or_never_calls_gives_a_clear_error_after_the_timeout(peer):
+    import multiprocessing
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_peer_lost_rank, args=(rank, port, peer, queue)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    kind, message, cause = queue.get(timeout=90)
+    for p in procs:
+        p.join(timeout=30)
+    assert kind == "PeerLostError", (kind, message)
+    assert "calculate() waited for another process that ended or did not arrive" in message
+    assert "3 s" in message and cause == "RuntimeError"
+
+
+def _timeout_of_existing_group(rank, world):
+    from accelerate.state import AcceleratorState, GradientState
+
+    from distlearn.accelerator import build_accelerator
+    from distlearn.accumulators.collective import _timeout_text
+
+    before = _timeout_text(None)
+    try:
+        build_accelerator()  # no timeout_s: an existing group keeps its own
+        kept = _timeout_text(None)
+        build_accelerator(timeout_s=7)
+        return before, kept, _timeout_text(None)
+    finally:
+        import datetime
+
+        import torch.distributed.distributed_c10d as c10d
+
+        c10d._set_pg_timeout(datetime.timedelta(seconds=float(before.split()[0])))
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def test_build_accelerator_sets_the_timeout_of_a_group_that_already_exists(dist_pool):
+    for before, kept, after in dist_pool.run(_timeout_of_existing_group, 2):
+        assert kept == before and after == "7 s"

@@ -125,3 +125,60 @@ def planned_tensor_results(rank, world):
 def test_planned_tensor_results_are_not_overwritten_by_the_next_call(dist_pool):
     for first, second, third in dist_pool.run(planned_tensor_results, 2):
         assert first == second == [3.0] * 3 and third == [5.0] * 3
+
+
+def repeated_plain_list_skips_specs(rank, world):
+    from distlearn.accumulators.tensor import TensorAccumulator
+
+    means = [Mean() for _ in range(8)]
+    for m in means:
+        m(float(rank))
+    calculate(means)  # the plan is made
+    counted = []
+    spec = TensorAccumulator._spec
+    TensorAccumulator._spec = lambda self: counted.append(self) or spec(self)
+    try:
+        values = calculate(means)  # the plan repeated: no spec asked, no flattening
+    finally:
+        TensorAccumulator._spec = spec
+    return len(counted), values
+
+
+def test_a_repeated_plain_list_is_checked_without_asking_for_specs(dist_pool):
+    for count, values in dist_pool.run(repeated_plain_list_skips_specs, 2):
+        assert count == 0 and values == [0.5] * 8
+
+
+def changes_between_planned_calls(rank, world):
+    a, b, c = Sum(), Mean(), Mean()
+    a(1)
+    b(float(rank))
+    c(2.0)
+    out = [calculate([a, b, c])]
+    a(0.5)  # int -> float under the same states: the result's type changes
+    out.append(calculate([a, b, c]))
+    b.reset()
+    b(10.0 * (rank + 1))  # new states after a reset
+    out.append(calculate([a, b, c]))
+    saved = c.state_dict()
+    c(4.0)
+    out.append(calculate([a, b, c]))
+    c.load_state_dict(saved)  # new states from a state dict (the plan's views were cloned)
+    out.append(calculate([a, b, c]))
+    out.append(calculate([b, a]))  # another pattern sharing accumulators, then the first again
+    out.append(calculate((a, b, c)))
+    a(1.0)
+    out.append(calculate([a, b, c]))
+    return out
+
+
+def test_changes_between_planned_calls_are_seen(dist_pool):
+    for out in dist_pool.run(changes_between_planned_calls, 2):
+        assert out[0] == [2, 0.5, 2.0] and type(out[0][0]) is int
+        assert out[1] == [3.0, 0.5, 2.0] and type(out[1][0]) is float
+        assert out[2] == [3.0, 15.0, 2.0]
+        assert out[3] == [3.0, 15.0, 3.0]
+        assert out[4] == [3.0, 15.0, 2.0]
+        assert out[5] == [15.0, 3.0]
+        assert out[6] == [3.0, 15.0, 2.0]
+        assert out[7] == [5.0, 15.0, 2.0]

@@ -20,8 +20,10 @@ How :func:`calculate` talks to the other ranks:
 
 The Python work per accumulator is kept small, because it is what a
 ``calculate()`` of many scalars costs beyond the collective: specs and
-contributions are cached while states keep their shapes, scalar states are
-stacked in one call, and runs of accumulators of one kind and settings (Sum,
+contributions are cached while states keep their shapes, a call that repeats
+the last one (the same list of the same accumulators, states and group) is
+recognised by identity and reuses its plan, whose sum states live side by
+side in one tensor (one copy fills the buffer), and runs of accumulators of one kind and settings (Sum,
 Mean, Accuracy, F1, MSE, ...) are finished in one batched tensor pass.
 Collections (:class:`~distlearn.metrics.Metrics`) are expanded into their
 members, so they ride in the same collectives.
@@ -50,7 +52,7 @@ from __future__ import annotations
 from .aggregates import Max, Mean, Min, Sum
 from .collective import calculate
 from .excluding import Except
-from .protocol import Accumulator, DivergenceError
+from .protocol import Accumulator, DivergenceError, PeerLostError
 from .sequences import Cat, List
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "Max",
     "Mean",
     "Min",
+    "PeerLostError",
     "Sum",
     "calculate",
 ]

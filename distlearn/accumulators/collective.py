@@ -9,8 +9,8 @@ from typing import Any
 import torch.distributed as dist
 
 from .devices import comm_device
-from .plan import plan_for
-from .protocol import Accumulator, DivergenceError
+from .plan import Call, plan_for
+from .protocol import Accumulator, DivergenceError, PeerLostError
 from .signature import reconcile
 from .split import runs_of, split_results
 from .wire import first_collective, gather_bytes, one_vector
@@ -37,26 +37,70 @@ def calculate(
     Raises:
         DivergenceError: on every rank, when ranks passed different
             accumulators, kinds or shapes.
+        PeerLostError: when another process ended, or did not call
+            ``calculate()`` within the group's timeout (``build_accelerator(timeout_s=...)``,
+            the CLI's ``run.timeout_s``); the backend's error is its ``__cause__``.
         RuntimeError: on every rank, when Accelerate was set up with another
             number of processes than the default group holds (e.g. a plain
             ``Accelerator()`` under ``torchrun`` on a machine without a GPU).
     """
-    accs, rebuild, keys = _flatten(accumulators)
-    distributed = dist.is_available() and dist.is_initialized()
-    world = dist.get_world_size(group) if distributed else 1
-    specs = [acc._spec() for acc in accs]
-    if world == 1:
-        return rebuild(_local_results(accs, specs))
-    if group is None:
-        _check_accelerate_world(world)
-    device = comm_device(group, accs)
+    try:
+        return _calculate(accumulators, group)
+    except (DivergenceError, PeerLostError):
+        raise
+    except RuntimeError as exc:
+        if not _from_backend(exc):
+            raise
+        raise PeerLostError(
+            f"calculate() waited for another process that ended or did not arrive within the group's timeout "
+            f"({_timeout_text(group)}): every process must call calculate() the same number of times and "
+            f"stay up until the last one. The backend said: {str(exc).strip()}"
+        ) from exc
 
-    plan = plan_for(accs, keys, specs, group, world, device)
+
+def _from_backend(exc: RuntimeError) -> bool:
+    """A collective's failure (gloo's, NCCL's), not an error of this module or of an accumulator."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return any(mark in text for mark in ("gloo/", "Connection closed", "Connection reset", "Timed out", "NCCL"))
+
+
+def _timeout_text(group: dist.ProcessGroup | None) -> str:
+    try:
+        pg = group if group is not None else dist.distributed_c10d._get_default_group()
+        seconds = pg._get_backend(dist.distributed_c10d._get_pg_default_device(pg)).options._timeout.total_seconds()
+        return f"{seconds:g} s"
+    except Exception:  # noqa: BLE001 - private torch API: the message goes without the figure
+        return "the group's timeout"
+
+
+def _calculate(
+    accumulators: Sequence[Accumulator] | Mapping[str, Accumulator],
+    group: dist.ProcessGroup | None,
+) -> Any:
+    plan = plan_for(accumulators, group)  # the common case first: the last call again, checked cheaply
     if plan is not None:
-        results = plan.run(accs, specs, group)
+        accs, rebuild, keys, world, device = plan.accs, list, None, plan.world, plan.device
+        if group is None:
+            _check_accelerate_world(world)
+    else:
+        accs, rebuild, keys = _flatten(accumulators)
+        distributed = dist.is_available() and dist.is_initialized()
+        world = dist.get_world_size(group) if distributed else 1
+        specs = [acc._spec() for acc in accs]
+        if world == 1:
+            return rebuild(_local_results(accs, specs))
+        if group is None:
+            _check_accelerate_world(world)
+        device = comm_device(group, accs)
+        plan = plan_for(accumulators, group, Call(accs, keys, specs, world, device))
+    if plan is not None:
+        results = plan.run(group)
         if results is not None:
             return rebuild(results)
         first = None  # signatures differ (the same first collective as below was made)
+        specs = [acc._spec() for acc in accs]
     else:
         first, contributions, blob = first_collective(accs, keys, specs, group, world, device)
     if first is None:  # signatures differ: agree on shapes or raise on every rank

@@ -17,6 +17,10 @@ class DivergenceError(RuntimeError):
     """Ranks called :func:`calculate` with different accumulators, kinds or shapes."""
 
 
+class PeerLostError(RuntimeError):
+    """:func:`calculate` waited for another process that ended or did not call it within the group's timeout."""
+
+
 UNSET: Any = object()  # a batch key not worked out yet (None is a key: finish alone)
 
 

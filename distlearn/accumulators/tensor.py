@@ -143,6 +143,26 @@ class TensorAccumulator(Accumulator):
             (contribution.sums if self._reductions[name] == SUM else contribution.maxes).append(states[name])
         return contribution
 
+    def _keep_sums_in(self, segment: torch.Tensor) -> None:
+        """Keep the sum states as views of ``segment`` (1-d, their sizes in order), values unchanged.
+
+        calculate()'s plan lays the sum states of many accumulators out in one tensor, so a
+        call reads them with one copy instead of one op per state. Updates stay in place
+        and the states dict, the spec and the cached contribution stay the same objects,
+        so nothing else notices (``state_dict`` clones each view on its own).
+        """
+        contribution = self._spec_cache[3]
+        offset, views = 0, {}
+        for name, reduction in self._reductions.items():
+            if reduction == SUM:
+                state = self._states[name]
+                view = segment[offset : offset + state.numel()].view(state.shape)
+                view.copy_(state)
+                views[name] = view
+                offset += state.numel()
+        self._states.update(views)
+        contribution.sums[:] = list(views.values())
+
     def _padded(self, states: Mapping[str, torch.Tensor], target: Mapping[str, tuple]) -> dict[str, torch.Tensor]:
         padded = self._neutral(target, state_device(self._device))
         for name, state in states.items():

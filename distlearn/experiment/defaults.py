@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..options import DEFAULT_KEEP_LAST, DEFAULT_RESUME_BATCH
+from ..options import DEFAULT_KEEP_LAST, DEFAULT_RESUME_BATCH, DEFAULT_TIMEOUT_S
 
 # Section key -> prefix of its "<prefix>_class" / "<prefix>_parameters" keys.
 SECTIONS: dict[str, str] = {
@@ -58,7 +58,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     # every_n_steps None: checkpoints at epoch ends only; keep_last: complete checkpoints kept
     "checkpoint": {"every_n_steps": None, "keep_last": DEFAULT_KEEP_LAST},
     "resume": "auto",  # auto: the newest complete checkpoint in output_dir, else fresh; none; or a checkpoint path
-    "timeout_s": 300,  # process-group timeout: a rank that never arrives ends the run after this long
+    "timeout_s": DEFAULT_TIMEOUT_S,  # process-group timeout: a rank that never arrives ends the run after this long
     "nonfinite": "error",  # a NaN/inf training loss: error (stop) or skip (skip that optimizer step)
     # resuming on another number of processes: keep the global batch (global) or the per-process one
     "resume_batch": DEFAULT_RESUME_BATCH,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from accelerate.data_loader import (
     DataLoaderShard,
     SeedableRandomSampler,
 )
-from accelerate.utils import DataLoaderConfiguration, DistributedType
+from accelerate.utils import DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs
 from torch.utils.data import BatchSampler
 
 from .launch import (
@@ -32,7 +33,7 @@ from .launch import (
     launcher_mixed_precision,
     warn_single_process_launch,
 )
-from ..options import MIXED_PRECISION
+from ..options import DEFAULT_TIMEOUT_S, MIXED_PRECISION
 
 __all__ = ["build_accelerator", "check_accelerator", "check_loader", "launched_world_size", "prepare_loader"]
 
@@ -49,6 +50,7 @@ def build_accelerator(
     gradient_accumulation_steps: int = 1,
     seed: int = 0,
     device: str | torch.device | None = None,
+    timeout_s: float | None = None,
     **accelerator_kwargs: Any,
 ) -> Accelerator:
     """An Accelerator that sees every launched process, with a seedable data order.
@@ -62,6 +64,11 @@ def build_accelerator(
         device: an explicit device, honoured on a single process ("cpu" or
             "cuda:k"); ignored with a warning on several processes, where each
             rank takes its own device.
+        timeout_s: how long a collective (``calculate()`` included) waits for a
+            process that ended or never calls it, in seconds. None: the CLI's
+            ``run.timeout_s`` default (300) for a group this call starts, and
+            the existing group's own timeout when one was already started.
+            An ``InitProcessGroupKwargs`` handler in ``kwargs_handlers`` wins.
         **accelerator_kwargs: passed on to ``Accelerator`` (e.g. ``log_with``,
             ``kwargs_handlers=[InitProcessGroupKwargs(timeout=...)]``).
 
@@ -111,6 +118,7 @@ def build_accelerator(
             use_seedable_sampler=True, data_seed=seed, even_batches=True, non_blocking=not cpu and _has_gpu()
         ),
     )
+    _apply_timeout(timeout_s, accelerator_kwargs)
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=mixed_precision,
@@ -122,6 +130,23 @@ def build_accelerator(
     )
     check_accelerator(accelerator)
     return accelerator
+
+
+def _apply_timeout(timeout_s: float | None, accelerator_kwargs: dict[str, Any]) -> None:
+    """Give the process group ``timeout_s`` (default: the CLI's), unless a handler already sets one.
+
+    Torch's own default is 30 minutes. A group that already exists (started by the caller or the
+    CLI) keeps its timeout unless ``timeout_s`` was given; then it is set on that group.
+    """
+    handlers = list(accelerator_kwargs.get("kwargs_handlers") or [])
+    if any(isinstance(handler, InitProcessGroupKwargs) for handler in handlers):
+        return
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if timeout_s is not None:  # Accelerate ignores InitProcessGroupKwargs for an existing group
+            torch.distributed.distributed_c10d._set_pg_timeout(timedelta(seconds=timeout_s))
+        return
+    seconds = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+    accelerator_kwargs["kwargs_handlers"] = [*handlers, InitProcessGroupKwargs(timeout=timedelta(seconds=seconds))]
 
 
 # DeepSpeed needs the loader prepared with the model (for its micro-batch size), clips and casts inside
