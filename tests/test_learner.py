@@ -234,7 +234,9 @@ def test_non_finite_skip_skips_the_step_on_every_rank_and_counts_it(runs):
 def test_bad_input_errors_on_every_rank(runs):
     for rank in range(2):
         out = _load(runs, "accelerate2", "errors", rank)
-        for case in ("empty", "one_rank_empty", "triples", "one_rank_triples", "no_optimizer", "no_loss"):
+        for case in ("empty", "one_rank_empty", "triples", "one_rank_triples"):  # agreed on every rank as one type
+            assert out[case]["type"] == "BatchError" and out[case]["value_error"], (case, out[case])
+        for case in ("no_optimizer", "no_loss"):
             assert out[case]["type"] == "ValueError", (case, out[case])
         assert "empty (0 batches)" in out["one_rank_empty"]["message"]
         assert "(features, labels)" in out["one_rank_triples"]["message"]

@@ -239,8 +239,8 @@ def _error_of(fn) -> dict:
     try:
         fn()
     except Exception as error:  # the test checks the type and message
-        return {"type": type(error).__name__, "message": str(error)}
-    return {"type": None, "message": None}
+        return {"type": type(error).__name__, "message": str(error), "value_error": isinstance(error, ValueError)}
+    return {"type": None, "message": None, "value_error": False}
 
 
 def main() -> None:
