@@ -9,7 +9,7 @@ from typing import Any
 from ..options import is_int
 
 # Parameters that every data set's loaders take (checked the same way everywhere).
-LOADER_PARAMETERS = ("batch_size", "test_size", "seed", "shuffle")
+LOADER_PARAMETERS = ("batch_size", "test_size", "seed", "shuffle", "num_workers")
 
 
 def check_common(params: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -35,6 +35,10 @@ def check_common(params: Mapping[str, Any]) -> list[tuple[str, str]]:
         s = params["seed"]
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
             problems.append(("seed", f"expected an int >= 0, got {s!r}"))
+    if "num_workers" in params:
+        w = params["num_workers"]
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            problems.append(("num_workers", f"expected an int >= 0 (0: no worker processes), got {w!r}"))
     for key in ("shuffle", "standardize", "stratify"):
         if key in params and not isinstance(params[key], bool):
             problems.append((key, f"expected true or false, got {params[key]!r}"))

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from ..runtime.loader import tensor_loaders
 from .checks import check_loader_params, raise_first_problem, resolve_object
+from .randomness import Transformed, check_transform
 
 HF_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
 
@@ -55,6 +56,10 @@ class HFDataset:
         max_length: Truncate tokenized texts to this many tokens.
         collate_fn: Dotted path of a collate function.
         train_split, test_split: Split names.
+        transform: Dotted path of ``transform(sample, generator) -> sample`` (a sample is a dict of
+            tensors), applied to each training sample with a generator seeded from (``seed``, epoch,
+            index): see :mod:`distlearn.data.randomness`. None: none.
+        num_workers: Dataloader worker processes (0: load in the training process).
         batch_size, test_size, seed, shuffle: As for ``SklearnDataset``.
 
     Raises:
@@ -79,10 +84,13 @@ class HFDataset:
         test_size: float | int = 0.2,
         seed: int = 0,
         shuffle: bool = True,
+        transform: str | Callable | None = None,
+        num_workers: int = 0,
     ) -> None:
         raise_first_problem("HFDataset", self.check_parameters({
             "data_files": data_files, "format": format, "batch_size": batch_size, "test_size": test_size, "seed": seed,
-            "shuffle": shuffle}))
+            "shuffle": shuffle, "transform": transform, "num_workers": num_workers}))
+        self.transform, self.num_workers = resolve_object(transform, "transform"), num_workers
         self.data_files, self.format = data_files, format
         self.columns = None if columns is None else list(columns)
         self.label_column, self.text_column = label_column, text_column
@@ -193,8 +201,10 @@ class HFDataset:
         if collate is None and self.tokenizer is not None:
             transformers = require_hf("transformers")
             collate = transformers.DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
+        if self.transform is not None:
+            train = Transformed(train, self.transform, self.seed)
         return tensor_loaders(train, test, batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed,
-                              collate_fn=collate)
+                              collate_fn=collate, num_workers=self.num_workers)
 
     def __repr__(self) -> str:
         return f"HFDataset(data_files={self.data_files!r})"
@@ -202,7 +212,7 @@ class HFDataset:
     @staticmethod
     def check_parameters(params: Mapping[str, Any]) -> list[tuple[str, str]]:
         """Check parameter values without reading the files (used by config validation)."""
-        problems = check_loader_params(params)
+        problems = check_loader_params(params) + check_transform(params)
         fmt = params.get("format")
         if fmt is not None and fmt not in set(HF_FORMATS.values()):
             problems.append(("format", f"expected one of {sorted(set(HF_FORMATS.values()))} or null, got {fmt!r}"))

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..runtime.loader import tensor_loaders
 from .checks import check_loader_params, raise_first_problem, resolve_object
+from .randomness import Transformed, check_transform
 from .splits import split_sizes
 
 
@@ -26,6 +27,11 @@ class TorchDataset:
         dataset_parameters: Its keyword arguments.
         test_parameters: Keyword arguments of the test set (None: split the training set).
         collate_fn: Dotted path of a collate function (or one); None: torch's default.
+        transform: Dotted path of (or) ``transform(sample, generator) -> sample``, applied to each
+            training sample with a generator seeded from (``seed``, epoch, index): augmentations
+            that replay on resume and on any number of processes or workers (see
+            :mod:`distlearn.data.randomness`). None: samples as the data set gives them.
+        num_workers: Dataloader worker processes (0: load in the training process).
         batch_size, test_size, seed, shuffle: As for ``SklearnDataset``.
     """
 
@@ -39,12 +45,15 @@ class TorchDataset:
         test_size: float | int = 0.2,
         seed: int = 0,
         shuffle: bool = True,
+        transform: str | Callable | None = None,
+        num_workers: int = 0,
     ) -> None:
         raise_first_problem("TorchDataset", self.check_parameters({
             "dataset_class": dataset_class, "collate_fn": collate_fn, "batch_size": batch_size, "test_size": test_size,
-            "seed": seed, "shuffle": shuffle}))
+            "seed": seed, "shuffle": shuffle, "transform": transform, "num_workers": num_workers}))
         self.dataset_class = resolve_object(dataset_class, "dataset_class")
         self.collate_fn = resolve_object(collate_fn, "collate_fn")
+        self.transform, self.num_workers = resolve_object(transform, "transform"), num_workers
         self.dataset_parameters = dict(dataset_parameters or {})
         self.test_parameters = None if test_parameters is None else dict(test_parameters)
         self.batch_size, self.test_size, self.seed, self.shuffle = batch_size, test_size, seed, shuffle
@@ -85,8 +94,10 @@ class TorchDataset:
         else:
             sizes = split_sizes(len(train), self.test_size)
             train, test = torch.utils.data.random_split(train, sizes, generator=torch.Generator().manual_seed(self.seed))
+        if self.transform is not None:
+            train = Transformed(train, self.transform, self.seed)
         return tensor_loaders(train, test, batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed,
-                              collate_fn=self.collate_fn)
+                              collate_fn=self.collate_fn, num_workers=self.num_workers)
 
     def __repr__(self) -> str:
         return f"TorchDataset({self.dataset_class.__qualname__})"
@@ -94,7 +105,7 @@ class TorchDataset:
     @staticmethod
     def check_parameters(params: Mapping[str, Any]) -> list[tuple[str, str]]:
         """Check parameter values and import the classes (used by config validation)."""
-        problems = check_loader_params(params)
+        problems = check_loader_params(params) + check_transform(params)
         for key in ("dataset_class", "collate_fn"):
             if params.get(key) is not None:
                 try:

@@ -26,6 +26,7 @@ from accelerate.data_loader import (
 from accelerate.utils import DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs
 from torch.utils.data import BatchSampler
 
+from .randomness import follow_epochs
 from .launch import (
     deepspeed_asked,
     fsdp_asked,
@@ -255,7 +256,8 @@ def prepare_loader(accelerator: Accelerator, loader: Any, *, drop_last_ok: bool 
     A loader over :class:`~distlearn.data.TensorBatches` (distlearn's in-memory tensors, with
     the ``batched`` collation, no workers, a shuffled or sequential sampler) takes the fast path
     of :func:`~distlearn.data.index_tensor_batches`: the same batches, without Python work per
-    index. Any other loader is prepared as Accelerate prepares it.
+    index. Any other loader is prepared as Accelerate prepares it. Its ``set_epoch`` then also
+    reaches the data set and the workers' seeds (:func:`~distlearn.runtime.randomness.follow_epochs`).
 
     Args:
         accelerator: the Accelerator.
@@ -268,10 +270,11 @@ def prepare_loader(accelerator: Accelerator, loader: Any, *, drop_last_ok: bool 
     if isinstance(loader, (DataLoaderShard, DataLoaderDispatcher)):
         return loader
     check_loader(loader, drop_last_ok=drop_last_ok)
+    seed = accelerator.dataloader_config.data_seed or 0
     if not _sampler_is_batch_sampler(loader):
         from .loader import index_tensor_batches  # the in-memory tensors' fast path
 
-        return index_tensor_batches(accelerator.prepare(loader))
+        return follow_epochs(index_tensor_batches(accelerator.prepare(loader)), seed)
     batches = copy.copy(loader.sampler)  # the user's BatchSampler stays as it was
     source = copy.copy(loader)
     # DataLoader forbids setting samplers after construction; this copy is ours. With the
@@ -292,4 +295,4 @@ def prepare_loader(accelerator: Accelerator, loader: Any, *, drop_last_ok: bool 
             seedable.set_epoch(epoch)
 
         prepared.set_epoch = set_epoch
-    return prepared
+    return follow_epochs(prepared, seed)

@@ -144,7 +144,10 @@ class _TensorBatchLoader(DataLoader):
     the same base seed (from the loader's generator, else the global generator), pins the
     memory under the same condition, and gives the same batches (the ``batched`` collation:
     a list of tensors). The batch sampler is an ``_IndexTensors`` copy, read once per pass.
+    ``start`` > 0 (a resumed epoch, :mod:`.skipping`): the batches before it are never gathered.
     """
+
+    start = 0
 
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
         # torch's _BaseDataLoaderIter draws this when the iterator is made (not at its first batch):
@@ -158,7 +161,7 @@ class _TensorBatchLoader(DataLoader):
         pin = self.pin_memory and torch.accelerator.is_available() and torch.accelerator.current_accelerator().type != "mps"
         row_bytes = sum(t[:1].numel() * t.element_size() for t in tensors)
         rows = max(1, GATHER_BYTES // max(row_bytes, 1))
-        i = 0
+        i = self.start
         while i < len(bounds):  # the batches' slices follow each other: bounds[j][0] == bounds[j - 1][1]
             j, first = i + 1, bounds[i][0]
             while j < len(bounds) and bounds[j][1] - first <= rows:
@@ -259,11 +262,12 @@ def batched(batch: Any) -> Any:
 
 
 def tensor_loaders(
-    train: Dataset, test: Dataset, *, batch_size: int, shuffle: bool, seed: int, collate_fn: Callable | None = None
+    train: Dataset, test: Dataset, *, batch_size: int, shuffle: bool, seed: int, collate_fn: Callable | None = None,
+    num_workers: int = 0,
 ) -> dict[str, DataLoader]:
     """``{"train_loader", "test_loader"}`` over two data sets; the training order seeded by ``seed``.
 
-    :class:`TensorBatches` get the batched fast path unless ``collate_fn`` is given.
+    :class:`TensorBatches` get the batched fast path unless ``collate_fn`` is given (or workers).
     """
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     pin = torch.cuda.is_available()  # page-locked batches: Accelerate's copy to the GPU need not block
@@ -273,7 +277,9 @@ def tensor_loaders(
 
     return {
         "train_loader": DataLoader(
-            train, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate(train), pin_memory=pin
+            train, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate(train), pin_memory=pin,
+            num_workers=num_workers,
         ),
-        "test_loader": DataLoader(test, batch_size=batch_size, shuffle=False, collate_fn=collate(test), pin_memory=pin),
+        "test_loader": DataLoader(test, batch_size=batch_size, shuffle=False, collate_fn=collate(test), pin_memory=pin,
+                                  num_workers=num_workers),
     }

@@ -4,12 +4,13 @@ the epoch's batches and log line."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Iterator, Mapping
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.utils import DistributedType
 from torch import nn
@@ -17,6 +18,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
 from ..metrics import Metric, Metrics
+from ..runtime.skipping import batches_after
 from .batches import BatchRunner, BatchResult, give_ignore_index
 from .checkpoint import Checkpoints
 from .control import StopFlags
@@ -28,6 +30,8 @@ __all__ = [
     "DirectSteps", "TrainRun", "account_batch", "backward", "batches_after", "describe_epoch", "epoch_batches",
     "finite_gradients", "finite_loss", "last_batch", "optimizer_step", "step_scheduler_per_epoch", "stepper",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,10 +66,12 @@ class TrainRun:
 def epoch_batches(loader: Any, epoch: int, n_epochs: int, done: int, show_bar: bool) -> tuple[Iterable[Any], Any]:
     """The epoch's batches after the first ``done``, and its progress bar (None when not shown).
 
+    The first ``done`` are skipped without fetching their samples where the loader allows it
+    (:func:`~distlearn.runtime.skipping.batches_after`; the main process warns where they are read).
     A bar only where it is shown: building even a disabled one costs per epoch. It is 1-based
     like the log lines, and left on screen only while the epoch runs (one line per epoch stays).
     """
-    batches = batches_after(loader, done) if done else loader
+    batches = batches_after(loader, done, warn=logger.warning if PartialState().is_main_process else None)
     if not show_bar:
         return batches, None
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{n_epochs}", initial=done, total=len(loader), leave=False)
@@ -93,13 +99,6 @@ def step_scheduler_per_epoch(scheduler: Any, summary: Mapping[str, Any]) -> None
         return
     test = summary["test_result"]
     scheduler.step(test["test_loss"] if test is not None and test["test_loss"] is not None else summary["train_loss"])
-
-
-def batches_after(loader: Any, done: int) -> Iterator[Any]:
-    """The loader's batches after the first ``done`` (read and dropped, so the order is the loader's own)."""
-    for i, batch in enumerate(loader):
-        if i >= done:
-            yield batch
 
 
 class DirectSteps:
