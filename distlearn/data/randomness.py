@@ -45,7 +45,8 @@ class Transformed(Dataset):
         return self.transform(self.dataset[index], sample_generator(self.seed, self.epoch, index))
 
     def __getattr__(self, name: str) -> Any:  # the data set's own attributes (n_classes, ...)
-        if name == "dataset":
+        # Not its protocol: a forwarded __getitems__ (torch's Subset has one) would fetch past the transform.
+        if name == "dataset" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
