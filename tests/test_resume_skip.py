@@ -58,6 +58,26 @@ class Stream(torch.utils.data.IterableDataset):
             yield self.data[i]
 
 
+class StatefulStream(Stream):
+    """An iterable set with ``state_dict``/``load_state_dict``, torchdata's ``StatefulDataLoader`` convention."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.position, self.start = 0, 0
+
+    def __iter__(self):
+        start, self.start = self.start, 0
+        for i in range(start, len(self.data)):
+            self.position = i + 1  # the state after the latest sample yielded
+            yield self.data[i]
+
+    def state_dict(self):
+        return {"position": self.position}
+
+    def load_state_dict(self, state):
+        self.start = state["position"]
+
+
 def train(rank, world, n, out_dir, resume_from=None, kind="map", per_process=PER_PROCESS, every=3, workers=0):
     """Train 2 epochs with a checkpoint every ``every`` steps; (fetched indices per epoch, weights, record)."""
     from distlearn.training.checkpoint import Checkpoints
@@ -65,9 +85,9 @@ def train(rank, world, n, out_dir, resume_from=None, kind="map", per_process=PER
 
     reset_accelerate()
     torch.manual_seed(0)
-    data = {"map": Counted, "batched": CountedBatches, "iterable": Stream}[kind](n)
-    counted = data.data if kind == "iterable" else data
-    shuffle = kind != "iterable"
+    data = {"map": Counted, "batched": CountedBatches, "iterable": Stream, "stateful": StatefulStream}[kind](n)
+    counted = data.data if isinstance(data, Stream) else data
+    shuffle = not isinstance(data, Stream)
     loader = torch.utils.data.DataLoader(data, batch_size=per_process, shuffle=shuffle, num_workers=workers,
                                          generator=torch.Generator().manual_seed(1) if shuffle else None)
     model = torch.nn.Linear(3, 2)
@@ -158,6 +178,46 @@ def test_an_iterable_data_set_is_read_and_dropped_with_a_warning_naming_the_cost
     cost = [w for w in warnings if "read again and dropped" in w]
     assert len(cost) == 1 and f"the {done} batches already trained on ({done * PER_PROCESS} samples" in cost[0]
     assert "iterable" in cost[0]
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_stateful_iterable_set_resumes_from_its_saved_state_without_reading_the_skipped_part(
+        dist_pool, tmp_path, world):
+    n = 24  # the main process reads every batch (Accelerate dispatches iterable sets): 4 steps of 3 * world
+    full = dist_pool.run(train, world, n, str(tmp_path / "full"), None, "stateful")
+    path, meta = _mid_epoch(tmp_path / "full", epoch=1)
+    resumed = dist_pool.run(train, world, n, str(tmp_path / "resumed"), path, "stateful")
+    done = meta["batches_done"]
+    assert full[0][0][1] == list(range(n))
+    assert resumed[0][0][1] == list(range(done * PER_PROCESS * world, n))
+    for rank in range(world):
+        assert all(torch.equal(a, b) for a, b in zip(full[rank][1], resumed[rank][1]))
+        assert resumed[rank][2][1] == full[rank][2][1]
+
+
+def test_a_hugging_face_iterable_dataset_resumes_from_its_state(fresh_accelerate):
+    """``datasets.IterableDataset``'s own state_dict, through the prepared loader as the learner uses it."""
+    datasets = pytest.importorskip("datasets")
+    from distlearn.runtime.accelerator import build_accelerator, prepare_loader
+    from distlearn.runtime.skipping import batches_after, data_position
+
+    rows = datasets.Dataset.from_dict({"x": list(range(20)), "y": [i % 3 for i in range(20)]})
+    accelerator = build_accelerator(seed=0)
+
+    def loader():
+        stream = rows.to_iterable_dataset(num_shards=2).with_format("torch")
+        return prepare_loader(accelerator, torch.utils.data.DataLoader(stream, batch_size=4))
+
+    first = loader()
+    first.set_epoch(0)
+    whole, states = [], []
+    for i, batch in enumerate(batches_after(first, 0)):
+        whole.append(batch["x"].clone())
+        states.append(data_position(first, i + 1))
+    second = loader()
+    second.set_epoch(0)
+    rest = [batch["x"] for batch in batches_after(second, 2, saved=states[1])]
+    assert len(rest) == 3 and all(torch.equal(a, b) for a, b in zip(whole[2:], rest))
 
 
 def test_skipping_at_the_sampler_gives_the_remaining_batches_and_gradient_state(fresh_accelerate):

@@ -27,6 +27,7 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, InitProce
 from torch.utils.data import BatchSampler
 
 from .randomness import follow_epochs
+from .skipping import track_positions
 from .launch import (
     deepspeed_asked,
     fsdp_asked,
@@ -257,7 +258,8 @@ def prepare_loader(accelerator: Accelerator, loader: Any, *, drop_last_ok: bool 
     the ``batched`` collation, no workers, a shuffled or sequential sampler) takes the fast path
     of :func:`~distlearn.data.index_tensor_batches`: the same batches, without Python work per
     index. Any other loader is prepared as Accelerate prepares it. Its ``set_epoch`` then also
-    reaches the data set and the workers' seeds (:func:`~distlearn.runtime.randomness.follow_epochs`).
+    reaches the data set and the workers' seeds (:func:`~distlearn.runtime.randomness.follow_epochs`),
+    and a stateful iterable data set's positions are noted (:func:`~distlearn.runtime.skipping.track_positions`).
 
     Args:
         accelerator: the Accelerator.
@@ -274,7 +276,7 @@ def prepare_loader(accelerator: Accelerator, loader: Any, *, drop_last_ok: bool 
     if not _sampler_is_batch_sampler(loader):
         from .loader import index_tensor_batches  # the in-memory tensors' fast path
 
-        return follow_epochs(index_tensor_batches(accelerator.prepare(loader)), seed)
+        return track_positions(follow_epochs(index_tensor_batches(accelerator.prepare(loader)), seed))
     batches = copy.copy(loader.sampler)  # the user's BatchSampler stays as it was
     source = copy.copy(loader)
     # DataLoader forbids setting samplers after construction; this copy is ours. With the
@@ -295,4 +297,4 @@ def prepare_loader(accelerator: Accelerator, loader: Any, *, drop_last_ok: bool 
             seedable.set_epoch(epoch)
 
         prepared.set_epoch = set_epoch
-    return follow_epochs(prepared, seed)
+    return track_positions(follow_epochs(prepared, seed))

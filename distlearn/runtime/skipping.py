@@ -12,8 +12,13 @@ samples, up to that hour again). :func:`batches_after` skips them where the load
   uninterrupted epoch.)
 - the in-memory fast path (:mod:`.loader`): the epoch's indices are computed as one tensor and
   the skipped batches' slices are never gathered.
-- anything else (an iterable data set, a loader Accelerate dispatches from the main process):
-  read and dropped, the only way to reach the position, with a warning that names the cost.
+- an iterable data set with ``state_dict()`` / ``load_state_dict()`` (the convention of torchdata's
+  ``StatefulDataLoader``; Hugging Face ``datasets.IterableDataset`` has both), read in the training
+  process (``num_workers=0``): :func:`track_positions` notes its state after every batch the
+  loader draws, :func:`data_position` gives the state at a checkpoint's position, and the resume
+  loads the main process's (the one that reads when Accelerate dispatches) into the data set.
+- anything else (an iterable data set without a state, or read by workers): read and dropped,
+  the only way to reach the position, with a warning that names the cost.
 
 The prepared loader itself is left as it was: the skipping pass runs on a shallow copy that
 shares its sampler (so the seedable sampler's epoch moves on as usual) and its gradient state.
@@ -25,17 +30,20 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from accelerate.data_loader import DataLoaderShard, SkipBatchSampler
+from accelerate import PartialState
+from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard, IterableDatasetShard, SkipBatchSampler
 from torch.utils.data import IterableDataset
 
 from .loader import _TensorBatchLoader
+from .ranks import from_main
 
-__all__ = ["batches_after", "read_and_drop", "skips_at_sampler"]
+__all__ = ["batches_after", "data_position", "read_and_drop", "skips_at_sampler", "track_positions"]
 
 logger = logging.getLogger(__name__)
 
 
-def batches_after(loader: Any, done: int, warn: Callable[[str], None] | None = logger.warning) -> Iterable[Any]:
+def batches_after(loader: Any, done: int, warn: Callable[[str], None] | None = logger.warning,
+                  saved: Any = None) -> Iterable[Any]:
     """The epoch's batches of the prepared ``loader`` after its first ``done``.
 
     Args:
@@ -43,10 +51,20 @@ def batches_after(loader: Any, done: int, warn: Callable[[str], None] | None = l
         done: the batches of this epoch already trained on (0: the loader itself).
         warn: called once with the cost when the batches must be read and dropped (None: silent;
             the learner passes it on the main process only).
+        saved: this rank's :func:`data_position` at the checkpoint (a stateful iterable data set).
+            With one, every rank runs one collective here (the main process's state to all).
 
     Returns:
         An iterable of the remaining batches, the same as the uninterrupted epoch's from ``done`` on.
     """
+    tracker = _tracker(loader)
+    if tracker is not None:  # the same on every rank: the data set's class and the loader's workers
+        state = from_main(PartialState(), [saved])[0] if done > 0 else None
+        if state is not None:
+            tracker.dataset.load_state_dict(state)
+            tracker.restart(done)
+            return loader
+        tracker.restart(0)  # from the epoch's start (read and dropped below when done > 0)
     if done <= 0:
         return loader
     skipping = _skipping_copy(loader, done)
@@ -115,7 +133,65 @@ def _read_cost(loader: Any, done: int) -> str:
 def _why(loader: Any) -> str:
     base = getattr(loader, "base_dataloader", loader)
     if isinstance(getattr(base, "dataset", None), IterableDataset):
-        return "its data set is iterable"
+        reader = "read by dataloader workers" if getattr(base, "num_workers", 0) else "with no saved state_dict()"
+        return f"its data set is iterable, {reader}"
     if type(loader) is not DataLoaderShard:
         return f"Accelerate prepared it as {type(loader).__name__}"
     return "its sampler cannot be skipped"
+
+
+class _Tracker:
+    """A collate function that notes the data set's ``state_dict()`` after each batch it collates.
+
+    The loader's own iterator runs ahead of training (Accelerate's end-of-data lookahead, the
+    dispatcher's batches for every rank), so the states are kept by the number of the loader's
+    batches drawn this epoch, a few back, and :func:`data_position` picks the one of a checkpoint.
+    """
+
+    def __init__(self, collate: Callable[[Any], Any], dataset: Any, per_step: int) -> None:
+        self.collate, self.dataset, self.per_step = collate, dataset, per_step
+        self.drawn, self.states = 0, {}
+
+    def restart(self, done: int) -> None:
+        """A pass begins ``done`` steps into the epoch."""
+        self.drawn, self.states = done * self.per_step, {}
+
+    def __call__(self, batch: Any) -> Any:
+        out = self.collate(batch)
+        self.drawn += 1
+        self.states[self.drawn] = self.dataset.state_dict()
+        for old in [k for k in self.states if k < self.drawn - 4 * self.per_step]:
+            del self.states[old]
+        return out
+
+
+def track_positions(prepared: Any) -> Any:
+    """Note the positions of a stateful iterable data set as ``prepared`` draws its batches (see :class:`_Tracker`).
+
+    Only a data set read in this process (``num_workers=0``) with callable ``state_dict`` and
+    ``load_state_dict``; any other loader is returned untouched.
+    """
+    base = getattr(prepared, "base_dataloader", None)
+    dataset = getattr(base, "dataset", None)
+    if isinstance(dataset, IterableDatasetShard):
+        dataset = dataset.dataset
+    stateful = callable(getattr(dataset, "state_dict", None)) and callable(getattr(dataset, "load_state_dict", None))
+    if not isinstance(dataset, IterableDataset) or not stateful or base.num_workers or _tracker(prepared):
+        return prepared
+    dispatched = isinstance(prepared, DataLoaderDispatcher) and not prepared.split_batches
+    per_step = PartialState().num_processes if dispatched else 1
+    base.collate_fn = _Tracker(base.collate_fn, dataset, per_step)
+    return prepared
+
+
+def data_position(loader: Any, done: int) -> Any:
+    """The data set's state after the first ``done`` batches of the epoch (None: not tracked, or not drawn here)."""
+    tracker = _tracker(loader)
+    if tracker is None or done <= 0:
+        return None
+    return tracker.states.get(done * tracker.per_step)
+
+
+def _tracker(loader: Any) -> _Tracker | None:
+    collate = getattr(getattr(loader, "base_dataloader", None), "collate_fn", None)
+    return collate if isinstance(collate, _Tracker) else None

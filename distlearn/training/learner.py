@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 from ..metrics import Metric, Metrics
 from ..options import NONFINITE_MODES
 from ..runtime.accelerator import build_accelerator, check_accelerator, prepare_loader
+from ..runtime.skipping import data_position
 from .batches import BatchRunner, agree_on_batch, leaves_out_ignored
 from .checkpoint import Checkpoints, Interrupted
 from .configs import check_int, check_learner_options, check_scheduler, config_spec
@@ -250,7 +251,8 @@ class BackwardLearner:
         for epoch in range(first_epoch, self.n_epochs):
             accounting, done = self._begin_epoch(run, epoch, resumed if epoch == first_epoch else None)
             batches, run.bar = epoch_batches(run.loader, epoch, self.n_epochs, done,
-                                             not disable_tqdm and run.accelerator.is_main_process)
+                                             not disable_tqdm and run.accelerator.is_main_process,
+                                             (resumed or {}).get("data"))  # an iterable set's saved position
             for step, batch in enumerate(batches, start=done):
                 if step == done:
                     self._before_first_batch(run, batch, resumed if done else None, epoch == first_epoch)
@@ -492,6 +494,7 @@ class BackwardLearner:
             world_size=accelerator.num_processes, rank=accelerator.process_index, accounting=accounting,
             metric=None if accounting is None else run.metric, record=record, seed=self.seed,
         )
+        state["data"] = data_position(run.loader, batches_done)  # a stateful iterable data set's, else None
         return run.checkpoints.save(accelerator, state, marker_fields(state))
 
     def _prepare_loader(self, accelerator: Accelerator, loader: Any, evaluation: bool = False) -> Any:

@@ -63,15 +63,17 @@ class TrainRun:
         return self.checkpoints.stop_flags() if self.checkpoints is not None else StopFlags.received(None)
 
 
-def epoch_batches(loader: Any, epoch: int, n_epochs: int, done: int, show_bar: bool) -> tuple[Iterable[Any], Any]:
+def epoch_batches(loader: Any, epoch: int, n_epochs: int, done: int, show_bar: bool,
+                  saved: Any = None) -> tuple[Iterable[Any], Any]:
     """The epoch's batches after the first ``done``, and its progress bar (None when not shown).
 
     The first ``done`` are skipped without fetching their samples where the loader allows it
-    (:func:`~distlearn.runtime.skipping.batches_after`; the main process warns where they are read).
+    (:func:`~distlearn.runtime.skipping.batches_after`; the main process warns where they are read);
+    ``saved`` is a stateful iterable data set's position at the checkpoint, loaded instead.
     A bar only where it is shown: building even a disabled one costs per epoch. It is 1-based
     like the log lines, and left on screen only while the epoch runs (one line per epoch stays).
     """
-    batches = batches_after(loader, done, warn=logger.warning if PartialState().is_main_process else None)
+    batches = batches_after(loader, done, logger.warning if PartialState().is_main_process else None, saved)
     if not show_bar:
         return batches, None
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{n_epochs}", initial=done, total=len(loader), leave=False)
