@@ -186,3 +186,16 @@ def test_bad_transform_and_workers_are_refused_naming_the_key(params, key):
     for cls, base in ((TorchDataset, {"dataset_class": Points}), (HFDataset, {"data_files": __file__})):
         with pytest.raises(ValueError, match=f"{cls.__name__}: {key}: "):
             cls(**base, **params)
+
+
+def test_augmentations_replay_on_a_resume_with_another_number_of_processes(dist_pool, tmp_path):
+    """Saved by 2 processes, resumed on 1: the rest of the epoch is the same augmented samples."""
+    from distlearn.training.checkpoint import committed_marker
+
+    full = dist_pool.run(train, 2, str(tmp_path / "full"))
+    path = _mid_epoch(tmp_path / "full")
+    done = committed_marker(path)["batches_done"]
+    resumed = dist_pool.run(train, 1, str(tmp_path / "resumed"), path)
+    rest = torch.cat([seen[1][done * 3:] for seen, _ in full])  # each rank's rows after its first `done` batches
+    order = lambda rows: rows[torch.argsort(rows[:, 0] * 1e4 + rows[:, 1])]  # noqa: E731
+    assert torch.equal(order(rest), order(resumed[0][0][1]))
