@@ -229,7 +229,8 @@ def test_skipping_at_the_sampler_gives_the_remaining_batches_and_gradient_state(
     accelerator = build_accelerator(seed=2)
     x, y = torch.arange(22.0).reshape(11, 2), torch.arange(11)
     loaders = [
-        torch.utils.data.DataLoader(Counted(11), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(1)),
+        torch.utils.data.DataLoader(Counted(11), batch_size=2, shuffle=True,
+                                    generator=torch.Generator().manual_seed(1)),
         tensor_loaders(TensorBatches(x, y), TensorBatches(x, y), batch_size=2, shuffle=True, seed=1)["train_loader"],
     ]
     for raw in loaders:

@@ -199,3 +199,27 @@ def test_augmentations_replay_on_a_resume_with_another_number_of_processes(dist_
     rest = torch.cat([seen[1][done * 3:] for seen, _ in full])  # each rank's rows after its first `done` batches
     order = lambda rows: rows[torch.argsort(rows[:, 0] * 1e4 + rows[:, 1])]  # noqa: E731
     assert torch.equal(order(rest), order(resumed[0][0][1]))
+
+
+def shift_x(sample, generator):
+    """An HFDataset transform: samples are dicts of tensors."""
+    return {**sample, "x": sample["x"] + torch.rand((), generator=generator)}
+
+
+def test_hf_dataset_applies_the_transform_per_sample_epoch_and_index(tmp_path):
+    pytest.importorskip("datasets")
+    from distlearn.data import HFDataset
+
+    table = tmp_path / "rows.csv"
+    table.write_text("x,label\n" + "".join(f"{i}.0,{i % 2}\n" for i in range(10)))
+
+    def epoch_rows(epoch):
+        data = HFDataset(str(table), test_size=2, batch_size=4, seed=1, transform="test_transforms.shift_x")
+        train = data.load()["train_loader"].dataset
+        train.set_epoch(epoch)
+        return torch.stack([train[i]["x"] for i in range(len(train))])
+
+    first, again, later = epoch_rows(0), epoch_rows(0), epoch_rows(1)
+    plain = torch.stack([row["x"] for row in HFDataset(str(table), test_size=2, seed=1).splits()[0]])
+    assert torch.equal(first, again) and not torch.equal(first, later)
+    assert ((first - plain) > 0).all() and ((first - plain) < 1).all()

@@ -277,8 +277,8 @@ def tensor_loaders(
 
     return {
         "train_loader": DataLoader(
-            train, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate(train), pin_memory=pin,
-            num_workers=num_workers,
+            train, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate(train),
+            pin_memory=pin, num_workers=num_workers,
         ),
         "test_loader": DataLoader(test, batch_size=batch_size, shuffle=False, collate_fn=collate(test), pin_memory=pin,
                                   num_workers=num_workers),
