@@ -21,6 +21,7 @@ from .console import logger, run_title, setup_logging
 from .errors import EXIT_TRAINING_FAILED, RunError, Stopped, everywhere, on_main
 from .group import FINISHED_GROUP, build_run_accelerator, close
 from .resume import follows_epochs, resume_hint, say_complete, start_folder
+from .shared_fs import shared_folder
 
 __all__ = ["train"]
 
@@ -106,8 +107,9 @@ def _run(session: _Session, follows: Sequence[str]) -> dict[str, Any]:
     from .run_folder import signals_wait
 
     accelerator, resolved = session.accelerator, session.resolved
+    configured = resolved["run"]["output_dir"]  # as written: the main process may fill in the default folder
     session.start = on_main(accelerator, "output folder", start_folder, resolved, session.config, follows)
-    output_dir = Path(session.start["output_dir"])
+    output_dir = shared_folder(accelerator, configured, session.start["output_dir"])  # refused unless all ranks see it
     resolved["run"]["output_dir"] = str(output_dir)
     for line in session.start["log"] if accelerator.is_main_process else ():  # once, not once per process
         logger.warning("%s", line)  # a resumed run's first line says from where (shown with --quiet too)

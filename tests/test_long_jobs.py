@@ -1,0 +1,107 @@
+"""Several nodes, long jobs (issue 19): one shared run folder checked at start, time-based
+checkpoints agreed by every rank, and a save skipped (the previous checkpoint kept) when the disk
+cannot hold it.
+
+The shared-folder probe runs on two real gloo ranks (the session pool) and in a real two-rank
+`distlearn train` whose ranks start in different working directories with a relative
+`run.output_dir` (what nodes without a shared file system look like on one machine).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launching import launch_env
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["learner_configs.learner_parameters.n_epochs=1", "run.tracking.backend=none"]
+
+
+def _fresh_accelerator():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return Accelerator(cpu=True)
+
+
+def _reset_accelerator() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def _probe(rank: int, world: int, folders: list[str]) -> dict:
+    """Each rank gives its own folder (as its working directory would) to the probe."""
+    from distlearn.command import shared_fs
+
+    accelerator = _fresh_accelerator()
+    try:
+        main = Path(folders[0])
+        os.chdir(Path(folders[rank]).parent)  # the relative folder "run" resolves against this rank's directory
+        try:
+            mine = shared_fs.shared_folder(accelerator, "run", main)
+            out = {"folder": str(mine), "error": None}
+        except shared_fs.SharedFolderError as exc:
+            out = {"folder": None, "error": str(exc), "exit": exc.exit_code}
+        accelerator.wait_for_everyone()
+        out["left"] = sorted(p.name for p in (main / "checkpoints").iterdir()) if rank == 0 else None
+        return out
+    finally:
+        _reset_accelerator()
+
+
+def test_the_probe_passes_on_one_folder_and_leaves_nothing(dist_pool, tmp_path):
+    (tmp_path / "run").mkdir()
+    main, other = dist_pool.run(_probe, 2, [str(tmp_path / "run")] * 2)
+    assert main["error"] is None and other["error"] is None
+    assert main["folder"] == other["folder"] == str((tmp_path / "run").resolve())
+    assert main["left"] == []  # the probe is removed
+
+
+def test_the_probe_refuses_on_every_rank_naming_hosts_and_folders(dist_pool, tmp_path):
+    (tmp_path / "a" / "run").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    folders = [str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run")]
+    main, other = dist_pool.run(_probe, 2, folders)
+    assert main["error"] == other["error"] and main["exit"] == other["exit"] == 2
+    host = socket.gethostname()
+    assert f"rank 1 on host {host} (folder {tmp_path / 'b' / 'run'})" in main["error"]
+    assert f"rank 0 on host {host} wrote a probe file into {tmp_path / 'a' / 'run'}/checkpoints" in main["error"]
+    assert "run.output_dir" in main["error"]
+    assert main["left"] == [] and not (tmp_path / "b" / "run").exists()  # nothing left, nothing created elsewhere
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ranks_in_different_directories_are_refused_before_training(tmp_path):
+    """Two ranks started by hand (torchrun's variables) in two working directories, `run.output_dir=run`."""
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        cwd = tmp_path / f"node{rank}"
+        cwd.mkdir()
+        env = launch_env(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="1",
+                         MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, "-m", "distlearn", "train", *TINY, "run.output_dir=run", "-q"],
+                                      cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [proc.communicate(timeout=200) for proc in procs]
+    for proc, (out, err) in zip(procs, outs):
+        assert proc.returncode == 2, err[-3000:]
+    err = outs[0][1]
+    assert "do not share one run folder" in err and str(tmp_path / "node1" / "run") in err, err[-3000:]
+    assert socket.gethostname() in err and "Traceback" not in err
+    assert not (tmp_path / "node0" / "run").exists()  # the failed start leaves no folder and trained nothing
+    assert not (tmp_path / "node1" / "run").exists()
