@@ -105,3 +105,63 @@ def test_ranks_in_different_directories_are_refused_before_training(tmp_path):
     assert socket.gethostname() in err and "Traceback" not in err
     assert not (tmp_path / "node0" / "run").exists()  # the failed start leaves no folder and trained nothing
     assert not (tmp_path / "node1" / "run").exists()
+
+
+# --------------------------------------------------------------------------- timed checkpoints
+
+NOW, NEVER = 1e-9, 1e9  # minutes: due at every display step, and never
+
+
+def _timed(rank: int, world: int, folder: str, minutes: list[float], every_n_steps: int | None) -> list[int]:
+    """One epoch of 8 optimizer steps (display every 3) with this rank's every_n_minutes; the saved steps."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from distlearn import BackwardLearner
+    from distlearn.training.checkpoint import Checkpoints, find
+
+    _reset_accelerator()
+    try:
+        x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(TensorDataset(x, (x.sum(1) > 0).long()), batch_size=32 // (8 * world))
+        torch.manual_seed(0)
+        learner = BackwardLearner(n_epochs=1, loss=nn.CrossEntropyLoss(), display_every_n_steps=3, optimizer_configs={
+            "optimizer_class": "torch.optim.SGD", "optimizer_parameters": {"lr": 0.1}})
+        checkpoints = Checkpoints(folder, every_n_steps=every_n_steps, keep_last=100, every_n_minutes=minutes[rank])
+        learner.train(nn.Linear(4, 2), loader, checkpoints=checkpoints, disable_tqdm=True)
+        return sorted(int(meta["step"]) for _, meta in find(folder))
+    finally:
+        _reset_accelerator()
+
+
+@pytest.mark.parametrize("minutes, every_n_steps, expected", [
+    ([NOW, NEVER], None, [3, 6, 8]),  # rank 0's clock says due: every rank saves at the display steps
+    ([NEVER, NOW], None, [8]),  # another rank's clock has no say: epoch end only
+    ([NOW, NEVER], 4, [3, 4, 6, 8]),  # combined with every_n_steps
+])
+def test_timed_checkpoints_follow_the_main_process_clock_on_every_rank(dist_pool, tmp_path, minutes, every_n_steps,
+                                                                         expected):
+    assert dist_pool.run(_timed, 2, str(tmp_path / "two"), minutes, every_n_steps) == [expected, expected]
+    assert dist_pool.run(_timed, 1, str(tmp_path / "one"), minutes, every_n_steps) == [expected]  # as on 1 process
+
+
+def test_every_n_minutes_is_checked():
+    from distlearn.training.checkpoint import Checkpoints
+
+    for bad in (0, -1, "5", True):
+        with pytest.raises(ValueError, match=f"every_n_minutes must be a number > 0 or None, got {bad!r}"):
+            Checkpoints("unused", every_n_minutes=bad)
+
+
+def test_the_config_checks_every_n_minutes_up_front():
+    from distlearn.experiment.config import ConfigError, load_config, validate_config
+
+    with pytest.raises(ConfigError, match=r"run.checkpoint.every_n_minutes: expected null \(no timed checkpoints\) "
+                                          r"or a number of minutes > 0, got 0"):
+        validate_config(load_config(None, ["run.checkpoint.every_n_minutes=0"]), check_output_dir=False)
+    with pytest.raises(ConfigError, match="display_every_n_steps is 0"):
+        validate_config(load_config(None, ["run.checkpoint.every_n_minutes=30",
+                                           "learner_configs.learner_parameters.display_every_n_steps=0"]),
+                        check_output_dir=False)
+    validate_config(load_config(None, ["run.checkpoint.every_n_minutes=0.5"]), check_output_dir=False)

@@ -184,6 +184,10 @@ class Checkpoints:
         resume_batch: On a resume with another number of processes, keep the ``"global"`` batch
             size (default; each process gets ``global / Q`` samples) or the loader's ``"per_process"``
             batch size (the global batch changes; refused mid-epoch).
+        every_n_minutes: Also save once this many minutes passed since the last save (or the start),
+            on the main process's clock. The ranks agree on it where they already meet, at the
+            learner's display steps (``display_every_n_steps``): the save comes at the first
+            optimizer step from there. None: no timed checkpoints.
     """
 
     output_dir: str | Path
@@ -193,6 +197,7 @@ class Checkpoints:
     meta: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     resume_batch: str = DEFAULT_RESUME_BATCH
+    every_n_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if self.resume_batch not in RESUME_BATCH:
@@ -201,6 +206,11 @@ class Checkpoints:
             raise ValueError(f"every_n_steps must be an int >= 1 or None, got {self.every_n_steps!r}")
         if not isinstance(self.keep_last, int) or self.keep_last < 1:
             raise ValueError(f"keep_last must be an int >= 1, got {self.keep_last!r}")
+        minutes = self.every_n_minutes
+        if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
+            raise ValueError(f"every_n_minutes must be a number > 0 or None, got {minutes!r}")
+        self.time_due = False  # every rank agreed that a timed checkpoint is due (see stop_flags)
+        self._since = time.monotonic()  # the last save (or the start), on this process's clock
         self.root = checkpoint_dir(self.output_dir)
         self.last_saved: Path | None = None
         self.received: int | None = None  # the first stop signal this process received
@@ -223,13 +233,19 @@ class Checkpoints:
         with stop_signals_to(handler):
             yield self
 
-    def stop_flags(self) -> StopFlags:
-        """This process's stop flags (1 for the signal it received), for the ranks to sum."""
-        return StopFlags.received(self.received)
+    def stop_flags(self, main: bool = False) -> StopFlags:
+        """This process's stop flags (1 for the signal it received), for the ranks to sum; on the
+        ``main`` process also its vote that ``every_n_minutes`` have passed since the last save."""
+        return StopFlags.received(self.received, main and self.time_is_up())
+
+    def time_is_up(self) -> bool:
+        """Whether ``every_n_minutes`` have passed on this process's clock since the last save (or the start)."""
+        return self.every_n_minutes is not None and time.monotonic() - self._since >= 60 * self.every_n_minutes
 
     def due(self, step: int) -> bool:
-        """Whether optimizer step ``step`` (counted from 1) ends with a checkpoint."""
-        return self.every_n_steps is not None and step % self.every_n_steps == 0
+        """Whether optimizer step ``step`` (counted from 1) ends with a checkpoint: every ``every_n_steps``,
+        or when the ranks agreed that a timed one is due (:attr:`time_due`)."""
+        return self.time_due or self.every_n_steps is not None and step % self.every_n_steps == 0
 
     def save(self, accelerator: Any, state: Mapping[str, Any], position: Mapping[str, Any]) -> Path:
         """Save a checkpoint of the whole training state; every rank calls it (collectives inside).
@@ -261,6 +277,7 @@ class Checkpoints:
             self._prune(keep=final)
         accelerator.wait_for_everyone()  # the checkpoint is visible to every rank when save() returns
         self.last_saved = final
+        self.time_due, self._since = False, time.monotonic()  # the timed checkpoints count from here
         logger.debug("checkpoint %s saved in %.2f s", final, time.time() - began)
         return final
 

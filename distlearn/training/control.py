@@ -5,6 +5,10 @@ ranks would part ways in their collectives. Rather than spend a collective of it
 own, the flags ride in the reduction the loop does anyway (the running loss at a
 display step, the epoch's numbers at its end): each rank adds one integer per stop
 signal, and the summed vector names the signal every rank then stops on.
+
+One more integer carries the main process's "time is up" for a timed checkpoint
+(``run.checkpoint.every_n_minutes``): only the main process's clock votes, so every
+rank learns at the same display step that a checkpoint is due.
 """
 
 from __future__ import annotations
@@ -36,20 +40,28 @@ class StopFlags:
 
     Attributes:
         flags: One int per signal of :data:`STOP_SIGNALS`, in that order.
+        time_up: This process (the main one) finds a timed checkpoint due.
     """
 
     flags: tuple[int, ...]
+    time_up: bool = False
 
     @classmethod
-    def received(cls, signum: int | None) -> StopFlags:
-        """The flags of a process that received ``signum`` (None: no signal)."""
-        return cls(tuple(int(signum == stop) for stop in STOP_SIGNALS))
+    def received(cls, signum: int | None, time_up: bool = False) -> StopFlags:
+        """The flags of a process that received ``signum`` (None: no signal), and its vote for a timed checkpoint."""
+        return cls(tuple(int(signum == stop) for stop in STOP_SIGNALS), time_up)
 
     def pack(self) -> Sum:
         """The flags as an accumulator, to add to a reduction's accumulators (summed over ranks)."""
         summed = Sum()
-        summed(torch.tensor(self.flags, dtype=torch.int64))
+        summed(torch.tensor((*self.flags, int(self.time_up)), dtype=torch.int64))
         return summed
+
+    @staticmethod
+    def time_is_up(summed: Sequence[int] | torch.Tensor) -> bool:
+        """Whether the summed flags say a timed checkpoint is due (the vote after the signals' flags)."""
+        counts = summed.tolist() if isinstance(summed, torch.Tensor) else summed
+        return len(counts) > len(STOP_SIGNALS) and bool(counts[len(STOP_SIGNALS)])
 
     @staticmethod
     def unpack(summed: Sequence[int] | torch.Tensor) -> int | None:

@@ -449,6 +449,8 @@ class BackwardLearner:
         """The running loss on the progress bar; a collective, on every rank, that also tells every
         rank whether one was signalled to stop. Returns that signal, or None."""
         running, signalled = accounting.running_loss_and_stop(done, epoch, run.stop_flags())
+        if accounting.time_up:  # the main process's clock: every rank saves at the next optimizer step
+            run.checkpoints.time_due = True
         if run.bar is not None:
             run.bar.set_postfix(loss=f"{running:.4g}", lr=f"{run.lr:.3g}", refresh=False)
         return signalled
