@@ -165,3 +165,70 @@ def test_the_config_checks_every_n_minutes_up_front():
                                            "learner_configs.learner_parameters.display_every_n_steps=0"]),
                         check_output_dir=False)
     validate_config(load_config(None, ["run.checkpoint.every_n_minutes=0.5"]), check_output_dir=False)
+
+
+# --------------------------------------------------------------------------- free space before a save
+
+# Each rank of a two-epoch run saves at the epoch ends; after the first save the main process fills
+# the small file system up to half of that checkpoint's size, so the second save cannot fit.
+_FILL_UP = '''
+import logging, os, shutil, sys
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from distlearn import BackwardLearner
+from distlearn.training.checkpoint import Checkpoints, find
+from distlearn.training.free_space import checkpoint_bytes
+
+logging.basicConfig(level=logging.WARNING)
+folder = sys.argv[1]
+world = int(os.environ.get("WORLD_SIZE", "1"))
+
+def fill(epoch, record):
+    if epoch == 0 and int(os.environ.get("RANK", "0")) == 0:
+        size = checkpoint_bytes(find(folder)[0][1])
+        ballast = shutil.disk_usage(folder).free - size // 2
+        with open(os.path.join(folder, "ballast"), "wb") as f:
+            f.write(bytes(ballast))
+
+x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+loader = DataLoader(TensorDataset(x, (x.sum(1) > 0).long()), batch_size=32 // (4 * world))
+torch.manual_seed(0)
+learner = BackwardLearner(n_epochs=2, loss=nn.CrossEntropyLoss(), optimizer_configs={
+    "optimizer_class": "torch.optim.SGD", "optimizer_parameters": {"lr": 0.1}})
+record = learner.train(nn.Sequential(nn.Linear(4, 1024), nn.Linear(1024, 2)), loader, disable_tqdm=True,
+                       checkpoints=Checkpoints(folder), on_epoch_end=fill)
+print("EPOCHS", sorted(record["training"]), "SAVED", [path.name for path, _ in find(folder)])
+'''
+
+
+def _unshare_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs user namespaces (unshare -rm) to mount a small tmpfs")
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_save_that_does_not_fit_is_skipped_and_the_previous_checkpoint_kept(tmp_path, world):
+    """On a real 2 MB tmpfs (mounted in a user namespace, no root): the second save is skipped with one warning."""
+    small, script = tmp_path / "small", tmp_path / "fill_up.py"
+    small.mkdir()
+    script.write_text(_FILL_UP)
+    port = str(_free_port())
+    ranks = " & ".join(
+        f"RANK={rank} LOCAL_RANK={rank} WORLD_SIZE={world} LOCAL_WORLD_SIZE={world} MASTER_ADDR=127.0.0.1 "
+        f"MASTER_PORT={port} {sys.executable} {script} {small} > {tmp_path}/rank{rank}.log 2>&1"
+        for rank in range(world))
+    shell = f"mount -t tmpfs -o size=2m none {small} && {{ {ranks} & wait; }}; ls -a {small}/checkpoints"
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", shell], env=launch_env(), capture_output=True, text=True,
+                          timeout=200)
+    logs = [(tmp_path / f"rank{rank}.log").read_text() for rank in range(world)]
+    assert done.returncode == 0, logs
+    for log in logs:
+        assert "EPOCHS [0, 1] SAVED ['step-00000004']" in log, log  # trained on; the epoch-0 checkpoint stays
+    assert done.stdout.split() == [".", "..", "step-00000004"]  # nothing half-written left
+    warning = [line for line in logs[0].splitlines() if "not saving checkpoint step-00000008" in line]
+    assert len(warning) == 1 and f"{small}/checkpoints has " in warning[0] and "bytes free" in warning[0]
+    assert all("not saving" not in log for log in logs[1:])  # said once, by the main process

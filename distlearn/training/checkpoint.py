@@ -55,7 +55,9 @@ from typing import Any
 import torch
 
 from ..options import DEFAULT_KEEP_LAST, DEFAULT_RESUME_BATCH, RESUME_BATCH_MODES
+from ..runtime.ranks import from_main
 from .control import STOP_SIGNALS, StopFlags, stop_signals_to
+from .free_space import shortfall
 
 __all__ = [
     "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "committed_marker",
@@ -257,16 +259,16 @@ class Checkpoints:
                 ``batches_done`` and optionally ``samples_done`` and ``global_batch``.
 
         Returns:
-            The committed checkpoint folder.
+            The committed checkpoint folder; when the disk is short of room for it (see
+            :mod:`~distlearn.training.free_space`), nothing is saved and the newest complete one is returned.
         """
         began = time.time()
         name = f"step-{int(position['step']):08d}"
         final, tmp = self.root / name, self.root / f".tmp-{name}"
-        if accelerator.is_main_process:
-            self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(".tmp-*"):  # left by a save that was killed
-                shutil.rmtree(stale, ignore_errors=True)
-        accelerator.wait_for_everyone()  # nobody writes into the folder before it is cleared
+        kept = self._clear_and_check_room(accelerator, name)
+        if kept is not None:  # too little room: skipped on every rank, the previous checkpoint stays
+            self.time_due, self._since = False, time.monotonic()
+            return kept
         accelerator.save_state(str(tmp))
         own = tmp / f"learner_state_{accelerator.process_index}.pt"
         torch.save({**state, "extra": dict(self.extra)}, own)
@@ -280,6 +282,23 @@ class Checkpoints:
         self.time_due, self._since = False, time.monotonic()  # the timed checkpoints count from here
         logger.debug("checkpoint %s saved in %.2f s", final, time.time() - began)
         return final
+
+    def _clear_and_check_room(self, accelerator: Any, name: str) -> Path | None:
+        """Before a save: the main process clears what a killed save left and checks the free space
+        (:func:`~distlearn.training.free_space.shortfall`); every rank follows, and nobody writes
+        before the folder is cleared. Returns the checkpoint kept when there is no room, else None."""
+        room: list[Any] = [None]  # (the warning, the checkpoint kept) when short of room
+        if accelerator.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(".tmp-*"):  # left by a save that was killed
+                shutil.rmtree(stale, ignore_errors=True)
+            last = latest(self.output_dir)
+            short = shortfall(self.root, last, name)
+            if short:
+                logger.warning("%s", short)
+                room = [(short, str(last[0]))]
+        room = from_main(accelerator, room)  # a collective: every rank saves, or every rank skips
+        return None if room[0] is None else Path(room[0][1])
 
     def per_process_batch(self, world_size: int, current: int | None) -> int | None:
         """The per-process batch size a resume from ``resume_from`` on ``world_size`` processes trains with.
