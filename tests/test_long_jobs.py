@@ -232,3 +232,90 @@ def test_a_save_that_does_not_fit_is_skipped_and_the_previous_checkpoint_kept(tm
     warning = [line for line in logs[0].splitlines() if "not saving checkpoint step-00000008" in line]
     assert len(warning) == 1 and f"{small}/checkpoints has " in warning[0] and "bytes free" in warning[0]
     assert all("not saving" not in log for log in logs[1:])  # said once, by the main process
+
+
+# --------------------------------------------------------------------------- asynchronous saves
+
+
+def _train_saving(rank: int, world: int, folder: str, asynchronous: bool, display: int = 50,
+                  signal_in_write: bool = False) -> dict:
+    """One epoch of 8 steps saving every 2 (in the background or not); the committed checkpoints' contents.
+
+    ``signal_in_write``: rank 0's first background write sends SIGTERM to its own process, and writes a
+    second later (the stop comes while it is still in flight).
+    """
+    import signal as signals
+    import time
+
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from distlearn import BackwardLearner
+    from distlearn.training import async_save
+    from distlearn.training.checkpoint import Checkpoints, Interrupted, find
+
+    original = async_save._write
+
+    def signalled_write(*args):
+        if rank == 0 and not (Path(folder) / "signalled").exists():
+            (Path(folder) / "signalled").touch()
+            os.kill(os.getpid(), signals.SIGTERM)
+            time.sleep(1.0)  # the loop goes on, hears of the stop, and must wait for this write
+        return original(*args)
+
+    _reset_accelerator()
+    async_save._write = signalled_write if signal_in_write else original
+    try:
+        x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(TensorDataset(x, (x.sum(1) > 0).long()), batch_size=32 // (8 * world), shuffle=True)
+        torch.manual_seed(0)
+        learner = BackwardLearner(n_epochs=1, loss=nn.CrossEntropyLoss(), display_every_n_steps=display,
+                                  optimizer_configs={"optimizer_class": "torch.optim.AdamW",
+                                                     "optimizer_parameters": {"lr": 0.1}})
+        checkpoints = Checkpoints(folder, every_n_steps=2, keep_last=100, asynchronous=asynchronous)
+        stopped = None
+        with checkpoints.catch_signals():
+            try:
+                learner.train(nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2)), loader,
+                              checkpoints=checkpoints, disable_tqdm=True)
+            except Interrupted as exc:
+                stopped = exc.checkpoint.name
+        return {"stopped": stopped, "leftovers": sorted(p.name for p in Path(folder, "checkpoints").glob(".*")),
+                "saved": {path.name: _contents(path, rank) for path, _ in find(folder)}}
+    finally:
+        async_save._write = original
+        _reset_accelerator()
+
+
+def _contents(path: Path, rank: int) -> dict:
+    """What a checkpoint holds for this rank, clocks left out: the files' bytes or loaded values, as comparable text."""
+    import torch
+
+    out = {"model": (path / "model.safetensors").read_bytes()}
+    for name in ("optimizer.bin", f"random_states_{rank}.pkl"):
+        out[name] = repr(torch.load(path / name, weights_only=False))
+    learner = torch.load(path / f"learner_state_{rank}.pt", weights_only=False)
+    out["learner"] = repr({k: learner[k] for k in ("epoch", "step", "batches_done", "rng")})
+    return out
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_background_saves_write_what_synchronous_saves_write(dist_pool, tmp_path, world):
+    sync = dist_pool.run(_train_saving, world, str(tmp_path / "sync"), False)
+    background = dist_pool.run(_train_saving, world, str(tmp_path / "async"), True, 3)  # commits at display steps
+    for plain, written in zip(sync, background):
+        assert sorted(written["saved"]) == ["step-00000002", "step-00000004", "step-00000006", "step-00000008"]
+        assert written["saved"] == plain["saved"]  # model, optimizer, RNG and progress as of each save's step
+        assert written["leftovers"] == []
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_stop_signal_waits_for_the_write_in_flight(dist_pool, tmp_path, world):
+    """SIGTERM arrives while step 2's checkpoint is being written: it is committed, then the stop's own
+    (at step 3 or 4: the signal is handled between two of the main thread's Python instructions)."""
+    out = dist_pool.run(_train_saving, world, str(tmp_path / "run"), True, 1, True)
+    assert out[0]["stopped"] in ("step-00000003", "step-00000004")
+    for rank in out:
+        assert rank["stopped"] == out[0]["stopped"]
+        assert sorted(rank["saved"]) == ["step-00000002", rank["stopped"]] and rank["leftovers"] == []

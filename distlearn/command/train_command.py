@@ -173,7 +173,7 @@ def _checkpoints(session: _Session, output_dir: Path) -> Any:
         output_dir, every_n_steps=settings.get("every_n_steps"), keep_last=settings.get("keep_last", DEFAULT_KEEP_LAST),
         resume_from=session.start["resume_from"], meta={"config": session.resolved},
         extra={"wandb_run_id": session.tracker.run_id}, resume_batch=run.get("resume_batch", DEFAULT_RESUME_BATCH),
-        every_n_minutes=settings.get("every_n_minutes"),
+        every_n_minutes=settings.get("every_n_minutes"), asynchronous=settings.get("async", False),
     )
 
 

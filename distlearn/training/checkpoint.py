@@ -55,7 +55,8 @@ from typing import Any
 import torch
 
 from ..options import DEFAULT_KEEP_LAST, DEFAULT_RESUME_BATCH, RESUME_BATCH_MODES
-from ..runtime.ranks import from_main
+from ..runtime.ranks import agree, from_main
+from .async_save import stage, unsupported
 from .control import STOP_SIGNALS, StopFlags, stop_signals_to
 from .free_space import shortfall
 
@@ -186,6 +187,9 @@ class Checkpoints:
         resume_batch: On a resume with another number of processes, keep the ``"global"`` batch
             size (default; each process gets ``global / Q`` samples) or the loader's ``"per_process"``
             batch size (the global batch changes; refused mid-epoch).
+        asynchronous: Write in the background (``run.checkpoint.async``; :mod:`~distlearn.training.async_save`):
+            the loop is blocked only to stage the state in host memory; the checkpoint is committed once
+            every rank's write has finished. Where that cannot be done (FSDP, ...), saves stay synchronous.
         every_n_minutes: Also save once this many minutes passed since the last save (or the start),
             on the main process's clock. The ranks agree on it where they already meet, at the
             learner's display steps (``display_every_n_steps``): the save comes at the first
@@ -200,6 +204,7 @@ class Checkpoints:
     extra: dict[str, Any] = field(default_factory=dict)
     resume_batch: str = DEFAULT_RESUME_BATCH
     every_n_minutes: float | None = None
+    asynchronous: bool = False
 
     def __post_init__(self) -> None:
         if self.resume_batch not in RESUME_BATCH:
@@ -213,6 +218,8 @@ class Checkpoints:
             raise ValueError(f"every_n_minutes must be a number > 0 or None, got {minutes!r}")
         self.time_due = False  # every rank agreed that a timed checkpoint is due (see stop_flags)
         self._since = time.monotonic()  # the last save (or the start), on this process's clock
+        self._pending: tuple[Any, ...] | None = None  # (BackgroundWrite, tmp, final, position, world size)
+        self._sync_said = False  # why saves stay synchronous was said once
         self.root = checkpoint_dir(self.output_dir)
         self.last_saved: Path | None = None
         self.received: int | None = None  # the first stop signal this process received
@@ -238,7 +245,16 @@ class Checkpoints:
     def stop_flags(self, main: bool = False) -> StopFlags:
         """This process's stop flags (1 for the signal it received), for the ranks to sum; on the
         ``main`` process also its vote that ``every_n_minutes`` have passed since the last save."""
-        return StopFlags.received(self.received, main and self.time_is_up())
+        written = self._pending is not None and self._pending[0].written()
+        return StopFlags.received(self.received, main and self.time_is_up(), written)
+
+    def agreed(self, summed: list[int], accelerator: Any) -> None:
+        """What the ranks agreed at a display step (every rank calls it with the same flags): latch a
+        timed checkpoint that is due, and commit a background write once every rank's has finished."""
+        if StopFlags.time_is_up(summed):
+            self.time_due = True
+        if self._pending is not None and StopFlags.written_in(summed) == accelerator.num_processes:
+            self._commit_pending(accelerator, barriers=False)  # every rank knows the files are there: no collective
 
     def time_is_up(self) -> bool:
         """Whether ``every_n_minutes`` have passed on this process's clock since the last save (or the start)."""
@@ -249,26 +265,36 @@ class Checkpoints:
         or when the ranks agreed that a timed one is due (:attr:`time_due`)."""
         return self.time_due or self.every_n_steps is not None and step % self.every_n_steps == 0
 
-    def save(self, accelerator: Any, state: Mapping[str, Any], position: Mapping[str, Any]) -> Path:
+    def save(self, accelerator: Any, state: Mapping[str, Any], position: Mapping[str, Any], wait: bool = False) -> Path:
         """Save a checkpoint of the whole training state; every rank calls it (collectives inside).
+
+        A background write still in flight (``asynchronous``) is waited for and committed first.
 
         Args:
             accelerator: The Accelerator holding the prepared model, optimizer, scheduler, loaders.
             state: This rank's learner state, saved as it is (with ``extra``) to ``learner_state_<rank>.pt``.
             position: What the commit marker says of it: ``step`` (names the folder), ``epoch``,
                 ``batches_done`` and optionally ``samples_done`` and ``global_batch``.
+            wait: With ``asynchronous``, return only once this checkpoint is committed (a stop, the last save).
 
         Returns:
             The committed checkpoint folder; when the disk is short of room for it (see
             :mod:`~distlearn.training.free_space`), nothing is saved and the newest complete one is returned.
         """
         began = time.time()
+        self.finish(accelerator)
         name = f"step-{int(position['step']):08d}"
         final, tmp = self.root / name, self.root / f".tmp-{name}"
         kept = self._clear_and_check_room(accelerator, name)
+        self.time_due, self._since = False, time.monotonic()  # the timed checkpoints count from here
         if kept is not None:  # too little room: skipped on every rank, the previous checkpoint stays
-            self.time_due, self._since = False, time.monotonic()
             return kept
+        if self._in_background(accelerator):
+            write = stage(accelerator, tmp, {**state, "extra": dict(self.extra)})
+            self._pending = (write, tmp, final, dict(position), accelerator.num_processes)
+            if wait:
+                self.finish(accelerator)
+            return final
         accelerator.save_state(str(tmp))
         own = tmp / f"learner_state_{accelerator.process_index}.pt"
         torch.save({**state, "extra": dict(self.extra)}, own)
@@ -279,9 +305,47 @@ class Checkpoints:
             self._prune(keep=final)
         accelerator.wait_for_everyone()  # the checkpoint is visible to every rank when save() returns
         self.last_saved = final
-        self.time_due, self._since = False, time.monotonic()  # the timed checkpoints count from here
         logger.debug("checkpoint %s saved in %.2f s", final, time.time() - began)
         return final
+
+    def finish(self, accelerator: Any) -> None:
+        """Wait for this rank's background write in flight, if any, and commit it; every rank calls it.
+
+        Raises:
+            CheckpointError: On every rank, when a rank's write failed (its checkpoint is not committed).
+        """
+        if self._pending is None:
+            return
+        error = self._pending[0].wait()
+        try:
+            agree(None if error is None else f"writing checkpoint {self._pending[2].name} failed: {error!r}")
+        except ValueError as exc:
+            self._pending = None
+            raise CheckpointError(str(exc)) from None
+        self._commit_pending(accelerator, barriers=True)
+
+    def _commit_pending(self, accelerator: Any, barriers: bool) -> None:
+        """Every rank's background write has finished: the main process commits it and prunes."""
+        _, tmp, final, position, world = self._pending
+        self._pending = None
+        if barriers:
+            accelerator.wait_for_everyone()  # every rank's files are written
+        if accelerator.is_main_process:
+            self._commit(tmp, final, position, world)
+            self._prune(keep=final)
+        if barriers:
+            accelerator.wait_for_everyone()  # the checkpoint is visible to every rank
+        self.last_saved = final
+
+    def _in_background(self, accelerator: Any) -> bool:
+        """Whether this save is written in the background (``asynchronous``, and a path that allows it)."""
+        if not self.asynchronous:
+            return False
+        why = unsupported(accelerator)
+        if why is not None and not self._sync_said and accelerator.is_main_process:
+            logger.warning("run.checkpoint.async: saving synchronously: %s", why)
+        self._sync_said = self._sync_said or why is not None
+        return why is None
 
     def _clear_and_check_room(self, accelerator: Any, name: str) -> Path | None:
         """Before a save: the main process clears what a killed save left and checks the free space

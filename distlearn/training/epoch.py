@@ -67,7 +67,7 @@ class EpochAccounting:
         self._running_upto = 0
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite gradient (nonfinite="skip")
         self.shift = 0.0  # seconds this pass was down (killed until resumed), left out of its clock
-        self.time_up = False  # the last display step's agreement: a timed checkpoint is due
+        self.agreed: list[int] | None = None  # the last display step's summed control flags (see control.py)
         self.start = self.now()  # when the pass began, on its clock
 
     def now(self) -> float:
@@ -198,7 +198,8 @@ class EpochAccounting:
     def running_loss_and_stop(self, upto: int, epoch: int, flags: StopFlags) -> tuple[float, int | None]:
         """:meth:`running_loss`, and the stop signal any rank received (or None), found in the same collective.
 
-        The same collective sets :attr:`time_up`: whether the main process found a timed checkpoint due.
+        The same collective sets :attr:`agreed`: the summed flags, which also tell the checkpoints whether a
+        timed one is due and how many ranks finished their background write.
         """
         return self._agree_running(upto, epoch, flags)
 
@@ -215,7 +216,7 @@ class EpochAccounting:
             self.raise_if_non_finite(self.batch_loss(upto).calculate().tolist(), epoch)
         if flags is None:
             return value, None
-        self.time_up = StopFlags.time_is_up(values["stop"])
+        self.agreed = values["stop"].tolist()
         return value, StopFlags.unpack(values["stop"])
 
     def reduce(self, metric: Any, epoch: int, preparation: float, flags: StopFlags | None,
