@@ -319,3 +319,59 @@ def test_a_stop_signal_waits_for_the_write_in_flight(dist_pool, tmp_path, world)
     for rank in out:
         assert rank["stopped"] == out[0]["stopped"]
         assert sorted(rank["saved"]) == ["step-00000002", rank["stopped"]] and rank["leftovers"] == []
+
+
+_KILLED_IN_WRITE = '''
+import sys, threading
+from pathlib import Path
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from distlearn import BackwardLearner
+from distlearn.training import async_save
+from distlearn.training.checkpoint import Checkpoints
+
+folder = Path(sys.argv[1])
+original = async_save._write
+
+def stuck_write(tmp, *args):  # step 4's write gets halfway (Accelerate's files, no progress file) and hangs
+    if tmp.name != ".tmp-step-00000004":
+        return original(tmp, *args)
+    from accelerate.checkpointing import save_accelerator_state
+    save_accelerator_state(str(tmp), *args[:8])
+    (folder / "writing").touch()
+    threading.Event().wait()
+
+async_save._write = stuck_write
+x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+loader = DataLoader(TensorDataset(x, (x.sum(1) > 0).long()), batch_size=4)
+learner = BackwardLearner(n_epochs=1, loss=nn.CrossEntropyLoss(), optimizer_configs={
+    "optimizer_class": "torch.optim.SGD", "optimizer_parameters": {"lr": 0.1}})
+learner.train(nn.Linear(4, 2), loader, checkpoints=Checkpoints(folder, every_n_steps=2, asynchronous=True),
+              disable_tqdm=True)
+'''
+
+
+def test_a_kill_during_a_background_write_leaves_the_previous_checkpoint(tmp_path):
+    import signal
+    import time
+
+    from distlearn.training.checkpoint import committed_marker, latest
+
+    script, run = tmp_path / "killed.py", tmp_path / "run"
+    script.write_text(_KILLED_IN_WRITE)
+    proc = subprocess.Popen([sys.executable, str(script), str(run)], env=launch_env(), stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for _ in range(1200):  # the write in flight is halfway
+            if (run / "writing").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (run / "writing").exists(), proc.stderr.read() if proc.poll() is not None else "no write started"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    newest, meta = latest(run)
+    assert newest.name == "step-00000002" and committed_marker(newest)["step"] == 2  # complete, loadable
+    assert (run / "checkpoints" / ".tmp-step-00000004" / "model.safetensors").exists()  # the half-written one ...
+    assert not (run / "checkpoints" / ".tmp-step-00000004" / "COMMITTED.json").exists()  # ... never committed
