@@ -55,8 +55,8 @@ from typing import Any
 import torch
 
 from ..options import DEFAULT_KEEP_LAST, DEFAULT_RESUME_BATCH, RESUME_BATCH_MODES
-from ..runtime.ranks import agree, from_main
-from .async_save import stage, unsupported
+from ..runtime.ranks import from_main
+from .async_save import BackgroundSaves
 from .control import STOP_SIGNALS, StopFlags, stop_signals_to
 from .free_space import shortfall
 
@@ -218,8 +218,7 @@ class Checkpoints:
             raise ValueError(f"every_n_minutes must be a number > 0 or None, got {minutes!r}")
         self.time_due = False  # every rank agreed that a timed checkpoint is due (see stop_flags)
         self._since = time.monotonic()  # the last save (or the start), on this process's clock
-        self._pending: tuple[Any, ...] | None = None  # (BackgroundWrite, tmp, final, position, world size)
-        self._sync_said = False  # why saves stay synchronous was said once
+        self._background = BackgroundSaves(self._commit_and_prune)  # asynchronous: what is in flight
         self.root = checkpoint_dir(self.output_dir)
         self.last_saved: Path | None = None
         self.received: int | None = None  # the first stop signal this process received
@@ -245,16 +244,15 @@ class Checkpoints:
     def stop_flags(self, main: bool = False) -> StopFlags:
         """This process's stop flags (1 for the signal it received), for the ranks to sum; on the
         ``main`` process also its vote that ``every_n_minutes`` have passed since the last save."""
-        written = self._pending is not None and self._pending[0].written()
-        return StopFlags.received(self.received, main and self.time_is_up(), written)
+        return StopFlags.received(self.received, main and self.time_is_up(), self._background.written())
 
     def agreed(self, summed: list[int], accelerator: Any) -> None:
         """What the ranks agreed at a display step (every rank calls it with the same flags): latch a
         timed checkpoint that is due, and commit a background write once every rank's has finished."""
         if StopFlags.time_is_up(summed):
             self.time_due = True
-        if self._pending is not None and StopFlags.written_in(summed) == accelerator.num_processes:
-            self._commit_pending(accelerator, barriers=False)  # every rank knows the files are there: no collective
+        committing = self._background.commit_if_written(accelerator, StopFlags.written_in(summed))
+        self.last_saved = committing or self.last_saved
 
     def time_is_up(self) -> bool:
         """Whether ``every_n_minutes`` have passed on this process's clock since the last save (or the start)."""
@@ -289,9 +287,8 @@ class Checkpoints:
         self.time_due, self._since = False, time.monotonic()  # the timed checkpoints count from here
         if kept is not None:  # too little room: skipped on every rank, the previous checkpoint stays
             return kept
-        if self._in_background(accelerator):
-            write = stage(accelerator, tmp, {**state, "extra": dict(self.extra)})
-            self._pending = (write, tmp, final, dict(position), accelerator.num_processes)
+        if self.asynchronous and self._background.usable(accelerator):
+            self._background.start(accelerator, tmp, final, position, {**state, "extra": dict(self.extra)})
             if wait:
                 self.finish(accelerator)
             return final
@@ -309,43 +306,22 @@ class Checkpoints:
         return final
 
     def finish(self, accelerator: Any) -> None:
-        """Wait for this rank's background write in flight, if any, and commit it; every rank calls it.
+        """Wait for the background write (and commit) in flight, if any, and commit it; every rank calls it.
 
         Raises:
             CheckpointError: On every rank, when a rank's write failed (its checkpoint is not committed).
         """
-        if self._pending is None:
-            return
-        error = self._pending[0].wait()
         try:
-            agree(None if error is None else f"writing checkpoint {self._pending[2].name} failed: {error!r}")
+            committed = self._background.finish(accelerator)
         except ValueError as exc:
-            self._pending = None
             raise CheckpointError(str(exc)) from None
-        self._commit_pending(accelerator, barriers=True)
+        self.last_saved = committed or self.last_saved
 
-    def _commit_pending(self, accelerator: Any, barriers: bool) -> None:
-        """Every rank's background write has finished: the main process commits it and prunes."""
-        _, tmp, final, position, world = self._pending
-        self._pending = None
-        if barriers:
-            accelerator.wait_for_everyone()  # every rank's files are written
-        if accelerator.is_main_process:
-            self._commit(tmp, final, position, world)
-            self._prune(keep=final)
-        if barriers:
-            accelerator.wait_for_everyone()  # the checkpoint is visible to every rank
-        self.last_saved = final
-
-    def _in_background(self, accelerator: Any) -> bool:
-        """Whether this save is written in the background (``asynchronous``, and a path that allows it)."""
-        if not self.asynchronous:
-            return False
-        why = unsupported(accelerator)
-        if why is not None and not self._sync_said and accelerator.is_main_process:
-            logger.warning("run.checkpoint.async: saving synchronously: %s", why)
-        self._sync_said = self._sync_said or why is not None
-        return why is None
+    def _commit_and_prune(self, tmp: Path, final: Path, position: Mapping[str, Any], world_size: int) -> None:
+        """Main process: commit a background write (every rank's files are written) and prune (in a thread
+        when committed at a display step)."""
+        self._commit(tmp, final, position, world_size)
+        self._prune(keep=final)
 
     def _clear_and_check_room(self, accelerator: Any, name: str) -> Path | None:
         """Before a save: the main process clears what a killed save left and checks the free space
