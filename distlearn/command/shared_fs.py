@@ -135,5 +135,6 @@ def _refusal(views: list[str]) -> str:
         f"the ranks do not share one run folder: rank 0 on host {main_host} wrote a probe file into "
         f"{main_folder}/checkpoints, and {', '.join(blind)} cannot read it (hosts of this launch: {', '.join(hosts)}). "
         "Checkpoints need one folder every rank sees: set run.output_dir to an absolute path on a file system "
-        "shared by every node, and start every rank in the same working directory if it is relative. Nothing was trained."
+        "shared by every node, and start every rank in the same working directory if it is relative. "
+        "Nothing was trained."
     )

@@ -93,7 +93,8 @@ class Staging:
     def _tensor(self, tensor: torch.Tensor) -> torch.Tensor:
         i, self._used = self._used, self._used + 1
         self._cuda = self._cuda or tensor.is_cuda
-        fits = i < len(self._buffers) and self._buffers[i].shape == tensor.shape and self._buffers[i].dtype == tensor.dtype
+        old = self._buffers[i] if i < len(self._buffers) else None
+        fits = old is not None and old.shape == tensor.shape and old.dtype == tensor.dtype
         if not fits:  # pinned for a device tensor: the device-to-host copy runs at full speed, asynchronously
             buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=tensor.is_cuda)
             self._buffers[i:i + 1] = [buffer]
