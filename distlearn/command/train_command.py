@@ -21,6 +21,7 @@ from .console import logger, run_title, setup_logging
 from .errors import EXIT_TRAINING_FAILED, RunError, Stopped, everywhere, on_main
 from .group import FINISHED_GROUP, build_run_accelerator, close
 from .resume import follows_epochs, resume_hint, say_complete, start_folder
+from .shared_fs import shared_folder
 
 __all__ = ["train"]
 
@@ -106,8 +107,9 @@ def _run(session: _Session, follows: Sequence[str]) -> dict[str, Any]:
     from .run_folder import signals_wait
 
     accelerator, resolved = session.accelerator, session.resolved
+    configured = resolved["run"]["output_dir"]  # as written: the main process may fill in the default folder
     session.start = on_main(accelerator, "output folder", start_folder, resolved, session.config, follows)
-    output_dir = Path(session.start["output_dir"])
+    output_dir = shared_folder(accelerator, configured, session.start["output_dir"])  # refused unless all ranks see it
     resolved["run"]["output_dir"] = str(output_dir)
     for line in session.start["log"] if accelerator.is_main_process else ():  # once, not once per process
         logger.warning("%s", line)  # a resumed run's first line says from where (shown with --quiet too)
@@ -171,6 +173,7 @@ def _checkpoints(session: _Session, output_dir: Path) -> Any:
         output_dir, every_n_steps=settings.get("every_n_steps"), keep_last=settings.get("keep_last", DEFAULT_KEEP_LAST),
         resume_from=session.start["resume_from"], meta={"config": session.resolved},
         extra={"wandb_run_id": session.tracker.run_id}, resume_batch=run.get("resume_batch", DEFAULT_RESUME_BATCH),
+        every_n_minutes=settings.get("every_n_minutes"), asynchronous=settings.get("async", False),
     )
 
 

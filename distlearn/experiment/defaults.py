@@ -55,8 +55,9 @@ RUN_DEFAULTS: dict[str, Any] = {
     "overwrite": False,
     # mode None: online with W&B credentials, offline without
     "tracking": {"backend": "wandb", "project": "distlearn", "entity": None, "name": None, "mode": None},
-    # every_n_steps None: checkpoints at epoch ends only; keep_last: complete checkpoints kept
-    "checkpoint": {"every_n_steps": None, "keep_last": DEFAULT_KEEP_LAST},
+    # every_n_steps / every_n_minutes None: checkpoints at epoch ends only (minutes: checked at display steps);
+    # keep_last: complete checkpoints kept; async: written in the background (the DDP path)
+    "checkpoint": {"every_n_steps": None, "every_n_minutes": None, "keep_last": DEFAULT_KEEP_LAST, "async": False},
     "resume": "auto",  # auto: the newest complete checkpoint in output_dir, else fresh; none; or a checkpoint path
     "timeout_s": DEFAULT_TIMEOUT_S,  # process-group timeout: a rank that never arrives ends the run after this long
     "nonfinite": "error",  # a NaN/inf training loss: error (stop) or skip (skip that optimizer step)

@@ -20,7 +20,7 @@ from ..options import (
 from .checks import check_keys, check_values
 from .defaults import RUN_DEFAULTS
 
-__all__ = ["check_output_folder", "check_run"]
+__all__ = ["check_output_folder", "check_run", "check_timed_checkpoints"]
 
 
 def check_run(run: Any, problems: list[str], elsewhere: Mapping[str, Sequence[str]] | None = None) -> None:
@@ -50,7 +50,7 @@ def check_run(run: Any, problems: list[str], elsewhere: Mapping[str, Sequence[st
             f"null (offline without W&B credentials, online with) or one of {list(TRACKING_MODES)}",
         )}, "run.tracking", problems)
     check_values(run, {
-        "checkpoint": (lambda v: isinstance(v, dict), "a mapping (every_n_steps, keep_last)"),
+        "checkpoint": (lambda v: isinstance(v, dict), "a mapping (every_n_steps, every_n_minutes, keep_last, async)"),
         "resume": (lambda v: isinstance(v, str) and v.strip(),
                    f"one of {list(RESUME_MODES)} or the path of a checkpoint folder"),
         "timeout_s": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),
@@ -63,8 +63,25 @@ def check_run(run: Any, problems: list[str], elsewhere: Mapping[str, Sequence[st
         check_values(ckpt, {
             "every_n_steps": (lambda v: v is None or is_int(v) and v >= 1,
                               "null (epoch ends only) or an int >= 1 (optimizer steps)"),
+            "every_n_minutes": (lambda v: v is None or is_number(v) and v > 0,
+                                "null (no timed checkpoints) or a number of minutes > 0"),
             "keep_last": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+            "async": (lambda v: isinstance(v, bool), "true (written in the background) or false"),
         }, "run.checkpoint", problems)
+
+
+def check_timed_checkpoints(run: Any, learner_configs: Any, problems: list[str]) -> None:
+    """``run.checkpoint.every_n_minutes`` needs display steps: the ranks agree on the time only there."""
+    ckpt = run.get("checkpoint") if isinstance(run, dict) else None
+    learner_parameters = learner_configs.get("learner_parameters") if isinstance(learner_configs, dict) else None
+    if not isinstance(ckpt, dict) or ckpt.get("every_n_minutes") is None or not isinstance(learner_parameters, dict):
+        return
+    if learner_parameters.get("display_every_n_steps") == 0:
+        problems.append(
+            "run.checkpoint.every_n_minutes: the time is checked at display steps, and "
+            "learner_configs.learner_parameters.display_every_n_steps is 0 (none); expected an int >= 1 there "
+            "(e.g. 50), or every_n_minutes: null for checkpoints at epoch ends and every_n_steps only"
+        )
 
 
 def check_output_folder(run: Any, problems: list[str]) -> None:

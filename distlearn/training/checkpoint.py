@@ -55,7 +55,10 @@ from typing import Any
 import torch
 
 from ..options import DEFAULT_KEEP_LAST, DEFAULT_RESUME_BATCH, RESUME_BATCH_MODES
+from ..runtime.ranks import from_main
+from .async_save import BackgroundSaves
 from .control import STOP_SIGNALS, StopFlags, stop_signals_to
+from .free_space import shortfall
 
 __all__ = [
     "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "committed_marker",
@@ -184,6 +187,13 @@ class Checkpoints:
         resume_batch: On a resume with another number of processes, keep the ``"global"`` batch
             size (default; each process gets ``global / Q`` samples) or the loader's ``"per_process"``
             batch size (the global batch changes; refused mid-epoch).
+        asynchronous: Write in the background (``run.checkpoint.async``; :mod:`~distlearn.training.async_save`):
+            the loop is blocked only to stage the state in host memory; the checkpoint is committed once
+            every rank's write has finished. Where that cannot be done (FSDP, ...), saves stay synchronous.
+        every_n_minutes: Also save once this many minutes passed since the last save (or the start),
+            on the main process's clock. The ranks agree on it where they already meet, at the
+            learner's display steps (``display_every_n_steps``): the save comes at the first
+            optimizer step from there. None: no timed checkpoints.
     """
 
     output_dir: str | Path
@@ -193,6 +203,8 @@ class Checkpoints:
     meta: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     resume_batch: str = DEFAULT_RESUME_BATCH
+    every_n_minutes: float | None = None
+    asynchronous: bool = False
 
     def __post_init__(self) -> None:
         if self.resume_batch not in RESUME_BATCH:
@@ -201,6 +213,12 @@ class Checkpoints:
             raise ValueError(f"every_n_steps must be an int >= 1 or None, got {self.every_n_steps!r}")
         if not isinstance(self.keep_last, int) or self.keep_last < 1:
             raise ValueError(f"keep_last must be an int >= 1, got {self.keep_last!r}")
+        minutes = self.every_n_minutes
+        if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
+            raise ValueError(f"every_n_minutes must be a number > 0 or None, got {minutes!r}")
+        self.time_due = False  # every rank agreed that a timed checkpoint is due (see stop_flags)
+        self._since = time.monotonic()  # the last save (or the start), on this process's clock
+        self._background = BackgroundSaves(self._commit_and_prune)  # asynchronous: what is in flight
         self.root = checkpoint_dir(self.output_dir)
         self.last_saved: Path | None = None
         self.received: int | None = None  # the first stop signal this process received
@@ -223,34 +241,57 @@ class Checkpoints:
         with stop_signals_to(handler):
             yield self
 
-    def stop_flags(self) -> StopFlags:
-        """This process's stop flags (1 for the signal it received), for the ranks to sum."""
-        return StopFlags.received(self.received)
+    def stop_flags(self, main: bool = False) -> StopFlags:
+        """This process's stop flags (1 for the signal it received), for the ranks to sum; on the
+        ``main`` process also its vote that ``every_n_minutes`` have passed since the last save."""
+        return StopFlags.received(self.received, main and self.time_is_up(), self._background.written())
+
+    def agreed(self, summed: list[int], accelerator: Any) -> None:
+        """What the ranks agreed at a display step (every rank calls it with the same flags): latch a
+        timed checkpoint that is due, and commit a background write once every rank's has finished."""
+        if StopFlags.time_is_up(summed):
+            self.time_due = True
+        committing = self._background.commit_if_written(accelerator, StopFlags.written_in(summed))
+        self.last_saved = committing or self.last_saved
+
+    def time_is_up(self) -> bool:
+        """Whether ``every_n_minutes`` have passed on this process's clock since the last save (or the start)."""
+        return self.every_n_minutes is not None and time.monotonic() - self._since >= 60 * self.every_n_minutes
 
     def due(self, step: int) -> bool:
-        """Whether optimizer step ``step`` (counted from 1) ends with a checkpoint."""
-        return self.every_n_steps is not None and step % self.every_n_steps == 0
+        """Whether optimizer step ``step`` (counted from 1) ends with a checkpoint: every ``every_n_steps``,
+        or when the ranks agreed that a timed one is due (:attr:`time_due`)."""
+        return self.time_due or self.every_n_steps is not None and step % self.every_n_steps == 0
 
-    def save(self, accelerator: Any, state: Mapping[str, Any], position: Mapping[str, Any]) -> Path:
+    def save(self, accelerator: Any, state: Mapping[str, Any], position: Mapping[str, Any], wait: bool = False) -> Path:
         """Save a checkpoint of the whole training state; every rank calls it (collectives inside).
+
+        A background write still in flight (``asynchronous``) is waited for and committed first.
 
         Args:
             accelerator: The Accelerator holding the prepared model, optimizer, scheduler, loaders.
             state: This rank's learner state, saved as it is (with ``extra``) to ``learner_state_<rank>.pt``.
             position: What the commit marker says of it: ``step`` (names the folder), ``epoch``,
                 ``batches_done`` and optionally ``samples_done`` and ``global_batch``.
+            wait: With ``asynchronous``, return only once this checkpoint is committed (a stop, the last save).
 
         Returns:
-            The committed checkpoint folder.
+            The committed checkpoint folder; when the disk is short of room for it (see
+            :mod:`~distlearn.training.free_space`), nothing is saved and the newest complete one is returned.
         """
         began = time.time()
+        self.finish(accelerator)
         name = f"step-{int(position['step']):08d}"
         final, tmp = self.root / name, self.root / f".tmp-{name}"
-        if accelerator.is_main_process:
-            self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(".tmp-*"):  # left by a save that was killed
-                shutil.rmtree(stale, ignore_errors=True)
-        accelerator.wait_for_everyone()  # nobody writes into the folder before it is cleared
+        kept = self._clear_and_check_room(accelerator, name)
+        self.time_due, self._since = False, time.monotonic()  # the timed checkpoints count from here
+        if kept is not None:  # too little room: skipped on every rank, the previous checkpoint stays
+            return kept
+        if self.asynchronous and self._background.usable(accelerator):
+            self._background.start(accelerator, tmp, final, position, {**state, "extra": dict(self.extra)})
+            if wait:
+                self.finish(accelerator)
+            return final
         accelerator.save_state(str(tmp))
         own = tmp / f"learner_state_{accelerator.process_index}.pt"
         torch.save({**state, "extra": dict(self.extra)}, own)
@@ -263,6 +304,41 @@ class Checkpoints:
         self.last_saved = final
         logger.debug("checkpoint %s saved in %.2f s", final, time.time() - began)
         return final
+
+    def finish(self, accelerator: Any) -> None:
+        """Wait for the background write (and commit) in flight, if any, and commit it; every rank calls it.
+
+        Raises:
+            CheckpointError: On every rank, when a rank's write failed (its checkpoint is not committed).
+        """
+        try:
+            committed = self._background.finish(accelerator)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        self.last_saved = committed or self.last_saved
+
+    def _commit_and_prune(self, tmp: Path, final: Path, position: Mapping[str, Any], world_size: int) -> None:
+        """Main process: commit a background write (every rank's files are written) and prune (in a thread
+        when committed at a display step)."""
+        self._commit(tmp, final, position, world_size)
+        self._prune(keep=final)
+
+    def _clear_and_check_room(self, accelerator: Any, name: str) -> Path | None:
+        """Before a save: the main process clears what a killed save left and checks the free space
+        (:func:`~distlearn.training.free_space.shortfall`); every rank follows, and nobody writes
+        before the folder is cleared. Returns the checkpoint kept when there is no room, else None."""
+        room: list[Any] = [None]  # (the warning, the checkpoint kept) when short of room
+        if accelerator.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(".tmp-*"):  # left by a save that was killed
+                shutil.rmtree(stale, ignore_errors=True)
+            last = latest(self.output_dir)
+            short = shortfall(self.root, last, name)
+            if short:
+                logger.warning("%s", short)
+                room = [(short, str(last[0]))]
+        room = from_main(accelerator, room)  # a collective: every rank saves, or every rank skips
+        return None if room[0] is None else Path(room[0][1])
 
     def per_process_batch(self, world_size: int, current: int | None) -> int | None:
         """The per-process batch size a resume from ``resume_from`` on ``world_size`` processes trains with.

@@ -5,6 +5,12 @@ ranks would part ways in their collectives. Rather than spend a collective of it
 own, the flags ride in the reduction the loop does anyway (the running loss at a
 display step, the epoch's numbers at its end): each rank adds one integer per stop
 signal, and the summed vector names the signal every rank then stops on.
+
+Two more integers ride along for the checkpoints: the main process's "time is up" for
+a timed checkpoint (``run.checkpoint.every_n_minutes``; only the main process's clock
+votes, so every rank learns at the same display step that a checkpoint is due), and
+each rank's "my background write has finished" (``run.checkpoint.async``: when every
+rank says so, the checkpoint is committed).
 """
 
 from __future__ import annotations
@@ -36,20 +42,37 @@ class StopFlags:
 
     Attributes:
         flags: One int per signal of :data:`STOP_SIGNALS`, in that order.
+        time_up: This process (the main one) finds a timed checkpoint due.
+        written: This process's background checkpoint write has finished.
     """
 
     flags: tuple[int, ...]
+    time_up: bool = False
+    written: bool = False
 
     @classmethod
-    def received(cls, signum: int | None) -> StopFlags:
-        """The flags of a process that received ``signum`` (None: no signal)."""
-        return cls(tuple(int(signum == stop) for stop in STOP_SIGNALS))
+    def received(cls, signum: int | None, time_up: bool = False, written: bool = False) -> StopFlags:
+        """The flags of a process that received ``signum`` (None: no signal), its vote for a timed
+        checkpoint, and whether its background write has finished."""
+        return cls(tuple(int(signum == stop) for stop in STOP_SIGNALS), time_up, written)
 
     def pack(self) -> Sum:
         """The flags as an accumulator, to add to a reduction's accumulators (summed over ranks)."""
         summed = Sum()
-        summed(torch.tensor(self.flags, dtype=torch.int64))
+        summed(torch.tensor((*self.flags, int(self.time_up), int(self.written)), dtype=torch.int64))
         return summed
+
+    @staticmethod
+    def written_in(summed: Sequence[int] | torch.Tensor) -> int:
+        """How many ranks' background writes have finished, by the summed flags."""
+        counts = summed.tolist() if isinstance(summed, torch.Tensor) else summed
+        return int(counts[len(STOP_SIGNALS) + 1]) if len(counts) > len(STOP_SIGNALS) + 1 else 0
+
+    @staticmethod
+    def time_is_up(summed: Sequence[int] | torch.Tensor) -> bool:
+        """Whether the summed flags say a timed checkpoint is due (the vote after the signals' flags)."""
+        counts = summed.tolist() if isinstance(summed, torch.Tensor) else summed
+        return len(counts) > len(STOP_SIGNALS) and bool(counts[len(STOP_SIGNALS)])
 
     @staticmethod
     def unpack(summed: Sequence[int] | torch.Tensor) -> int | None:

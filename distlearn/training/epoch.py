@@ -67,6 +67,7 @@ class EpochAccounting:
         self._running_upto = 0
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite gradient (nonfinite="skip")
         self.shift = 0.0  # seconds this pass was down (killed until resumed), left out of its clock
+        self.agreed: list[int] | None = None  # the last display step's summed control flags (see control.py)
         self.start = self.now()  # when the pass began, on its clock
 
     def now(self) -> float:
@@ -195,7 +196,11 @@ class EpochAccounting:
         return self._agree_running(upto, epoch, None)[0]
 
     def running_loss_and_stop(self, upto: int, epoch: int, flags: StopFlags) -> tuple[float, int | None]:
-        """:meth:`running_loss`, and the stop signal any rank received (or None), found in the same collective."""
+        """:meth:`running_loss`, and the stop signal any rank received (or None), found in the same collective.
+
+        The same collective sets :attr:`agreed`: the summed flags, which also tell the checkpoints whether a
+        timed one is due and how many ranks finished their background write.
+        """
         return self._agree_running(upto, epoch, flags)
 
     def _agree_running(self, upto: int, epoch: int, flags: StopFlags | None) -> tuple[float, int | None]:
@@ -209,7 +214,10 @@ class EpochAccounting:
         value = float(values["loss"])
         if not math.isfinite(value):  # every rank sees the same value: all take this path
             self.raise_if_non_finite(self.batch_loss(upto).calculate().tolist(), epoch)
-        return value, (StopFlags.unpack(values["stop"]) if flags is not None else None)
+        if flags is None:
+            return value, None
+        self.agreed = values["stop"].tolist()
+        return value, StopFlags.unpack(values["stop"])
 
     def reduce(self, metric: Any, epoch: int, preparation: float, flags: StopFlags | None,
                nonfinite: str = "error") -> EpochTotals:

@@ -271,7 +271,7 @@ class BackwardLearner:
             record["training"][epoch] = summary
             self.epoch = epoch + 1
             if checkpoints is not None:  # before the tracker hears of the epoch: a resumed run never logs it twice
-                saved = self._save(run, epoch + 1, 0, None, record)
+                saved = self._save(run, epoch + 1, 0, None, record, wait=bool(stop) or epoch + 1 == self.n_epochs)
             if epoch % display_step == 0 or epoch == self.n_epochs - 1:
                 if run.accelerator.is_main_process:
                     logger.info(describe_epoch(epoch, self.n_epochs, summary))
@@ -451,6 +451,8 @@ class BackwardLearner:
         """The running loss on the progress bar; a collective, on every rank, that also tells every
         rank whether one was signalled to stop. Returns that signal, or None."""
         running, signalled = accounting.running_loss_and_stop(done, epoch, run.stop_flags())
+        if run.checkpoints is not None:  # a timed checkpoint due, a background write to commit
+            run.checkpoints.agreed(accounting.agreed, run.accelerator)
         if run.bar is not None:
             run.bar.set_postfix(loss=f"{running:.4g}", lr=f"{run.lr:.3g}", refresh=False)
         return signalled
@@ -466,7 +468,7 @@ class BackwardLearner:
         if not (stop or run.checkpoints.due(self.step)) or last_batch(run.accelerator):
             return
         accounting.running_loss(done, epoch)  # a collective; raises on every rank on a NaN
-        saved = self._save(run, epoch, done, accounting, record)
+        saved = self._save(run, epoch, done, accounting, record, wait=bool(stop))
         if stop:
             raise Interrupted(stop, record, saved)
 
@@ -486,8 +488,9 @@ class BackwardLearner:
         return summary
 
     def _save(self, run: TrainRun, epoch: int, batches_done: int, accounting: EpochAccounting | None,
-              record: Record) -> Any:
-        """Save a checkpoint of this rank's progress (``accounting`` None: at an epoch's end, without the metric)."""
+              record: Record, wait: bool = False) -> Any:
+        """Save a checkpoint of this rank's progress (``accounting`` None: at an epoch's end, without the metric);
+        ``wait``: committed on return, also when written in the background (a stop, the last save)."""
         accelerator = run.accelerator
         state = rank_state(
             epoch=epoch, step=self.step, batches_done=batches_done, global_batch=self._global_batch,
@@ -495,7 +498,7 @@ class BackwardLearner:
             metric=None if accounting is None else run.metric, record=record, seed=self.seed,
         )
         state["data"] = data_position(run.loader, batches_done)  # a stateful iterable data set's, else None
-        return run.checkpoints.save(accelerator, state, marker_fields(state))
+        return run.checkpoints.save(accelerator, state, marker_fields(state), wait=wait)
 
     def _prepare_loader(self, accelerator: Accelerator, loader: Any, evaluation: bool = False) -> Any:
         """Prepare a loader once per learner (re-preparing would register it with Accelerate again).

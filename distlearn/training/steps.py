@@ -60,7 +60,9 @@ class TrainRun:
 
     def stop_flags(self) -> StopFlags:
         """This rank's stop flags (none without checkpoints: nothing to stop with)."""
-        return self.checkpoints.stop_flags() if self.checkpoints is not None else StopFlags.received(None)
+        if self.checkpoints is None:
+            return StopFlags.received(None)
+        return self.checkpoints.stop_flags(self.accelerator.is_main_process)
 
 
 def epoch_batches(loader: Any, epoch: int, n_epochs: int, done: int, show_bar: bool,
