@@ -428,7 +428,10 @@ class HFModel(nn.Module):
         if not getattr(self.model, "supports_gradient_checkpointing", False):
             raise ValueError(f"{type(self.model).__name__} does not support gradient checkpointing")
         kwargs = {"use_reentrant": False, **dict(gradient_checkpointing_kwargs or {})}
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if hasattr(self.model, "activation_checkpointing_enable"):  # its name from transformers 5 on
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def batch_problem(self, batch: Any) -> str | None:
         """What this model cannot take in ``batch`` (the learner asks on the first batch), or None."""
