@@ -46,7 +46,7 @@ def _train(rank, world, options, folder=None, n_epochs=2, dropout=0.1):
     torch._dynamo.reset()  # a fresh process's compile cache
     dynamo_utils.counters.clear()
     torch.manual_seed(1)
-    model = CharTransformer(11, 16, 16, 2, 2, dropout=dropout)
+    model = CharTransformer(11, 16, 16, 1, 2, dropout=dropout)
     learner = BackwardLearner(n_epochs=n_epochs, loss=torch.nn.CrossEntropyLoss(), seed=3, display_every_n_steps=2,
                               optimizer_configs={"optimizer_class": "torch.optim.AdamW"}, model_options=options)
     store = None if folder is None else Checkpoints(folder)
