@@ -167,11 +167,19 @@ def test_a_model_without_checkpointing_is_refused_naming_the_key():
         apply_model_options(MLP(4, 2), ModelOptions(gradient_checkpointing=True), torch.device("cpu"))
 
 
+def test_compiling_with_accelerates_dynamo_plugin_too_is_refused():
+    from distlearn.training.model_options import ModelOptions, ModelOptionsError, apply_model_options
+
+    with pytest.raises(ModelOptionsError, match=r"Accelerate compiles too \(dynamo_backend='INDUCTOR'\)"):
+        apply_model_options(torch.nn.Linear(2, 2), ModelOptions(compile=True), torch.device("cpu"), "INDUCTOR")
+
+
 @pytest.mark.parametrize("options, message", [
     ({"compile": "yes"}, "compile must be False, True or a dict"),
     ({"compile": {"mode": "fast"}}, "mode: expected null or one of ['default'"),
     ({"compile": {"backend": "aot_eager", "fullgraph": True}}, "unknown keys ['fullgraph']"),
     ({"gradient_checkpointing": 1}, "gradient_checkpointing must be True or False, got 1"),
+    ({"compile": {"backend": "aot_eagr"}}, "compile.backend: 'aot_eagr' is not a torch.compile backend — did you mean"),
     ({"compiled": True}, "model_options: unknown keys ['compiled']"),
 ])
 def test_bad_model_options_are_refused_by_the_learner(options, message):

@@ -360,7 +360,8 @@ class BackwardLearner:
             scheduler = scheduler_class(optimizer, **copy.deepcopy(parameters))
         unregister(accelerator, self._prepared)  # else save_state() would save the last train()'s objects too
         self._prepared = {}
-        apply_model_options(model, self.model_options, accelerator.device)  # in place: the user's key names
+        apply_model_options(model, self.model_options, accelerator.device,  # in place: the user's key names
+                            accelerator.state.dynamo_plugin.backend.value)
         model, optimizer = accelerator.prepare(model, optimizer)
         loader = self._prepare_loader(accelerator, train_loader)
         if scheduler is not None:

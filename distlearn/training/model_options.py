@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..options import did_you_mean
 from .settings import MODEL_OPTION_KEYS, check_learner_options
 
 __all__ = ["CompileOptions", "ModelOptions", "ModelOptionsError", "apply_model_options", "eager_forward"]
@@ -74,7 +75,9 @@ class ModelOptions:
             value = value.kwargs()
         check_learner_options(compile=value, gradient_checkpointing=self.gradient_checkpointing)
         if value is not False:
-            object.__setattr__(self, "compiled", CompileOptions(**({} if value is True else dict(value))))
+            compiled = CompileOptions(**({} if value is True else dict(value)))
+            _check_backend(compiled.backend)
+            object.__setattr__(self, "compiled", compiled)
 
     @classmethod
     def of(cls, value: ModelOptions | Mapping[str, Any] | None) -> ModelOptions:
@@ -95,16 +98,25 @@ class ModelOptions:
         return cls(**dict(value))
 
 
-def apply_model_options(model: nn.Module, options: ModelOptions, device: torch.device) -> None:
+def apply_model_options(model: nn.Module, options: ModelOptions, device: torch.device,
+                        dynamo_backend: str = "NO") -> None:
     """Switch on activation checkpointing and compile ``model`` in place (before Accelerate's prepare).
 
     Calling it again with the same options changes nothing; other compile options recompile from the
     module's own forward; compile off restores it.
 
+    Args:
+        dynamo_backend: Accelerate's own (``accelerate launch --dynamo_backend``; "NO": none).
+
     Raises:
-        ModelOptionsError: The model has no activation checkpointing, or inductor on a CPU finds no
-            C++ compiler; the message names the config key and the fix.
+        ModelOptionsError: The model has no activation checkpointing, inductor on a CPU finds no
+            C++ compiler, or Accelerate compiles too; the message names the config key and the fix.
     """
+    if options.compiled is not None and dynamo_backend.upper() != "NO":
+        raise ModelOptionsError(
+            f"learner_parameters.compile is set and Accelerate compiles too (dynamo_backend={dynamo_backend!r}): "
+            "compile once, with compile (keeps the key names) or with Accelerate's --dynamo_backend"
+        )
     if options.gradient_checkpointing:
         _enable_checkpointing(model)
     if options.compiled is None:
@@ -142,6 +154,16 @@ def _mark_batch_dynamic(module: nn.Module, args: tuple, kwargs: dict) -> None:
     for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             torch._dynamo.maybe_mark_dynamic(value, 0)
+
+
+def _check_backend(backend: Any) -> None:
+    """Refuse an unknown backend name now, not at the first step."""
+    if callable(backend):
+        return
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ValueError(f"compile.backend: {backend!r} is not a torch.compile backend{did_you_mean(backend, known)}; "
+                         f"expected one of {known}")
 
 
 def _enable_checkpointing(model: nn.Module) -> None:
