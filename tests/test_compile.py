@@ -194,11 +194,12 @@ def test_the_config_validator_checks_both_keys_and_the_builder_groups_them():
     from distlearn.experiment.config import ConfigError, build_experiment, load_config, validate_config
 
     at = "learner_configs.learner_parameters"
-    bad = load_config("digits", [f"{at}.compile={{mode: fast}}", f"{at}.gradient_checkpointing=3"])
+    bad = load_config("digits", [f"{at}.compile={{mode: fast}}", f"{at}.gradient_checkpointing=3", f"{at}.compil=1"])
     with pytest.raises(ConfigError) as error:
         validate_config(bad, check_output_dir=False)
     assert f"{at}.compile: expected false, true or {{mode:" in str(error.value)
     assert f"{at}.gradient_checkpointing: expected true or false, got 3" in str(error.value)
+    assert f"{at}.compil: " in str(error.value) and "did you mean 'compile'?" in str(error.value)
     good = load_config("digits", [f"{at}.compile={{backend: aot_eager, dynamic: false}}"])
     learner = build_experiment(good).learner
     assert learner.model_options.compiled.backend == "aot_eager" and learner.model_options.compiled.dynamic is False

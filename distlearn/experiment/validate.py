@@ -192,13 +192,15 @@ def _check_learner(cls: type, params: dict, at: str, problems: list[str]) -> dic
         written = options["model_options"]
         check_keys(written, MODEL_OPTION_KEYS, f"{at}.model_options", problems)
         flagged |= check_values(written, CONFIG_CHECKS, f"{at}.model_options", problems)
-    if sig is not None and "model_options" in sig.parameters:
+    grouped = sig is not None and "model_options" in sig.parameters
+    if grouped:
         if flagged & {"model_options", *MODEL_OPTION_KEYS}:
             flagged.add("model_options")
         options = group_model_options(options)  # compile, gradient_checkpointing: one keyword of the learner
     # Nested configs are checked above; bind them by name only.
     nested_names = {k: None for k in nested}
-    check_parameters(cls, {**options, **nested_names}, at, problems, excluded=LEARNER_SUPPLIED, flagged=flagged)
+    check_parameters(cls, {**options, **nested_names}, at, problems, excluded=LEARNER_SUPPLIED, flagged=flagged,
+                     also=MODEL_OPTION_KEYS if grouped else ())
     return buildable
 
 
