@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .options import did_you_mean, is_int, is_number
@@ -289,6 +290,8 @@ class CharTransformer(nn.Module):
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.head.weight = self.token_embedding.weight  # weight tying: fewer parameters, better small models
         self.apply(_init_weights)
+        self.gradient_checkpointing = False  # see gradient_checkpointing_enable()
+        self._checkpoint_kwargs: dict[str, Any] = {}
 
     def forward(self, idx: Tensor) -> Tensor:
         """Map ``(batch, T)`` token ids to ``(batch, T, vocab_size)`` next-token logits."""
@@ -297,7 +300,28 @@ class CharTransformer(nn.Module):
             raise ValueError(f"sequence of {time} tokens is longer than block_size={self.block_size}")
         positions = torch.arange(time, device=idx.device)
         x = self.dropout(self.token_embedding(idx) + self.position_embedding(positions))
-        return self.head(self.norm(self.blocks(x)))
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            for block in self.blocks:  # keeps each block's input only; recomputes its inside in backward
+                x = torch.utils.checkpoint.checkpoint(block, x, **self._checkpoint_kwargs)
+        else:
+            x = self.blocks(x)
+        return self.head(self.norm(x))
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Mapping[str, Any] | None = None) -> None:
+        """Checkpoint every block in training (Hugging Face's switch, by the same name).
+
+        Args:
+            gradient_checkpointing_kwargs: For ``torch.utils.checkpoint.checkpoint``; default
+                ``use_reentrant=False``. The RNG state is kept (``preserve_rng_state``), so the
+                recomputed dropout masks are the forward's.
+        """
+        self._checkpoint_kwargs = {"use_reentrant": False, "preserve_rng_state": True,
+                                   **dict(gradient_checkpointing_kwargs or {})}
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Store every activation again (the default)."""
+        self.gradient_checkpointing = False
 
     @torch.no_grad()
     def generate(self, idx: Tensor, n_tokens: int, temperature: float = 1.0, generator: Any = None) -> Tensor:
@@ -394,6 +418,20 @@ class HFModel(nn.Module):
     def forward(self, **batch: Any) -> Any:
         """The wrapped model's output for a dict batch."""
         return self.model(**batch)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Mapping[str, Any] | None = None) -> None:
+        """The wrapped model's own activation checkpointing (``use_reentrant=False`` unless given).
+
+        Raises:
+            ValueError: The wrapped model does not support it (``supports_gradient_checkpointing``).
+        """
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(self.model).__name__} does not support gradient checkpointing")
+        kwargs = {"use_reentrant": False, **dict(gradient_checkpointing_kwargs or {})}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # its name from transformers 5 on
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def batch_problem(self, batch: Any) -> str | None:
         """What this model cannot take in ``batch`` (the learner asks on the first batch), or None."""

@@ -182,6 +182,7 @@ def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool) ->
     without a traceback."""
     from ..training.batches import BatchError
     from ..training.learner import NonFiniteLossError
+    from ..training.model_options import ModelOptionsError
 
     try:
         return experiment.learner.train(
@@ -195,6 +196,8 @@ def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool) ->
         )
     except BatchError as exc:  # found before training on it, on every rank together: an input error (exit 2)
         raise RunError(f"the data does not fit the model or learner: {exc}") from None
+    except ModelOptionsError as exc:  # compile / checkpointing the model cannot do, before the first step (exit 2)
+        raise RunError(str(exc)) from None
     except NonFiniteLossError as exc:
         raise RunError(f"training failed: {exc}", EXIT_TRAINING_FAILED) from None
     except RuntimeError as exc:  # gloo and NCCL report a collective's timeout as a RuntimeError

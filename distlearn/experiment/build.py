@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from ..options import is_int
 from ..specs import ConfigError, read_spec
+from ..training.settings import group_model_options
 from .defaults import AUTO, AUTO_SIZED, SECTIONS, plain, with_run_defaults
 from .parameters import auto_sized, parameters_of, resolve_class
 from .validate import section_entries, validate_config
@@ -86,6 +87,8 @@ def build_experiment(
                 ])
         if key == "learner_configs" and params.get("seed") is None and "seed" in parameters_of(cls):
             params["seed"] = run["seed"]
+        if key == "learner_configs" and "model_options" in parameters_of(cls):
+            params = group_model_options(params)  # compile, gradient_checkpointing: one keyword
         if key == "model_configs":
             _check_outputs(params.get("out_features"), data, f"{at}.out_features")
         return cls(**{**params, **extra})

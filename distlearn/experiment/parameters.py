@@ -38,19 +38,21 @@ def check_parameters(
     excluded: typing.AbstractSet[str] = frozenset(),
     supplied: typing.AbstractSet[str] = frozenset(),
     flagged: typing.AbstractSet[str] = frozenset(),
+    also: typing.Sequence[str] = (),
 ) -> None:
     """Bind ``params`` to ``cls``'s signature and report every mismatch under key ``at``.
 
     ``excluded``: arguments only distlearn passes (must not be in the config);
     ``supplied``: arguments filled in later (not missing when absent);
-    ``flagged``: keys already reported wrong (one problem per key is enough).
+    ``flagged``: keys already reported wrong (one problem per key is enough);
+    ``also``: config keys the builder maps onto a parameter (named among the accepted ones).
     """
     sig = signature(cls)
     if sig is None:  # e.g. a C extension class without a signature: nothing to check
         return
     name, flagged = f"{cls.__module__}.{cls.__qualname__}", set(flagged)
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    accepted = [p.name for p in sig.parameters.values() if p.kind in kinds and p.name not in excluded]
+    accepted = [p.name for p in sig.parameters.values() if p.kind in kinds and p.name not in excluded] + list(also)
     var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     for key in params:
         if key in excluded:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from ..options import did_you_mean
 from ..specs import ConfigError, read_spec, spec_keys
-from ..training.settings import CONFIG_CHECKS
+from ..training.settings import CONFIG_CHECKS, MODEL_OPTION_KEYS, group_model_options
 from .checks import check_keys, check_values
 from .defaults import (
     AUTO,
@@ -189,9 +189,19 @@ def _check_learner(cls: type, params: dict, at: str, problems: list[str]) -> dic
                 buildable[k] = (n_cls, n_params)
     # BackwardLearner's own options first: their messages are more specific than a type mismatch.
     flagged = check_values(options, CONFIG_CHECKS, at, problems)
+    if isinstance(options.get("model_options"), dict):  # the Python API's grouping, written out: same keys, ranges
+        written = options["model_options"]
+        check_keys(written, MODEL_OPTION_KEYS, f"{at}.model_options", problems)
+        flagged |= check_values(written, CONFIG_CHECKS, f"{at}.model_options", problems)
+    grouped = sig is not None and "model_options" in sig.parameters
+    if grouped:
+        if flagged & {"model_options", *MODEL_OPTION_KEYS}:
+            flagged.add("model_options")
+        options = group_model_options(options)  # compile, gradient_checkpointing: one keyword of the learner
     # Nested configs are checked above; bind them by name only.
     nested_names = {k: None for k in nested}
-    check_parameters(cls, {**options, **nested_names}, at, problems, excluded=LEARNER_SUPPLIED, flagged=flagged)
+    check_parameters(cls, {**options, **nested_names}, at, problems, excluded=LEARNER_SUPPLIED, flagged=flagged,
+                     also=MODEL_OPTION_KEYS if grouped else ())
     return buildable
 
 

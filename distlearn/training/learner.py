@@ -46,6 +46,7 @@ from .checkpoint import Checkpoints, Interrupted
 from .configs import check_int, check_learner_options, check_scheduler, config_spec
 from .epoch import EpochAccounting, EpochTotals, NonFiniteLossError, to_device
 from .evaluation import eval_module, evaluate
+from .model_options import ModelOptions, apply_model_options
 from .preparation import check_device, check_loader, resume_loader, split_loaders, unregister
 from .progress import marker_fields, rank_state, restore, set_rng_states
 from .records import EpochRecord, Record, TestResult
@@ -92,6 +93,9 @@ class BackwardLearner:
         ignore_index: token labels equal to this are not targets (default -100).
         label_shift: leading labels per row the model does not predict (1 for causal LMs
             that shift labels themselves, as Hugging Face ``*ForCausalLM``).
+        model_options: what :meth:`train` does to the model first, a
+            :class:`~distlearn.training.model_options.ModelOptions` or a dict of its fields:
+            ``{"compile": True | {"mode", "dynamic", "backend"}, "gradient_checkpointing": True}``.
 
     Raises:
         ValueError, TypeError: an invalid option or config, naming the key.
@@ -120,6 +124,7 @@ class BackwardLearner:
         label_key: str = "labels",
         ignore_index: int = -100,
         label_shift: int = 0,
+        model_options: ModelOptions | Mapping[str, Any] | None = None,
     ) -> None:
         check_learner_options(
             n_epochs=n_epochs, display_every_n_steps=display_every_n_steps, seed=seed,
@@ -146,6 +151,7 @@ class BackwardLearner:
         self.display_every_n_steps = display_every_n_steps
         self.accelerator_kwargs = dict(accelerator_kwargs or {})
         self.loss_fn = loss_fn
+        self.model_options = ModelOptions.of(model_options)
         self._batch_options = {"label_key": label_key, "ignore_index": ignore_index, "label_shift": label_shift}
         BatchRunner(loss, loss_fn, **self._batch_options)  # checks the options now
         self._accelerator = accelerator
@@ -356,6 +362,8 @@ class BackwardLearner:
             scheduler = scheduler_class(optimizer, **copy.deepcopy(parameters))
         unregister(accelerator, self._prepared)  # else save_state() would save the last train()'s objects too
         self._prepared = {}
+        apply_model_options(model, self.model_options, accelerator.device,  # in place: the user's key names
+                            accelerator.state.dynamo_plugin.backend.value)
         model, optimizer = accelerator.prepare(model, optimizer)
         loader = self._prepare_loader(accelerator, train_loader)
         if scheduler is not None:

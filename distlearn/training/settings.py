@@ -8,13 +8,22 @@ ranges below. Nothing here imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..options import MIXED_PRECISION, SCHEDULER_INTERVALS, is_int, is_number
 
-__all__ = ["CONFIG_CHECKS", "OPTION_RANGES", "OptionRange", "check_learner_options"]
+__all__ = [
+    "COMPILE_KEYS", "COMPILE_MODES", "CONFIG_CHECKS", "MODEL_OPTION_KEYS", "OPTION_RANGES", "OptionRange",
+    "check_learner_options", "compile_problem", "group_model_options",
+]
+
+# torch.compile's modes; ``dynamic`` null lets distlearn mark the batch dimension dynamic (see model_options.py)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_KEYS = ("mode", "dynamic", "backend")
+# The learner's options about the model itself, grouped as BackwardLearner(model_options=...)
+MODEL_OPTION_KEYS = ("compile", "gradient_checkpointing")
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,36 @@ def _int_at_least(minimum: int) -> Callable[[Any], bool]:
     return lambda v: is_int(v) and v >= minimum
 
 
+def compile_problem(value: Any) -> str | None:
+    """What is wrong with a ``compile`` value (false, true or ``{mode, dynamic, backend}``), or None."""
+    if isinstance(value, bool):
+        return None
+    if not isinstance(value, Mapping):
+        return f"expected false, true or a mapping with keys {list(COMPILE_KEYS)}, got {value!r}"
+    unknown = sorted(str(k) for k in value if k not in COMPILE_KEYS)
+    if unknown:
+        return f"unknown keys {unknown}; expected some of {list(COMPILE_KEYS)}"
+    checks = {
+        "mode": (lambda v: v is None or v in COMPILE_MODES, f"null or one of {list(COMPILE_MODES)}"),
+        "dynamic": (lambda v: v is None or isinstance(v, bool), "null, true or false"),
+        "backend": (lambda v: isinstance(v, str) and bool(v) or callable(v), "a torch.compile backend name"),
+    }
+    for key, (valid, expected) in checks.items():
+        if key in value and not valid(value[key]):
+            return f"{key}: expected {expected}, got {value[key]!r}"
+    return None
+
+
+def group_model_options(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A learner's parameters with the flat ``compile`` / ``gradient_checkpointing`` keys of a config
+    grouped as ``model_options`` (BackwardLearner's one keyword for them)."""
+    grouped = {k: params[k] for k in MODEL_OPTION_KEYS if k in params}
+    rest = {k: v for k, v in params.items() if k not in MODEL_OPTION_KEYS}
+    if grouped:
+        rest["model_options"] = {**dict(rest.get("model_options") or {}), **grouped}
+    return rest
+
+
 OPTION_RANGES: dict[str, OptionRange] = {
     "n_epochs": OptionRange(_int_at_least(1), False, "an int >= 1", "an int >= 1"),
     "display_every_n_steps": OptionRange(_int_at_least(0), False, "an int >= 0", "an int >= 0"),
@@ -53,6 +92,13 @@ OPTION_RANGES: dict[str, OptionRange] = {
         lambda v: v in SCHEDULER_INTERVALS, False,
         f"one of {SCHEDULER_INTERVALS}", f"one of {list(SCHEDULER_INTERVALS)}",
     ),
+    "compile": OptionRange(
+        lambda v: compile_problem(v) is None, False,
+        f"False, True or a dict with keys {list(COMPILE_KEYS)}",
+        f"false, true or {{mode: null or one of {list(COMPILE_MODES)}, dynamic: null/true/false, "
+        "backend: a torch.compile backend name}",
+    ),
+    "gradient_checkpointing": OptionRange(lambda v: isinstance(v, bool), False, "True or False", "true or false"),
 }
 
 
@@ -72,6 +118,8 @@ CONFIG_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mixed_precision": _config_check("mixed_precision"),
     "scheduler_interval": _config_check("scheduler_interval"),
     "seed": _config_check("seed", null_ok=True),
+    "compile": _config_check("compile"),
+    "gradient_checkpointing": _config_check("gradient_checkpointing"),
 }
 
 
@@ -87,4 +135,5 @@ def check_learner_options(**options: Any) -> None:
     for name, value in options.items():
         rule = OPTION_RANGES[name]
         if not (value is None and rule.optional) and (value is None or not rule.valid(value)):
-            raise ValueError(f"{name} must be {rule.said}, got {value!r}")
+            detail = compile_problem(value) if name == "compile" else None
+            raise ValueError(f"{name} must be {rule.said}, got {value!r}" + (f" ({detail})" if detail else ""))

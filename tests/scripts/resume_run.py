@@ -41,6 +41,7 @@ RANK = int(os.environ.get("RANK", "0"))
 GLOBAL_BATCH = 6
 N_EPOCHS = int(os.environ.get("N_EPOCHS", "3"))
 ACCUM = int(os.environ.get("ACCUM", "1"))  # gradient accumulation steps (ACCUM=2: 5 optimizer steps per epoch)
+COMPILE = os.environ.get("COMPILE")  # a torch.compile backend (tests/test_compile.py): the model runs compiled
 
 
 def _die(where: str) -> None:
@@ -104,6 +105,7 @@ def main() -> None:
         lr_scheduler_configs={"lr_scheduler_class": "torch.optim.lr_scheduler.StepLR",
                               "lr_scheduler_parameters": {"step_size": 1, "gamma": 0.7}},
         display_every_n_steps=3, seed=5, gradient_accumulation_steps=ACCUM,
+        model_options={"compile": {"backend": COMPILE}} if COMPILE else None,
         accelerator_kwargs={"kwargs_handlers": [InitProcessGroupKwargs(timeout=timedelta(seconds=20))]},
     )
     found = checkpoint.latest(run_dir)
