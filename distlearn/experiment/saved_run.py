@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..specs import ConfigError
 from .weights import INIT_FROM, WEIGHTS_FILE, load_weights, weights_file
 
 __all__ = ["CHECKPOINT_CHOICES", "RunFolderError", "SavedRun", "Weights", "choose_weights", "load_run",
@@ -62,9 +63,9 @@ def open_folder(run_dir: str | Path) -> Path:
         raise RunFolderError(f"no such run folder: {str(path)!r}")
     if not path.is_dir():
         raise RunFolderError(f"{str(path)!r} is not a folder; give the folder a `distlearn train` run wrote")
-    if not (path / CONFIG_FILE).is_file():
-        raise RunFolderError(f"{str(path)!r} is not a run folder: it holds no {CONFIG_FILE} (a run writes it at the "
-                             "end or on a stop; a run killed before that has none yet: resume it first)")
+    if not (path / CONFIG_FILE).is_file() and not (path / "checkpoints").is_dir():
+        raise RunFolderError(f"{str(path)!r} is not a run folder: it holds neither {CONFIG_FILE} nor checkpoints/; "
+                             "give the folder a `distlearn train` run wrote (its run.output_dir)")
     if any((path / name).exists() for name in _HALF_WRITTEN):
         raise RunFolderError(f"{str(path)!r}: its outputs are being replaced (a run is writing them, or was killed "
                              "while it did): wait for the run to end, or run its `distlearn train` command again, "
@@ -72,9 +73,31 @@ def open_folder(run_dir: str | Path) -> Path:
     return path.resolve()
 
 
-def run_config(run_dir: Path) -> Path:
-    """The run's resolved config file."""
-    return run_dir / CONFIG_FILE
+def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> Any:
+    """The run's resolved config with ``overrides``: its ``config.yaml``, or for a run killed before writing one,
+    the config its newest checkpoint saved.
+
+    Raises:
+        RunFolderError: Neither exists; ConfigError: a bad override.
+    """
+    from omegaconf import OmegaConf
+
+    from ..training import checkpoint as store
+    from .load import load_config
+
+    if (run_dir / CONFIG_FILE).is_file():
+        return load_config(run_dir / CONFIG_FILE, overrides)
+    newest = store.latest(run_dir)
+    if newest is None or not isinstance(newest[1].get("config"), dict):
+        raise RunFolderError(f"{run_dir} holds no {CONFIG_FILE} and no complete checkpoint: the run has written "
+                             "nothing to evaluate yet")
+    cfg = OmegaConf.create(newest[1]["config"])
+    for override in overrides:  # one by one, so that a failure names its override
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([override]))
+        except Exception as exc:  # noqa: BLE001 - OmegaConf's grammar and merge errors
+            raise ConfigError([f"override {override!r}: {str(exc).splitlines()[0]}"]) from None
+    return cfg
 
 
 def choose_weights(run_dir: Path, checkpoint: str | Path = "last") -> Weights:
@@ -231,12 +254,11 @@ def read_run(run_dir: str | Path, checkpoint: str | Path = "last",
     """
     from omegaconf import OmegaConf
 
-    from .load import load_config
     from .validate import validate_config
 
     folder = open_folder(run_dir)
     weights = choose_weights(folder, checkpoint)
-    cfg = load_config(run_config(folder), overrides)
+    cfg = run_config(folder, overrides)
     validate_config(cfg, check_output_dir=False)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["model_configs"].pop(INIT_FROM, None)  # the run's own weights replace the ones it started from

@@ -86,7 +86,7 @@ def weight_problem(model: Any, state: Mapping[str, Any]) -> str | None:
     first tensor whose shape differs.
     """
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and not _tied_to_saved(own, k, state)]
     unexpected = [k for k in state if k not in own]
     parts = []
     for what, keys in (("missing", missing), ("unexpected", unexpected)):
@@ -99,6 +99,13 @@ def weight_problem(model: Any, state: Mapping[str, Any]) -> str | None:
         parts.append(f"the first shape mismatch: {shape[0]} is {list(shape[1])} in the file, "
                      f"{list(shape[2])} in the model")
     return "; ".join(parts) or None
+
+
+def _tied_to_saved(own: Mapping[str, Any], key: str, state: Mapping[str, Any]) -> bool:
+    """Whether the model's ``key`` shares its tensor with a key the file holds (a tied head): Accelerate's
+    checkpoints save one name for a tied tensor, and loading that one fills both."""
+    ptr = own[key].data_ptr()
+    return any(k in state and k != key and v.data_ptr() == ptr for k, v in own.items())
 
 
 def load_weights(model: Any, path: str | Path) -> None:
@@ -115,7 +122,7 @@ def load_weights(model: Any, path: str | Path) -> None:
         raise ValueError(f"the weights in {path} do not fit the model {type(model).__name__}: {problem}. "
                          "The model config must be the one the weights were trained with")
     with torch.no_grad():
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=False)  # checked above: only tied names may be left out
 
 
 def init_from(model: Any, source: str | Path, key: str = f"model_configs.{INIT_FROM}") -> Path:
