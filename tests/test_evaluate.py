@@ -156,17 +156,22 @@ def test_evaluate_under_torchrun_prints_and_writes_what_one_process_does(digits_
 # --------------------------------------------------------------------------- init_from
 
 
-def test_init_from_loads_exactly_the_saved_weights_and_nothing_else(digits_run, tmp_path):
-    """A new run from the digits run's weights with lr 0: its first epoch tests exactly as the saved run ended,
-    and it starts at epoch 0 with a fresh optimizer (one epoch, its own steps)."""
-    out = tmp_path / "tuned"
-    result = distlearn("learner_configs.learner_parameters.n_epochs=1", f"model_configs.init_from={digits_run}",
-                       "learner_configs.learner_parameters.optimizer_configs.optimizer_parameters.lr=0",
-                       NO_TRACKING, f"run.output_dir={out}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((out / "record.json").read_text())["training"]
-    assert list(record) == ["0"] and record["0"]["optimizer_steps"] == 23  # progress not carried over
-    assert numbers(record["0"]["test_result"]) == numbers(last_test(digits_run))
+def test_init_from_loads_exactly_the_saved_weights_and_nothing_else(digits_run, fresh_accelerate):
+    """A new experiment from the digits run's weights: the model holds them bitwise and tests as the run ended;
+    the learner starts at epoch 0, step 0 (weights only: no optimizer, no progress)."""
+    import torch
+
+    from distlearn.experiment.config import build_experiment, load_config
+    from distlearn.experiment.weights import read_weights
+
+    experiment = build_experiment(load_config(None, [f"model_configs.init_from={digits_run}", NO_TRACKING]))
+    saved = read_weights(digits_run / "model.safetensors")
+    model = experiment.model.state_dict()
+    assert model.keys() == saved.keys() and all(torch.equal(model[k], saved[k]) for k in saved)
+    assert (experiment.learner.epoch, experiment.learner.step, experiment.learner.optimizer) == (0, 0, None)
+    result = experiment.learner.test(experiment.model, experiment.data_loaders["test_loader"], metric=experiment.metric,
+                                     return_full_result=False)
+    assert numbers(result) == numbers(last_test(digits_run))
 
 
 def test_init_from_refuses_a_model_of_another_shape_naming_keys_and_shapes(digits_run, tmp_path):
