@@ -125,3 +125,16 @@ def test_a_bad_output_is_refused_before_anything_runs(wine_run, tmp_path, capsys
     with pytest.raises(SystemExit) as missing:  # argparse's own answer: --output is required
         command(capsys, "predict", str(wine_run), "-q")
     assert missing.value.code == 2 and "the following arguments are required: --output" in capsys.readouterr().err
+
+
+def test_token_positions_follow_the_learners_shift_and_ignore_index():
+    """The rows and positions of the target tokens, as test() lists them: row by row, the labels after the
+    first `label_shift` of each row that are not `ignore_index`, batch after batch."""
+    import torch
+
+    from distlearn.command.predictions import token_positions
+
+    batches = [{"labels": torch.tensor([[5, 6, -100, 7], [8, -100, -100, 9]])}, {"labels": torch.tensor([[1, 2, 3, -100]])}]
+    found = token_positions(batches, lambda b: b["labels"], label_shift=1, ignore_index=-100)
+    assert found.tolist() == [[0, 1], [0, 3], [1, 3], [2, 1], [2, 2]]
+    assert token_positions([(torch.zeros(2, 3), torch.tensor([0, 1]))], lambda b: b[-1], 0, -100) is None  # one label a row
