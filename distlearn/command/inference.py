@@ -192,6 +192,9 @@ def _wandb_summary(run_dir: Path, tracking: Mapping[str, Any], mode: str, run_id
         run.summary.update(dict(summary))
     finally:
         run.finish()
+        # finish() can return before W&B's service has written the run file, and a multi-process command ends
+        # with os._exit (command/group.py), which skips W&B's own exit hook: wait for the service here.
+        wandb.teardown()
 
 
 def _write_predictions(saved: Any, result: Mapping[str, Any], positions: Any, path: Path) -> Path:
