@@ -204,7 +204,8 @@ def test_bad_input_is_one_line_and_exit_2(digits_run, tmp_path, capsys):
     shutil.copytree(digits_run, half, ignore=shutil.ignore_patterns("wandb"))
     (half / ".outputs-staging").mkdir()
     killed = tmp_path / "killed"  # a run killed before its first checkpoint
-    (killed / "checkpoints").mkdir(parents=True)
+    (killed / "checkpoints" / "step-00000001").mkdir(parents=True)  # a save that never committed
+    other = half / "checkpoints" / sorted(p.name for p in (half / "checkpoints").iterdir())[0]
     cases = {
         (str(tmp_path / "nope"),): "no such run folder",
         (str(tmp_path / "empty"),): "is not a run folder: it holds neither config.yaml nor checkpoints/",
@@ -212,6 +213,8 @@ def test_bad_input_is_one_line_and_exit_2(digits_run, tmp_path, capsys):
         (str(digits_run), "--checkpoint", "best"): "the run kept no best weights (best/model.safetensors is missing",
         (str(half),): "its outputs are being replaced",
         (str(killed),): "holds no weights to evaluate: the run did not finish",
+        (str(killed), "--checkpoint", "step-00000001"): "not a complete checkpoint: no commit marker COMMITTED.json",
+        (str(digits_run), "--checkpoint", str(other)): "expected best, last or a checkpoint folder of this run",
     }
     for args, message in cases.items():
         code, out, err = command(capsys, "evaluate", *args)
