@@ -222,3 +222,17 @@ def test_bad_input_is_one_line_and_exit_2(digits_run, tmp_path, capsys):
         assert err.startswith("distlearn: error: ") and err.count("\n") == 1, err
     code, _, err = command(capsys, "evaluate", str(digits_run), "run.sed=3")  # an override, checked as in training
     assert code == 2 and "run.sed: unknown key of run" in err, err
+
+
+def test_overrides_point_at_other_data_of_the_same_shape_and_refuse_another_shape(digits_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run, ignore=shutil.ignore_patterns("wandb", "eval-*"))
+    other_split = ["data_configs.data_parameters.seed=1", NO_TRACKING]  # another test split of the digits
+    code, out, err = command(capsys, "evaluate", str(run), *other_split, "-q")
+    assert code == 0, err
+    written = json.loads((run / "eval-last.json").read_text())
+    assert written["overrides"] == other_split and written["test_loss"] != last_test(digits_run)["test_loss"]
+    code, _, err = command(capsys, "evaluate", str(run), "data_configs.data_parameters.name=wine", NO_TRACKING, "-q")
+    assert code == 2 and err.count("\n") == 1, err
+    assert ("do not fit the model MLP: the first shape mismatch: layers.0.weight is [256, 64] in the file, "
+            "[256, 13] in the model" in err), err
