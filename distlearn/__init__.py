@@ -23,6 +23,7 @@ _EXPORTS = {
         "metrics",
     ),
     "drop_padding": "training.padding",
+    "load_run": "experiment.saved_run",  # a saved run rebuilt, to evaluate or predict (not metrics' `evaluate`)
 }
 __all__ = list(_EXPORTS)
 

@@ -1,4 +1,5 @@
-"""The ``distlearn`` command: ``distlearn train [CONFIG] [key.path=value ...]``.
+"""The ``distlearn`` command: ``distlearn train [CONFIG] [key.path=value ...]``; ``distlearn evaluate RUN_DIR`` and
+``distlearn predict RUN_DIR --output FILE`` (:mod:`.inference`) run a saved run's weights on its test data.
 
 Parse, build, train, close. The same command runs alone or under a launcher,
 unchanged::
@@ -29,11 +30,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..runtime import launch
 from .console import error, say, warn
 from .errors import RunError, Stopped
 from .group import FINISHED_GROUP, exit_now
+from .inference import evaluate_run, predict_run
 from .train_command import train
 
 __all__ = ["main", "train"]
@@ -54,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else list(argv))
     launch.warn_single_process_launch(warn)
     try:
-        train(args.config, args.overrides, quiet=args.quiet)
+        _dispatch(args)
         code = 0
     except Stopped as exc:
         say(str(exc))
@@ -71,6 +74,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if FINISHED_GROUP:
         exit_now(code)
     return code
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    """Run the command ``args`` names."""
+    if args.command == "evaluate":
+        evaluate_run(args.run_dir, args.checkpoint, args.overrides, quiet=args.quiet)
+    elif args.command == "predict":
+        predict_run(args.run_dir, args.output, args.checkpoint, args.overrides, overwrite=args.overwrite,
+                    quiet=args.quiet)
+    else:
+        train(args.config, args.overrides, quiet=args.quiet)
 
 
 def stop_code(code: int) -> int:
@@ -101,19 +115,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
     goes through the top-level parser. A first argument with ``=`` that is no file is an override
     (``distlearn train run.seed=3``).
     """
-    parser, train_parser = _parsers()
-    if not argv or argv[0] != "train":
+    parser, subparsers = _parsers()
+    if not argv or argv[0] not in subparsers:
         return parser.parse_args(argv)
-    args = train_parser.parse_intermixed_args(argv[1:])
-    args.command = "train"
+    args = subparsers[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    if args.command != "train":
+        return args
     if args.config is not None and "=" in args.config and not Path(args.config).exists():
         args.overrides.insert(0, args.config)
         args.config = None
     return args
 
 
-def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """The top-level parser and its ``train`` subcommand's."""
+def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and its subcommands' (``train``, ``evaluate``, ``predict``)."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(prog="distlearn", description="Distributed training from YAML configs.")
@@ -132,4 +148,32 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     train_parser.add_argument("config", nargs="?", default=None, help="YAML config file or shipped config name")
     train_parser.add_argument("overrides", nargs="*", default=[], help="key.path=value overrides")
     train_parser.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines or progress bars")
-    return parser, train_parser
+    return parser, {"train": train_parser, **_inference_parsers(commands)}
+
+
+def _inference_parsers(commands: Any) -> dict[str, argparse.ArgumentParser]:
+    """``evaluate`` and ``predict``: a run folder, the weights, overrides (and predict's output file)."""
+    about = {
+        "evaluate": ("compute the test loss and metrics of a finished run's weights",
+                     "Evaluate a run: rebuild RUN_DIR's config (with key.path=value overrides, e.g. other data of the "
+                     "same shape), load its weights and compute the test loss and every metric. Prints them, writes "
+                     "RUN_DIR/eval-<checkpoint>.json and, when the run was tracked, adds them to its W&B summary."),
+        "predict": ("write one prediction per test sample of a finished run",
+                    "Predict with a run: one row per test sample in dataset order (index, target, prediction, "
+                    "scores; for token labels one row per target token: row, position, target, prediction), "
+                    "as CSV or .npy (a structured array) by the suffix of --output."),
+    }
+    parsers = {}
+    for name, (short, long) in about.items():
+        sub = commands.add_parser(name, help=short, description=long)
+        sub.add_argument("run_dir", metavar="RUN_DIR", help="the folder `distlearn train` wrote")
+        sub.add_argument("overrides", nargs="*", default=[], help="key.path=value overrides of the run's config")
+        sub.add_argument("--checkpoint", default="last", metavar="best|last|PATH",
+                         help="the weights: last (default: the final ones, or the newest checkpoint of a run that "
+                              "did not finish), best (run.checkpoint.keep_best), or a folder under RUN_DIR/checkpoints/")
+        if name == "predict":
+            sub.add_argument("--output", required=True, metavar="FILE", help="the file to write (.csv or .npy)")
+            sub.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+        sub.add_argument("-q", "--quiet", action="store_true", help="no log lines")
+        parsers[name] = sub
+    return parsers

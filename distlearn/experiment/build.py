@@ -15,6 +15,7 @@ from ..training.settings import group_model_options
 from .defaults import AUTO, AUTO_SIZED, SECTIONS, plain, with_run_defaults
 from .parameters import auto_sized, parameters_of, resolve_class
 from .validate import section_entries, validate_config
+from .weights import INIT_FROM, init_from
 
 __all__ = ["Experiment", "build_experiment"]
 
@@ -99,6 +100,8 @@ def build_experiment(
     data_loaders = data.load()
     torch.manual_seed(run["seed"])
     model = build("model_configs")
+    if c["model_configs"].get(INIT_FROM) is not None:  # weights only: the optimizer and progress start fresh
+        logger.info("model weights from %s", init_from(model, c["model_configs"][INIT_FROM]))
     learner = build("learner_configs", **learner_kwargs)
     metric = None
     if c.get("metric_configs"):

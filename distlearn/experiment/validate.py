@@ -28,6 +28,7 @@ from .defaults import (
 from .load import first_line, interpolation_problems
 from .parameters import auto_sized, check_parameters, parameters_of, resolve_class, signature
 from .run_section import check_output_folder, check_run, check_timed_checkpoints
+from .weights import INIT_FROM, check_init_from
 
 __all__ = ["section_entries", "validate_config"]
 
@@ -153,7 +154,10 @@ def _check_section(section: Any, key: str, prefix: str, problems: list[str]) -> 
     if not isinstance(section, dict):
         problems.append(f"{key}: expected a mapping {{{class_key}: ..., {params_key}: {{...}}}}, got {section!r}")
         return None, None
-    check_keys(section, [class_key, params_key], key, problems)
+    own = [INIT_FROM] if prefix == "model" else []  # the model's starting weights (weights.py)
+    check_keys(section, [class_key, params_key, *own], key, problems)
+    if own:
+        check_init_from(section.get(INIT_FROM), f"{key}.{INIT_FROM}", problems)
     spec = read_spec(section, prefix)
     params = spec.parameters
     if not isinstance(params, dict):
