@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import warm
 from launching import ROOT, launch_env, run_script
 
 from distlearn.training import checkpoint
@@ -298,11 +299,9 @@ def test_a_relaunch_with_the_same_launch_id_continues_its_default_folder(tmp_pat
     cmd = [sys.executable, "-m", "distlearn", "train", "--quiet", str(ROOT / "configs" / "wine.yaml"),
            "run.tracking.backend=none"]
     env = launch_env(DISTLEARN_RUN_ID="job-7")
-    first = subprocess.run(cmd + ["learner_configs.learner_parameters.n_epochs=1"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=120)
+    first = warm.run(cmd + ["learner_configs.learner_parameters.n_epochs=1"], cwd=tmp_path, env=env, timeout=120)
     assert first.returncode == 0, first.stderr[-3000:]
-    again = subprocess.run(cmd + ["learner_configs.learner_parameters.n_epochs=2"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=120)
+    again = warm.run(cmd + ["learner_configs.learner_parameters.n_epochs=2"], cwd=tmp_path, env=env, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["wine-job-7"]
     assert "resuming from checkpoint" in again.stderr and "the start of epoch 2" in again.stderr
