@@ -8,6 +8,9 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="distlearn-wandb-"))
 os.environ["WANDB_SILENT"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
+# One intra-op thread here too, as in every launched process: the tests' tensors are tiny, and on a busy
+# 2-core machine a second spinning thread per process made steps many times slower.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import launching  # noqa: E402
 from dist_pool import Pool  # noqa: E402

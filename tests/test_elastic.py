@@ -254,7 +254,7 @@ def test_a_mid_epoch_refusal_names_the_key_expected_found_and_the_fixes(tmp_path
 def test_per_process_mid_epoch_on_another_world_size_is_refused_before_training(tmp_path):
     """The real launch: killed mid-epoch on 2 processes, started on 3 with per_process batches of 3."""
     run_dir, result = tmp_path / "run", tmp_path / "result.json"
-    assert _run(2, run_dir, result, f"step:{KILL_STEP}").returncode != 0
+    shutil.copytree(_killed(2, KILL_STEP, {}, tmp_path), run_dir)  # the killed run the resume tests start from
     refused = _run(3, run_dir, result, ATTEMPT="1", RESUME_BATCH="per_process", PER_PROCESS="3")
     assert refused.returncode != 0 and not result.exists()
     assert "CheckpointError" in refused.stderr and "found run.resume_batch: per_process with the loader's 3 per " \
