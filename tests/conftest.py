@@ -8,8 +8,24 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="distlearn-wandb-"))
 os.environ["WANDB_SILENT"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
+# One intra-op thread here too, as in every launched process: the tests' tensors are tiny, and on a busy
+# 2-core machine a second spinning thread per process made steps many times slower.
+os.environ["OMP_NUM_THREADS"] = "1"
 
+import launching  # noqa: E402
 from dist_pool import Pool  # noqa: E402
+
+launching.WARM = True  # one-process launches fork from the session's fork server (tests/warm.py)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fork_server():
+    """Stop the session's fork server last and wait for it, so that the CPU time of everything forked
+    from it (the pool's ranks, warm launches) counts in the session's children (``time make test``)."""
+    yield
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._stop()
 
 
 @pytest.fixture(scope="session")

@@ -16,10 +16,35 @@ import traceback
 from typing import Any, Callable
 
 GROUP_TIMEOUT_S = 20
+# What the fork server imports once for every process forked from it: the pool's ranks and the warm
+# launches of tests/warm.py (a cold `distlearn train` spends ~7 s of CPU on these imports).
+PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "accelerate", "sklearn.datasets", "sklearn.model_selection",
+           "matplotlib.backends.backend_agg", "matplotlib.figure", "matplotlib.ticker", "wandb",
+           "distlearn.command.cli", "distlearn.command.train_command", "distlearn.training.learner"]
 
 
 class RankError(RuntimeError):
     """A function raised on one or more ranks; carries their tracebacks."""
+
+
+def fork_context() -> mp.context.ForkServerContext:
+    """The session's fork server, started once with ``PRELOAD`` imported and one intra-op thread
+    (OpenMP reads OMP_NUM_THREADS when torch is imported: on a busy 2-core machine more threads made
+    a step many times slower)."""
+    from multiprocessing import forkserver
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    kept = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        forkserver.ensure_running()
+    finally:
+        if kept is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = kept
+    return ctx
 
 
 def _free_port() -> int:
@@ -58,8 +83,7 @@ class Pool:
 
     def __init__(self) -> None:
         # Workers fork from a server that imported torch once: seconds saved per process.
-        self._ctx = mp.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["torch", "torch.distributed"])
+        self._ctx = fork_context()
         self._groups: dict[int, list[tuple[Any, Any]]] = {}
 
     def _group(self, world_size: int) -> list[tuple[Any, Any]]:

@@ -21,6 +21,8 @@ OUTER_LAUNCH = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_
                 "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE",
                 "DISTLEARN_RUN_ID", "SLURM_JOB_ID", "ACCELERATE_MIXED_PRECISION", "MIXED_PRECISION")
 # The knobs of tests/scripts/*.py: only what the test itself passes may count.
+# Tests set this (tests/conftest.py): one-process launches are then forked warm, not started cold.
+WARM = False
 SCRIPT_KNOBS = ("RANK_ONLY", "PER_PROCESS", "ATTEMPT", "ACCUM", "RESUME_BATCH", "N_SAMPLES", "N_EPOCHS",
                "COMPILE")
 
@@ -50,10 +52,19 @@ def script_command(procs: int, script: Path, *args: str) -> list[str]:
 
 def run_script(script: Path, procs: int, run_dir: Path, result: Path, kill: str | None = None,
                **env: str) -> subprocess.CompletedProcess:
-    """A run of a tests/scripts resume script (``RUN_DIR RESULT [KILL]``) on ``procs`` processes, to its end."""
+    """A run of a tests/scripts resume script (``RUN_DIR RESULT [KILL]``) on ``procs`` processes, to its end.
+
+    One process is a warm launch (tests/warm.py) when the session has the fork server (a test), else
+    plain python (benchmarks/soak_elastic_restart.py); more go through torchrun, always cold.
+    """
     args = [str(run_dir), str(result)] + ([kill] if kill else [])
-    return subprocess.run(script_command(procs, script, *args), env=launch_env(**env), capture_output=True,
-                          text=True, timeout=240)
+    run = subprocess.run
+    if procs == 1 and WARM:
+        import warm
+
+        run = warm.run
+    return run(script_command(procs, script, *args), env=launch_env(**env), capture_output=True,
+               text=True, timeout=240)
 
 
 def without_clocks(record):

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import warm
 
 from distlearn.command.cli import main
 
@@ -239,9 +240,11 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``command`` to its end; ``python -m distlearn`` is forked warm (tests/warm.py), other commands start cold."""
     began = time.monotonic()
-    proc = subprocess.Popen(command, cwd=cwd, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    popen = warm.Popen if command[:2] == [sys.executable, "-m"] else subprocess.Popen
+    proc = popen(command, cwd=cwd, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=HANG_LIMIT_S)
     except subprocess.TimeoutExpired:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import warm
 from launching import launch_env, run_script, script_command, without_clocks
 
 from distlearn.command.files import read_record
@@ -233,6 +234,11 @@ def _distlearn(procs: int, out: Path, *extra: str) -> list[str]:
     return [*launch, "-m", "distlearn", "train", *SIGNAL_RUN, f"run.output_dir={out}", *extra]
 
 
+def _launcher(procs: int):
+    """``subprocess`` for torchrun; for one process the warm launch of tests/warm.py (same calls)."""
+    return warm if procs == 1 else subprocess
+
+
 def _rank_pid(launcher: int, rank: int) -> int:
     """The pid of the worker of ``rank`` among the launcher's children."""
     for _ in range(200):
@@ -256,7 +262,8 @@ def _signal_after_first_epoch(procs: int, out: Path, log: Path, rank: int = 0) -
     import time
 
     with open(log, "w") as err:
-        proc = subprocess.Popen(_distlearn(procs, out), env=launch_env(), stdout=subprocess.DEVNULL, stderr=err, cwd=out.parent)
+        proc = _launcher(procs).Popen(_distlearn(procs, out), env=launch_env(), stdout=subprocess.DEVNULL, stderr=err,
+                                      cwd=out.parent)
     try:
         target = proc.pid if procs == 1 else _rank_pid(proc.pid, rank)
         deadline = time.time() + 180
@@ -275,7 +282,8 @@ def _signal_after_first_epoch(procs: int, out: Path, log: Path, rank: int = 0) -
 @pytest.mark.parametrize("procs", [1, 2])
 def test_sigterm_checkpoints_exits_143_and_the_rerun_ends_bitwise_equal(tmp_path, procs):
     full = tmp_path / "full"
-    done = subprocess.run(_distlearn(procs, full), env=launch_env(), capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    done = _launcher(procs).run(_distlearn(procs, full), env=launch_env(), capture_output=True, text=True, cwd=tmp_path,
+                                timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
     out, log = tmp_path / "stopped", tmp_path / "stopped.log"
@@ -290,7 +298,8 @@ def test_sigterm_checkpoints_exits_143_and_the_rerun_ends_bitwise_equal(tmp_path
     assert partial["status"] == "interrupted" and "0" in partial["training"] and "3" not in partial["training"]
     assert checkpoint.latest(out) is not None
 
-    again = subprocess.run(_distlearn(procs, out), env=launch_env(), capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    again = _launcher(procs).run(_distlearn(procs, out), env=launch_env(), capture_output=True, text=True, cwd=tmp_path,
+                                 timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.lstrip().startswith("resuming from checkpoint"), again.stderr[:500]
     assert (out / "model.safetensors").read_bytes() == (full / "model.safetensors").read_bytes()

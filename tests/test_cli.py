@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import warm as warm_launch
 
 REPO = Path(__file__).resolve().parents[1]
 N_EPOCHS = 5
@@ -41,9 +42,15 @@ def run_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_command(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = TIMEOUT):
-    """Run a command in its own process group; on a timeout kill the whole group (launchers have children)."""
-    proc = subprocess.Popen(
+def run_command(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = TIMEOUT,
+                warm: bool = False):
+    """Run a command in its own process group; on a timeout kill the whole group (launchers have children).
+
+    ``warm``: fork it from the session's fork server (tests/warm.py), for ``python -m`` commands whose
+    claim is not about the interpreter's start.
+    """
+    popen = warm_launch.Popen if warm else subprocess.Popen
+    proc = popen(
         command, cwd=cwd, env=env or run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )
@@ -57,8 +64,8 @@ def run_command(command: list[str], cwd: Path, env: dict[str, str] | None = None
 
 
 def distlearn(*args: str, cwd: Path, env: dict[str, str] | None = None):
-    """`python -m distlearn train ARGS` (quiet)."""
-    return run_command([sys.executable, "-m", "distlearn", "train", *args, "-q"], cwd, env)
+    """`python -m distlearn train ARGS` (quiet), warm."""
+    return run_command([sys.executable, "-m", "distlearn", "train", *args, "-q"], cwd, env, warm=True)
 
 
 def baseline_run(tmp_path_factory) -> Path:
@@ -221,12 +228,12 @@ def test_console_script_and_usage(tmp_path):
 def test_options_may_come_between_the_overrides(tmp_path):
     out = tmp_path / "out"
     result = run_command([sys.executable, "-m", "distlearn", "train", "wine", "learner_configs.learner_parameters.n_epochs=1",
-                          "-q", NO_TRACKING, f"run.output_dir={out}"], tmp_path)
+                          "-q", NO_TRACKING, f"run.output_dir={out}"], tmp_path, warm=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == f"Output directory: {out}"
     assert "epoch 1" not in result.stderr.lower()  # -q was taken as the option, not lost
     assert json.loads((out / "config.yaml").parent.joinpath("record.json").read_text())["status"] == "completed"
-    bad = run_command([sys.executable, "-m", "distlearn", "train", "wine", "-x", NO_TRACKING], tmp_path)
+    bad = run_command([sys.executable, "-m", "distlearn", "train", "wine", "-x", NO_TRACKING], tmp_path, warm=True)
     assert bad.returncode == 2 and "unrecognized arguments: -x" in bad.stderr
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import warm
 from launching import ROOT, launch_env, run_script
 
 from distlearn.training import checkpoint
@@ -253,7 +254,7 @@ def test_a_mid_epoch_refusal_names_the_key_expected_found_and_the_fixes(tmp_path
 def test_per_process_mid_epoch_on_another_world_size_is_refused_before_training(tmp_path):
     """The real launch: killed mid-epoch on 2 processes, started on 3 with per_process batches of 3."""
     run_dir, result = tmp_path / "run", tmp_path / "result.json"
-    assert _run(2, run_dir, result, f"step:{KILL_STEP}").returncode != 0
+    shutil.copytree(_killed(2, KILL_STEP, {}, tmp_path), run_dir)  # the killed run the resume tests start from
     refused = _run(3, run_dir, result, ATTEMPT="1", RESUME_BATCH="per_process", PER_PROCESS="3")
     assert refused.returncode != 0 and not result.exists()
     assert "CheckpointError" in refused.stderr and "found run.resume_batch: per_process with the loader's 3 per " \
@@ -298,11 +299,9 @@ def test_a_relaunch_with_the_same_launch_id_continues_its_default_folder(tmp_pat
     cmd = [sys.executable, "-m", "distlearn", "train", "--quiet", str(ROOT / "configs" / "wine.yaml"),
            "run.tracking.backend=none"]
     env = launch_env(DISTLEARN_RUN_ID="job-7")
-    first = subprocess.run(cmd + ["learner_configs.learner_parameters.n_epochs=1"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=120)
+    first = warm.run(cmd + ["learner_configs.learner_parameters.n_epochs=1"], cwd=tmp_path, env=env, timeout=120)
     assert first.returncode == 0, first.stderr[-3000:]
-    again = subprocess.run(cmd + ["learner_configs.learner_parameters.n_epochs=2"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=120)
+    again = warm.run(cmd + ["learner_configs.learner_parameters.n_epochs=2"], cwd=tmp_path, env=env, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["wine-job-7"]
     assert "resuming from checkpoint" in again.stderr and "the start of epoch 2" in again.stderr

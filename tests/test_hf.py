@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import warm
 
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
@@ -230,7 +231,8 @@ def run_charlm_hf(tmp_path, procs: int, *overrides: str) -> subprocess.Completed
     launch = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
                                                   str(procs), "--standalone", "--monitor_interval", "0.2"]
     command = [*launch, "-m", "distlearn", "train", "charlm_hf", *TINY_HF, *overrides, "-q"]
-    return subprocess.run(command, cwd=tmp_path, env=launch_env(), capture_output=True, text=True, timeout=300)
+    run = warm.run if procs == 1 else subprocess.run  # one process: forked warm (tests/warm.py)
+    return run(command, cwd=tmp_path, env=launch_env(), capture_output=True, text=True, timeout=300)
 
 
 def test_hf_causal_lm_on_text_trains_through_the_cli_with_the_same_per_token_loss_on_1_and_2_processes(tmp_path):

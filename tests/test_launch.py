@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import warm
 from test_cli import (
     EPOCHS,
     NO_TRACKING,
@@ -181,7 +182,7 @@ def test_ranks_started_with_different_world_sizes_both_say_so_and_exit_2(tmp_pat
     for rank, world in ((0, 2), (1, 3)):
         env = run_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=port, ACCELERATE_USE_CPU="1")
-        procs.append(subprocess.Popen(
+        procs.append(warm.Popen(  # two one-process commands, started by hand: forked warm (tests/warm.py)
             [sys.executable, "-m", "distlearn", "train", NO_TRACKING, f"run.output_dir={tmp_path / 'run'}",
              "run.timeout_s=60", "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import warm
 from host_syncs import HostSyncs
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -65,9 +66,8 @@ def runs(tmp_path_factory):
     for name, (command, scenarios, cpu) in launches.items():
         dirs[name] = tmp_path_factory.mktemp(name)
         log = open(dirs[name] / "launch.log", "w")
-        procs[name] = subprocess.Popen(
-            command + [str(SCRIPT), str(dirs[name]), scenarios], env=_env(cpu), stdout=log, stderr=subprocess.STDOUT
-        )
+        command = command + [str(SCRIPT), str(dirs[name]), scenarios]
+        procs[name] = warm.popen_for(command)(command, env=_env(cpu), stdout=log, stderr=subprocess.STDOUT)
     for name, proc in procs.items():
         try:
             code = proc.wait(timeout=LAUNCH_TIMEOUT)

@@ -202,8 +202,10 @@ def _launch(script, procs: int, out, plain: bool = False) -> subprocess.Popen:
     env = launch_env()
     if plain:
         del env["ACCELERATE_USE_CPU"]
-    return subprocess.Popen(script_command(procs, script, str(out)), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import warm
+
+    command = script_command(procs, script, str(out))  # one process: forked warm (tests/warm.py)
+    return warm.popen_for(command)(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_the_readme_loop_gives_one_process_numbers_on_two_even_under_plain_torchrun(tmp_path):

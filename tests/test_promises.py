@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import reset_accelerate
 from host_syncs import HostSyncs
+import warm
 from launching import launch_env
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -53,7 +54,8 @@ def _start_and_wait(starts: dict, dirs: dict) -> dict:
     for name, (command, env, cwd) in starts.items():
         command = [str(dirs[name]) if part is None else part for part in command]
         log = open(dirs[name] / "launch.log", "w")
-        procs[name] = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True)
+        popen = warm.popen_for(command)  # python1 and the W&B run fork warm; the launchers start cold
+        procs[name] = popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True)
     codes = {}
     for name, proc in procs.items():
         try:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import warm
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
@@ -39,7 +40,7 @@ def records(tmp_path_factory) -> dict[str, dict]:
     procs, dirs = {}, {}
     for name, overrides in RUNS.items():
         dirs[name] = tmp_path_factory.mktemp(name) / "run"
-        procs[name] = subprocess.Popen(
+        procs[name] = warm.Popen(  # forked warm (tests/warm.py)
             [sys.executable, "-m", "distlearn", "train", name, f"run.output_dir={dirs[name]}",
              "run.tracking.backend=none", *overrides, "-q"],
             cwd=tmp_path_factory.getbasetemp(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
