@@ -20,9 +20,9 @@ SCRIPTS = ROOT / "tests" / "scripts"
 OUTER_LAUNCH = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                 "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE",
                 "DISTLEARN_RUN_ID", "SLURM_JOB_ID", "ACCELERATE_MIXED_PRECISION", "MIXED_PRECISION")
-# The knobs of tests/scripts/*.py: only what the test itself passes may count.
 # Tests set this (tests/conftest.py): one-process launches are then forked warm, not started cold.
 WARM = False
+# The knobs of tests/scripts/*.py: only what the test itself passes may count.
 SCRIPT_KNOBS = ("RANK_ONLY", "PER_PROCESS", "ATTEMPT", "ACCUM", "RESUME_BATCH", "N_SAMPLES", "N_EPOCHS",
                "COMPILE")
 
