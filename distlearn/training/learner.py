@@ -49,6 +49,7 @@ from .preparation import check_device, check_loader, resume_loader, split_loader
 from .progress import marker_fields, rank_state, restore, set_rng_states
 from .records import EpochRecord, Record, TestResult
 from .scoring import fresh_metric
+from .selection import Chooser, Selection, new_chooser, recover_best, val_fields
 from .steps import (
     TrainRun, account_batch, backward, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step,
     step_scheduler_per_epoch, stepper,
@@ -154,6 +155,7 @@ class BackwardLearner:
         self.step = 0  # optimizer steps taken, counted like epoch
         self._resume = False  # set by load_state_dict(): the next train() continues from epoch/step
         self._global_batch = 0  # samples per optimizer micro-step over all ranks, set by _prepare()
+        self._chooser: Chooser | None = None  # the validation's choice in the running train()
 
     def accelerator(self, device: str | torch.device | None = None) -> Accelerator:
         """The Accelerator this learner trains with, built on first use (this starts the process group)."""
@@ -193,6 +195,7 @@ class BackwardLearner:
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
         checkpoints: Checkpoints | None = None,
         nonfinite: str = "error",
+        selection: Selection | None = None,
     ) -> Record:
         """Train ``model`` for ``n_epochs``; returns the training record (identical on every rank).
 
@@ -203,8 +206,9 @@ class BackwardLearner:
         Args:
             model: an ``nn.Module`` called as ``model(features)``, ``model(*inputs)`` or
                 ``model(**batch)`` (see :mod:`distlearn.batches`).
-            data_loader: ``{"train_loader": ..., "test_loader": ...}`` or one training loader;
-                batches are ``(features, labels)``, ``(input_1, ..., input_k, labels)`` or dicts.
+            data_loader: ``{"train_loader": ..., "test_loader": ..., "val_loader": ...}`` (test and
+                validation optional) or one training loader; the validation loader is evaluated with
+                the test's schedule, and the record names its best epoch; batches are ``(features, labels)``, ``(input_1, ..., input_k, labels)`` or dicts.
             device: None lets Accelerate choose; honoured on a single process.
             metric: a :class:`~distlearn.metrics.Metric` (left untouched: copies accumulate).
             test_check: test after every ``display_step``-th epoch and the last one.
@@ -221,6 +225,9 @@ class BackwardLearner:
                 epoch and step; no checkpoint of the broken state is saved), or ``"skip"``: every rank
                 skips that optimizer step, the batch counts with weight 0, and the epoch's record says
                 ``skipped_steps``. Skip checks the gradients once per optimizer step (one host sync).
+            selection: keep the best validation epoch's weights and stop early
+                (:class:`~distlearn.training.selection.Selection`); needs a ``val_loader``. The
+                patience and the best score are saved in checkpoints.
 
         Returns:
             ``{"preparation": {...}, "training": {epoch: {...}}}``, see the README.
@@ -232,7 +239,9 @@ class BackwardLearner:
         """
         begin = time.time()
         train_loader, test_loader = split_loaders(data_loader)
+        val_loader = data_loader.get("val_loader") if isinstance(data_loader, Mapping) else None
         metric = fresh_metric(metric)
+        self._chooser = new_chooser(selection, metric, val_loader)
         check_int("display_step", display_step, 1)
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
@@ -242,12 +251,14 @@ class BackwardLearner:
         run = self._prepare(model, train_loader, device, metric, train_idx, checkpoints, nonfinite)
         preparation = time.time() - begin
         record: Record = {"preparation": {"preparation_time_cost": preparation}, "training": {}}
-        resumed = self._resume_point(run, record, test_loader, train_loader)  # this rank's saved progress, or None
+        resumed = self._resume_point(run, record, test_loader, train_loader, val_loader)  # or None
         first_epoch = self.epoch
         stop = None  # the signal every rank agreed to stop on (see Checkpoints.catch_signals)
         saved = None
 
         for epoch in range(first_epoch, self.n_epochs):
+            if self._chooser is not None and self._chooser.stopped:  # resumed after early stopping: done
+                break
             accounting, done = self._begin_epoch(run, epoch, resumed if epoch == first_epoch else None)
             batches, run.bar = epoch_batches(run.loader, epoch, self.n_epochs, done,
                                              not disable_tqdm and run.accelerator.is_main_process)
@@ -264,9 +275,11 @@ class BackwardLearner:
             totals = accounting.reduce(run.metric, epoch, preparation, run.stop_flags(), nonfinite)
             stop = stop or totals.stop
             summary = self._epoch_record(run, totals, accounting, epoch, test_check and test_loader is not None,
-                                         display_step, test_loader, test_idx)
+                                         display_step, test_loader, test_idx, val_loader)
             record["preparation"]["preparation_time_cost"] = totals.preparation_time_cost
             record["training"][epoch] = summary
+            if self._chooser is not None:
+                record.update(self._chooser.record_fields(self.n_epochs))
             self.epoch = epoch + 1
             if checkpoints is not None:  # before the tracker hears of the epoch: a resumed run never logs it twice
                 saved = self._save(run, epoch + 1, 0, None, record)
@@ -275,6 +288,8 @@ class BackwardLearner:
                     logger.info(describe_epoch(epoch, self.n_epochs, summary))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, summary)
+            if self._chooser is not None and self._chooser.stopped:
+                break  # the same epoch on every rank: each decided from the same reduced score
             if stop and epoch + 1 < self.n_epochs:
                 raise Interrupted(stop, record, saved)
         return record
@@ -370,7 +385,8 @@ class BackwardLearner:
         return TrainRun(accelerator, model, optimizer, scheduler, loader, batches, metric, keep_ignored, train_idx,
                         checkpoints, nonfinite, stepper(accelerator, optimizer))
 
-    def _resume_point(self, run: TrainRun, record: Record, test_loader: Any, train_loader: Any) -> dict[str, Any] | None:
+    def _resume_point(self, run: TrainRun, record: Record, test_loader: Any, train_loader: Any,
+                      val_loader: Any = None) -> dict[str, Any] | None:
         """Where training starts: a checkpoint's position, the counters of :meth:`load_state_dict`, or 0.
 
         A checkpoint of another number of processes is merged into this one's (see
@@ -381,16 +397,26 @@ class BackwardLearner:
             restored by :meth:`_begin_epoch`), else None.
         """
         checkpoints = run.checkpoints
+        keep_best = None if self._chooser is None else self._chooser.selection.keep_best
         if checkpoints is None or checkpoints.resume_from is None:
             if not self._resume:
                 self.epoch = self.step = 0
             self._resume = False
+            if keep_best is not None and run.accelerator.is_main_process:
+                recover_best(keep_best, fresh=True)  # a fresh run: no earlier run's best/
             return None
         self._resume = False
-        if test_loader is not None:  # the loaders prepared in the order they were saved in
-            self._prepare_loader(run.accelerator, test_loader, evaluation=True)
+        for loader in (val_loader, test_loader):  # the loaders prepared in the order they were saved in
+            if loader is not None:
+                self._prepare_loader(run.accelerator, loader, evaluation=True)
         progress = restore(checkpoints, run.accelerator, run.metric, train_loader, record)
         self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
+        if self._chooser is not None:
+            self._chooser.load_state_dict(progress.get("selection"))
+            if self._chooser.state.best_epoch is not None:  # restore() brings back the epochs, not these
+                record.update(self._chooser.record_fields(self.n_epochs))
+            if keep_best is not None and run.accelerator.is_main_process:
+                recover_best(keep_best)
         return progress
 
     def _begin_epoch(self, run: TrainRun, epoch: int, resumed: Mapping[str, Any] | None) -> tuple[EpochAccounting, int]:
@@ -469,14 +495,20 @@ class BackwardLearner:
             raise Interrupted(stop, record, saved)
 
     def _epoch_record(self, run: TrainRun, totals: EpochTotals, accounting: EpochAccounting, epoch: int,
-                      can_test: bool, display_step: int, test_loader: Any, test_idx: Any) -> EpochRecord:
-        """The epoch's record: its reduced numbers, lr and steps, and its test when due; steps a per-epoch scheduler."""
+                      can_test: bool, display_step: int, test_loader: Any, test_idx: Any,
+                      val_loader: Any = None) -> EpochRecord:
+        """The epoch's record: its reduced numbers, lr and steps, its validation and test when due (the
+        validation chooses, see :mod:`.selection`); steps a per-epoch scheduler."""
         summary = totals.record
         summary.update(lr=float(run.lr), optimizer_steps=self.step)
         if run.nonfinite == "skip":
             summary["skipped_steps"] = accounting.skipped_steps
         plateau = isinstance(getattr(run.scheduler, "scheduler", None), ReduceLROnPlateau)
         due = epoch % display_step == 0 or epoch == self.n_epochs - 1 or plateau  # plateau needs it every epoch
+        if val_loader is not None and due:  # before the test: the loaders' preparation order is fixed
+            result = self.test(run.model, val_loader, None, run.metric, False, test_idx)
+            summary["val_result"] = val_fields(result)
+            self._chooser.take(epoch, summary["val_result"], run.accelerator, run.model)
         if can_test and due:
             summary["test_result"] = self.test(run.model, test_loader, None, run.metric, False, test_idx)
         if run.scheduler is not None and self.scheduler_interval == "epoch":
@@ -491,6 +523,7 @@ class BackwardLearner:
             epoch=epoch, step=self.step, batches_done=batches_done, global_batch=self._global_batch,
             world_size=accelerator.num_processes, rank=accelerator.process_index, accounting=accounting,
             metric=None if accounting is None else run.metric, record=record, seed=self.seed,
+            selection=None if self._chooser is None else self._chooser.state_dict(),
         )
         return run.checkpoints.save(accelerator, state, marker_fields(state))
 
