@@ -58,22 +58,23 @@ class EarlyStopping:
     def __post_init__(self) -> None:
         problems = early_stopping_problems({"patience": self.patience, "min_delta": self.min_delta})
         if problems:
-            raise ValueError(f"EarlyStopping: {problems[0]}")
+            raise ValueError(f"EarlyStopping: {problems[0][0]}: {problems[0][1]}")
 
 
-def early_stopping_problems(value: Any) -> list[str]:
-    """What is wrong with an early-stopping mapping (``patience``, ``min_delta``); the one owner of
-    their ranges, for the Python API and the config validator alike."""
+def early_stopping_problems(value: Any) -> list[tuple[str, str]]:
+    """What is wrong with an early-stopping mapping (``patience``, ``min_delta``), as (key, problem)
+    pairs (key "" for the whole); the one owner of their ranges, for the Python API and the config
+    validator alike."""
     if not isinstance(value, Mapping):
-        return [f"expected null or a mapping {{patience: N, min_delta: x}}, got {value!r}"]
-    problems = [f"{key}: unknown key; expected patience and min_delta" for key in value
+        return [("", f"expected null or a mapping {{patience: N, min_delta: x}}, got {value!r}")]
+    problems = [(str(key), "unknown key; expected patience and min_delta") for key in value
                 if key not in ("patience", "min_delta")]
     patience = value.get("patience")
     if not (is_int(patience) and patience >= 1):
-        problems.append(f"patience: expected an int >= 1 (evaluated epochs), got {patience!r}")
+        problems.append(("patience", f"expected an int >= 1 (evaluated epochs without improvement), got {patience!r}"))
     delta = value.get("min_delta", 0.0)
     if not (is_number(delta) and math.isfinite(delta) and delta >= 0):
-        problems.append(f"min_delta: expected a number >= 0, got {delta!r}")
+        problems.append(("min_delta", f"expected a number >= 0, got {delta!r}"))
     return problems
 
 
