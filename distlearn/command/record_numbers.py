@@ -7,12 +7,26 @@ metric itself declares (its ``higher_is_better``); the loss is lower-is-better.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..training.selection import best_point, finite  # one rule for "best", shared with keep_best
 
-__all__ = ["best_point", "epochs_in_order", "finite"]
+__all__ = ["best_epoch", "best_point", "epochs_in_order", "finite"]
+
+
+def best_epoch(epochs: Sequence[tuple[int, Mapping[str, Any]]], part: str,
+               higher_is_better: bool | None) -> tuple[int, float, str] | None:
+    """The best (0-based epoch, value, "score" or "loss") of ``part`` ("val" or "test") over the
+    evaluated epochs: the primary score by ``higher_is_better``, or the loss (lowest) without a metric
+    (None); the rule ``run.checkpoint.keep_best`` follows. None when no epoch has a finite value."""
+    kind = "loss" if higher_is_better is None else "score"
+    points = [(i, finite((e.get(f"{part}_result") or {}).get(f"{part}_{kind}"))) for i, e in epochs]
+    points = [(i, v) for i, v in points if v is not None]
+    if not points:
+        return None
+    epoch, value = best_point(points, bool(higher_is_better))
+    return epoch, value, kind
 
 
 def epochs_in_order(record: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:

@@ -91,7 +91,8 @@ class TorchDataset:
         val = None
         if self.val_size is not None:
             sizes = split_sizes(len(train), self.val_size, "val_size")
-            train, val = torch.utils.data.random_split(train, sizes, generator=torch.Generator().manual_seed(self.seed))
+            generator = torch.Generator().manual_seed(self.seed)
+            train, val = torch.utils.data.random_split(train, sizes, generator=generator)
         return tensor_loaders(train, test, batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed,
                               collate_fn=self.collate_fn, val=val)
 

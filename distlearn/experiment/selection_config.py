@@ -38,8 +38,8 @@ def check_selection(c: Mapping[str, Any], problems: list[str]) -> None:
                                   ("run.early_stopping", stopping is not None)) if on]
     if wanted and _val_size(c) is None:
         problems.append(
-            f"{' and '.join(wanted)}: needs a validation split to choose on, but {VAL_SIZE_KEY} is not set; set it to a "
-            f"fraction (e.g. 0.1) or a count of the training rows, or turn {' and '.join(wanted)} off"
+            f"{' and '.join(wanted)}: needs a validation split to choose on, but {VAL_SIZE_KEY} is not set; "
+            f"set it to a fraction (e.g. 0.1) or a count of the training rows, or turn {' and '.join(wanted)} off"
         )
 
 

@@ -208,7 +208,8 @@ class BackwardLearner:
                 ``model(**batch)`` (see :mod:`distlearn.batches`).
             data_loader: ``{"train_loader": ..., "test_loader": ..., "val_loader": ...}`` (test and
                 validation optional) or one training loader; the validation loader is evaluated with
-                the test's schedule, and the record names its best epoch; batches are ``(features, labels)``, ``(input_1, ..., input_k, labels)`` or dicts.
+                the test's schedule, and the record names its best epoch; batches are
+                ``(features, labels)``, ``(input_1, ..., input_k, labels)`` or dicts.
             device: None lets Accelerate choose; honoured on a single process.
             metric: a :class:`~distlearn.metrics.Metric` (left untouched: copies accumulate).
             test_check: test after every ``display_step``-th epoch and the last one.

@@ -27,8 +27,8 @@ from typing import Any
 
 from ..options import is_int, is_number
 
-__all__ = ["BEST_DIR", "VAL_SIZE_KEY", "Chooser", "EarlyStopping", "Selection", "best_point", "early_stopping_problems", "finite", "new_chooser",
-           "recover_best", "val_fields", "write_best"]
+__all__ = ["BEST_DIR", "VAL_SIZE_KEY", "Chooser", "EarlyStopping", "Selection", "best_point", "early_stopping_problems",
+           "finite", "new_chooser", "recover_best", "val_fields", "write_best"]
 
 BEST_DIR = "best"
 VAL_SIZE_KEY = "data_configs.data_parameters.val_size"

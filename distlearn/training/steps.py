@@ -188,12 +188,13 @@ def describe_epoch(epoch: int, n_epochs: int, summary: EpochRecord) -> str:
     text = f"epoch {epoch + 1}/{n_epochs}: train_loss {summary['train_loss']:.6g}"
     for name, value in scores(summary, "train").items():
         text += f", train_{name} {_number(value)}"
-    test = summary["test_result"]
-    if test is not None:
-        if test["test_loss"] is not None:
-            text += f", test_loss {test['test_loss']:.6g}"
-        for name, value in scores(test, "test").items():
-            text += f", test_{name} {_number(value)}"
+    for part, result in (("val", summary.get("val_result")), ("test", summary["test_result"])):
+        if result is None:
+            continue
+        if result[f"{part}_loss"] is not None:
+            text += f", {part}_loss {result[f'{part}_loss']:.6g}"
+        for name, value in scores(result, part).items():
+            text += f", {part}_{name} {_number(value)}"
     return text + f", lr {summary['lr']:.4g}, {summary['samples_per_second'] or 0:.0f} samples/s"
 
 
