@@ -144,7 +144,7 @@ class SklearnDataset(_TabularData):
         stratify: bool = True,
         val_size: float | int | None = None,
     ) -> None:
-        raise_first_problem("SklearnDataset", self.check_parameters({"name": name}))
+        raise_first_problem("SklearnDataset", self.check_parameters({"name": name, "val_size": val_size}))
         self.name = name
         super().__init__(SKLEARN_DATASETS[name], batch_size, test_size, seed, shuffle, standardize, stratify,
                          val_size)
@@ -210,7 +210,7 @@ class CSVDataset(_TabularData):
         stratify: bool = True,
         val_size: float | int | None = None,
     ) -> None:
-        raise_first_problem("CSVDataset", self.check_parameters({"task": task}))
+        raise_first_problem("CSVDataset", self.check_parameters({"task": task, "val_size": val_size}))
         self.path = Path(path)
         self.target = target
         self.features = None if features is None else list(features)
@@ -333,7 +333,8 @@ class NumpyDataset(_TabularData):
         stratify: bool = True,
         val_size: float | int | None = None,
     ) -> None:
-        raise_first_problem("NumpyDataset", self.check_parameters({"path": path, "y_path": y_path, "task": task}))
+        raise_first_problem("NumpyDataset", self.check_parameters({"path": path, "y_path": y_path, "task": task,
+                                                                   "val_size": val_size}))
         self.path, self.y_path = Path(path), None if y_path is None else Path(y_path)
         self.x_key, self.y_key = x_key, y_key
         self._test: tuple[np.ndarray, np.ndarray] | None = None
