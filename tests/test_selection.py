@@ -271,7 +271,7 @@ def test_keep_best_and_early_stopping_without_a_validation_split_are_refused(fre
     (["data_configs.data_parameters.val_size=0.1", "run.early_stopping={patience: 1, min_delta: x}"],
      "run.early_stopping.min_delta: expected a number >= 0, got 'x'"),
     (["run.display_step=0"], "run.display_step: expected an int >= 1"),
-    (["run.checkpoint.keep_best=yes"], "run.checkpoint.keep_best: expected true or false, got 'yes'"),
+    (["run.checkpoint.keep_best=3"], "run.checkpoint.keep_best: expected true or false, got 3"),
 ])
 def test_the_config_keys_are_checked_up_front(overrides, problem):
     from distlearn.experiment.config import ConfigError, load_config, validate_config

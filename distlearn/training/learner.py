@@ -27,7 +27,7 @@ import copy
 import logging
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -240,9 +240,8 @@ class BackwardLearner:
         """
         begin = time.time()
         train_loader, test_loader = split_loaders(data_loader)
-        val_loader = data_loader.get("val_loader") if isinstance(data_loader, Mapping) else None
         metric = fresh_metric(metric)
-        self._chooser = new_chooser(selection, metric, val_loader)
+        self._chooser = new_chooser(selection, metric, data_loader)  # with a "val_loader"; else None
         check_int("display_step", display_step, 1)
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
@@ -252,14 +251,12 @@ class BackwardLearner:
         run = self._prepare(model, train_loader, device, metric, train_idx, checkpoints, nonfinite)
         preparation = time.time() - begin
         record: Record = {"preparation": {"preparation_time_cost": preparation}, "training": {}}
-        resumed = self._resume_point(run, record, test_loader, train_loader, val_loader)  # or None
+        resumed = self._resume_point(run, record, test_loader, train_loader)  # this rank's saved progress, or None
         first_epoch = self.epoch
         stop = None  # the signal every rank agreed to stop on (see Checkpoints.catch_signals)
         saved = None
 
-        for epoch in range(first_epoch, self.n_epochs):
-            if self._chooser is not None and self._chooser.stopped:  # resumed after early stopping: done
-                break
+        for epoch in self._epochs():
             accounting, done = self._begin_epoch(run, epoch, resumed if epoch == first_epoch else None)
             batches, run.bar = epoch_batches(run.loader, epoch, self.n_epochs, done,
                                              not disable_tqdm and run.accelerator.is_main_process)
@@ -276,11 +273,9 @@ class BackwardLearner:
             totals = accounting.reduce(run.metric, epoch, preparation, run.stop_flags(), nonfinite)
             stop = stop or totals.stop
             summary = self._epoch_record(run, totals, accounting, epoch, test_check and test_loader is not None,
-                                         display_step, test_loader, test_idx, val_loader)
+                                         display_step, test_loader, test_idx)
             record["preparation"]["preparation_time_cost"] = totals.preparation_time_cost
             record["training"][epoch] = summary
-            if self._chooser is not None:
-                record.update(self._chooser.record_fields(self.n_epochs))
             self.epoch = epoch + 1
             if checkpoints is not None:  # before the tracker hears of the epoch: a resumed run never logs it twice
                 saved = self._save(run, epoch + 1, 0, None, record)
@@ -289,11 +284,9 @@ class BackwardLearner:
                     logger.info(describe_epoch(epoch, self.n_epochs, summary))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, summary)
-            if self._chooser is not None and self._chooser.stopped:
-                break  # the same epoch on every rank: each decided from the same reduced score
-            if stop and epoch + 1 < self.n_epochs:
-                raise Interrupted(stop, record, saved)
-        return record
+            if stop and self._more_epochs():
+                raise Interrupted(stop, self._with_choice(record), saved)
+        return self._with_choice(record)
 
     def test(
         self,
@@ -386,8 +379,23 @@ class BackwardLearner:
         return TrainRun(accelerator, model, optimizer, scheduler, loader, batches, metric, keep_ignored, train_idx,
                         checkpoints, nonfinite, stepper(accelerator, optimizer))
 
-    def _resume_point(self, run: TrainRun, record: Record, test_loader: Any, train_loader: Any,
-                      val_loader: Any = None) -> dict[str, Any] | None:
+    def _epochs(self) -> Iterator[int]:
+        """The epochs to train, from ``self.epoch`` on (each epoch's end moves it)."""
+        while self._more_epochs():
+            yield self.epoch
+
+    def _more_epochs(self) -> bool:
+        """Whether an epoch is left: ``n_epochs`` not reached, and early stopping has not ended the run
+        (decided from the reduced validation score: the same epoch on every rank; after a resume too)."""
+        return self.epoch < self.n_epochs and not (self._chooser is not None and self._chooser.stopped)
+
+    def _with_choice(self, record: Record) -> Record:
+        """``record`` with the validation's choice (``best_epoch``, ..., ``stopped_early``), if any."""
+        if self._chooser is not None:
+            record.update(self._chooser.record_fields(self.n_epochs))
+        return record
+
+    def _resume_point(self, run: TrainRun, record: Record, test_loader: Any, train_loader: Any) -> dict[str, Any] | None:
         """Where training starts: a checkpoint's position, the counters of :meth:`load_state_dict`, or 0.
 
         A checkpoint of another number of processes is merged into this one's (see
@@ -407,6 +415,7 @@ class BackwardLearner:
                 recover_best(keep_best, fresh=True)  # a fresh run: no earlier run's best/
             return None
         self._resume = False
+        val_loader = None if self._chooser is None else self._chooser.loader
         for loader in (val_loader, test_loader):  # the loaders prepared in the order they were saved in
             if loader is not None:
                 self._prepare_loader(run.accelerator, loader, evaluation=True)
@@ -414,8 +423,6 @@ class BackwardLearner:
         self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
         if self._chooser is not None:
             self._chooser.load_state_dict(progress.get("selection"))
-            if self._chooser.state.best_epoch is not None:  # restore() brings back the epochs, not these
-                record.update(self._chooser.record_fields(self.n_epochs))
             if keep_best is not None and run.accelerator.is_main_process:
                 recover_best(keep_best)
         return progress
@@ -493,11 +500,10 @@ class BackwardLearner:
         accounting.running_loss(done, epoch)  # a collective; raises on every rank on a NaN
         saved = self._save(run, epoch, done, accounting, record)
         if stop:
-            raise Interrupted(stop, record, saved)
+            raise Interrupted(stop, self._with_choice(record), saved)
 
     def _epoch_record(self, run: TrainRun, totals: EpochTotals, accounting: EpochAccounting, epoch: int,
-                      can_test: bool, display_step: int, test_loader: Any, test_idx: Any,
-                      val_loader: Any = None) -> EpochRecord:
+                      can_test: bool, display_step: int, test_loader: Any, test_idx: Any) -> EpochRecord:
         """The epoch's record: its reduced numbers, lr and steps, its validation and test when due (the
         validation chooses, see :mod:`.selection`); steps a per-epoch scheduler."""
         summary = totals.record
@@ -506,8 +512,8 @@ class BackwardLearner:
             summary["skipped_steps"] = accounting.skipped_steps
         plateau = isinstance(getattr(run.scheduler, "scheduler", None), ReduceLROnPlateau)
         due = epoch % display_step == 0 or epoch == self.n_epochs - 1 or plateau  # plateau needs it every epoch
-        if val_loader is not None and due:  # before the test: the loaders' preparation order is fixed
-            result = self.test(run.model, val_loader, None, run.metric, False, test_idx)
+        if self._chooser is not None and due:  # before the test: the loaders' preparation order is fixed
+            result = self.test(run.model, self._chooser.loader, None, run.metric, False, test_idx)
             summary["val_result"] = val_fields(result)
             self._chooser.take(epoch, summary["val_result"], run.accelerator, run.model)
         if can_test and due:

@@ -115,6 +115,7 @@ class Chooser:
     selection: Selection
     metric_name: str  # the primary metric's name, or "loss"
     higher_is_better: bool
+    loader: Any = None  # the validation loader
     state: _State = field(default_factory=_State)
 
     def observe(self, epoch: int, val_result: Mapping[str, Any]) -> bool:
@@ -179,9 +180,9 @@ class Chooser:
         self.state = _State(**dict(state)) if state else _State()
 
 
-def new_chooser(selection: Selection | None, metric: Any, val_loader: Any) -> Chooser | None:
-    """The chooser of a ``train()``: one whenever there is a validation loader (the record then names
-    the best epoch), None without one.
+def new_chooser(selection: Selection | None, metric: Any, data_loader: Any) -> Chooser | None:
+    """The chooser of a ``train()``: one whenever ``data_loader`` has a ``"val_loader"`` (the record
+    then names the best epoch), None without one.
 
     Raises:
         ValueError: ``selection`` asks for keep_best or early stopping without a validation loader.
@@ -189,6 +190,7 @@ def new_chooser(selection: Selection | None, metric: Any, val_loader: Any) -> Ch
     """
     if selection is not None and not isinstance(selection, Selection):
         raise TypeError(f"selection: expected a distlearn Selection or None, got {type(selection).__name__}")
+    val_loader = data_loader.get("val_loader") if isinstance(data_loader, Mapping) else None
     wanted = selection is not None and (selection.keep_best is not None or selection.early_stopping is not None)
     if val_loader is None:
         if wanted:
@@ -198,8 +200,8 @@ def new_chooser(selection: Selection | None, metric: Any, val_loader: Any) -> Ch
             )
         return None
     if metric is None:
-        return Chooser(selection or Selection(), "loss", False)
-    return Chooser(selection or Selection(), str(metric.name), bool(metric.higher_is_better))
+        return Chooser(selection or Selection(), "loss", False, val_loader)
+    return Chooser(selection or Selection(), str(metric.name), bool(metric.higher_is_better), val_loader)
 
 
 def val_fields(result: Mapping[str, Any]) -> dict[str, Any]:
