@@ -87,12 +87,15 @@ def account_batch(result: BatchResult, accounting: EpochAccounting, metric: Metr
 
 
 def step_scheduler_per_epoch(scheduler: Any, summary: Mapping[str, Any]) -> None:
-    """The epoch's scheduler step; ReduceLROnPlateau gets the global test loss (else the train loss)."""
+    """The epoch's scheduler step; ReduceLROnPlateau gets the global validation loss where there is a
+    validation split (deciding on the test data would leak it), else the test loss, else the train loss."""
     if not isinstance(scheduler.scheduler, ReduceLROnPlateau):
         scheduler.step()
         return
-    test = summary["test_result"]
-    scheduler.step(test["test_loss"] if test is not None and test["test_loss"] is not None else summary["train_loss"])
+    part = "val" if summary.get("val_result") else "test"
+    result = summary.get(f"{part}_result")
+    loss = None if result is None else result[f"{part}_loss"]
+    scheduler.step(loss if loss is not None else summary["train_loss"])
 
 
 def batches_after(loader: Any, done: int) -> Iterator[Any]:
