@@ -298,3 +298,23 @@ def test_rerunning_an_early_stopped_run_says_it_is_complete_and_exits_0(tmp_path
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already complete" in again.stdout and "run.early_stopping stopped it" in again.stdout
     assert (tmp_path / "run" / "record.json").stat().st_mtime_ns == written
+
+
+def test_reduce_lr_on_plateau_decides_on_the_validation_loss_where_there_is_one():
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    from distlearn.training.steps import step_scheduler_per_epoch
+
+    class Wrapped:  # what Accelerate's AcceleratedScheduler shows of it
+        def __init__(self):
+            self.scheduler = ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1))
+            self.seen = []
+
+        def step(self, loss):
+            self.seen.append(loss)
+
+    scheduler = Wrapped()
+    step_scheduler_per_epoch(scheduler, {"train_loss": 3.0, "test_result": {"test_loss": 2.0},
+                                         "val_result": {"val_loss": 1.0}})
+    step_scheduler_per_epoch(scheduler, {"train_loss": 3.0, "test_result": {"test_loss": 2.0}})
+    assert scheduler.seen == [1.0, 2.0]
