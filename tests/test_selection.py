@@ -318,3 +318,15 @@ def test_reduce_lr_on_plateau_decides_on_the_validation_loss_where_there_is_one(
                                          "val_result": {"val_loss": 1.0}})
     step_scheduler_per_epoch(scheduler, {"train_loss": 3.0, "test_result": {"test_loss": 2.0}})
     assert scheduler.seen == [1.0, 2.0]
+
+
+def test_a_checkpoint_from_before_these_keys_resumes_and_a_changed_patience_is_refused():
+    from distlearn.command.resume import config_changes
+    from distlearn.experiment.defaults import RUN_DEFAULTS
+
+    old = {"run": {k: v for k, v in RUN_DEFAULTS.items() if k not in ("display_step", "early_stopping")}}
+    old["run"]["checkpoint"] = {"every_n_steps": None, "keep_last": 2}
+    new = {"run": dict(RUN_DEFAULTS)}
+    assert config_changes(old, new) == ([], [])
+    new["run"]["early_stopping"] = {"patience": 3}
+    assert config_changes(old, new)[1] == [("run.early_stopping.patience", "<unset>", 3)]

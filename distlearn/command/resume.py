@@ -240,9 +240,13 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[tuple
 
     Returns:
         ``(allowed, conflicts)``: changes a resumed run may make (``RESUME_MAY_CHANGE``), and the
-        others (model, optimizer, data, loss, metric, seeds), which make resuming wrong.
+        others (model, optimizer, data, loss, metric, seeds), which make resuming wrong. A ``run`` key
+        missing on either side (a checkpoint written before the key existed) counts as its default.
     """
-    a, b = _flatten(old), _flatten(new)
+    from ..experiment.defaults import RUN_DEFAULTS
+
+    defaults = _flatten({"run": RUN_DEFAULTS})
+    a, b = {**defaults, **_flatten(old)}, {**defaults, **_flatten(new)}
     allowed, conflicts = [], []
     for key in sorted(set(a) | set(b)):
         if a.get(key, "<unset>") == b.get(key, "<unset>"):
