@@ -292,6 +292,7 @@ def test_rerunning_an_early_stopped_run_says_it_is_complete_and_exits_0(tmp_path
     record = json.loads((tmp_path / "run" / "record.json").read_text())
     assert record["stopped_early"] and record["stopped_epoch"] < 39, record.get("stopped_epoch")
     assert "stopped    early" in first.stdout and f"at epoch {record['best_epoch'] + 1}" in first.stdout
+    assert "curves.png, best/" in first.stdout
     assert json.loads((tmp_path / "run" / "best" / "best.json").read_text())["epoch"] == record["best_epoch"]
     written = (tmp_path / "run" / "record.json").stat().st_mtime_ns
     again = distlearn(*args, "learner_configs.learner_parameters.n_epochs=50", cwd=tmp_path, env=run_env())

@@ -56,7 +56,8 @@ def summary_text(
             lines.append(f"  stopped    early, after epoch {int(record['stopped_epoch']) + 1} (run.early_stopping)")
         lines.append(f"  lr         {_fmt(last.get('lr'))} at the end")
     lines.append(f"  tracking   {_short_tracking(tracking, output_dir)}")
-    lines.append(f"  files      {', '.join(p.name for p in files)}")
+    kept = ", best/" if (Path(output_dir) / "best").is_dir() else ""  # run.checkpoint.keep_best
+    lines.append(f"  files      {', '.join(p.name for p in files)}{kept}")
     lines.append(f"Output directory: {output_dir}")
     return "\n".join(lines)
 
