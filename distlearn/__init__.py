@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     **dict.fromkeys(["Cat", "Except", "List", "Max", "Mean", "Min", "Sum", "calculate"], "accumulators"),
     **dict.fromkeys(["BackwardLearner", "NonFiniteLossError"], "training.learner"),
+    **dict.fromkeys(["EarlyStopping", "Selection"], "training.selection"),
     **dict.fromkeys(
         ["AUROC", "F1", "MAE", "MSE", "R2", "RMSE", "Accuracy", "AveragePrecision", "BinnedAUROC",
          "BinnedAveragePrecision", "ConfusionMatrix", "FBeta", "Metrics", "Perplexity", "Precision", "Recall",

@@ -1,8 +1,9 @@
-"""``curves.png``: loss, scores and learning rate per epoch, with the best test epoch marked
-(a constant learning rate is said in the title, not drawn).
+"""``curves.png``: loss, scores and learning rate per epoch (train, validation, test), with the best
+validation epoch marked, else the best test epoch (a constant learning rate is said in the title, not drawn).
 
-The best epoch is the summary's (:func:`~distlearn.command.record_numbers.best_point`, by the
-metric's own ``higher_is_better``), so the picture and the printed summary never disagree.
+The best epoch is the summary's (:func:`~distlearn.command.record_numbers.best_epoch`, by the
+metric's own ``higher_is_better``), so the picture, the printed summary and ``run.checkpoint.keep_best``
+never disagree.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..training.records import Record, scores
-from .record_numbers import best_point, epochs_in_order, finite
+from .record_numbers import best_epoch, epochs_in_order, finite
 from .files import atomic_write
 
 __all__ = ["curves_figure", "write_curves"]
@@ -61,7 +62,7 @@ def curves_figure(record: Record, *, title: str = "", higher_is_better: bool | N
     name = next((e["metric_name"] for _, e in epochs if e.get("metric_name")), None) or "score"  # the primary
     names = list(next((e["train_scores"] for _, e in epochs if e.get("train_scores")), None) or [name])
     series = _all_series(epochs, names)
-    scored = [n for n in names if any(series[(n, s)] for s in ("train", "test"))]
+    scored = [n for n in names if any(series[(n, s)] for s in ("train", "val", "test"))]
     same = name in scored and all(_same(series[("loss", s)], series[(name, s)]) for s in ("train", "test"))
     panels = [("loss", f"loss (= {name})" if same else "loss")]
     panels += [(n, n) for n in scored if not (same and n == name)]
@@ -78,13 +79,13 @@ def curves_figure(record: Record, *, title: str = "", higher_is_better: bool | N
     for ax, (kind, label) in zip(axes, panels):
         _draw_panel(ax, kind, label, series)
     on_loss = same or name not in scored or higher_is_better is None
-    best = _best_epoch(series, name, on_loss, bool(higher_is_better))
+    best = _best_epoch(epochs, None if on_loss else higher_is_better, name)
     if best is not None:
-        epoch, value, kind = best
+        epoch, value, kind, part = best
         ax = axes[[k for k, _ in panels].index(kind)]
         ax.axvline(epoch, color="0.6", linestyle="--", linewidth=1)
         ax.plot([epoch], [value], marker="*", markersize=12, color="C3", linestyle="none",
-                label=f"best test: epoch {epoch} ({value:.4g})")
+                label=f"best {part}: epoch {epoch} ({value:.4g})")
         ax.legend()
     return fig
 
@@ -93,10 +94,12 @@ def _all_series(epochs: list, names: list[str]) -> Series:
     """Every curve: the losses, each metric's train and test scores, the learning rate."""
     series = {
         ("loss", "train"): _series(epochs, lambda e: e.get("train_loss")),
+        ("loss", "val"): _series(epochs, lambda e: (e.get("val_result") or {}).get("val_loss")),
         ("loss", "test"): _series(epochs, lambda e: (e.get("test_result") or {}).get("test_loss")),
     }
     for n in names:  # one panel per metric, the primary first
         series[(n, "train")] = _series(epochs, lambda e, n=n: scores(e, "train").get(n))
+        series[(n, "val")] = _series(epochs, lambda e, n=n: scores(e.get("val_result") or {}, "val").get(n))
         series[(n, "test")] = _series(epochs, lambda e, n=n: scores(e.get("test_result") or {}, "test").get(n))
     series[("lr", "lr")] = _series(epochs, lambda e: e.get("lr"))
     return series
@@ -120,15 +123,16 @@ def _draw_panel(ax: Any, kind: str, label: str, series: Series) -> None:
         ax.legend()
 
 
-def _best_epoch(series: Series, name: str, on_loss: bool, higher_is_better: bool) -> tuple[int, float, str] | None:
-    """The best test epoch (1-based), its value and the panel to mark it on: the test score's,
-    else the test loss's (lowest)."""
-    kind = "loss" if on_loss else name
-    points = series[(kind, "test")]
-    if not points:
-        return None
-    epoch, value = best_point(points, higher_is_better and kind != "loss")
-    return epoch, value, kind
+def _best_epoch(epochs: list, higher_is_better: bool | None, name: str) -> tuple[int, float, str, str] | None:
+    """The epoch to mark (1-based), its value, its panel and "val" or "test": the summary's
+    (:func:`~distlearn.command.record_numbers.best_epoch`): the best validation epoch, else the best
+    test epoch; by the score, or by the loss (lowest) when ``higher_is_better`` is None."""
+    for part in ("val", "test"):
+        best = best_epoch(epochs, part, higher_is_better)
+        if best is not None:
+            epoch, value, kind = best
+            return epoch + 1, value, name if kind == "score" else "loss", part
+    return None
 
 
 def _series(epochs: list, get: Callable[[Mapping[str, Any]], Any]) -> list[tuple[int, float]]:

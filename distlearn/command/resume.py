@@ -183,18 +183,23 @@ def completed_record(output_dir: Path, resolved: dict[str, Any], epoch: int, don
 
     A run that completed (``"status": "completed"`` in record.json) and is started again with the same
     ``n_epochs`` has nothing left to train: it is not resumed (a resume would open a new W&B run and
-    rewrite the outputs for no epoch). A larger ``n_epochs`` resumes it.
+    rewrite the outputs for no epoch). A larger ``n_epochs`` resumes it. A run that stopped early
+    (``run.early_stopping``) is complete whatever ``n_epochs`` says: its checkpoint is the one after
+    its ``stopped_epoch``.
     """
     from .files import read_record
 
     n_epochs = (resolved["learner_configs"].get("learner_parameters") or {}).get("n_epochs")
-    if done or not isinstance(n_epochs, int) or epoch < n_epochs:
+    if done or not isinstance(n_epochs, int):
         return None
     try:
         record = read_record(output_dir)  # with batches.jsonl's per-batch values, as the learner returned it
     except (OSError, ValueError, KeyError, AttributeError):
         return None  # stopped after the last checkpoint, before its outputs: resuming writes them
-    return record if isinstance(record, dict) and record.get("status") == "completed" else None
+    if not isinstance(record, dict) or record.get("status") != "completed":
+        return None
+    stopped = record.get("stopped_early") and record.get("stopped_epoch") == epoch - 1
+    return record if epoch >= n_epochs or stopped else None
 
 
 def say_complete(output_dir: Path, record: dict[str, Any], overwrite: bool = False) -> None:
@@ -204,10 +209,14 @@ def say_complete(output_dir: Path, record: dict[str, Any], overwrite: bool = Fal
     """
     epochs = len(record.get("training") or {})
     start_over = OVERWRITE_RESUMES if overwrite else "to start over, add run.resume=none run.overwrite=true"
+    more = f"to train more epochs, run the same command with {EPOCHS_KEY}=N (N > {epochs}); {start_over}"
+    if record.get("stopped_early"):  # more epochs would train none: early stopping decided
+        more = (f"run.early_stopping stopped it after epoch {int(record['stopped_epoch']) + 1} "
+                f"(best epoch {int(record['best_epoch']) + 1}); {start_over}")
     print(
         f"distlearn train: the run in {output_dir} is already complete ({epochs} epoch{'s' if epochs != 1 else ''}, "
         f'"status": "completed" in record.json): nothing trained, no tracking started, no output written.\n'
-        f"  to train more epochs, run the same command with {EPOCHS_KEY}=N (N > {epochs}); {start_over}\n"
+        f"  {more}\n"
         f"Output directory: {output_dir}",
         flush=True,
     )
@@ -231,9 +240,13 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[tuple
 
     Returns:
         ``(allowed, conflicts)``: changes a resumed run may make (``RESUME_MAY_CHANGE``), and the
-        others (model, optimizer, data, loss, metric, seeds), which make resuming wrong.
+        others (model, optimizer, data, loss, metric, seeds), which make resuming wrong. A ``run`` key
+        missing on either side (a checkpoint written before the key existed) counts as its default.
     """
-    a, b = _flatten(old), _flatten(new)
+    from ..experiment.defaults import RUN_DEFAULTS
+
+    defaults = _flatten({"run": RUN_DEFAULTS})
+    a, b = {**defaults, **_flatten(old)}, {**defaults, **_flatten(new)}
     allowed, conflicts = [], []
     for key in sorted(set(a) | set(b)):
         if a.get(key, "<unset>") == b.get(key, "<unset>"):

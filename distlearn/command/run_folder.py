@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .console import logger
+from ..training.selection import BEST_DIR, recover_best
 from .curves import write_curves
 from .files import STAGING, SWAPPING, recover_set, replace_set, split_batches, write_batches, write_config, \
     write_model, write_record
@@ -109,7 +110,8 @@ def prepare_output_dir(
             existing = []
         if existing:
             shown = ", ".join(existing[:6]) + (", ..." if len(existing) > 6 else "")
-            if not set(existing) & {*OUTPUT_FILES, STAGING, SWAPPING, "checkpoints", "wandb"}:  # nothing a run writes
+            written = {*OUTPUT_FILES, STAGING, SWAPPING, "checkpoints", "wandb", BEST_DIR}
+            if not set(existing) & written:  # nothing a run writes
                 raise OutputDirError(
                     f"run.output_dir {str(path)!r} is not empty and holds no distlearn run ({shown}). Nothing was "
                     f"changed. Choose a new or empty folder (run.output_dir=...), or write the run into it beside "
@@ -151,9 +153,10 @@ def recover_outputs(output_dir: str | Path | None) -> str | None:
     if output_dir is None:
         return None
     path = Path(output_dir).expanduser()
+    best = recover_best(path) if path.is_dir() else None  # a best/ swap a kill left (run.checkpoint.keep_best)
     outcome = recover_set(path)
     if outcome is None:
-        return None
+        return None if best is None else f"{path}: a process was killed while replacing best/: {best}"
     if outcome == "completed":
         return f"{path}: a process was killed while replacing the outputs; the new set was complete and is now in place"
     return f"{path}: a process was killed while writing new outputs; they were incomplete and removed, the earlier set stays"

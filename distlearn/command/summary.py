@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..training.records import Record, scores
-from .record_numbers import best_point, epochs_in_order, finite
+from .record_numbers import best_epoch, epochs_in_order, finite
 
 __all__ = ["summary_text"]
 
@@ -45,22 +45,33 @@ def summary_text(
         name = last.get("metric_name") or "score"
         lines.append(f"  epochs     {_time_line(record, epochs, wall_time)}")
         lines.append(f"  train      {_numbers(last.get('train_loss'), scores(last, 'train'))}")
-        tested = [(i, e["test_result"]) for i, e in epochs if e.get("test_result")]
-        if tested:
-            i, test = tested[-1]
-            lines.append(
-                f"  test       {_numbers(test.get('test_loss'), scores(test, 'test'))}"
-                + (f" (epoch {i + 1})" if i != last_epoch else "")
-            )
-            scored = [(i, t["test_score"]) for i, t in tested if finite(t.get("test_score")) is not None]
-            if higher_is_better is not None and len(scored) > 1:
-                best_i, best = best_point(scored, higher_is_better)
-                lines.append(f"  best test  {name} {best:.4f} at epoch {best_i + 1}")
+        for part in ("val", "test"):
+            done = [(i, e[f"{part}_result"]) for i, e in epochs if e.get(f"{part}_result")]
+            if done:
+                i, result = done[-1]
+                lines.append(f"  {part:<10} {_numbers(result.get(f'{part}_loss'), scores(result, part))}"
+                             + (f" (epoch {i + 1})" if i != last_epoch else ""))
+        lines += _best_line(epochs, name, higher_is_better)
+        if record.get("stopped_early"):
+            lines.append(f"  stopped    early, after epoch {int(record['stopped_epoch']) + 1} (run.early_stopping)")
         lines.append(f"  lr         {_fmt(last.get('lr'))} at the end")
     lines.append(f"  tracking   {_short_tracking(tracking, output_dir)}")
-    lines.append(f"  files      {', '.join(p.name for p in files)}")
+    kept = ", best/" if (Path(output_dir) / "best").is_dir() else ""  # run.checkpoint.keep_best
+    lines.append(f"  files      {', '.join(p.name for p in files)}{kept}")
     lines.append(f"Output directory: {output_dir}")
     return "\n".join(lines)
+
+
+def _best_line(epochs: list[tuple[int, Mapping[str, Any]]], name: str, higher_is_better: bool | None) -> list[str]:
+    """The best validation epoch (the one keep_best keeps: the primary score, or the loss without a
+    metric), else, without a validation split, the best test epoch by the metric; [] when none."""
+    chosen = best_epoch(epochs, "val", higher_is_better)
+    if chosen is not None:
+        i, value, kind = chosen
+        return [f"  best val   {name if kind == 'score' else 'loss'} {value:.4f} at epoch {i + 1}"]
+    tested = [i for i, e in epochs if e.get("test_result") and finite(e["test_result"].get("test_score")) is not None]
+    chosen = best_epoch(epochs, "test", higher_is_better) if higher_is_better is not None and len(tested) > 1 else None
+    return [] if chosen is None else [f"  best test  {name} {chosen[1]:.4f} at epoch {chosen[0] + 1}"]
 
 
 def _time_line(record: Mapping[str, Any], epochs: list[tuple[int, Mapping[str, Any]]], wall_time: float) -> str:

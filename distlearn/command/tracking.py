@@ -112,16 +112,19 @@ def epoch_metrics(epoch: int, summary: EpochRecord) -> dict[str, float]:
         epoch: The 0-based epoch.
         summary: ``record["training"][epoch]``: ``train_loss``, ``train_scores`` (every
             metric by name; else ``train_score`` under ``metric_name``), ``lr``,
-            ``samples_per_second``, ``time_cost`` and ``test_result`` (``test_loss``,
-            ``test_scores``) or None.
+            ``samples_per_second``, ``time_cost``, ``test_result`` (``test_loss``,
+            ``test_scores``) or None, and ``val_result`` (``val_loss``, ``val_scores``) when validated.
 
     Returns:
-        ``{"epoch", "train/loss", "train/<metric>" for each metric, "test/loss", "test/<metric>",
+        ``{"epoch", "train/loss", "train/<metric>" for each metric, "val/loss", "val/<metric>", "test/loss",
+        "test/<metric>",
         "lr", "samples_per_second", "epoch_time"}`` with missing or non-finite values left out.
     """
-    test = summary.get("test_result") or {}
-    values = {"train/loss": summary.get("train_loss"), "test/loss": test.get("test_loss")}
-    for part, by_name in (("train", scores(summary, "train")), ("test", scores(test, "test"))):
+    test, val = summary.get("test_result") or {}, summary.get("val_result") or {}
+    values = {"train/loss": summary.get("train_loss"), "val/loss": val.get("val_loss"),
+              "test/loss": test.get("test_loss")}
+    parts = (("train", scores(summary, "train")), ("val", scores(val, "val")), ("test", scores(test, "test")))
+    for part, by_name in parts:
         values.update({f"{part}/{name}": value for name, value in by_name.items()})
     values.update(lr=summary.get("lr"), samples_per_second=summary.get("samples_per_second"),
                   epoch_time=summary.get("time_cost"))

@@ -125,7 +125,7 @@ def _run(session: _Session, follows: Sequence[str]) -> dict[str, Any]:
         try:
             with checkpoints.catch_signals():
                 record = _fit(session.experiment, session.tracker, checkpoints,
-                              disable_tqdm=session.quiet or not sys.stderr.isatty())
+                              disable_tqdm=session.quiet or not sys.stderr.isatty(), output_dir=output_dir)
         except Interrupted as stopped:  # every rank: a checkpoint is saved; write what there is and say how to go on
             _stop(session, output_dir, stopped)
         record["status"] = "completed"
@@ -177,9 +177,10 @@ def _checkpoints(session: _Session, output_dir: Path) -> Any:
     )
 
 
-def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool) -> dict[str, Any]:
+def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool, output_dir: Path) -> dict[str, Any]:
     """``learner.train`` with per-epoch tracking; a refused first batch or a non-finite loss ends the command
     without a traceback."""
+    from ..experiment.selection_config import selection_of
     from ..training.batches import BatchError
     from ..training.learner import NonFiniteLossError
     from ..training.model_options import ModelOptionsError
@@ -193,6 +194,8 @@ def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool) ->
             on_epoch_end=tracker.log_epoch,
             checkpoints=checkpoints,
             nonfinite=experiment.run["nonfinite"],
+            display_step=experiment.run["display_step"],
+            selection=selection_of(experiment.run, output_dir),
         )
     except BatchError as exc:  # found before training on it, on every rank together: an input error (exit 2)
         raise RunError(f"the data does not fit the model or learner: {exc}") from None

@@ -9,7 +9,7 @@ from typing import Any
 from ..options import is_int
 
 # Parameters that every data set's loaders take (checked the same way everywhere).
-LOADER_PARAMETERS = ("batch_size", "test_size", "seed", "shuffle", "num_workers")
+LOADER_PARAMETERS = ("batch_size", "test_size", "val_size", "seed", "shuffle", "num_workers")
 
 
 def check_common(params: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -23,14 +23,16 @@ def check_common(params: Mapping[str, Any]) -> list[tuple[str, str]]:
         b = params["batch_size"]
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             problems.append(("batch_size", f"expected a positive int, got {b!r}"))
-    if "test_size" in params:
-        t = params["test_size"]
+    for key in ("test_size", "val_size"):
+        t = params.get(key)
+        if key not in params or t is None and key == "val_size":  # val_size null: no validation part
+            continue
         fraction = isinstance(t, float) and 0 < t < 1
         count = is_int(t) and t >= 1
         if not (fraction or count):
-            problems.append(
-                ("test_size", f"expected a fraction in (0, 1) or a row count >= 1, got {t!r}")
-            )
+            what = "a fraction of the training rows in (0, 1), a row count >= 1 or null" if key == "val_size" \
+                else "a fraction in (0, 1) or a row count >= 1"
+            problems.append((key, f"expected {what}, got {t!r}"))
     if "seed" in params:
         s = params["seed"]
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:

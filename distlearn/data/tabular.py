@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from ..options import did_you_mean
 from .checks import check_common, raise_first_problem
-from .splits import make_loaders, served_arrays, split_arrays
+from .splits import make_loaders, split_parts
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,10 @@ class _TabularData:
         shuffle: bool,
         standardize: bool,
         stratify: bool,
+        val_size: float | int | None = None,
     ) -> None:
         self.task = task
+        self.val_size = val_size
         self.batch_size = batch_size
         self.test_size = test_size
         self.seed = seed
@@ -92,31 +94,24 @@ class _TabularData:
         return self.n_classes if self.task == "classification" else 1
 
     def split(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Return ``(x_train, x_test, y_train, y_test)`` exactly as the loaders serve them."""
+        """Return ``(x_train, x_test, y_train, y_test)`` exactly as the loaders serve them (the
+        training part without the validation rows when ``val_size`` is set)."""
+        parts = self.parts()
+        return parts["train"][0], parts["test"][0], parts["train"][1], parts["test"][1]
+
+    def parts(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``{"train": (x, y), "test": (x, y)}``, and ``"val"`` with ``val_size``, as the loaders serve them."""
         x, y = self._arrays()
-        return split_arrays(
-            x,
-            y,
-            task=self.task,
-            test_size=self.test_size,
-            seed=self.seed,
-            standardize=self.standardize,
-            stratify=self.stratify,
-        )
+        return split_parts(x, y, task=self.task, test_size=self.test_size, val_size=self.val_size, seed=self.seed,
+                           standardize=self.standardize, stratify=self.stratify)
 
     def load(self) -> dict[str, DataLoader]:
-        """Return ``{"train_loader": DataLoader, "test_loader": DataLoader}`` (see module doc)."""
-        x_train, x_test, y_train, y_test = self.split()
+        """Return ``{"train_loader", "test_loader"}`` DataLoaders, and ``"val_loader"`` with ``val_size``."""
+        parts = self.parts()
+        (x_train, y_train), (x_test, y_test) = parts["train"], parts["test"]
         logger.debug("%r: %d train rows, %d test rows", self, len(x_train), len(x_test))
-        return make_loaders(
-            x_train,
-            x_test,
-            y_train,
-            y_test,
-            batch_size=self.batch_size,
-            shuffle=self.shuffle,
-            seed=self.seed,
-        )
+        return make_loaders(x_train, x_test, y_train, y_test, batch_size=self.batch_size, shuffle=self.shuffle,
+                            seed=self.seed, val=parts.get("val"))
 
 class SklearnDataset(_TabularData):
     """One of the data sets scikit-learn ships, split and standardised.
@@ -131,6 +126,8 @@ class SklearnDataset(_TabularData):
         shuffle: Shuffle the training loader every epoch.
         standardize: Standardise features with training-part statistics.
         stratify: Stratified split for classification.
+        val_size: A validation part held out of the training rows (a fraction in (0, 1), or a
+            row count), with the same seed and stratification; None: none.
 
     Raises:
         ValueError: If ``name`` is not a known data set (the message suggests the closest).
@@ -145,10 +142,12 @@ class SklearnDataset(_TabularData):
         shuffle: bool = True,
         standardize: bool = True,
         stratify: bool = True,
+        val_size: float | int | None = None,
     ) -> None:
-        raise_first_problem("SklearnDataset", self.check_parameters({"name": name}))
+        raise_first_problem("SklearnDataset", self.check_parameters({"name": name, "val_size": val_size}))
         self.name = name
-        super().__init__(SKLEARN_DATASETS[name], batch_size, test_size, seed, shuffle, standardize, stratify)
+        super().__init__(SKLEARN_DATASETS[name], batch_size, test_size, seed, shuffle, standardize, stratify,
+                         val_size)
 
     def _read(self) -> tuple[np.ndarray, np.ndarray]:
         import sklearn.datasets
@@ -188,7 +187,7 @@ class CSVDataset(_TabularData):
             are common in both).
         features: Feature columns to use; ``None`` for all but the target.
         delimiter: Field separator.
-        batch_size, test_size, seed, shuffle, standardize, stratify: As for
+        batch_size, test_size, seed, shuffle, standardize, stratify, val_size: As for
             ``SklearnDataset``.
 
     Raises:
@@ -209,13 +208,14 @@ class CSVDataset(_TabularData):
         shuffle: bool = True,
         standardize: bool = True,
         stratify: bool = True,
+        val_size: float | int | None = None,
     ) -> None:
-        raise_first_problem("CSVDataset", self.check_parameters({"task": task}))
+        raise_first_problem("CSVDataset", self.check_parameters({"task": task, "val_size": val_size}))
         self.path = Path(path)
         self.target = target
         self.features = None if features is None else list(features)
         self.delimiter = delimiter
-        super().__init__(task, batch_size, test_size, seed, shuffle, standardize, stratify)
+        super().__init__(task, batch_size, test_size, seed, shuffle, standardize, stratify, val_size)
 
     def _read(self) -> tuple[np.ndarray, np.ndarray]:
         with self.path.open(newline="") as f:
@@ -312,7 +312,7 @@ class NumpyDataset(_TabularData):
         y_path: The ``.npy`` file of targets when ``path`` is a ``.npy``.
         x_key, y_key: Array names in the ``.npz``.
         task: ``"classification"`` or ``"regression"``.
-        batch_size, test_size, seed, shuffle, standardize, stratify: As for ``SklearnDataset``.
+        batch_size, test_size, seed, shuffle, standardize, stratify, val_size: As for ``SklearnDataset``.
 
     Raises:
         ValueError: When the file is read: a missing array, or features and targets of different lengths.
@@ -331,12 +331,14 @@ class NumpyDataset(_TabularData):
         shuffle: bool = True,
         standardize: bool = True,
         stratify: bool = True,
+        val_size: float | int | None = None,
     ) -> None:
-        raise_first_problem("NumpyDataset", self.check_parameters({"path": path, "y_path": y_path, "task": task}))
+        raise_first_problem("NumpyDataset", self.check_parameters({"path": path, "y_path": y_path, "task": task,
+                                                                   "val_size": val_size}))
         self.path, self.y_path = Path(path), None if y_path is None else Path(y_path)
         self.x_key, self.y_key = x_key, y_key
         self._test: tuple[np.ndarray, np.ndarray] | None = None
-        super().__init__(task, batch_size, test_size, seed, shuffle, standardize, stratify)
+        super().__init__(task, batch_size, test_size, seed, shuffle, standardize, stratify, val_size)
 
     def _read(self) -> tuple[np.ndarray, np.ndarray]:
         if self.path.suffix == ".npz":
@@ -358,13 +360,14 @@ class NumpyDataset(_TabularData):
             self._n_train = n
         return x, y
 
-    def split(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(x_train, x_test, y_train, y_test)``: the file's own test part, else a seeded split."""
+    def parts(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """As ``SklearnDataset.parts``: the file's own test part, else a seeded split."""
         x, y = self._arrays()
         if self._test is None:
-            return super().split()
+            return super().parts()
         n = self._n_train
-        return served_arrays(x[:n], x[n:], y[:n], y[n:], task=self.task, standardize=self.standardize)
+        return split_parts(x[:n], y[:n], task=self.task, val_size=self.val_size, seed=self.seed,
+                           standardize=self.standardize, stratify=self.stratify, test=(x[n:], y[n:]))
 
     def __repr__(self) -> str:
         return f"NumpyDataset(path={str(self.path)!r}, seed={self.seed})"

@@ -49,6 +49,8 @@ class TextDataset:
         stride: Characters between window starts (default ``block_size``: no overlap).
         batch_size: Windows per batch (per process).
         test_size: Fraction of the text (from its end) for testing, in (0, 1).
+        val_size: Fraction of the training text (from its end, just before the test part) for
+            validation, in (0, 1); None: none. The parts never share a character.
         seed: Seed of the training order.
         shuffle: Shuffle the training windows every epoch.
         max_chars: Use only the first this many characters (small runs); None for all.
@@ -70,14 +72,16 @@ class TextDataset:
         shuffle: bool = True,
         max_chars: int | None = None,
         batch_format: str = "tuple",
+        val_size: float | None = None,
     ) -> None:
         raise_first_problem("TextDataset", self.check_parameters({
             "path": path, "block_size": block_size, "stride": stride, "batch_size": batch_size, "test_size": test_size,
-            "seed": seed, "shuffle": shuffle, "max_chars": max_chars, "batch_format": batch_format}))
+            "seed": seed, "shuffle": shuffle, "max_chars": max_chars, "batch_format": batch_format,
+            "val_size": val_size}))
         self.path = None if path is None else Path(path)
         self.block_size, self.stride = block_size, stride or block_size
         self.batch_size, self.test_size, self.seed, self.shuffle = batch_size, test_size, seed, shuffle
-        self.max_chars, self.batch_format = max_chars, batch_format
+        self.max_chars, self.batch_format, self.val_size = max_chars, batch_format, val_size
         self._text: str | None = None
         self.chars: list[str] = []
 
@@ -111,11 +115,19 @@ class TextDataset:
         return "".join(self.chars[int(i)] for i in ids)
 
     def parts(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training and test parts of the text as character ids."""
+        """The training and test parts of the text as character ids (training without the validation part)."""
+        named = self.named_parts()
+        return named["train"], named["test"]
+
+    def named_parts(self) -> dict[str, torch.Tensor]:
+        """``{"train", "test"}`` character ids, and ``"val"`` with ``val_size``: train | val | test in the text."""
         ids = torch.from_numpy(np.frombuffer(self.text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64))
         ids = torch.as_tensor(np.searchsorted(np.array([ord(c) for c in self.chars]), ids.numpy()))
         cut = int(len(ids) * (1 - self.test_size))
-        return ids[:cut], ids[cut:]
+        if self.val_size is None:
+            return {"train": ids[:cut], "test": ids[cut:]}
+        val_cut = int(cut * (1 - self.val_size))
+        return {"train": ids[:val_cut], "val": ids[val_cut:cut], "test": ids[cut:]}
 
     def whole_windows(self, ids: torch.Tensor) -> torch.Tensor:
         """Every window of ``ids``, ``block_size + 1`` characters each: ``(n, block_size + 1)``."""
@@ -123,7 +135,7 @@ class TextDataset:
         if len(ids) < span:
             raise ValueError(
                 f"TextDataset: a part of {len(ids)} characters is shorter than one window ({span}); "
-                "lower block_size or test_size, or use more text"
+                "lower block_size, test_size or val_size, or use more text"
             )
         return ids.unfold(0, span, self.stride)
 
@@ -133,15 +145,18 @@ class TextDataset:
         return w[:, :-1].contiguous(), w[:, 1:].contiguous()
 
     def load(self) -> dict[str, DataLoader]:
-        """``{"train_loader", "test_loader"}`` of ``(input_ids, labels)`` batches (fast path), or of
-        ``{"input_ids", "labels"}`` dicts with ``batch_format="dict"``."""
-        train, test = self.parts()
+        """``{"train_loader", "test_loader"}`` (and ``"val_loader"`` with ``val_size``) of
+        ``(input_ids, labels)`` batches (fast path), or of ``{"input_ids", "labels"}`` dicts with
+        ``batch_format="dict"``."""
+        parts = self.named_parts()
         if self.batch_format == "dict":
-            train_set, test_set = (TensorBatches(self.whole_windows(part).contiguous()) for part in (train, test))
-            return tensor_loaders(train_set, test_set, batch_size=self.batch_size, shuffle=self.shuffle,
-                                  seed=self.seed, collate_fn=causal_lm_batch)
-        return tensor_loaders(TensorBatches(*self.windows(train)), TensorBatches(*self.windows(test)),
-                              batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed)
+            sets = {k: TensorBatches(self.whole_windows(part).contiguous()) for k, part in parts.items()}
+            collate = causal_lm_batch
+        else:
+            sets = {k: TensorBatches(*self.windows(part)) for k, part in parts.items()}
+            collate = None
+        return tensor_loaders(sets["train"], sets["test"], batch_size=self.batch_size, shuffle=self.shuffle,
+                              seed=self.seed, collate_fn=collate, val=sets.get("val"))
 
     def unigram_loss(self) -> float:
         """Per-character loss (nats) on the test part of a model that knows only the training
@@ -160,15 +175,17 @@ class TextDataset:
     @staticmethod
     def check_parameters(params: Mapping[str, Any]) -> list[tuple[str, str]]:
         """Check parameter values without reading the text (used by config validation)."""
-        problems = check_loader_params({k: v for k, v in params.items() if k != "test_size"})
+        problems = check_loader_params({k: v for k, v in params.items() if k not in ("test_size", "val_size")})
         for key in ("block_size", "stride", "max_chars"):
             value = params.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 problems.append((key, f"expected a positive int{' or null' if key != 'block_size' else ''}, "
                                       f"got {value!r}"))
-        t = params.get("test_size")
-        if t is not None and not (isinstance(t, float) and 0 < t < 1):
-            problems.append(("test_size", f"expected a fraction of the text in (0, 1), got {t!r}"))
+        for key in ("test_size", "val_size"):
+            t = params.get(key)
+            if t is not None and not (isinstance(t, float) and 0 < t < 1):
+                what = "the training text" if key == "val_size" else "the text"
+                problems.append((key, f"expected a fraction of {what} in (0, 1), got {t!r}"))
         form = params.get("batch_format", "tuple")
         if form not in BATCH_FORMATS:
             problems.append(("batch_format", f"expected one of {list(BATCH_FORMATS)}, got {form!r}: 'dict' for "

@@ -32,7 +32,7 @@ class TorchDataset:
             that replay on resume and on any number of processes or workers (see
             :mod:`distlearn.data.randomness`). None: samples as the data set gives them.
         num_workers: Dataloader worker processes (0: load in the training process).
-        batch_size, test_size, seed, shuffle: As for ``SklearnDataset``.
+        batch_size, test_size, seed, shuffle, val_size: As for ``SklearnDataset``.
     """
 
     def __init__(
@@ -45,18 +45,21 @@ class TorchDataset:
         test_size: float | int = 0.2,
         seed: int = 0,
         shuffle: bool = True,
+        val_size: float | int | None = None,
         transform: str | Callable | None = None,
         num_workers: int = 0,
     ) -> None:
         raise_first_problem("TorchDataset", self.check_parameters({
             "dataset_class": dataset_class, "collate_fn": collate_fn, "batch_size": batch_size, "test_size": test_size,
-            "seed": seed, "shuffle": shuffle, "transform": transform, "num_workers": num_workers}))
+            "seed": seed, "shuffle": shuffle, "val_size": val_size, "transform": transform,
+            "num_workers": num_workers}))
         self.dataset_class = resolve_object(dataset_class, "dataset_class")
         self.collate_fn = resolve_object(collate_fn, "collate_fn")
         self.transform, self.num_workers = resolve_object(transform, "transform"), num_workers
         self.dataset_parameters = dict(dataset_parameters or {})
         self.test_parameters = None if test_parameters is None else dict(test_parameters)
         self.batch_size, self.test_size, self.seed, self.shuffle = batch_size, test_size, seed, shuffle
+        self.val_size = val_size
         self._train: Dataset | None = None
 
     @property
@@ -87,17 +90,23 @@ class TorchDataset:
         return getattr(self.dataset, "vocab_size", None)
 
     def load(self) -> dict[str, DataLoader]:
-        """``{"train_loader", "test_loader"}``."""
+        """``{"train_loader", "test_loader"}``, and ``"val_loader"`` with ``val_size`` (a seeded random
+        part of the training set, after the test part is taken)."""
         train = self.dataset
         if self.test_parameters is not None:
             test = self.dataset_class(**self.test_parameters)
         else:
             sizes = split_sizes(len(train), self.test_size)
             train, test = torch.utils.data.random_split(train, sizes, generator=torch.Generator().manual_seed(self.seed))
+        val = None
+        if self.val_size is not None:
+            sizes = split_sizes(len(train), self.val_size, "val_size")
+            generator = torch.Generator().manual_seed(self.seed)
+            train, val = torch.utils.data.random_split(train, sizes, generator=generator)
         if self.transform is not None:
             train = Transformed(train, self.transform, self.seed)
         return tensor_loaders(train, test, batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed,
-                              collate_fn=self.collate_fn, num_workers=self.num_workers)
+                              collate_fn=self.collate_fn, num_workers=self.num_workers, val=val)
 
     def __repr__(self) -> str:
         return f"TorchDataset({self.dataset_class.__qualname__})"

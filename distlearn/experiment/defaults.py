@@ -56,13 +56,17 @@ RUN_DEFAULTS: dict[str, Any] = {
     # mode None: online with W&B credentials, offline without
     "tracking": {"backend": "wandb", "project": "distlearn", "entity": None, "name": None, "mode": None},
     # every_n_steps / every_n_minutes None: checkpoints at epoch ends only (minutes: checked at display steps);
-    # keep_last: complete checkpoints kept; async: written in the background (the DDP path)
-    "checkpoint": {"every_n_steps": None, "every_n_minutes": None, "keep_last": DEFAULT_KEEP_LAST, "async": False},
+    # keep_last: complete checkpoints kept; async: written in the background (the DDP path);
+    # keep_best: the best validation epoch's weights in <output_dir>/best/ (needs data_parameters.val_size)
+    "checkpoint": {"every_n_steps": None, "every_n_minutes": None, "keep_last": DEFAULT_KEEP_LAST, "keep_best": False,
+                   "async": False},
     "resume": "auto",  # auto: the newest complete checkpoint in output_dir, else fresh; none; or a checkpoint path
     "timeout_s": DEFAULT_TIMEOUT_S,  # process-group timeout: a rank that never arrives ends the run after this long
     "nonfinite": "error",  # a NaN/inf training loss: error (stop) or skip (skip that optimizer step)
     # resuming on another number of processes: keep the global batch (global) or the per-process one
     "resume_batch": DEFAULT_RESUME_BATCH,
+    "display_step": 1,  # log, test and validate every this many epochs (and the last)
+    "early_stopping": None,  # or {patience: N, min_delta: x}: stop when validation stops improving
 }
 
 DEFAULT_CONFIG_NAME = "digits"

@@ -50,7 +50,7 @@ def check_run(run: Any, problems: list[str], elsewhere: Mapping[str, Sequence[st
             f"null (offline without W&B credentials, online with) or one of {list(TRACKING_MODES)}",
         )}, "run.tracking", problems)
     check_values(run, {
-        "checkpoint": (lambda v: isinstance(v, dict), "a mapping (every_n_steps, every_n_minutes, keep_last, async)"),
+        "checkpoint": (lambda v: isinstance(v, dict), "a mapping (every_n_steps, every_n_minutes, keep_last, keep_best, async)"),
         "resume": (lambda v: isinstance(v, str) and v.strip(),
                    f"one of {list(RESUME_MODES)} or the path of a checkpoint folder"),
         "timeout_s": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),

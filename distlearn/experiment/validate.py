@@ -29,6 +29,7 @@ from .load import first_line, interpolation_problems
 from .parameters import auto_sized, check_parameters, parameters_of, resolve_class, signature
 from .run_section import check_output_folder, check_run, check_timed_checkpoints
 from .weights import INIT_FROM, check_init_from
+from .selection_config import check_selection
 
 __all__ = ["section_entries", "validate_config"]
 
@@ -89,6 +90,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], *, check_output_dir: bo
                 check_parameters(cls, params, at, problems)
     check_run(c.get("run"), problems, elsewhere)
     check_timed_checkpoints(c.get("run"), c.get("learner_configs"), problems)
+    check_selection(c, problems)
     if check_output_dir:
         check_output_folder(c.get("run"), problems)
     if not problems:  # building an optimizer imports torch's compiler (~1-2 s): only once all else is right

@@ -264,8 +264,10 @@ def batched(batch: Any) -> Any:
 def tensor_loaders(
     train: Dataset, test: Dataset, *, batch_size: int, shuffle: bool, seed: int, collate_fn: Callable | None = None,
     num_workers: int = 0,
+    val: Dataset | None = None,
 ) -> dict[str, DataLoader]:
-    """``{"train_loader", "test_loader"}`` over two data sets; the training order seeded by ``seed``.
+    """``{"train_loader", "test_loader"}`` over two data sets (and ``"val_loader"`` over ``val``, in
+    order like the test's); the training order seeded by ``seed``.
 
     :class:`TensorBatches` get the batched fast path unless ``collate_fn`` is given (or workers).
     """
@@ -275,11 +277,17 @@ def tensor_loaders(
     def collate(data: Dataset) -> Callable | None:
         return collate_fn or (batched if isinstance(data, TensorBatches) else None)
 
-    return {
+    def in_order(data: Dataset) -> DataLoader:
+        return DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate(data), pin_memory=pin,
+                          num_workers=num_workers)
+
+    loaders = {
         "train_loader": DataLoader(
             train, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate(train),
             pin_memory=pin, num_workers=num_workers,
         ),
-        "test_loader": DataLoader(test, batch_size=batch_size, shuffle=False, collate_fn=collate(test), pin_memory=pin,
-                                  num_workers=num_workers),
+        "test_loader": in_order(test),
     }
+    if val is not None:
+        loaders["val_loader"] = in_order(val)
+    return loaders

@@ -27,7 +27,7 @@ import copy
 import logging
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -51,6 +51,7 @@ from .preparation import check_device, check_loader, resume_loader, split_loader
 from .progress import marker_fields, rank_state, restore, set_rng_states
 from .records import EpochRecord, Record, TestResult
 from .scoring import fresh_metric
+from .selection import Chooser, Selection, new_chooser, recover_best, val_fields
 from .steps import (
     TrainRun, account_batch, backward, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step,
     step_scheduler_per_epoch, stepper,
@@ -161,6 +162,7 @@ class BackwardLearner:
         self.step = 0  # optimizer steps taken, counted like epoch
         self._resume = False  # set by load_state_dict(): the next train() continues from epoch/step
         self._global_batch = 0  # samples per optimizer micro-step over all ranks, set by _prepare()
+        self._chooser: Chooser | None = None  # the validation's choice in the running train()
 
     def accelerator(self, device: str | torch.device | None = None) -> Accelerator:
         """The Accelerator this learner trains with, built on first use (this starts the process group)."""
@@ -200,6 +202,7 @@ class BackwardLearner:
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
         checkpoints: Checkpoints | None = None,
         nonfinite: str = "error",
+        selection: Selection | None = None,
     ) -> Record:
         """Train ``model`` for ``n_epochs``; returns the training record (identical on every rank).
 
@@ -210,8 +213,10 @@ class BackwardLearner:
         Args:
             model: an ``nn.Module`` called as ``model(features)``, ``model(*inputs)`` or
                 ``model(**batch)`` (see :mod:`distlearn.batches`).
-            data_loader: ``{"train_loader": ..., "test_loader": ...}`` or one training loader;
-                batches are ``(features, labels)``, ``(input_1, ..., input_k, labels)`` or dicts.
+            data_loader: ``{"train_loader": ..., "test_loader": ..., "val_loader": ...}`` (test and
+                validation optional) or one training loader; the validation loader is evaluated with
+                the test's schedule, and the record names its best epoch; batches are
+                ``(features, labels)``, ``(input_1, ..., input_k, labels)`` or dicts.
             device: None lets Accelerate choose; honoured on a single process.
             metric: a :class:`~distlearn.metrics.Metric` (left untouched: copies accumulate).
             test_check: test after every ``display_step``-th epoch and the last one.
@@ -228,6 +233,9 @@ class BackwardLearner:
                 epoch and step; no checkpoint of the broken state is saved), or ``"skip"``: every rank
                 skips that optimizer step, the batch counts with weight 0, and the epoch's record says
                 ``skipped_steps``. Skip checks the gradients once per optimizer step (one host sync).
+            selection: keep the best validation epoch's weights and stop early
+                (:class:`~distlearn.training.selection.Selection`); needs a ``val_loader``. The
+                patience and the best score are saved in checkpoints.
 
         Returns:
             ``{"preparation": {...}, "training": {epoch: {...}}}``, see the README.
@@ -240,6 +248,7 @@ class BackwardLearner:
         begin = time.time()
         train_loader, test_loader = split_loaders(data_loader)
         metric = fresh_metric(metric)
+        self._chooser = new_chooser(selection, metric, data_loader)  # with a "val_loader"; else None
         check_int("display_step", display_step, 1)
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
@@ -254,7 +263,7 @@ class BackwardLearner:
         stop = None  # the signal every rank agreed to stop on (see Checkpoints.catch_signals)
         saved = None
 
-        for epoch in range(first_epoch, self.n_epochs):
+        for epoch in self._epochs():
             accounting, done = self._begin_epoch(run, epoch, resumed if epoch == first_epoch else None)
             batches, run.bar = epoch_batches(run.loader, epoch, self.n_epochs, done,
                                              not disable_tqdm and run.accelerator.is_main_process,
@@ -283,9 +292,9 @@ class BackwardLearner:
                     logger.info(describe_epoch(epoch, self.n_epochs, summary))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, summary)
-            if stop and epoch + 1 < self.n_epochs:
-                raise Interrupted(stop, record, saved)
-        return record
+            if stop and self._more_epochs():
+                raise Interrupted(stop, self._with_choice(record), saved)
+        return self._with_choice(record)
 
     def test(
         self,
@@ -380,6 +389,22 @@ class BackwardLearner:
         return TrainRun(accelerator, model, optimizer, scheduler, loader, batches, metric, keep_ignored, train_idx,
                         checkpoints, nonfinite, stepper(accelerator, optimizer))
 
+    def _epochs(self) -> Iterator[int]:
+        """The epochs to train, from ``self.epoch`` on (each epoch's end moves it)."""
+        while self._more_epochs():
+            yield self.epoch
+
+    def _more_epochs(self) -> bool:
+        """Whether an epoch is left: ``n_epochs`` not reached, and early stopping has not ended the run
+        (decided from the reduced validation score: the same epoch on every rank; after a resume too)."""
+        return self.epoch < self.n_epochs and not (self._chooser is not None and self._chooser.stopped)
+
+    def _with_choice(self, record: Record) -> Record:
+        """``record`` with the validation's choice (``best_epoch``, ..., ``stopped_early``), if any."""
+        if self._chooser is not None:
+            record.update(self._chooser.record_fields(self.n_epochs))
+        return record
+
     def _resume_point(self, run: TrainRun, record: Record, test_loader: Any, train_loader: Any) -> dict[str, Any] | None:
         """Where training starts: a checkpoint's position, the counters of :meth:`load_state_dict`, or 0.
 
@@ -391,16 +416,25 @@ class BackwardLearner:
             restored by :meth:`_begin_epoch`), else None.
         """
         checkpoints = run.checkpoints
+        keep_best = None if self._chooser is None else self._chooser.selection.keep_best
         if checkpoints is None or checkpoints.resume_from is None:
             if not self._resume:
                 self.epoch = self.step = 0
             self._resume = False
+            if keep_best is not None and run.accelerator.is_main_process:
+                recover_best(keep_best, fresh=True)  # a fresh run: no earlier run's best/
             return None
         self._resume = False
-        if test_loader is not None:  # the loaders prepared in the order they were saved in
-            self._prepare_loader(run.accelerator, test_loader, evaluation=True)
+        val_loader = None if self._chooser is None else self._chooser.loader
+        for loader in (val_loader, test_loader):  # the loaders prepared in the order they were saved in
+            if loader is not None:
+                self._prepare_loader(run.accelerator, loader, evaluation=True)
         progress = restore(checkpoints, run.accelerator, run.metric, train_loader, record)
         self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
+        if self._chooser is not None:
+            self._chooser.load_state_dict(progress.get("selection"))
+            if keep_best is not None and run.accelerator.is_main_process:
+                recover_best(keep_best)
         return progress
 
     def _begin_epoch(self, run: TrainRun, epoch: int, resumed: Mapping[str, Any] | None) -> tuple[EpochAccounting, int]:
@@ -478,17 +512,22 @@ class BackwardLearner:
         accounting.running_loss(done, epoch)  # a collective; raises on every rank on a NaN
         saved = self._save(run, epoch, done, accounting, record, wait=bool(stop))
         if stop:
-            raise Interrupted(stop, record, saved)
+            raise Interrupted(stop, self._with_choice(record), saved)
 
     def _epoch_record(self, run: TrainRun, totals: EpochTotals, accounting: EpochAccounting, epoch: int,
                       can_test: bool, display_step: int, test_loader: Any, test_idx: Any) -> EpochRecord:
-        """The epoch's record: its reduced numbers, lr and steps, and its test when due; steps a per-epoch scheduler."""
+        """The epoch's record: its reduced numbers, lr and steps, its validation and test when due (the
+        validation chooses, see :mod:`.selection`); steps a per-epoch scheduler."""
         summary = totals.record
         summary.update(lr=float(run.lr), optimizer_steps=self.step)
         if run.nonfinite == "skip":
             summary["skipped_steps"] = accounting.skipped_steps
         plateau = isinstance(getattr(run.scheduler, "scheduler", None), ReduceLROnPlateau)
         due = epoch % display_step == 0 or epoch == self.n_epochs - 1 or plateau  # plateau needs it every epoch
+        if self._chooser is not None and due:  # before the test: the loaders' preparation order is fixed
+            result = self.test(run.model, self._chooser.loader, None, run.metric, False, test_idx)
+            summary["val_result"] = val_fields(result)
+            self._chooser.take(epoch, summary["val_result"], run.accelerator, run.model)
         if can_test and due:
             summary["test_result"] = self.test(run.model, test_loader, None, run.metric, False, test_idx)
         if run.scheduler is not None and self.scheduler_interval == "epoch":
@@ -504,6 +543,7 @@ class BackwardLearner:
             epoch=epoch, step=self.step, batches_done=batches_done, global_batch=self._global_batch,
             world_size=accelerator.num_processes, rank=accelerator.process_index, accounting=accounting,
             metric=None if accounting is None else run.metric, record=record, seed=self.seed,
+            selection=None if self._chooser is None else self._chooser.state_dict(),
         )
         state["data"] = data_position(run.loader, batches_done)  # a stateful iterable data set's, else None
         return run.checkpoints.save(accelerator, state, marker_fields(state), wait=wait)

@@ -24,12 +24,15 @@ __all__ = ["derived_seed", "marker_fields", "rank_state", "reshard", "restore", 
 
 
 def rank_state(*, epoch: int, step: int, batches_done: int, global_batch: int, world_size: int, rank: int,
-               accounting: EpochAccounting | None, metric: Any, record: Mapping[str, Any], seed: int) -> dict[str, Any]:
+               accounting: EpochAccounting | None, metric: Any, record: Mapping[str, Any], seed: int,
+               selection: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """This rank's progress for a checkpoint; the learner restores it on resume.
 
     The position is kept two ways: ``batches_done`` (batches of ``epoch`` each rank has trained
     on) and ``samples_done``, the offset in the epoch's global sample order, which does not
     depend on the number of processes. ``accounting`` and ``metric`` are None at an epoch's end.
+    ``selection`` is the validation's choice so far (best epoch and score, patience), the same on
+    every rank (:meth:`~distlearn.training.selection.Chooser.state_dict`).
     """
     return {
         "epoch": epoch,
@@ -44,6 +47,7 @@ def rank_state(*, epoch: int, step: int, batches_done: int, global_batch: int, w
         "record": copy.deepcopy(record),
         "rng": rng_states(),
         "seed": seed,
+        "selection": None if selection is None else dict(selection),
     }
 
 

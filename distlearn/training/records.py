@@ -53,6 +53,8 @@ class EpochRecord(TypedDict, total=False):
     skipped_steps: int  # with nonfinite="skip" only
     batch_records: dict[int, BatchRecord]
     test_result: TestResult | None
+    val_result: dict[str, Any]  # with a val_loader, when evaluated: val_loss, val_score, val_scores, time_cost,
+                                # metric_name (test()'s fields, on the validation split)
 
 
 class Record(TypedDict, total=False):
@@ -62,10 +64,16 @@ class Record(TypedDict, total=False):
                                  # ({"epoch", "batches_done", "optimizer_step"})
     training: dict[int, EpochRecord]
     status: Literal["completed", "interrupted"]
+    best_epoch: int | None  # with a val_loader: the best validation epoch (0-based), see training/selection.py
+    best_score: float | None  # its score: the primary metric's validation value, or the validation loss
+    best_metric: str  # that score's name ("loss" without a metric)
+    stopped_early: bool  # with early stopping: whether it stopped before n_epochs
+    stopped_epoch: int  # when it did: the last epoch trained (0-based)
 
 
-def scores(part: Mapping[str, Any], which: Literal["train", "test"]) -> dict[str, Any]:
-    """Every metric's value by name in an epoch record (``which="train"``) or a test result (``"test"``).
+def scores(part: Mapping[str, Any], which: Literal["train", "test", "val"]) -> dict[str, Any]:
+    """Every metric's value by name in an epoch record (``which="train"``), a test result (``"test"``)
+    or a validation result (``"val"``).
 
     Records written before ``*_scores`` existed hold only the primary's ``*_score``.
     """

@@ -97,12 +97,15 @@ def account_batch(result: BatchResult, accounting: EpochAccounting, metric: Metr
 
 
 def step_scheduler_per_epoch(scheduler: Any, summary: Mapping[str, Any]) -> None:
-    """The epoch's scheduler step; ReduceLROnPlateau gets the global test loss (else the train loss)."""
+    """The epoch's scheduler step; ReduceLROnPlateau gets the global validation loss where there is a
+    validation split (deciding on the test data would leak it), else the test loss, else the train loss."""
     if not isinstance(scheduler.scheduler, ReduceLROnPlateau):
         scheduler.step()
         return
-    test = summary["test_result"]
-    scheduler.step(test["test_loss"] if test is not None and test["test_loss"] is not None else summary["train_loss"])
+    part = "val" if summary.get("val_result") else "test"
+    result = summary.get(f"{part}_result")
+    loss = None if result is None else result[f"{part}_loss"]
+    scheduler.step(loss if loss is not None else summary["train_loss"])
 
 
 class DirectSteps:
@@ -191,12 +194,13 @@ def describe_epoch(epoch: int, n_epochs: int, summary: EpochRecord) -> str:
     text = f"epoch {epoch + 1}/{n_epochs}: train_loss {summary['train_loss']:.6g}"
     for name, value in scores(summary, "train").items():
         text += f", train_{name} {_number(value)}"
-    test = summary["test_result"]
-    if test is not None:
-        if test["test_loss"] is not None:
-            text += f", test_loss {test['test_loss']:.6g}"
-        for name, value in scores(test, "test").items():
-            text += f", test_{name} {_number(value)}"
+    for part, result in (("val", summary.get("val_result")), ("test", summary["test_result"])):
+        if result is None:
+            continue
+        if result[f"{part}_loss"] is not None:
+            text += f", {part}_loss {result[f'{part}_loss']:.6g}"
+        for name, value in scores(result, part).items():
+            text += f", {part}_{name} {_number(value)}"
     return text + f", lr {summary['lr']:.4g}, {summary['samples_per_second'] or 0:.0f} samples/s"
 
 
