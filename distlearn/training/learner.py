@@ -286,7 +286,7 @@ class BackwardLearner:
             record["training"][epoch] = summary
             self.epoch = epoch + 1
             if checkpoints is not None:  # before the tracker hears of the epoch: a resumed run never logs it twice
-                saved = self._save(run, epoch + 1, 0, None, record, wait=bool(stop) or epoch + 1 == self.n_epochs)
+                saved = self._save(run, epoch + 1, 0, None, record, wait=bool(stop) or not self._more_epochs())
             if epoch % display_step == 0 or epoch == self.n_epochs - 1:
                 if run.accelerator.is_main_process:
                     logger.info(describe_epoch(epoch, self.n_epochs, summary))
