@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..training.records import Record, scores
+from ..training.throughput import describe
 from .record_numbers import best_point, epochs_in_order, finite
 
 __all__ = ["summary_text"]
@@ -57,6 +58,8 @@ def summary_text(
                 best_i, best = best_point(scored, higher_is_better)
                 lines.append(f"  best test  {name} {best:.4f} at epoch {best_i + 1}")
         lines.append(f"  lr         {_fmt(last.get('lr'))} at the end")
+        if last.get("throughput"):
+            lines.append(f"  throughput {describe(last['throughput'])} (epoch {last_epoch + 1})")
     lines.append(f"  tracking   {_short_tracking(tracking, output_dir)}")
     lines.append(f"  files      {', '.join(p.name for p in files)}")
     lines.append(f"Output directory: {output_dir}")

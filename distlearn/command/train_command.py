@@ -179,6 +179,7 @@ def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool) ->
     without a traceback."""
     from ..training.batches import BatchError
     from ..training.learner import NonFiniteLossError
+    from ..training.throughput import Monitor
 
     try:
         return experiment.learner.train(
@@ -189,6 +190,7 @@ def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool) ->
             on_epoch_end=tracker.log_epoch,
             checkpoints=checkpoints,
             nonfinite=experiment.run["nonfinite"],
+            monitor=Monitor(peak_tflops=experiment.run.get("peak_tflops"), on_running_loss=tracker.log_step),
         )
     except BatchError as exc:  # found before training on it, on every rank together: an input error (exit 2)
         raise RunError(f"the data does not fit the model or learner: {exc}") from None

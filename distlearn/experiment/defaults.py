@@ -62,6 +62,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "nonfinite": "error",  # a NaN/inf training loss: error (stop) or skip (skip that optimizer step)
     # resuming on another number of processes: keep the global batch (global) or the per-process one
     "resume_batch": DEFAULT_RESUME_BATCH,
+    # one device's dense peak TFLOP/s for MFU; null: the table in runtime/peaks.py, where the device is listed
+    "peak_tflops": None,
 }
 
 DEFAULT_CONFIG_NAME = "digits"

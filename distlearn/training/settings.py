@@ -14,7 +14,7 @@ from typing import Any
 
 from ..options import MIXED_PRECISION, SCHEDULER_INTERVALS, is_int, is_number
 
-__all__ = ["CONFIG_CHECKS", "OPTION_RANGES", "OptionRange", "check_learner_options"]
+__all__ = ["CONFIG_CHECKS", "OPTION_RANGES", "RUN_CHECKS", "OptionRange", "check_learner_options"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,11 @@ OPTION_RANGES: dict[str, OptionRange] = {
     "mixed_precision": OptionRange(
         lambda v: v in MIXED_PRECISION, True, f"one of {MIXED_PRECISION}", f"one of {list(MIXED_PRECISION)}"
     ),
+    # train(monitor=Monitor(peak_tflops=...)) and run.peak_tflops: one device's dense peak TFLOP/s
+    "peak_tflops": OptionRange(
+        lambda v: is_number(v) and 0 < v < float("inf"), True, "None or a finite number > 0 (one device's TFLOP/s)",
+        "null (the known peak of the device, if any) or a finite number > 0 (one device's TFLOP/s)",
+    ),
     "scheduler_interval": OptionRange(
         lambda v: v in SCHEDULER_INTERVALS, False,
         f"one of {SCHEDULER_INTERVALS}", f"one of {list(SCHEDULER_INTERVALS)}",
@@ -73,6 +78,10 @@ CONFIG_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scheduler_interval": _config_check("scheduler_interval"),
     "seed": _config_check("seed", null_ok=True),
 }
+
+
+# The run section's keys that are learner options too (``run.peak_tflops`` reaches ``train(monitor=...)``).
+RUN_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {"peak_tflops": _config_check("peak_tflops")}
 
 
 def check_learner_options(**options: Any) -> None:

@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..accumulators import Mean, Sum
 from ..runtime.peaks import find_peak, precision_of
+from .settings import check_learner_options
 
 __all__ = ["EpochTimer", "Monitor", "add_seconds", "count_flops", "describe", "epoch_accumulators", "flops_per_sample",
            "peak_tflops", "throughput_block"]
@@ -60,9 +61,7 @@ class Monitor:
     on_running_loss: Callable[[int, float, float], None] | None = None
 
     def __post_init__(self) -> None:
-        value = self.peak_tflops
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-            raise ValueError(f"peak_tflops must be None or a number > 0 (TFLOP/s of one device), got {value!r}")
+        check_learner_options(peak_tflops=self.peak_tflops)
 
 
 class EpochTimer:
@@ -239,10 +238,17 @@ def add_seconds(block: dict[str, Any], part: str, seconds: float) -> None:
         block["device_busy"] = block["device_step_seconds"] / total if total > 0 else 0.0
 
 
-def describe(block: Mapping[str, Any] | None) -> str:
-    """A short text of the block for the console line and the summary: tokens/s, MFU, where the time went."""
+def describe(block: Mapping[str, Any] | None, brief: bool = False) -> str:
+    """The block as text: tokens/s, MFU (or TFLOP/s), where the time went and the peak memory for the
+    summary; ``brief`` (the epoch's console line): tokens/s, MFU and the share spent waiting for data."""
     if not block:
         return ""
+    if brief:
+        split = block.get("time_split") or {}
+        parts = [f"{block['tokens_per_second']:,.0f} tokens/s" if block.get("tokens_per_second") else "",
+                 f"MFU {100 * block['mfu']:.1f}%" if block.get("mfu") is not None else "",
+                 f"data wait {100 * split['data_wait']:.0f}%" if "data_wait" in split else ""]
+        return ", ".join(p for p in parts if p)
     parts = []
     if block.get("tokens_per_second"):
         parts.append(f"{block['tokens_per_second']:,.0f} tokens/s")
