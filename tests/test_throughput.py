@@ -39,10 +39,17 @@ def _loaders(n: int = 90, batch: int = 12) -> dict:
     return {"train_loader": DataLoader(data, batch_size=batch, shuffle=True), "test_loader": DataLoader(data, 30)}
 
 
+class Noise(nn.Module):
+    """Draws from the RNG in train and eval mode alike (as a sampling layer does)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.01 * torch.randn_like(x)
+
+
 def _mlp(noisy: bool = False) -> nn.Module:
     torch.manual_seed(1)
-    if noisy:  # dropout draws from the RNG; batch norm updates its running statistics in train mode
-        return nn.Sequential(nn.Linear(IN, HIDDEN), nn.BatchNorm1d(HIDDEN), nn.ReLU(), nn.Dropout(0.3),
+    if noisy:  # dropout and Noise draw from the RNG; batch norm updates its running statistics in train mode
+        return nn.Sequential(nn.Linear(IN, HIDDEN), nn.BatchNorm1d(HIDDEN), nn.ReLU(), nn.Dropout(0.3), Noise(),
                              nn.Linear(HIDDEN, OUT))
     return nn.Sequential(nn.Linear(IN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, OUT))
 
@@ -73,7 +80,7 @@ def test_flops_per_sample_is_the_hand_count_of_an_mlp(fresh_accelerate):
 
 
 def test_counting_flops_leaves_the_run_bitwise_unchanged(fresh_accelerate):
-    """Dropout and batch norm: a count that drew a dropout mask or updated the norm's statistics
+    """Dropout, noise and batch norm: a count that drew from the RNG or updated the norm's statistics
     would change every later number."""
     runs = []
     for measure in (True, False):
