@@ -49,8 +49,9 @@ from .preparation import check_device, check_loader, resume_loader, split_loader
 from .progress import marker_fields, rank_state, restore, set_rng_states
 from .records import EpochRecord, Record, TestResult
 from .scoring import fresh_metric
-from .throughput import EpochTimer, Monitor, add_seconds, epoch_accumulators, flops_per_sample, peak_tflops
-from .throughput import throughput_block
+from .throughput import (
+    SHARDED, EpochTimer, Monitor, add_seconds, epoch_accumulators, flops_per_sample, peak_tflops, throughput_block,
+)
 from .steps import (
     TrainRun, account_batch, backward, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step,
     step_scheduler_per_epoch, stepper,
@@ -478,8 +479,11 @@ class BackwardLearner:
             monitor.on_running_loss(self.step, running, float(run.lr))
         return signalled
 
-    def _count_flops(self, run: TrainRun, batch: Any, accounting: EpochAccounting) -> float:
-        """The model's FLOPs per sample on this batch (forward and backward), left out of the epoch's clock."""
+    def _count_flops(self, run: TrainRun, batch: Any, accounting: EpochAccounting) -> float | None:
+        """The model's FLOPs per sample on this batch (forward and backward), left out of the epoch's clock;
+        None where the parameters are sharded (the unwrapped module holds only this rank's shard)."""
+        if run.accelerator.distributed_type in SHARDED:
+            return None
         began = time.time()
         module = run.accelerator.unwrap_model(run.model)  # no DDP hook fires; Accelerate's autocast stays
         flops = flops_per_sample(module, run.batches, batch, run.train_idx)

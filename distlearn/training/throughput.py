@@ -37,9 +37,11 @@ from ..accumulators import Mean, Sum
 from ..runtime.peaks import find_peak, precision_of
 from .settings import check_learner_options
 
-__all__ = ["EpochTimer", "Monitor", "add_seconds", "count_flops", "describe", "epoch_accumulators", "flops_per_sample",
+__all__ = ["SHARDED", "EpochTimer", "Monitor", "add_seconds", "count_flops", "describe", "epoch_accumulators", "flops_per_sample",
            "peak_tflops", "throughput_block"]
 
+# Where the parameters are sharded: the unwrapped module cannot run alone, so no FLOP count.
+SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
 _PARTS = ("data_wait", "steps", "checkpoints")  # the pass's host-timed parts (evaluation is timed by test())
 
 
