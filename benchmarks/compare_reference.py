@@ -25,7 +25,8 @@ Compared per (config, processes):
   on the same config (all five configs, 1 and 2 processes, diffed key by key); nothing else did:
   ``preparation_time_cost`` (set-up seconds), ``start_time``/``end_time`` (epoch wall-clock
   timestamps), ``time_cost`` (seconds of an epoch, of a batch and of a test pass), ``time`` (a
-  batch's timestamp) and ``samples_per_second`` (samples / epoch seconds).
+  batch's timestamp) and ``samples_per_second`` (samples / epoch seconds); and ``throughput``, each epoch's
+  measurements (seconds per part, peak memory, FLOPs, MFU: see the README), which the reference predates.
 - ``model.safetensors``: the same tensor names, and every tensor of the same dtype, shape and bytes.
 
 One table row per (config, processes), the first difference given as reference vs current. The
@@ -50,7 +51,7 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_KEYS = frozenset({"preparation_time_cost", "start_time", "end_time", "time_cost", "time",
-                         "samples_per_second"})
+                         "samples_per_second", "throughput"})
 # Left behind by an outer launch, these would make a run join another group or change precision.
 OUTER_LAUNCH = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                 "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "DISTLEARN_RUN_ID", "SLURM_JOB_ID",

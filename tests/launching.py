@@ -68,8 +68,8 @@ def run_script(script: Path, procs: int, run_dir: Path, result: Path, kill: str 
 
 
 def without_clocks(record):
-    """The record with every clock reading (times, durations, speeds) left out."""
+    """The record with every clock reading (times, durations, speeds, the throughput block) left out."""
     if isinstance(record, dict):
         return {k: without_clocks(v) for k, v in record.items()
-                if "time" not in k and k not in ("samples_per_second", "preparation")}
+                if "time" not in k and k not in ("samples_per_second", "preparation", "throughput")}
     return record

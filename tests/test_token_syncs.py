@@ -168,9 +168,10 @@ def train_records(rank: int, world: int, metric, label_shift: int) -> dict:
 
 
 def _numbers(value):
-    """The record without its clock readings (times, rates)."""
+    """The record without its clock readings (times, rates, the throughput block)."""
     if isinstance(value, dict):
-        return {k: _numbers(v) for k, v in value.items() if "time" not in str(k) and "per_second" not in str(k)}
+        return {k: _numbers(v) for k, v in value.items()
+                if "time" not in str(k) and "per_second" not in str(k) and k != "throughput"}
     return value
 
 

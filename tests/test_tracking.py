@@ -59,8 +59,9 @@ def wandb_records(path: Path):
 
 
 def read_wandb_run(path: Path) -> dict:
-    """The run's project, name, config and history rows (step -> {key: value}) from its .wandb file."""
-    out = {"config": {}, "history": {}}
+    """The run's project, name, config, per-epoch history rows (epoch -> {key: value}) and running-loss
+    rows (``steps``, in order) from its .wandb file."""
+    out = {"config": {}, "history": {}, "steps": []}
     for record in wandb_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -70,7 +71,10 @@ def read_wandb_run(path: Path) -> dict:
             items = record.config.update
         elif kind == "history":
             row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
-            out["history"][row["_step"]] = row
+            if "epoch" in row:  # the epoch axis (W&B's _step only counts rows)
+                out["history"][row["epoch"]] = row
+            else:
+                out["steps"].append(row)
             continue
         else:
             continue

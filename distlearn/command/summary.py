@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..training.records import Record, scores
+from ..training.throughput import describe
 from .record_numbers import best_epoch, epochs_in_order, finite
 
 __all__ = ["summary_text"]
@@ -55,6 +56,8 @@ def summary_text(
         if record.get("stopped_early"):
             lines.append(f"  stopped    early, after epoch {int(record['stopped_epoch']) + 1} (run.early_stopping)")
         lines.append(f"  lr         {_fmt(last.get('lr'))} at the end")
+        if last.get("throughput"):
+            lines.append(f"  throughput {describe(last['throughput'])} (epoch {last_epoch + 1})")
     lines.append(f"  tracking   {_short_tracking(tracking, output_dir)}")
     kept = ", best/" if (Path(output_dir) / "best").is_dir() else ""  # run.checkpoint.keep_best
     lines.append(f"  files      {', '.join(p.name for p in files)}{kept}")

@@ -18,6 +18,12 @@ no network ``wandb.init`` blocks ~90 s; with no key and online mode it fails):
    ``WANDB_IDENTITY_TOKEN_FILE``, or a ``.netrc`` entry for the W&B host, the
    places ``wandb`` itself reads) and ``offline`` when none are.
 
+Two step axes, declared with ``wandb.define_metric``: the per-epoch numbers are plotted against
+``epoch``, the running loss (``running/loss``, every ``display_every_n_steps`` steps) against
+``global_step`` (optimizer steps). W&B's own ``_step`` only counts rows, so neither axis has to
+increase with the other. A resumed run logs no epoch twice (its checkpoint is saved before the
+epoch is logged) and, online, no global step at or below the last one the W&B run holds.
+
 An offline run is written under ``WANDB_DIR`` (default: the run's output
 folder) as ``wandb/offline-run-*``; upload it later with ``wandb sync`` (the summary's line
 names every folder of a resumed run, oldest first).
@@ -35,6 +41,7 @@ from urllib.parse import urlsplit
 
 from ..training.records import EpochRecord, scores
 from .record_numbers import finite
+from .tracking_axes import define_axes, throughput_metrics
 
 __all__ = [
     "NoOpTracker", "RunTracker", "Tracker", "accelerator_kwargs", "epoch_metrics", "make_tracker", "resolve_mode",
@@ -117,8 +124,8 @@ def epoch_metrics(epoch: int, summary: EpochRecord) -> dict[str, float]:
 
     Returns:
         ``{"epoch", "train/loss", "train/<metric>" for each metric, "val/loss", "val/<metric>", "test/loss",
-        "test/<metric>",
-        "lr", "samples_per_second", "epoch_time"}`` with missing or non-finite values left out.
+        "test/<metric>", "lr", "samples_per_second", "epoch_time", "throughput/..."}`` with missing or
+        non-finite values left out.
     """
     test, val = summary.get("test_result") or {}, summary.get("val_result") or {}
     values = {"train/loss": summary.get("train_loss"), "val/loss": val.get("val_loss"),
@@ -128,6 +135,7 @@ def epoch_metrics(epoch: int, summary: EpochRecord) -> dict[str, float]:
         values.update({f"{part}/{name}": value for name, value in by_name.items()})
     values.update(lr=summary.get("lr"), samples_per_second=summary.get("samples_per_second"),
                   epoch_time=summary.get("time_cost"))
+    values.update(throughput_metrics(summary.get("throughput")))
     out: dict[str, float] = {"epoch": epoch}
     for key, value in values.items():
         number = finite(value)
@@ -147,6 +155,8 @@ class RunTracker(Protocol):
               resume_id: str | None = None) -> None: ...
 
     def log_epoch(self, epoch: int, summary: Mapping[str, Any]) -> None: ...
+
+    def log_step(self, global_step: int, loss: float, lr: float) -> None: ...
 
     def finish(self, exit_code: int = 0) -> None: ...
 
@@ -207,6 +217,9 @@ class NoOpTracker:
     def log_epoch(self, epoch: int, summary: Mapping[str, Any]) -> None:
         """Nothing to log here."""
 
+    def log_step(self, global_step: int, loss: float, lr: float) -> None:
+        """Nothing to log here."""
+
     def finish(self, exit_code: int = 0) -> None:
         """Nothing to finish here."""
 
@@ -239,6 +252,7 @@ class Tracker:
         self.run_dir: Path | None = None  # the wandb run folder, after start()
         self._accelerator: Any = None
         self.run_id: str | None = None  # the W&B run id, after start()
+        self._last_step: int | None = None  # the last global step logged (a resumed online run: the run's)
 
     @property
     def enabled(self) -> bool:
@@ -293,15 +307,28 @@ class Tracker:
         run_files = getattr(run, "dir", None)  # <dir>/wandb/<offline-run-...>/files
         self.run_dir = Path(run_files).parent if run_files else None
         self.run_id = getattr(run, "id", None)
+        self._last_step = define_axes(run, resumed=bool(resume_id))
 
     def log_epoch(self, epoch: int, summary: Mapping[str, Any]) -> None:
-        """Log one epoch's numbers at ``step=epoch`` (the learner's ``on_epoch_end`` hook)."""
+        """Log one epoch's numbers against ``epoch`` (the learner's ``on_epoch_end`` hook)."""
+        self._log(epoch_metrics(epoch, summary), f"epoch {epoch}")
+
+    def log_step(self, global_step: int, loss: float, lr: float) -> None:
+        """Log the running loss against ``global_step`` (the learner's ``Monitor.on_running_loss`` hook);
+        a step the W&B run already holds (a resumed run's) is not logged again."""
+        if self._last_step is not None and global_step <= self._last_step:
+            return
+        self._last_step = global_step
+        values = {"global_step": global_step, "running/loss": finite(loss), "running/lr": finite(lr)}
+        self._log({k: v for k, v in values.items() if v is not None}, f"step {global_step}")
+
+    def _log(self, values: dict[str, float], where: str) -> None:
         if self._accelerator is None:
             return
         try:
-            self._accelerator.log(epoch_metrics(epoch, summary), step=epoch)
+            self._accelerator.log(values)  # no step=: W&B's _step counts rows; the axes are epoch and global_step
         except Exception as exc:  # see the class docstring
-            logger.warning("W&B logging failed at epoch %d, tracking stops: %s: %s", epoch, type(exc).__name__, exc)
+            logger.warning("W&B logging failed at %s, tracking stops: %s: %s", where, type(exc).__name__, exc)
             self._accelerator = None
 
     def finish(self, exit_code: int = 0) -> None:
@@ -345,3 +372,4 @@ class Tracker:
             return []
         folders = set(self.run_dir.parent.glob(f"offline-run-*-{self.run_id}")) if self.run_id else set()
         return sorted(folders | {self.run_dir}, key=lambda p: p.name)  # the name starts with the start time
+

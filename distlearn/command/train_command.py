@@ -184,6 +184,7 @@ def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool, ou
     from ..training.batches import BatchError
     from ..training.learner import NonFiniteLossError
     from ..training.model_options import ModelOptionsError
+    from ..training.throughput import Monitor
 
     try:
         return experiment.learner.train(
@@ -196,6 +197,7 @@ def _fit(experiment: Any, tracker: Any, checkpoints: Any, disable_tqdm: bool, ou
             nonfinite=experiment.run["nonfinite"],
             display_step=experiment.run["display_step"],
             selection=selection_of(experiment.run, output_dir),
+            monitor=Monitor(peak_tflops=experiment.run.get("peak_tflops"), on_running_loss=tracker.log_step),
         )
     except BatchError as exc:  # found before training on it, on every rank together: an input error (exit 2)
         raise RunError(f"the data does not fit the model or learner: {exc}") from None

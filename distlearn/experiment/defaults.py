@@ -67,6 +67,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "resume_batch": DEFAULT_RESUME_BATCH,
     "display_step": 1,  # log, test and validate every this many epochs (and the last)
     "early_stopping": None,  # or {patience: N, min_delta: x}: stop when validation stops improving
+    # one device's dense peak TFLOP/s for MFU; null: the table in runtime/peaks.py, where the device is listed
+    "peak_tflops": None,
 }
 
 DEFAULT_CONFIG_NAME = "digits"

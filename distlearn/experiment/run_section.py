@@ -17,6 +17,7 @@ from ..options import (
     is_int,
     is_number,
 )
+from ..training.settings import RUN_CHECKS
 from .checks import check_keys, check_values
 from .defaults import RUN_DEFAULTS
 
@@ -56,6 +57,7 @@ def check_run(run: Any, problems: list[str], elsewhere: Mapping[str, Sequence[st
         "timeout_s": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),
         "nonfinite": (lambda v: v in NONFINITE_MODES, f"one of {list(NONFINITE_MODES)}"),
         "resume_batch": (lambda v: v in RESUME_BATCH_MODES, f"one of {list(RESUME_BATCH_MODES)}"),
+        **RUN_CHECKS,
     }, "run", problems)
     ckpt = run.get("checkpoint")
     if isinstance(ckpt, dict):

@@ -43,6 +43,7 @@ class EpochTotals:
     record: EpochRecord
     preparation_time_cost: float
     stop: int | None
+    extra: Mapping[str, Any] | None = None  # the reduced values of reduce()'s ``extra`` accumulators
 
 
 class EpochAccounting:
@@ -66,6 +67,8 @@ class EpochAccounting:
         self._running = Mean()  # the losses of batches [0, _running_upto), for running_loss()
         self._running_upto = 0
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite gradient (nonfinite="skip")
+        self.timer: Any = None  # the pass's throughput timer (throughput.EpochTimer), saved with the pass
+        self.tokens = False  # whether the weights are target tokens (0-d tensors), kept across a resume
         self.shift = 0.0  # seconds this pass was down (killed until resumed), left out of its clock
         self.agreed: list[int] | None = None  # the last display step's summed control flags (see control.py)
         self.start = self.now()  # when the pass began, on its clock
@@ -77,6 +80,7 @@ class EpochAccounting:
     def add(self, loss: torch.Tensor, size: Any, rows: int) -> None:
         """One batch: its mean loss, its weight (samples or target tokens) and its real rows."""
         self.losses.append(loss.detach())
+        self.tokens = self.tokens or isinstance(size, torch.Tensor)
         self.sizes.append(size)
         self.rows.append(rows)
         self.times.append(self.now())
@@ -97,6 +101,8 @@ class EpochAccounting:
             "skipped_steps": self.skipped_steps,
             "start": self.start,
             "saved_at": self.now(),  # the clock when saved: a resumed pass goes on from here
+            "tokens": self.tokens,
+            "timer": None if self.timer is None else self.timer.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any], device: torch.device) -> None:
@@ -107,6 +113,9 @@ class EpochAccounting:
         self._running.load_state_dict(to_device(state["running"], device))
         self._running_upto = int(state["running_upto"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.tokens = bool(state.get("tokens", False))
+        if self.timer is not None:
+            self.timer.load_state_dict(state.get("timer"))
         # A checkpoint written before the clock was saved: its last batch's time stands for both readings.
         saved_at = state.get("saved_at", self.times[-1] if self.times else None)
         if saved_at is not None:
@@ -220,7 +229,7 @@ class EpochAccounting:
         return value, StopFlags.unpack(values["stop"])
 
     def reduce(self, metric: Any, epoch: int, preparation: float, flags: StopFlags | None,
-               nonfinite: str = "error") -> EpochTotals:
+               nonfinite: str = "error", extra: Mapping[str, Any] | None = None) -> EpochTotals:
         """All of the epoch's train numbers in ONE collective; identical on every rank.
 
         Args:
@@ -229,6 +238,7 @@ class EpochAccounting:
             preparation: This rank's start-up seconds (averaged over ranks with the clocks).
             flags: This rank's stop flags (the control channel), or None.
             nonfinite: ``"error"`` raises on a NaN/inf batch loss; ``"skip"`` leaves it as null.
+            extra: More accumulators to reduce in the same collective (their values in ``EpochTotals.extra``).
 
         Raises:
             NonFiniteLossError: a batch's loss is NaN/inf with ``nonfinite="error"``.
@@ -245,6 +255,7 @@ class EpochAccounting:
         accumulators["times"](torch.tensor([preparation, self.start, end, *self.times], dtype=torch.float64))
         if metric is not None:
             accumulators["score"] = metric
+        accumulators.update(extra or {})
         values = calculate(accumulators)
         batch_loss = values["batch_loss"].tolist()
         if nonfinite == "error":  # with "skip", a skipped batch's loss is NaN (weight 0 on every rank): left as null
@@ -268,7 +279,7 @@ class EpochAccounting:
             "test_result": None,
         }
         stop = StopFlags.unpack(values["stop"]) if flags is not None else None
-        return EpochTotals(record, preparation, stop)
+        return EpochTotals(record, preparation, stop, {k: values[k] for k in extra or ()})
 
     @staticmethod
     def raise_if_non_finite(batch_loss: list[float], epoch: int) -> None:

@@ -52,6 +52,9 @@ from .progress import marker_fields, rank_state, restore, set_rng_states
 from .records import EpochRecord, Record, TestResult
 from .scoring import fresh_metric
 from .selection import Chooser, Selection, new_chooser, recover_best, val_fields
+from .throughput import (
+    SHARDED, EpochTimer, Monitor, add_seconds, epoch_accumulators, flops_per_sample, peak_tflops, throughput_block,
+)
 from .steps import (
     TrainRun, account_batch, backward, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step,
     step_scheduler_per_epoch, stepper,
@@ -203,6 +206,7 @@ class BackwardLearner:
         checkpoints: Checkpoints | None = None,
         nonfinite: str = "error",
         selection: Selection | None = None,
+        monitor: Monitor | None = None,
     ) -> Record:
         """Train ``model`` for ``n_epochs``; returns the training record (identical on every rank).
 
@@ -236,6 +240,9 @@ class BackwardLearner:
             selection: keep the best validation epoch's weights and stop early
                 (:class:`~distlearn.training.selection.Selection`); needs a ``val_loader``. The
                 patience and the best score are saved in checkpoints.
+            monitor: throughput options (:class:`~distlearn.training.throughput.Monitor`: the device's
+                peak TFLOP/s for MFU, whether to count FLOPs, a hook for the running loss); each epoch's
+                record gets a ``throughput`` block (see the README).
 
         Returns:
             ``{"preparation": {...}, "training": {epoch: {...}}}``, see the README.
@@ -260,6 +267,9 @@ class BackwardLearner:
         record: Record = {"preparation": {"preparation_time_cost": preparation}, "training": {}}
         resumed = self._resume_point(run, record, test_loader, train_loader)  # this rank's saved progress, or None
         first_epoch = self.epoch
+        monitor = monitor or Monitor()
+        peak = peak_tflops(run.accelerator.device, run.accelerator.mixed_precision, monitor.peak_tflops)
+        flops = None  # the model's FLOPs per sample, counted on this session's first batch
         stop = None  # the signal every rank agreed to stop on (see Checkpoints.catch_signals)
         saved = None
 
@@ -268,25 +278,39 @@ class BackwardLearner:
             batches, run.bar = epoch_batches(run.loader, epoch, self.n_epochs, done,
                                              not disable_tqdm and run.accelerator.is_main_process,
                                              (resumed or {}).get("data"))  # an iterable set's saved position
-            for step, batch in enumerate(batches, start=done):
+            timer = accounting.timer
+            for step, batch in enumerate(timer.batches(batches), start=done):
                 if step == done:
                     self._before_first_batch(run, batch, resumed if done else None, epoch == first_epoch)
-                stepped = self._train_batch(run, batch, accounting)
+                    if epoch == first_epoch and monitor.measure_flops:
+                        flops = self._count_flops(run, batch, accounting)
+                with timer.timing("steps"):
+                    stepped = self._train_batch(run, batch, accounting)
                 if self.display_every_n_steps and (step + 1) % self.display_every_n_steps == 0:
-                    signalled = self._display(run, accounting, step + 1, epoch)  # a collective: every rank, always
+                    signalled = self._display(run, accounting, step + 1, epoch, monitor)  # a collective: every rank
                     stop = stop or signalled
                 if stepped and checkpoints is not None:  # every n steps, or now when stopping on a signal
-                    self._checkpoint_mid_epoch(run, stop, epoch, step + 1, accounting, record)
+                    with timer.timing("checkpoints"):
+                        self._checkpoint_mid_epoch(run, stop, epoch, step + 1, accounting, record)
 
-            totals = accounting.reduce(run.metric, epoch, preparation, run.stop_flags(), nonfinite)
+            extra, memory_names = epoch_accumulators(timer, accounting.sizes, accounting.tokens,
+                                                     run.accelerator.process_index, run.accelerator.num_processes)
+            totals = accounting.reduce(run.metric, epoch, preparation, run.stop_flags(), nonfinite, extra)
             stop = stop or totals.stop
             summary = self._epoch_record(run, totals, accounting, epoch, test_check and test_loader is not None,
                                          display_step, test_loader, test_idx)
+            summary["throughput"] = block = throughput_block(
+                totals.extra, memory_names, summary["samples"], summary["time_cost"], flops, peak,
+                run.accelerator.num_processes)
+            for part in ("val_result", "test_result"):
+                add_seconds(block, "evaluation", (summary.get(part) or {}).get("time_cost") or 0.0)
             record["preparation"]["preparation_time_cost"] = totals.preparation_time_cost
             record["training"][epoch] = summary
             self.epoch = epoch + 1
             if checkpoints is not None:  # before the tracker hears of the epoch: a resumed run never logs it twice
+                began = time.perf_counter()
                 saved = self._save(run, epoch + 1, 0, None, record, wait=bool(stop) or not self._more_epochs())
+                add_seconds(block, "checkpoints", time.perf_counter() - began)  # this rank's (no collective)
             if epoch % display_step == 0 or epoch == self.n_epochs - 1:
                 if run.accelerator.is_main_process:
                     logger.info(describe_epoch(epoch, self.n_epochs, summary))
@@ -445,6 +469,7 @@ class BackwardLearner:
         run.loader.set_epoch(epoch)  # the shuffle depends only on (seed, epoch): resumable
         run.model.train()
         accounting = EpochAccounting()
+        accounting.timer = EpochTimer(run.accelerator.device)
         if run.metric is not None:
             run.metric.reset()
         if resumed is None or not resumed["batches_done"]:
@@ -488,16 +513,29 @@ class BackwardLearner:
             account_batch(result, accounting, run.metric, self.loss)
         return stepped
 
-    @staticmethod
-    def _display(run: TrainRun, accounting: EpochAccounting, done: int, epoch: int) -> int | None:
-        """The running loss on the progress bar; a collective, on every rank, that also tells every
-        rank whether one was signalled to stop. Returns that signal, or None."""
+    def _display(self, run: TrainRun, accounting: EpochAccounting, done: int, epoch: int,
+                 monitor: Monitor) -> int | None:
+        """The running loss on the progress bar and to ``monitor.on_running_loss``; a collective, on every
+        rank, that also tells every rank whether one was signalled to stop. Returns that signal, or None."""
         running, signalled = accounting.running_loss_and_stop(done, epoch, run.stop_flags())
         if run.checkpoints is not None:  # a timed checkpoint due, a background write to commit
             run.checkpoints.agreed(accounting.agreed, run.accelerator)
         if run.bar is not None:
             run.bar.set_postfix(loss=f"{running:.4g}", lr=f"{run.lr:.3g}", refresh=False)
+        if monitor.on_running_loss is not None:
+            monitor.on_running_loss(self.step, running, float(run.lr))
         return signalled
+
+    def _count_flops(self, run: TrainRun, batch: Any, accounting: EpochAccounting) -> float | None:
+        """The model's FLOPs per sample on this batch (forward and backward), left out of the epoch's clock;
+        None where the parameters are sharded (the unwrapped module holds only this rank's shard)."""
+        if run.accelerator.distributed_type in SHARDED:
+            return None
+        began = time.time()
+        module = run.accelerator.unwrap_model(run.model)  # no DDP hook fires; Accelerate's autocast stays
+        flops = flops_per_sample(module, run.batches, batch, run.train_idx)
+        accounting.shift += time.time() - began
+        return flops
 
     def _checkpoint_mid_epoch(self, run: TrainRun, stop: int | None, epoch: int, done: int,
                               accounting: EpochAccounting, record: Record) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
-__all__ = ["BatchRecord", "EpochRecord", "Record", "TestResult", "scores"]
+__all__ = ["BatchRecord", "EpochRecord", "Record", "TestResult", "ThroughputRecord", "scores"]
 
 
 class TestResult(TypedDict, total=False):
@@ -36,6 +36,25 @@ class BatchRecord(TypedDict):
     metric_name: str | None
 
 
+class ThroughputRecord(TypedDict, total=False):
+    """An epoch's measurements (``training/throughput.py``): timings, not compared between runs."""
+
+    seconds: dict[str, float]  # data_wait, steps, evaluation, checkpoints (mean over ranks; see the README)
+    epoch_seconds: float  # the training pass (time_cost) plus its evaluation and its end-of-epoch checkpoint
+    time_split: dict[str, float]  # each of ``seconds`` as a fraction of epoch_seconds (sum <= 1)
+    device_step_seconds: float  # CUDA only: the device's time in the steps (CUDA events)
+    device_busy: float  # CUDA only: device_step_seconds / epoch_seconds
+    tokens: int  # token labels only: the target tokens trained on (ignore_index left out), all ranks
+    tokens_per_second: float | None  # tokens / time_cost
+    peak_memory: dict[str, int]  # bytes, max over ranks: cuda_max_memory_allocated and
+                                 # cuda_max_memory_reserved, or cpu_peak_rss (the process's peak since start)
+    flops_per_sample: float  # the model's forward + backward FLOPs per sample, counted once
+    achieved_tflops: float | None  # flops_per_sample * samples / time_cost, all processes together
+    peak_tflops: float  # one device's dense peak used for MFU
+    peak_source: str  # where that peak comes from
+    mfu: float  # achieved_tflops / (peak_tflops * processes)
+
+
 class EpochRecord(TypedDict, total=False):
     """One epoch of ``Record.training``: identical on every rank."""
 
@@ -55,6 +74,7 @@ class EpochRecord(TypedDict, total=False):
     test_result: TestResult | None
     val_result: dict[str, Any]  # with a val_loader, when evaluated: val_loss, val_score, val_scores, time_cost,
                                 # metric_name (test()'s fields, on the validation split)
+    throughput: ThroughputRecord
 
 
 class Record(TypedDict, total=False):

@@ -15,7 +15,7 @@ from typing import Any
 from ..options import MIXED_PRECISION, SCHEDULER_INTERVALS, is_int, is_number
 
 __all__ = [
-    "COMPILE_KEYS", "COMPILE_MODES", "CONFIG_CHECKS", "MODEL_OPTION_KEYS", "OPTION_RANGES", "OptionRange",
+    "COMPILE_KEYS", "COMPILE_MODES", "CONFIG_CHECKS", "MODEL_OPTION_KEYS", "OPTION_RANGES", "OptionRange", "RUN_CHECKS",
     "check_learner_options", "compile_problem", "group_model_options",
 ]
 
@@ -88,6 +88,11 @@ OPTION_RANGES: dict[str, OptionRange] = {
     "mixed_precision": OptionRange(
         lambda v: v in MIXED_PRECISION, True, f"one of {MIXED_PRECISION}", f"one of {list(MIXED_PRECISION)}"
     ),
+    # train(monitor=Monitor(peak_tflops=...)) and run.peak_tflops: one device's dense peak TFLOP/s
+    "peak_tflops": OptionRange(
+        lambda v: is_number(v) and 0 < v < float("inf"), True, "None or a finite number > 0 (one device's TFLOP/s)",
+        "null (the known peak of the device, if any) or a finite number > 0 (one device's TFLOP/s)",
+    ),
     "scheduler_interval": OptionRange(
         lambda v: v in SCHEDULER_INTERVALS, False,
         f"one of {SCHEDULER_INTERVALS}", f"one of {list(SCHEDULER_INTERVALS)}",
@@ -121,6 +126,10 @@ CONFIG_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "compile": _config_check("compile"),
     "gradient_checkpointing": _config_check("gradient_checkpointing"),
 }
+
+
+# The run section's keys that are learner options too (``run.peak_tflops`` reaches ``train(monitor=...)``).
+RUN_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {"peak_tflops": _config_check("peak_tflops")}
 
 
 def check_learner_options(**options: Any) -> None:

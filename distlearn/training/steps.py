@@ -25,6 +25,7 @@ from .control import StopFlags
 from .epoch import EpochAccounting
 from .records import EpochRecord, scores
 from .scoring import model_scores
+from .throughput import describe
 
 __all__ = [
     "DirectSteps", "TrainRun", "account_batch", "backward", "batches_after", "describe_epoch", "epoch_batches",
@@ -201,7 +202,9 @@ def describe_epoch(epoch: int, n_epochs: int, summary: EpochRecord) -> str:
             text += f", {part}_loss {result[f'{part}_loss']:.6g}"
         for name, value in scores(result, part).items():
             text += f", {part}_{name} {_number(value)}"
-    return text + f", lr {summary['lr']:.4g}, {summary['samples_per_second'] or 0:.0f} samples/s"
+    text += f", lr {summary['lr']:.4g}, {summary['samples_per_second'] or 0:.0f} samples/s"
+    measured = describe(summary.get("throughput"), brief=True)
+    return text + (f", {measured}" if measured else "")
 
 
 def _number(value: Any) -> str:
