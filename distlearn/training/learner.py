@@ -293,24 +293,16 @@ class BackwardLearner:
                     with timer.timing("checkpoints"):
                         self._checkpoint_mid_epoch(run, stop, epoch, step + 1, accounting, record)
 
-            extra, memory_names = epoch_accumulators(timer, accounting.sizes, accounting.tokens,
-                                                     run.accelerator.process_index, run.accelerator.num_processes)
-            totals = accounting.reduce(run.metric, epoch, preparation, run.stop_flags(), nonfinite, extra)
+            totals, memory_names = self._reduce(run, accounting, epoch, preparation, nonfinite)
             stop = stop or totals.stop
             summary = self._epoch_record(run, totals, accounting, epoch, test_check and test_loader is not None,
                                          display_step, test_loader, test_idx)
-            summary["throughput"] = block = throughput_block(
-                totals.extra, memory_names, summary["samples"], summary["time_cost"], flops, peak,
-                run.accelerator.num_processes)
-            for part in ("val_result", "test_result"):
-                add_seconds(block, "evaluation", (summary.get(part) or {}).get("time_cost") or 0.0)
+            block = self._throughput(run, totals, memory_names, summary, flops, peak)
             record["preparation"]["preparation_time_cost"] = totals.preparation_time_cost
             record["training"][epoch] = summary
             self.epoch = epoch + 1
             if checkpoints is not None:  # before the tracker hears of the epoch: a resumed run never logs it twice
-                began = time.perf_counter()
-                saved = self._save(run, epoch + 1, 0, None, record, wait=bool(stop) or not self._more_epochs())
-                add_seconds(block, "checkpoints", time.perf_counter() - began)  # this rank's (no collective)
+                saved = self._epoch_end_save(run, epoch, record, block, stop)
             if epoch % display_step == 0 or epoch == self.n_epochs - 1:
                 if run.accelerator.is_main_process:
                     logger.info(describe_epoch(epoch, self.n_epochs, summary))
@@ -551,6 +543,35 @@ class BackwardLearner:
         saved = self._save(run, epoch, done, accounting, record, wait=bool(stop))
         if stop:
             raise Interrupted(stop, self._with_choice(record), saved)
+
+    @staticmethod
+    def _reduce(run: TrainRun, accounting: EpochAccounting, epoch: int, preparation: float,
+                nonfinite: str) -> tuple[EpochTotals, list[str]]:
+        """The epoch's one collective: its numbers, the stop flags and the throughput timers and memory peaks
+        (whose names come back with the totals)."""
+        extra, memory_names = epoch_accumulators(accounting.timer, accounting.sizes, accounting.tokens,
+                                                 run.accelerator.process_index, run.accelerator.num_processes)
+        return accounting.reduce(run.metric, epoch, preparation, run.stop_flags(), nonfinite, extra), memory_names
+
+    @staticmethod
+    def _throughput(run: TrainRun, totals: EpochTotals, memory_names: list[str], summary: EpochRecord,
+                    flops: float | None, peak: Any) -> dict[str, Any]:
+        """The epoch's ``throughput`` block, put in ``summary``; its evaluation time is the validation's and test's."""
+        summary["throughput"] = block = throughput_block(
+            totals.extra, memory_names, summary["samples"], summary["time_cost"], flops, peak,
+            run.accelerator.num_processes)
+        for part in ("val_result", "test_result"):
+            add_seconds(block, "evaluation", (summary.get(part) or {}).get("time_cost") or 0.0)
+        return block
+
+    def _epoch_end_save(self, run: TrainRun, epoch: int, record: Record, block: dict[str, Any],
+                        stop: int | None) -> Any:
+        """The epoch's-end checkpoint, committed on return when the run stops or ends here; its time goes
+        into ``block`` (this rank's: no collective of its own)."""
+        began = time.perf_counter()
+        saved = self._save(run, epoch + 1, 0, None, record, wait=bool(stop) or not self._more_epochs())
+        add_seconds(block, "checkpoints", time.perf_counter() - began)
+        return saved
 
     def _epoch_record(self, run: TrainRun, totals: EpochTotals, accounting: EpochAccounting, epoch: int,
                       can_test: bool, display_step: int, test_loader: Any, test_idx: Any) -> EpochRecord:
