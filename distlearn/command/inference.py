@@ -180,6 +180,8 @@ def _wandb_summary(run_dir: Path, tracking: Mapping[str, Any], mode: str, run_id
     """Resume W&B run ``run_id`` (as training does: its project, its folder) and update its summary."""
     import wandb
 
+    from .tracking import wait_for_wandb
+
     init: dict[str, Any] = {"project": tracking.get("project") or "distlearn", "id": run_id, "resume": "allow",
                             "dir": os.environ.get("WANDB_DIR") or str(run_dir),
                             "settings": wandb.Settings(silent=os.environ.get("WANDB_SILENT", "true").lower() != "false")}
@@ -192,9 +194,7 @@ def _wandb_summary(run_dir: Path, tracking: Mapping[str, Any], mode: str, run_id
         run.summary.update(dict(summary))
     finally:
         run.finish()
-        # finish() can return before W&B's service has written the run file, and a multi-process command ends
-        # with os._exit (command/group.py), which skips W&B's own exit hook: wait for the service here.
-        wandb.teardown()
+        wait_for_wandb()
 
 
 def _write_predictions(saved: Any, result: Mapping[str, Any], positions: Any, path: Path) -> Path:

@@ -230,6 +230,20 @@ class NoOpTracker:
         return f"W&B {self.mode} ({self.reason}), on the main process"
 
 
+def wait_for_wandb() -> None:
+    """Wait until W&B's service has written every finished run of this process.
+
+    ``run.finish()`` can return before the service has written the run file, and a multi-process command
+    ends with ``os._exit`` (command/group.py), which skips W&B's own exit hook: the run would lose its end.
+    """
+    try:
+        import wandb
+
+        wandb.teardown()
+    except Exception as exc:  # tracking never stops the command
+        logger.warning("waiting for W&B's service failed: %s: %s", type(exc).__name__, exc)
+
+
 class Tracker:
     """One run's W&B tracking, on the main process, through Accelerate's tracker API.
 
@@ -350,6 +364,8 @@ class Tracker:
             except Exception as exc:  # see the class docstring
                 logger.warning("finishing the W&B run failed: %s: %s", type(exc).__name__, exc)
         accelerator.trackers.clear()  # so that accelerator.end_training() does not finish it again
+        wait_for_wandb()
+
 
     def describe(self) -> str:
         """One line for the run summary: where the tracked run went."""
