@@ -280,7 +280,8 @@ def check_step_loop(checks: Checks, sizes: Sizes, precision: str, with_metric: b
             _, every = check_step_loop(checks, sizes, precision, with_metric, mode="warn")  # all the sites, not the first
             return "FAIL", f"a training step waited for the GPU at {site}; rerun in warn mode: {every}"
     last = record["training"][epochs - 1]
-    counted = last["optimizer_steps"] == epochs * steps and loss.calls == epochs * steps
+    flop_count = 1  # the learner counts the model's FLOPs once, on the first batch (training/throughput.py)
+    counted = last["optimizer_steps"] == epochs * steps and loss.calls == epochs * steps + flop_count
     foreign = {site: n for site, n in sites.items() if not site.startswith("grad_scaler.py:")}
     detail = (f"{epochs} epochs of {steps} steps, {last['optimizer_steps']} optimizer steps, train loss "
               f"{last['train_loss']:.4f}, loss saw {sorted(loss.dtypes)} logits")
@@ -288,7 +289,7 @@ def check_step_loop(checks: Checks, sizes: Sizes, precision: str, with_metric: b
         detail += "; no CUDA: sync mode not armed"
     if precision == "fp16":
         # Skipped steps (a scale too high at the start) are fine: they are what the GradScaler's check is for.
-        counted = loss.calls == epochs * steps
+        counted = loss.calls == epochs * steps + flop_count
         detail += (f"; syncs in {armed} armed steps: {sites or 'none'}"
                    + (f", NOT the GradScaler's: {foreign}" if foreign else ", all the GradScaler's own"))
     return ("PASS" if counted and not foreign else "FAIL"), detail

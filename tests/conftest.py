@@ -44,6 +44,19 @@ def reset_accelerate() -> None:
     GradientState._reset_state()
 
 
+@pytest.fixture(autouse=True)
+def distlearn_logger_restored():
+    """A command run in this process (``main([...])``) sets up distlearn's console logger, which stops
+    propagating: put it back, so that later tests' ``caplog`` sees distlearn's records."""
+    import logging
+
+    logger = logging.getLogger("distlearn")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    yield
+    logger.handlers[:], logger.propagate = handlers, propagate
+    logger.setLevel(level)
+
+
 @pytest.fixture
 def fresh_accelerate():
     """Accelerate keeps process-wide state; give each in-process test its own and leave none behind.

@@ -15,7 +15,6 @@ not a logged step: W&B's steps only increase, and the run's last step is its las
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -157,7 +156,7 @@ def _log_to_wandb(saved: Any, values: Mapping[str, Any]) -> str | None:
     """
     from ..experiment.saved_run import wandb_run_id
     from .record_numbers import finite
-    from .tracking import resolve_mode
+    from .tracking import resolve_mode, update_run_summary
 
     tracking = saved.experiment.config["run"]["tracking"]
     mode, _ = resolve_mode(tracking)
@@ -168,33 +167,11 @@ def _log_to_wandb(saved: Any, values: Mapping[str, Any]) -> str | None:
     summary = {f"{prefix}test_loss": finite(values["test_loss"])}
     summary.update({f"{prefix}{k}": finite(v) for k, v in values["test_scores"].items()})
     try:
-        _wandb_summary(saved.run_dir, tracking, mode, run_id, {k: v for k, v in summary.items() if v is not None})
+        update_run_summary(saved.run_dir, tracking, mode, run_id, {k: v for k, v in summary.items() if v is not None})
     except Exception as exc:  # noqa: BLE001 - see the docstring
         logger.warning("logging the evaluation to W&B run %s failed: %s: %s", run_id, type(exc).__name__, exc)
         return None
     return f"W&B run {run_id} ({mode}): summary {prefix}*"
-
-
-def _wandb_summary(run_dir: Path, tracking: Mapping[str, Any], mode: str, run_id: str,
-                   summary: Mapping[str, float]) -> None:
-    """Resume W&B run ``run_id`` (as training does: its project, its folder) and update its summary."""
-    import wandb
-
-    from .tracking import wait_for_wandb
-
-    init: dict[str, Any] = {"project": tracking.get("project") or "distlearn", "id": run_id, "resume": "allow",
-                            "dir": os.environ.get("WANDB_DIR") or str(run_dir),
-                            "settings": wandb.Settings(silent=os.environ.get("WANDB_SILENT", "true").lower() != "false")}
-    if tracking.get("entity"):
-        init["entity"] = tracking["entity"]
-    if not os.environ.get("WANDB_MODE"):  # the user's WANDB_MODE is read by wandb itself
-        init["mode"] = mode
-    run = wandb.init(**init)
-    try:
-        run.summary.update(dict(summary))
-    finally:
-        run.finish()
-        wait_for_wandb()
 
 
 def _write_predictions(saved: Any, result: Mapping[str, Any], positions: Any, path: Path) -> Path:

@@ -45,7 +45,7 @@ from .tracking_axes import define_axes, throughput_metrics
 
 __all__ = [
     "NoOpTracker", "RunTracker", "Tracker", "accelerator_kwargs", "epoch_metrics", "make_tracker", "resolve_mode",
-    "wandb_credentials",
+    "update_run_summary", "wait_for_wandb", "wandb_credentials",
 ]
 
 logger = logging.getLogger(__name__)
@@ -389,3 +389,23 @@ class Tracker:
         folders = set(self.run_dir.parent.glob(f"offline-run-*-{self.run_id}")) if self.run_id else set()
         return sorted(folders | {self.run_dir}, key=lambda p: p.name)  # the name starts with the start time
 
+
+def update_run_summary(run_dir: Path, tracking: Mapping[str, Any], mode: str, run_id: str,
+                       summary: Mapping[str, float]) -> None:
+    """Resume W&B run ``run_id`` (as training does: its project, its folder) and update its summary
+    (``distlearn evaluate``: no step is logged, so W&B's increasing-step rule holds)."""
+    import wandb
+
+    init: dict[str, Any] = {"project": tracking.get("project") or "distlearn", "id": run_id, "resume": "allow",
+                            "dir": os.environ.get("WANDB_DIR") or str(run_dir),
+                            "settings": wandb.Settings(silent=os.environ.get("WANDB_SILENT", "true").lower() != "false")}
+    if tracking.get("entity"):
+        init["entity"] = tracking["entity"]
+    if not os.environ.get("WANDB_MODE"):  # the user's WANDB_MODE is read by wandb itself
+        init["mode"] = mode
+    run = wandb.init(**init)
+    try:
+        run.summary.update(dict(summary))
+    finally:
+        run.finish()
+        wait_for_wandb()

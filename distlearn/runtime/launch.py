@@ -3,9 +3,9 @@
 Rank, local rank and world size come from torchrun / ``accelerate launch`` (and MPI's names for
 the world size); torchrun's restarts and rendezvous (``TORCHELASTIC_*``, ``MASTER_ADDR/PORT``);
 what ``accelerate launch`` asked for (``ACCELERATE_*``); what the launch scripts in ``launch/``
-pass down (``DISTLEARN_*``). W&B's variables are read by ``distlearn.command.tracking``, which
-owns W&B. Each reader takes the environment as an argument (default ``os.environ``) where a test
-needs another one. This module also notices a launch that asked for several CPU processes and
+pass down (``DISTLEARN_*``); the C++ compiler inductor uses (``CXX``). W&B's variables are read
+by ``distlearn.command.tracking``, which owns W&B. Each reader takes the environment as an argument
+(default ``os.environ``) where a test needs another one. This module also notices a launch that asked for several CPU processes and
 started one:
 
 ``accelerate launch --cpu --num_processes 2`` takes Accelerate's simple launcher,
@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Mapping
 
 __all__ = [
-    "agent_store_shared", "deepspeed_asked", "distlearn_run_id", "env_rendezvous", "exit_code_file", "fsdp_asked",
+    "agent_store_shared", "cxx_compiler", "deepspeed_asked", "distlearn_run_id", "env_rendezvous", "exit_code_file", "fsdp_asked",
     "force_cpu", "launch_script_command", "launched_by_accelerate", "launched_by_torchelastic", "launched_world_size",
     "launcher_mixed_precision", "local_rank", "rank", "rendezvous_address", "restart_count", "single_process_launch_warning",
     "torchelastic_run_id", "under_torchelastic_agent", "warn_single_process_launch",
@@ -230,3 +230,8 @@ def _script(argv: list[str]) -> str:
         flag = rest[i]
         i += 1 if "=" in flag or flag in ("--cpu", "--multi_gpu", "--use_cpu", "--debug") else 2
     return " ".join(rest[i:]) or "-m distlearn train ..."
+
+
+def cxx_compiler(environ: Mapping[str, str] | None = None) -> str | None:
+    """The C++ compiler the environment names (``CXX``; inductor's own choice when unset), or None."""
+    return _env(environ).get("CXX") or None

@@ -16,7 +16,6 @@ be another size) runs the same kernels as the uninterrupted one.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -187,7 +186,9 @@ def _check_cpu_compiler() -> None:
     """Inductor compiles C++ for the CPU: refuse now, with the fix, instead of deep inside the first step."""
     from torch._inductor import config
 
-    wanted = os.environ.get("CXX") or next((c for c in _as_tuple(config.cpp.cxx) if c), "g++")
+    from ..runtime.launch import cxx_compiler
+
+    wanted = cxx_compiler() or next((c for c in _as_tuple(config.cpp.cxx) if c), "g++")
     if shutil.which(wanted) is None:
         raise ModelOptionsError(
             f"learner_parameters.compile: the inductor backend on a CPU needs a C++ compiler, and {wanted!r} "

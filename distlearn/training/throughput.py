@@ -155,7 +155,10 @@ def flops_per_sample(model: nn.Module, batches: Any, batch: Any, idx: torch.Tens
         rows.append(step.rows)
         return step.loss
 
-    flops = count_flops(model, forward)
+    # A compiled forward runs eagerly here: dynamo under the counting mode would not compile it, and the
+    # training steps must compile it as they would without the count.
+    with torch.compiler.set_stance("force_eager"):
+        flops = count_flops(model, forward)
     return flops / rows[0] if rows and rows[0] else 0.0
 
 
