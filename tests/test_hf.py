@@ -172,6 +172,30 @@ def test_hf_dataset_formats_split_and_columns(tmp_path):
         "format", "data_files"]
 
 
+def test_hf_dataset_val_size_holds_out_a_seeded_part_of_the_training_split(tmp_path):
+    import datasets
+
+    from distlearn.data import HFDataset
+
+    table = {"a": [float(i) for i in range(20)], "label": [i % 2 for i in range(20)]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(table).select(range(16)),
+                          "test": datasets.Dataset.from_dict(table).select(range(16, 20))}).save_to_disk(
+        str(tmp_path / "saved"))
+    parts = {}
+    for seed in (3, 3, 4):
+        loaders = HFDataset(str(tmp_path / "saved"), columns=["a"], val_size=0.25, batch_size=20, seed=seed).load()
+        parts.setdefault(seed, []).append({k: sorted(next(iter(v))["a"].tolist()) for k, v in loaders.items()})
+    got = parts[3][0]
+    assert len(got["val_loader"]) == 4 and len(got["train_loader"]) == 12 and got["test_loader"] == [16.0, 17.0,
+                                                                                                       18.0, 19.0]
+    assert set(got["val_loader"]).isdisjoint(got["train_loader"])  # held out of the training rows only
+    assert parts[3][1] == got and parts[4][0]["val_loader"] != got["val_loader"]  # seeded
+    with pytest.raises(ValueError, match="val_size"):
+        HFDataset(str(tmp_path / "saved"), val_size=16).load()
+    assert [k for k, _ in HFDataset.check_parameters({"data_files": str(tmp_path / "saved"), "val_size": 1.5})] == [
+        "val_size"]
+
+
 def test_missing_extra_names_it():
     code = (
         "import sys; sys.modules['datasets'] = None; sys.modules['transformers'] = None\n"

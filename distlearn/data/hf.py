@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from ..runtime.loader import tensor_loaders
 from .checks import check_loader_params, raise_first_problem, resolve_object
 from .randomness import Transformed, check_transform
+from .splits import split_sizes
 
 HF_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
 
@@ -61,6 +62,8 @@ class HFDataset:
             index): see :mod:`distlearn.data.randomness`. None: none.
         num_workers: Dataloader worker processes (0: load in the training process).
         batch_size, test_size, seed, shuffle: As for ``SklearnDataset``.
+        val_size: Hold out this fraction (or count) of the training split as the validation part, seeded by
+            ``seed`` (after the test split is held out); None: none.
 
     Raises:
         ImportError: ``datasets`` (or ``transformers``, for a tokenizer) is missing, naming the extra.
@@ -86,10 +89,11 @@ class HFDataset:
         shuffle: bool = True,
         transform: str | Callable | None = None,
         num_workers: int = 0,
+        val_size: float | int | None = None,
     ) -> None:
         raise_first_problem("HFDataset", self.check_parameters({
             "data_files": data_files, "format": format, "batch_size": batch_size, "test_size": test_size, "seed": seed,
-            "shuffle": shuffle, "transform": transform, "num_workers": num_workers}))
+            "shuffle": shuffle, "transform": transform, "num_workers": num_workers, "val_size": val_size}))
         self.transform, self.num_workers = resolve_object(transform, "transform"), num_workers
         self.data_files, self.format = data_files, format
         self.columns = None if columns is None else list(columns)
@@ -99,6 +103,7 @@ class HFDataset:
         self.collate_fn = resolve_object(collate_fn, "collate_fn")
         self.train_split, self.test_split = train_split, test_split
         self.batch_size, self.test_size, self.seed, self.shuffle = batch_size, test_size, seed, shuffle
+        self.val_size = val_size
         self._splits: tuple[Any, Any] | None = None
         self.tokenizer: Any = None
 
@@ -195,8 +200,13 @@ class HFDataset:
         return None if tokenizer is None else len(tokenizer)
 
     def load(self) -> dict[str, DataLoader]:
-        """``{"train_loader", "test_loader"}`` of dict batches."""
+        """``{"train_loader", "test_loader"}`` of dict batches, and ``"val_loader"`` with ``val_size``."""
         train, test = self.splits()
+        val = None
+        if self.val_size is not None:  # the same rows for any process count: a seeded split of the training part
+            split_sizes(len(train), self.val_size, "val_size")  # refuses a size that leaves nothing to train on
+            held = train.train_test_split(test_size=self.val_size, seed=self.seed, shuffle=True)
+            train, val = held["train"], held["test"]
         collate = self.collate_fn
         if collate is None and self.tokenizer is not None:
             transformers = require_hf("transformers")
@@ -204,7 +214,7 @@ class HFDataset:
         if self.transform is not None:
             train = Transformed(train, self.transform, self.seed)
         return tensor_loaders(train, test, batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed,
-                              collate_fn=collate, num_workers=self.num_workers)
+                              collate_fn=collate, num_workers=self.num_workers, val=val)
 
     def __repr__(self) -> str:
         return f"HFDataset(data_files={self.data_files!r})"
