@@ -283,19 +283,27 @@ def test_the_config_keys_are_checked_up_front(overrides, problem):
 
 def test_rerunning_an_early_stopped_run_says_it_is_complete_and_exits_0(tmp_path):
     from test_cli import distlearn, run_env
+    from test_tracking import wandb_records
 
-    args = ["wine", "run.tracking.backend=none", f"run.output_dir={tmp_path / 'run'}",
+    env = run_env(WANDB_MODE="offline")
+    env.pop("WANDB_DIR", None)  # the run's own folder: its W&B files are this test's
+    args = ["wine", f"run.output_dir={tmp_path / 'run'}",
             "learner_configs.learner_parameters.n_epochs=40", "data_configs.data_parameters.val_size=0.3",
             "run.checkpoint.keep_best=true", "run.early_stopping={patience: 1}", "run.display_step=2"]
-    first = distlearn(*args, cwd=tmp_path, env=run_env())
+    first = distlearn(*args, cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     record = json.loads((tmp_path / "run" / "record.json").read_text())
     assert record["stopped_early"] and record["stopped_epoch"] < 39, record.get("stopped_epoch")
+    (file,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    summary = {item.key: json.loads(item.value_json) for r in wandb_records(file)
+               if r.WhichOneof("record_type") == "summary" for item in r.summary.update}
+    for key in ("best_epoch", "best_score", "best_metric", "stopped_early", "stopped_epoch"):
+        assert summary[key] == record[key], key  # W&B's run summary says what the validation chose
     assert "stopped    early" in first.stdout and f"at epoch {record['best_epoch'] + 1}" in first.stdout
     assert "curves.png, best/" in first.stdout
     assert json.loads((tmp_path / "run" / "best" / "best.json").read_text())["epoch"] == record["best_epoch"]
     written = (tmp_path / "run" / "record.json").stat().st_mtime_ns
-    again = distlearn(*args, "learner_configs.learner_parameters.n_epochs=50", cwd=tmp_path, env=run_env())
+    again = distlearn(*args, "learner_configs.learner_parameters.n_epochs=50", cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already complete" in again.stdout and "run.early_stopping stopped it" in again.stdout
     assert (tmp_path / "run" / "record.json").stat().st_mtime_ns == written

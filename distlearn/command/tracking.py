@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from ..training.records import EpochRecord, scores
+from ..training.records import CHOICE_KEYS, EpochRecord, scores
 from .record_numbers import finite
 from .tracking_axes import define_axes, throughput_metrics
 
@@ -158,6 +158,8 @@ class RunTracker(Protocol):
 
     def log_step(self, global_step: int, loss: float, lr: float) -> None: ...
 
+    def summarize(self, record: Mapping[str, Any]) -> None: ...
+
     def finish(self, exit_code: int = 0) -> None: ...
 
     def describe(self) -> str: ...
@@ -219,6 +221,9 @@ class NoOpTracker:
 
     def log_step(self, global_step: int, loss: float, lr: float) -> None:
         """Nothing to log here."""
+
+    def summarize(self, record: Mapping[str, Any]) -> None:
+        """Nothing to summarize here."""
 
     def finish(self, exit_code: int = 0) -> None:
         """Nothing to finish here."""
@@ -343,6 +348,21 @@ class Tracker:
             self._accelerator.log(values)  # no step=: W&B's _step counts rows; the axes are epoch and global_step
         except Exception as exc:  # see the class docstring
             logger.warning("W&B logging failed at %s, tracking stops: %s: %s", where, type(exc).__name__, exc)
+            self._accelerator = None
+
+    def summarize(self, record: Mapping[str, Any]) -> None:
+        """Put what the validation chose (``best_epoch``, ``best_score``, ``best_metric``, ``stopped_early``,
+        ``stopped_epoch``: :data:`~distlearn.training.records.CHOICE_KEYS`) in the W&B run's summary."""
+        values = {key: record[key] for key in CHOICE_KEYS if record.get(key) is not None}
+        if self._accelerator is None or not values:
+            return
+        try:
+            for tracker in self._accelerator.trackers:
+                run = getattr(tracker, "run", None)
+                if run is not None:
+                    run.summary.update(values)
+        except Exception as exc:  # see the class docstring
+            logger.warning("W&B summary failed, tracking stops: %s: %s", type(exc).__name__, exc)
             self._accelerator = None
 
     def finish(self, exit_code: int = 0) -> None:

@@ -130,6 +130,7 @@ def _run(session: _Session, follows: Sequence[str]) -> dict[str, Any]:
             _stop(session, output_dir, stopped)
         record["status"] = "completed"
         files = _write_outputs(session, output_dir, record)
+    session.tracker.summarize(record)
     session.tracker.finish()  # before the summary, so that W&B's closing lines come first and ours last
     if accelerator.is_main_process:
         print(_summary(session, output_dir, record, files), flush=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
-__all__ = ["BatchRecord", "EpochRecord", "Record", "TestResult", "ThroughputRecord", "scores"]
+__all__ = ["CHOICE_KEYS", "BatchRecord", "EpochRecord", "Record", "TestResult", "ThroughputRecord", "scores"]
 
 
 class TestResult(TypedDict, total=False):
@@ -89,6 +89,10 @@ class Record(TypedDict, total=False):
     best_metric: str  # that score's name ("loss" without a metric)
     stopped_early: bool  # with early stopping: whether it stopped before n_epochs
     stopped_epoch: int  # when it did: the last epoch trained (0-based)
+
+
+# The record's top-level keys that say what the validation chose (W&B's run summary gets them too).
+CHOICE_KEYS = ("best_epoch", "best_score", "best_metric", "stopped_early", "stopped_epoch")
 
 
 def scores(part: Mapping[str, Any], which: Literal["train", "test", "val"]) -> dict[str, Any]:
