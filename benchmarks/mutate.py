@@ -62,7 +62,7 @@ MUTATIONS = [
     Mutation("resume_ignored", LRN, "if not self._resume:", "if True:",
              (f"{PROMISES}::test_data_order_after_load_state_dict_depends_only_on_seed_and_epoch",
               "tests/test_learner.py::test_load_state_dict_resumes_from_the_loaded_epoch_and_step"), "load_state_dict ignored"),
-    Mutation("objects_lose", LRN, "optimizer, scheduler = self.optimizer, self.lr_scheduler", "optimizer, scheduler = None, None",
+    Mutation("objects_lose", LRN, "build_optimizer(model, self.optimizer, self.lr_scheduler,", "build_optimizer(model, None, None,",
              _promises("objects"), "configs win over the optimizer/scheduler objects"),
     Mutation("loss_object_loses", LRN, "if loss is None and loss_configs is not None:", "if loss_configs is not None:",
              _promises("objects"), "loss_configs wins over the loss object"),

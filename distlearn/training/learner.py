@@ -23,7 +23,6 @@ accounting (:mod:`.epoch`), the checkpointed progress (:mod:`.progress`), evalua
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import weakref
@@ -39,15 +38,17 @@ from torch.utils.data import DataLoader
 
 from ..metrics import Metric, Metrics
 from ..options import NONFINITE_MODES
-from ..runtime.accelerator import build_accelerator, check_accelerator, prepare_loader
+from ..runtime.accelerator import build_accelerator, check_accelerator
 from ..runtime.skipping import data_position
-from .batches import BatchRunner, agree_on_batch, leaves_out_ignored
+from .batches import BatchRunner, agree_on_batch
 from .checkpoint import Checkpoints, Interrupted
 from .configs import check_int, check_learner_options, check_scheduler, config_spec
 from .epoch import EpochAccounting, EpochTotals, NonFiniteLossError, to_device
 from .evaluation import eval_module, evaluate
-from .model_options import ModelOptions, apply_model_options
-from .preparation import check_device, check_loader, resume_loader, split_loaders, unregister
+from .model_options import ModelOptions
+from .preparation import (
+    build_optimizer, check_device, check_loader, check_optimizer, prepare_once, prepare_run, resume_loader, split_loaders,
+)
 from .progress import marker_fields, rank_state, restore, set_rng_states
 from .records import EpochRecord, Record, TestResult
 from .scoring import fresh_metric
@@ -57,7 +58,7 @@ from .throughput import (
 )
 from .steps import (
     TrainRun, account_batch, backward, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step,
-    step_scheduler_per_epoch, stepper,
+    step_scheduler_per_epoch,
 )
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
@@ -164,7 +165,6 @@ class BackwardLearner:
         self.epoch = 0  # epochs completed (train() starts at 0, or where load_state_dict() left it)
         self.step = 0  # optimizer steps taken, counted like epoch
         self._resume = False  # set by load_state_dict(): the next train() continues from epoch/step
-        self._global_batch = 0  # samples per optimizer micro-step over all ranks, set by _prepare()
         self._chooser: Chooser | None = None  # the validation's choice in the running train()
 
     def accelerator(self, device: str | torch.device | None = None) -> Accelerator:
@@ -337,7 +337,7 @@ class BackwardLearner:
         begin = time.time()
         metric = fresh_metric(metric)
         accelerator = self.accelerator(device)
-        loader = self._prepare_loader(accelerator, test_loader, evaluation=True)
+        loader = prepare_once(self._prepared_loaders, accelerator, test_loader, evaluation=True)
         check_loader("test_loader", test_loader, loader)
         module = eval_module(accelerator, model)
         idx = None if test_idx is None else torch.as_tensor(test_idx, device=accelerator.device)
@@ -369,41 +369,16 @@ class BackwardLearner:
     def _prepare(self, model: nn.Module, train_loader: Any, device: Any, metric: Metric | Metrics | None,
                  train_idx: Any, checkpoints: Checkpoints | None, nonfinite: str) -> TrainRun:
         """Check the learner can train, build the optimizer and scheduler, prepare everything with Accelerate."""
-        if self.optimizer is None and self._optimizer_spec is None:
-            raise ValueError(
-                "BackwardLearner has no optimizer: pass optimizer=... or optimizer_configs={'optimizer_class': ...}"
-            )
+        check_optimizer(self.optimizer, self._optimizer_spec)
         accelerator = self.accelerator(device)
         # seed + rank: ranks draw different dropout masks for their different rows. The
         # weights start equal anyway (DDP broadcasts rank 0's), and the data order has its
         # own seed (the seedable sampler), so it stays the same for any number of ranks.
         set_seed(self.seed, device_specific=True)
-        optimizer, scheduler = self.optimizer, self.lr_scheduler
-        if optimizer is None:
-            optimizer_class, parameters = self._optimizer_spec
-            optimizer = optimizer_class(model.parameters(), **copy.deepcopy(parameters))
-        if scheduler is None and self._lr_scheduler_spec is not None:
-            scheduler_class, parameters = self._lr_scheduler_spec
-            scheduler = scheduler_class(optimizer, **copy.deepcopy(parameters))
-        unregister(accelerator, self._prepared)  # else save_state() would save the last train()'s objects too
-        self._prepared = {}
-        apply_model_options(model, self.model_options, accelerator.device,  # in place: the user's key names
-                            accelerator.state.dynamo_plugin.backend.value)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        loader = self._prepare_loader(accelerator, train_loader)
-        if scheduler is not None:
-            scheduler = accelerator.prepare(scheduler)  # so that save_state() includes it ...
-            scheduler.step_with_optimizer = False  # ... but stepped by us, once (not num_processes times)
-        self._prepared = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-        self._global_batch = int(getattr(loader, "total_batch_size", 0))  # samples per step over all ranks
-        check_loader("data_loader['train_loader']", train_loader, loader)
-        batches = self._batches()
-        # Token targets reach the metric with the ignored tokens left in when it leaves them out itself
-        # (a mask on the device); taking them out first is boolean indexing, a host sync per step.
-        keep_ignored = leaves_out_ignored(metric, batches.ignore_index)
-        train_idx = None if train_idx is None else torch.as_tensor(train_idx, device=accelerator.device)
-        return TrainRun(accelerator, model, optimizer, scheduler, loader, batches, metric, keep_ignored, train_idx,
-                        checkpoints, nonfinite, stepper(accelerator, optimizer))
+        optimizer, scheduler = build_optimizer(model, self.optimizer, self.lr_scheduler, self._optimizer_spec,
+                                               self._lr_scheduler_spec)
+        return prepare_run(accelerator, model, optimizer, scheduler, train_loader, self._prepared_loaders,
+                           self._prepared, self.model_options, self._batches, metric, train_idx, checkpoints, nonfinite)
 
     def _epochs(self) -> Iterator[int]:
         """The epochs to train, from ``self.epoch`` on (each epoch's end moves it)."""
@@ -444,7 +419,7 @@ class BackwardLearner:
         val_loader = None if self._chooser is None else self._chooser.loader
         for loader in (val_loader, test_loader):  # the loaders prepared in the order they were saved in
             if loader is not None:
-                self._prepare_loader(run.accelerator, loader, evaluation=True)
+                prepare_once(self._prepared_loaders, run.accelerator, loader, evaluation=True)
         progress = restore(checkpoints, run.accelerator, run.metric, train_loader, record)
         self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
         if self._chooser is not None:
@@ -599,25 +574,13 @@ class BackwardLearner:
         ``wait``: committed on return, also when written in the background (a stop, the last save)."""
         accelerator = run.accelerator
         state = rank_state(
-            epoch=epoch, step=self.step, batches_done=batches_done, global_batch=self._global_batch,
+            epoch=epoch, step=self.step, batches_done=batches_done, global_batch=int(getattr(run.loader, "total_batch_size", 0)),
             world_size=accelerator.num_processes, rank=accelerator.process_index, accounting=accounting,
             metric=None if accounting is None else run.metric, record=record, seed=self.seed,
             selection=None if self._chooser is None else self._chooser.state_dict(),
         )
         state["data"] = data_position(run.loader, batches_done)  # a stateful iterable data set's, else None
         return run.checkpoints.save(accelerator, state, marker_fields(state), wait=wait)
-
-    def _prepare_loader(self, accelerator: Accelerator, loader: Any, evaluation: bool = False) -> Any:
-        """Prepare a loader once per learner (re-preparing would register it with Accelerate again).
-
-        An evaluation loader with ``drop_last=True`` is refused: the samples it leaves out would
-        depend on the number of processes.
-        """
-        if not isinstance(loader, DataLoader):
-            raise TypeError(f"expected a torch.utils.data.DataLoader, got {type(loader).__name__}")
-        if loader not in self._prepared_loaders:
-            self._prepared_loaders[loader] = prepare_loader(accelerator, loader, drop_last_ok=not evaluation)
-        return self._prepared_loaders[loader]
 
     def _batches(self) -> BatchRunner:
         """How batches are called and weighed, for this train()/test() (the loss may have been set since)."""
