@@ -43,7 +43,7 @@ from ..runtime.skipping import data_position
 from .batches import BatchRunner, agree_on_batch
 from .checkpoint import Checkpoints, Interrupted
 from .configs import check_int, check_learner_options, check_scheduler, config_spec
-from .epoch import EpochAccounting, EpochTotals, NonFiniteLossError, to_device
+from .epoch import EpochAccounting, EpochTotals, NonFiniteLossError, reduce_epoch, to_device
 from .evaluation import eval_module, evaluate
 from .model_options import ModelOptions
 from .preparation import (
@@ -53,9 +53,7 @@ from .progress import marker_fields, rank_state, restore, set_rng_states
 from .records import EpochRecord, Record, TestResult
 from .scoring import fresh_metric
 from .selection import Chooser, Selection, new_chooser, recover_best, val_fields
-from .throughput import (
-    SHARDED, EpochTimer, Monitor, add_seconds, epoch_accumulators, flops_per_sample, peak_tflops, throughput_block,
-)
+from .throughput import EpochTimer, Monitor, add_seconds, epoch_block, peak_tflops, session_flops
 from .steps import (
     TrainRun, account_batch, backward, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step,
     step_scheduler_per_epoch,
@@ -283,7 +281,7 @@ class BackwardLearner:
                 if step == done:
                     self._before_first_batch(run, batch, resumed if done else None, epoch == first_epoch)
                     if epoch == first_epoch and monitor.measure_flops:
-                        flops = self._count_flops(run, batch, accounting)
+                        flops = session_flops(run.accelerator, run.model, run.batches, batch, run.train_idx, accounting)
                 with timer.timing("steps"):
                     stepped = self._train_batch(run, batch, accounting)
                 if self.display_every_n_steps and (step + 1) % self.display_every_n_steps == 0:
@@ -293,11 +291,12 @@ class BackwardLearner:
                     with timer.timing("checkpoints"):
                         self._checkpoint_mid_epoch(run, stop, epoch, step + 1, accounting, record)
 
-            totals, memory_names = self._reduce(run, accounting, epoch, preparation, nonfinite)
+            totals, memory_names = reduce_epoch(accounting, run.metric, epoch, preparation, run.stop_flags(), nonfinite,
+                                                run.accelerator.process_index, run.accelerator.num_processes)
             stop = stop or totals.stop
             summary = self._epoch_record(run, totals, accounting, epoch, test_check and test_loader is not None,
                                          display_step, test_loader, test_idx)
-            block = self._throughput(run, totals, memory_names, summary, flops, peak)
+            block = epoch_block(summary, totals.extra, memory_names, flops, peak, run.accelerator.num_processes)
             record["preparation"]["preparation_time_cost"] = totals.preparation_time_cost
             record["training"][epoch] = summary
             self.epoch = epoch + 1
@@ -493,17 +492,6 @@ class BackwardLearner:
             monitor.on_running_loss(self.step, running, float(run.lr))
         return signalled
 
-    def _count_flops(self, run: TrainRun, batch: Any, accounting: EpochAccounting) -> float | None:
-        """The model's FLOPs per sample on this batch (forward and backward), left out of the epoch's clock;
-        None where the parameters are sharded (the unwrapped module holds only this rank's shard)."""
-        if run.accelerator.distributed_type in SHARDED:
-            return None
-        began = time.time()
-        module = run.accelerator.unwrap_model(run.model)  # no DDP hook fires; Accelerate's autocast stays
-        flops = flops_per_sample(module, run.batches, batch, run.train_idx)
-        accounting.shift += time.time() - began
-        return flops
-
     def _checkpoint_mid_epoch(self, run: TrainRun, stop: int | None, epoch: int, done: int,
                               accounting: EpochAccounting, record: Record) -> None:
         """After an optimizer step: save when due or stopping (not on the epoch's last batch: its end saves).
@@ -518,26 +506,6 @@ class BackwardLearner:
         saved = self._save(run, epoch, done, accounting, record, wait=bool(stop))
         if stop:
             raise Interrupted(stop, self._with_choice(record), saved)
-
-    @staticmethod
-    def _reduce(run: TrainRun, accounting: EpochAccounting, epoch: int, preparation: float,
-                nonfinite: str) -> tuple[EpochTotals, list[str]]:
-        """The epoch's one collective: its numbers, the stop flags and the throughput timers and memory peaks
-        (whose names come back with the totals)."""
-        extra, memory_names = epoch_accumulators(accounting.timer, accounting.sizes, accounting.tokens,
-                                                 run.accelerator.process_index, run.accelerator.num_processes)
-        return accounting.reduce(run.metric, epoch, preparation, run.stop_flags(), nonfinite, extra), memory_names
-
-    @staticmethod
-    def _throughput(run: TrainRun, totals: EpochTotals, memory_names: list[str], summary: EpochRecord,
-                    flops: float | None, peak: Any) -> dict[str, Any]:
-        """The epoch's ``throughput`` block, put in ``summary``; its evaluation time is the validation's and test's."""
-        summary["throughput"] = block = throughput_block(
-            totals.extra, memory_names, summary["samples"], summary["time_cost"], flops, peak,
-            run.accelerator.num_processes)
-        for part in ("val_result", "test_result"):
-            add_seconds(block, "evaluation", (summary.get(part) or {}).get("time_cost") or 0.0)
-        return block
 
     def _epoch_end_save(self, run: TrainRun, epoch: int, record: Record, block: dict[str, Any],
                         stop: int | None) -> Any:
