@@ -57,7 +57,7 @@ MUTATIONS = [
              _promises("clip or max_grad_norm"), "max_grad_norm ignored"),
     Mutation("seed_rank", LRN, "set_seed(self.seed, device_specific=True)", "set_seed(self.seed, device_specific=False)",
              _promises("ranks_draw or every_rank"), "every rank draws the same dropout masks"),
-    Mutation("epoch_order", LRN, "loader.set_epoch(epoch)", "loader.set_epoch(0)",
+    Mutation("epoch_order", STP, "loader.set_epoch(epoch)", "loader.set_epoch(0)",
              _promises("order or ranks_draw or every_rank"), "every epoch sees the same order"),
     Mutation("resume_ignored", LRN, "if not self._resume:", "if True:",
              (f"{PROMISES}::test_data_order_after_load_state_dict_depends_only_on_seed_and_epoch",

@@ -43,7 +43,7 @@ from ..runtime.skipping import data_position
 from .batches import BatchRunner, agree_on_batch
 from .checkpoint import Checkpoints, Interrupted
 from .configs import check_int, check_learner_options, check_scheduler, config_spec
-from .epoch import EpochAccounting, EpochTotals, NonFiniteLossError, reduce_epoch, to_device
+from .epoch import EpochAccounting, EpochTotals, NonFiniteLossError, reduce_epoch
 from .evaluation import eval_module, evaluate
 from .model_options import ModelOptions
 from .preparation import (
@@ -53,10 +53,10 @@ from .progress import marker_fields, rank_state, restore, set_rng_states
 from .records import EpochRecord, Record, TestResult
 from .scoring import fresh_metric
 from .selection import Chooser, Selection, new_chooser, recover_best, val_fields
-from .throughput import EpochTimer, Monitor, add_seconds, epoch_block, peak_tflops, session_flops
+from .throughput import Monitor, add_seconds, epoch_block, peak_tflops, session_flops
 from .steps import (
-    TrainRun, account_batch, backward, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step,
-    step_scheduler_per_epoch,
+    TrainRun, account_batch, backward, begin_epoch, describe_epoch, display, epoch_batches, finite_loss, last_batch,
+    optimizer_step, step_scheduler_per_epoch,
 )
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
@@ -272,7 +272,7 @@ class BackwardLearner:
         saved = None
 
         for epoch in self._epochs():
-            accounting, done = self._begin_epoch(run, epoch, resumed if epoch == first_epoch else None)
+            accounting, done = begin_epoch(run, epoch, resumed if epoch == first_epoch else None)
             batches, run.bar = epoch_batches(run.loader, epoch, self.n_epochs, done,
                                              not disable_tqdm and run.accelerator.is_main_process,
                                              (resumed or {}).get("data"))  # an iterable set's saved position
@@ -285,7 +285,7 @@ class BackwardLearner:
                 with timer.timing("steps"):
                     stepped = self._train_batch(run, batch, accounting)
                 if self.display_every_n_steps and (step + 1) % self.display_every_n_steps == 0:
-                    signalled = self._display(run, accounting, step + 1, epoch, monitor)  # a collective: every rank
+                    signalled = display(run, accounting, step + 1, epoch, self.step, monitor)  # a collective: every rank
                     stop = stop or signalled
                 if stepped and checkpoints is not None:  # every n steps, or now when stopping on a signal
                     with timer.timing("checkpoints"):
@@ -403,7 +403,7 @@ class BackwardLearner:
 
         Returns:
             This rank's saved progress when resuming from a checkpoint (its partial epoch is
-            restored by :meth:`_begin_epoch`), else None.
+            restored by :func:`~distlearn.training.steps.begin_epoch`), else None.
         """
         checkpoints = run.checkpoints
         keep_best = None if self._chooser is None else self._chooser.selection.keep_best
@@ -426,24 +426,6 @@ class BackwardLearner:
             if keep_best is not None and run.accelerator.is_main_process:
                 recover_best(keep_best)
         return progress
-
-    def _begin_epoch(self, run: TrainRun, epoch: int, resumed: Mapping[str, Any] | None) -> tuple[EpochAccounting, int]:
-        """Fresh accounting and metric for the epoch, or the saved partial ones; returns (accounting, batches done).
-
-        The epoch's clock starts here (a resumed epoch's goes on from where its checkpoint read it).
-        """
-        run.loader.set_epoch(epoch)  # the shuffle depends only on (seed, epoch): resumable
-        run.model.train()
-        accounting = EpochAccounting()
-        accounting.timer = EpochTimer(run.accelerator.device)
-        if run.metric is not None:
-            run.metric.reset()
-        if resumed is None or not resumed["batches_done"]:
-            return accounting, 0
-        accounting.load_state_dict(resumed["log"], run.accelerator.device)
-        if run.metric is not None and resumed["metric"] is not None:
-            run.metric.load_state_dict(to_device(resumed["metric"], run.accelerator.device))
-        return accounting, int(resumed["batches_done"])
 
     @staticmethod
     def _before_first_batch(run: TrainRun, batch: Any, resumed: Mapping[str, Any] | None, first_epoch: bool) -> None:
@@ -478,19 +460,6 @@ class BackwardLearner:
             result = run.batches.real(accelerator, out, model, run.train_idx, run.metric is not None, run.keep_ignored)
             account_batch(result, accounting, run.metric, self.loss)
         return stepped
-
-    def _display(self, run: TrainRun, accounting: EpochAccounting, done: int, epoch: int,
-                 monitor: Monitor) -> int | None:
-        """The running loss on the progress bar and to ``monitor.on_running_loss``; a collective, on every
-        rank, that also tells every rank whether one was signalled to stop. Returns that signal, or None."""
-        running, signalled = accounting.running_loss_and_stop(done, epoch, run.stop_flags())
-        if run.checkpoints is not None:  # a timed checkpoint due, a background write to commit
-            run.checkpoints.agreed(accounting.agreed, run.accelerator)
-        if run.bar is not None:
-            run.bar.set_postfix(loss=f"{running:.4g}", lr=f"{run.lr:.3g}", refresh=False)
-        if monitor.on_running_loss is not None:
-            monitor.on_running_loss(self.step, running, float(run.lr))
-        return signalled
 
     def _checkpoint_mid_epoch(self, run: TrainRun, stop: int | None, epoch: int, done: int,
                               accounting: EpochAccounting, record: Record) -> None:
