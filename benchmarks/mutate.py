@@ -59,7 +59,7 @@ MUTATIONS = [
              _promises("ranks_draw or every_rank"), "every rank draws the same dropout masks"),
     Mutation("epoch_order", STP, "loader.set_epoch(epoch)", "loader.set_epoch(0)",
              _promises("order or ranks_draw or every_rank"), "every epoch sees the same order"),
-    Mutation("resume_ignored", LRN, "if not self._resume:", "if True:",
+    Mutation("resume_ignored", LRN, "if not resuming and not self._resume:", "if not resuming:",
              (f"{PROMISES}::test_data_order_after_load_state_dict_depends_only_on_seed_and_epoch",
               "tests/test_learner.py::test_load_state_dict_resumes_from_the_loaded_epoch_and_step"), "load_state_dict ignored"),
     Mutation("objects_lose", LRN, "build_optimizer(model, self.optimizer, self.lr_scheduler,", "build_optimizer(model, None, None,",

@@ -39,7 +39,6 @@ from torch.utils.data import DataLoader
 from ..metrics import Metric, Metrics
 from ..options import NONFINITE_MODES
 from ..runtime.accelerator import build_accelerator, check_accelerator
-from ..runtime.skipping import data_position
 from .batches import BatchRunner, agree_on_batch
 from .checkpoint import Checkpoints, Interrupted
 from .configs import check_int, check_learner_options, check_scheduler, config_spec
@@ -49,10 +48,10 @@ from .model_options import ModelOptions
 from .preparation import (
     build_optimizer, check_device, check_loader, check_optimizer, prepare_once, prepare_run, resume_loader, split_loaders,
 )
-from .progress import marker_fields, rank_state, restore, set_rng_states
+from .progress import resume_progress, save_progress, set_rng_states
 from .records import EpochRecord, Record, TestResult
 from .scoring import fresh_metric
-from .selection import Chooser, Selection, new_chooser, recover_best, val_fields
+from .selection import Chooser, Selection, new_chooser, resume_choice, val_fields
 from .throughput import Monitor, add_seconds, epoch_block, peak_tflops, session_flops
 from .steps import (
     TrainRun, account_batch, backward, begin_epoch, describe_epoch, display, epoch_batches, finite_loss, last_batch,
@@ -405,26 +404,16 @@ class BackwardLearner:
             This rank's saved progress when resuming from a checkpoint (its partial epoch is
             restored by :func:`~distlearn.training.steps.begin_epoch`), else None.
         """
-        checkpoints = run.checkpoints
-        keep_best = None if self._chooser is None else self._chooser.selection.keep_best
-        if checkpoints is None or checkpoints.resume_from is None:
-            if not self._resume:
-                self.epoch = self.step = 0
-            self._resume = False
-            if keep_best is not None and run.accelerator.is_main_process:
-                recover_best(keep_best, fresh=True)  # a fresh run: no earlier run's best/
-            return None
+        resuming = run.checkpoints is not None and run.checkpoints.resume_from is not None
+        if not resuming and not self._resume:
+            self.epoch = self.step = 0
         self._resume = False
-        val_loader = None if self._chooser is None else self._chooser.loader
-        for loader in (val_loader, test_loader):  # the loaders prepared in the order they were saved in
-            if loader is not None:
-                prepare_once(self._prepared_loaders, run.accelerator, loader, evaluation=True)
-        progress = restore(checkpoints, run.accelerator, run.metric, train_loader, record)
-        self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
-        if self._chooser is not None:
-            self._chooser.load_state_dict(progress.get("selection"))
-            if keep_best is not None and run.accelerator.is_main_process:
-                recover_best(keep_best)
+        progress = None
+        if resuming:
+            val_loader = None if self._chooser is None else self._chooser.loader
+            progress = resume_progress(run, record, train_loader, (val_loader, test_loader), self._prepared_loaders)
+            self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
+        resume_choice(self._chooser, progress, run.accelerator.is_main_process)
         return progress
 
     @staticmethod
@@ -507,17 +496,9 @@ class BackwardLearner:
 
     def _save(self, run: TrainRun, epoch: int, batches_done: int, accounting: EpochAccounting | None,
               record: Record, wait: bool = False) -> Any:
-        """Save a checkpoint of this rank's progress (``accounting`` None: at an epoch's end, without the metric);
-        ``wait``: committed on return, also when written in the background (a stop, the last save)."""
-        accelerator = run.accelerator
-        state = rank_state(
-            epoch=epoch, step=self.step, batches_done=batches_done, global_batch=int(getattr(run.loader, "total_batch_size", 0)),
-            world_size=accelerator.num_processes, rank=accelerator.process_index, accounting=accounting,
-            metric=None if accounting is None else run.metric, record=record, seed=self.seed,
-            selection=None if self._chooser is None else self._chooser.state_dict(),
-        )
-        state["data"] = data_position(run.loader, batches_done)  # a stateful iterable data set's, else None
-        return run.checkpoints.save(accelerator, state, marker_fields(state), wait=wait)
+        """Save a checkpoint of this rank's progress (see :func:`~distlearn.training.progress.save_progress`)."""
+        return save_progress(run, epoch, self.step, batches_done, accounting, record, self.seed,
+                             None if self._chooser is None else self._chooser.state_dict(), wait)
 
     def _batches(self) -> BatchRunner:
         """How batches are called and weighed, for this train()/test() (the loss may have been set since)."""
