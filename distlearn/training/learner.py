@@ -37,16 +37,16 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader
 
 from ..metrics import Metric, Metrics
-from ..options import NONFINITE_MODES
 from ..runtime.accelerator import build_accelerator, check_accelerator
 from .batches import BatchRunner, agree_on_batch
 from .checkpoint import Checkpoints, Interrupted
-from .configs import check_int, check_learner_options, check_scheduler, config_spec
+from .configs import check_learner_options, check_scheduler, config_spec
 from .epoch import EpochAccounting, EpochTotals, NonFiniteLossError, reduce_epoch
 from .evaluation import eval_module, evaluate
 from .model_options import ModelOptions
 from .preparation import (
-    build_optimizer, check_device, check_loader, check_optimizer, prepare_once, prepare_run, resume_loader, split_loaders,
+    build_optimizer, check_device, check_loader, check_optimizer, check_train_options, prepare_once, prepare_run,
+    resume_loader, split_loaders,
 )
 from .progress import resume_progress, save_progress, set_rng_states
 from .records import EpochRecord, Record, TestResult
@@ -253,9 +253,7 @@ class BackwardLearner:
         train_loader, test_loader = split_loaders(data_loader)
         metric = fresh_metric(metric)
         self._chooser = new_chooser(selection, metric, data_loader)  # with a "val_loader"; else None
-        check_int("display_step", display_step, 1)
-        if nonfinite not in NONFINITE_MODES:
-            raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
+        check_train_options(display_step, nonfinite)
         if checkpoints is not None and checkpoints.resume_from is not None and isinstance(train_loader, DataLoader):
             # on another number of processes: a loader that keeps the global batch
             train_loader = resume_loader(train_loader, checkpoints, self.accelerator(device).num_processes)

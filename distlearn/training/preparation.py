@@ -19,14 +19,16 @@ from accelerate import Accelerator
 from torch import nn
 
 from ..metrics import Metric, Metrics
+from ..options import NONFINITE_MODES
 from ..runtime.accelerator import prepare_loader
 from .batches import BatchRunner, agree_on_batch, leaves_out_ignored
 from .checkpoint import Checkpoints
+from .configs import check_int
 from .model_options import ModelOptions, apply_model_options
 from .steps import TrainRun, stepper
 
 __all__ = [
-    "build_optimizer", "check_device", "check_loader", "check_optimizer", "n_samples", "prepare_once", "prepare_run", "registered_models", "resolved_device", "resume_loader", "split_loaders", "unregister",
+    "build_optimizer", "check_device", "check_loader", "check_optimizer", "check_train_options", "n_samples", "prepare_once", "prepare_run", "registered_models", "resolved_device", "resume_loader", "split_loaders", "unregister",
     "with_batch_size",
 ]
 
@@ -151,6 +153,13 @@ def split_loaders(data_loader: Any) -> tuple[Any, Any]:
             )
         return data_loader["train_loader"], data_loader.get("test_loader")
     return data_loader, None
+
+
+def check_train_options(display_step: int, nonfinite: str) -> None:
+    """Raise ValueError on ``train()``'s ``display_step`` or ``nonfinite`` out of range."""
+    check_int("display_step", display_step, 1)
+    if nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
 
 
 def check_optimizer(optimizer: Any, optimizer_spec: Any) -> None:
