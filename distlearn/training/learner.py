@@ -18,7 +18,8 @@ checkpoint left off, and stops with a checkpoint when a process is signalled.
 
 The loop is :meth:`BackwardLearner.train`; what it calls lives beside it: the epoch's
 accounting (:mod:`.epoch`), the checkpointed progress (:mod:`.progress`), evaluation
-(:mod:`.evaluation`), the steps (:mod:`.steps`), the preparation (:mod:`.preparation`).
+(:mod:`.evaluation`), the steps (:mod:`.steps`), the preparation (:mod:`.preparation`),
+the measurements (:mod:`.throughput`), the validation's choice (:mod:`.selection`).
 """
 
 from __future__ import annotations
