@@ -22,8 +22,9 @@ from ..accumulators.sequences import step_major
 from .control import StopFlags
 from .records import EpochRecord
 from .scoring import score_fields
+from .throughput import epoch_accumulators
 
-__all__ = ["EpochAccounting", "EpochTotals", "NonFiniteLossError", "merged_accumulator_state", "to_device"]
+__all__ = ["EpochAccounting", "EpochTotals", "NonFiniteLossError", "merged_accumulator_state", "reduce_epoch", "to_device"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -291,6 +292,14 @@ class EpochAccounting:
                 f"epoch, {len(batch_loss)} batches seen). Lower the learning rate, set max_grad_norm, or check the "
                 "data for NaN/inf values."
             )
+
+
+def reduce_epoch(accounting: EpochAccounting, metric: Any, epoch: int, preparation: float, flags: StopFlags | None,
+                 nonfinite: str, rank: int, world: int) -> tuple[EpochTotals, list[str]]:
+    """The epoch's one collective: its numbers, the stop flags and the throughput timers and memory peaks
+    (whose names come back with the totals)."""
+    extra, memory_names = epoch_accumulators(accounting.timer, accounting.sizes, accounting.tokens, rank, world)
+    return accounting.reduce(metric, epoch, preparation, flags, nonfinite, extra), memory_names
 
 
 def merged_accumulator_state(states: list[Mapping[str, Any]], rank: int, world_size: int | None,

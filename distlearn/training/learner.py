@@ -18,12 +18,12 @@ checkpoint left off, and stops with a checkpoint when a process is signalled.
 
 The loop is :meth:`BackwardLearner.train`; what it calls lives beside it: the epoch's
 accounting (:mod:`.epoch`), the checkpointed progress (:mod:`.progress`), evaluation
-(:mod:`.evaluation`), the steps (:mod:`.steps`), the preparation (:mod:`.preparation`).
+(:mod:`.evaluation`), the steps (:mod:`.steps`), the preparation (:mod:`.preparation`),
+the measurements (:mod:`.throughput`), the validation's choice (:mod:`.selection`).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import weakref
@@ -38,26 +38,25 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader
 
 from ..metrics import Metric, Metrics
-from ..options import NONFINITE_MODES
-from ..runtime.accelerator import build_accelerator, check_accelerator, prepare_loader
-from ..runtime.skipping import data_position
-from .batches import BatchRunner, agree_on_batch, leaves_out_ignored
+from ..runtime.accelerator import build_accelerator, check_accelerator
+from .batches import BatchRunner, agree_on_batch
 from .checkpoint import Checkpoints, Interrupted
-from .configs import check_int, check_learner_options, check_scheduler, config_spec
-from .epoch import EpochAccounting, EpochTotals, NonFiniteLossError, to_device
+from .configs import check_learner_options, check_scheduler, config_spec
+from .epoch import EpochAccounting, EpochTotals, NonFiniteLossError, reduce_epoch
 from .evaluation import eval_module, evaluate
-from .model_options import ModelOptions, apply_model_options
-from .preparation import check_device, check_loader, resume_loader, split_loaders, unregister
-from .progress import marker_fields, rank_state, restore, set_rng_states
+from .model_options import ModelOptions
+from .preparation import (
+    build_optimizer, check_device, check_loader, check_optimizer, check_train_options, prepare_once, prepare_run,
+    resume_loader, split_loaders,
+)
+from .progress import resume_progress, save_progress, set_rng_states
 from .records import EpochRecord, Record, TestResult
 from .scoring import fresh_metric
-from .selection import Chooser, Selection, new_chooser, recover_best, val_fields
-from .throughput import (
-    SHARDED, EpochTimer, Monitor, add_seconds, epoch_accumulators, flops_per_sample, peak_tflops, throughput_block,
-)
+from .selection import Chooser, Selection, new_chooser, resume_choice, val_fields
+from .throughput import Monitor, add_seconds, epoch_block, peak_tflops, session_flops
 from .steps import (
-    TrainRun, account_batch, backward, describe_epoch, epoch_batches, finite_loss, last_batch, optimizer_step,
-    step_scheduler_per_epoch, stepper,
+    TrainRun, account_batch, backward, begin_epoch, describe_epoch, display, epoch_batches, finite_loss, last_batch,
+    optimizer_step, step_scheduler_per_epoch,
 )
 
 __all__ = ["BackwardLearner", "NonFiniteLossError"]
@@ -164,7 +163,6 @@ class BackwardLearner:
         self.epoch = 0  # epochs completed (train() starts at 0, or where load_state_dict() left it)
         self.step = 0  # optimizer steps taken, counted like epoch
         self._resume = False  # set by load_state_dict(): the next train() continues from epoch/step
-        self._global_batch = 0  # samples per optimizer micro-step over all ranks, set by _prepare()
         self._chooser: Chooser | None = None  # the validation's choice in the running train()
 
     def accelerator(self, device: str | torch.device | None = None) -> Accelerator:
@@ -256,9 +254,7 @@ class BackwardLearner:
         train_loader, test_loader = split_loaders(data_loader)
         metric = fresh_metric(metric)
         self._chooser = new_chooser(selection, metric, data_loader)  # with a "val_loader"; else None
-        check_int("display_step", display_step, 1)
-        if nonfinite not in NONFINITE_MODES:
-            raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
+        check_train_options(display_step, nonfinite)
         if checkpoints is not None and checkpoints.resume_from is not None and isinstance(train_loader, DataLoader):
             # on another number of processes: a loader that keeps the global batch
             train_loader = resume_loader(train_loader, checkpoints, self.accelerator(device).num_processes)
@@ -274,7 +270,7 @@ class BackwardLearner:
         saved = None
 
         for epoch in self._epochs():
-            accounting, done = self._begin_epoch(run, epoch, resumed if epoch == first_epoch else None)
+            accounting, done = begin_epoch(run, epoch, resumed if epoch == first_epoch else None)
             batches, run.bar = epoch_batches(run.loader, epoch, self.n_epochs, done,
                                              not disable_tqdm and run.accelerator.is_main_process,
                                              (resumed or {}).get("data"))  # an iterable set's saved position
@@ -283,21 +279,22 @@ class BackwardLearner:
                 if step == done:
                     self._before_first_batch(run, batch, resumed if done else None, epoch == first_epoch)
                     if epoch == first_epoch and monitor.measure_flops:
-                        flops = self._count_flops(run, batch, accounting)
+                        flops = session_flops(run.accelerator, run.model, run.batches, batch, run.train_idx, accounting)
                 with timer.timing("steps"):
                     stepped = self._train_batch(run, batch, accounting)
                 if self.display_every_n_steps and (step + 1) % self.display_every_n_steps == 0:
-                    signalled = self._display(run, accounting, step + 1, epoch, monitor)  # a collective: every rank
+                    signalled = display(run, accounting, step + 1, epoch, self.step, monitor)  # a collective: every rank
                     stop = stop or signalled
                 if stepped and checkpoints is not None:  # every n steps, or now when stopping on a signal
                     with timer.timing("checkpoints"):
                         self._checkpoint_mid_epoch(run, stop, epoch, step + 1, accounting, record)
 
-            totals, memory_names = self._reduce(run, accounting, epoch, preparation, nonfinite)
+            totals, memory_names = reduce_epoch(accounting, run.metric, epoch, preparation, run.stop_flags(), nonfinite,
+                                                run.accelerator.process_index, run.accelerator.num_processes)
             stop = stop or totals.stop
             summary = self._epoch_record(run, totals, accounting, epoch, test_check and test_loader is not None,
                                          display_step, test_loader, test_idx)
-            block = self._throughput(run, totals, memory_names, summary, flops, peak)
+            block = epoch_block(summary, totals.extra, memory_names, flops, peak, run.accelerator.num_processes)
             record["preparation"]["preparation_time_cost"] = totals.preparation_time_cost
             record["training"][epoch] = summary
             self.epoch = epoch + 1
@@ -337,7 +334,7 @@ class BackwardLearner:
         begin = time.time()
         metric = fresh_metric(metric)
         accelerator = self.accelerator(device)
-        loader = self._prepare_loader(accelerator, test_loader, evaluation=True)
+        loader = prepare_once(self._prepared_loaders, accelerator, test_loader, evaluation=True)
         check_loader("test_loader", test_loader, loader)
         module = eval_module(accelerator, model)
         idx = None if test_idx is None else torch.as_tensor(test_idx, device=accelerator.device)
@@ -369,41 +366,16 @@ class BackwardLearner:
     def _prepare(self, model: nn.Module, train_loader: Any, device: Any, metric: Metric | Metrics | None,
                  train_idx: Any, checkpoints: Checkpoints | None, nonfinite: str) -> TrainRun:
         """Check the learner can train, build the optimizer and scheduler, prepare everything with Accelerate."""
-        if self.optimizer is None and self._optimizer_spec is None:
-            raise ValueError(
-                "BackwardLearner has no optimizer: pass optimizer=... or optimizer_configs={'optimizer_class': ...}"
-            )
+        check_optimizer(self.optimizer, self._optimizer_spec)
         accelerator = self.accelerator(device)
         # seed + rank: ranks draw different dropout masks for their different rows. The
         # weights start equal anyway (DDP broadcasts rank 0's), and the data order has its
         # own seed (the seedable sampler), so it stays the same for any number of ranks.
         set_seed(self.seed, device_specific=True)
-        optimizer, scheduler = self.optimizer, self.lr_scheduler
-        if optimizer is None:
-            optimizer_class, parameters = self._optimizer_spec
-            optimizer = optimizer_class(model.parameters(), **copy.deepcopy(parameters))
-        if scheduler is None and self._lr_scheduler_spec is not None:
-            scheduler_class, parameters = self._lr_scheduler_spec
-            scheduler = scheduler_class(optimizer, **copy.deepcopy(parameters))
-        unregister(accelerator, self._prepared)  # else save_state() would save the last train()'s objects too
-        self._prepared = {}
-        apply_model_options(model, self.model_options, accelerator.device,  # in place: the user's key names
-                            accelerator.state.dynamo_plugin.backend.value)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        loader = self._prepare_loader(accelerator, train_loader)
-        if scheduler is not None:
-            scheduler = accelerator.prepare(scheduler)  # so that save_state() includes it ...
-            scheduler.step_with_optimizer = False  # ... but stepped by us, once (not num_processes times)
-        self._prepared = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-        self._global_batch = int(getattr(loader, "total_batch_size", 0))  # samples per step over all ranks
-        check_loader("data_loader['train_loader']", train_loader, loader)
-        batches = self._batches()
-        # Token targets reach the metric with the ignored tokens left in when it leaves them out itself
-        # (a mask on the device); taking them out first is boolean indexing, a host sync per step.
-        keep_ignored = leaves_out_ignored(metric, batches.ignore_index)
-        train_idx = None if train_idx is None else torch.as_tensor(train_idx, device=accelerator.device)
-        return TrainRun(accelerator, model, optimizer, scheduler, loader, batches, metric, keep_ignored, train_idx,
-                        checkpoints, nonfinite, stepper(accelerator, optimizer))
+        optimizer, scheduler = build_optimizer(model, self.optimizer, self.lr_scheduler, self._optimizer_spec,
+                                               self._lr_scheduler_spec)
+        return prepare_run(accelerator, model, optimizer, scheduler, train_loader, self._prepared_loaders,
+                           self._prepared, self.model_options, self._batches, metric, train_idx, checkpoints, nonfinite)
 
     def _epochs(self) -> Iterator[int]:
         """The epochs to train, from ``self.epoch`` on (each epoch's end moves it)."""
@@ -429,47 +401,19 @@ class BackwardLearner:
 
         Returns:
             This rank's saved progress when resuming from a checkpoint (its partial epoch is
-            restored by :meth:`_begin_epoch`), else None.
+            restored by :func:`~distlearn.training.steps.begin_epoch`), else None.
         """
-        checkpoints = run.checkpoints
-        keep_best = None if self._chooser is None else self._chooser.selection.keep_best
-        if checkpoints is None or checkpoints.resume_from is None:
-            if not self._resume:
-                self.epoch = self.step = 0
-            self._resume = False
-            if keep_best is not None and run.accelerator.is_main_process:
-                recover_best(keep_best, fresh=True)  # a fresh run: no earlier run's best/
-            return None
+        resuming = run.checkpoints is not None and run.checkpoints.resume_from is not None
+        if not resuming and not self._resume:
+            self.epoch = self.step = 0
         self._resume = False
-        val_loader = None if self._chooser is None else self._chooser.loader
-        for loader in (val_loader, test_loader):  # the loaders prepared in the order they were saved in
-            if loader is not None:
-                self._prepare_loader(run.accelerator, loader, evaluation=True)
-        progress = restore(checkpoints, run.accelerator, run.metric, train_loader, record)
-        self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
-        if self._chooser is not None:
-            self._chooser.load_state_dict(progress.get("selection"))
-            if keep_best is not None and run.accelerator.is_main_process:
-                recover_best(keep_best)
+        progress = None
+        if resuming:
+            val_loader = None if self._chooser is None else self._chooser.loader
+            progress = resume_progress(run, record, train_loader, (val_loader, test_loader), self._prepared_loaders)
+            self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
+        resume_choice(self._chooser, progress, run.accelerator.is_main_process)
         return progress
-
-    def _begin_epoch(self, run: TrainRun, epoch: int, resumed: Mapping[str, Any] | None) -> tuple[EpochAccounting, int]:
-        """Fresh accounting and metric for the epoch, or the saved partial ones; returns (accounting, batches done).
-
-        The epoch's clock starts here (a resumed epoch's goes on from where its checkpoint read it).
-        """
-        run.loader.set_epoch(epoch)  # the shuffle depends only on (seed, epoch): resumable
-        run.model.train()
-        accounting = EpochAccounting()
-        accounting.timer = EpochTimer(run.accelerator.device)
-        if run.metric is not None:
-            run.metric.reset()
-        if resumed is None or not resumed["batches_done"]:
-            return accounting, 0
-        accounting.load_state_dict(resumed["log"], run.accelerator.device)
-        if run.metric is not None and resumed["metric"] is not None:
-            run.metric.load_state_dict(to_device(resumed["metric"], run.accelerator.device))
-        return accounting, int(resumed["batches_done"])
 
     @staticmethod
     def _before_first_batch(run: TrainRun, batch: Any, resumed: Mapping[str, Any] | None, first_epoch: bool) -> None:
@@ -505,30 +449,6 @@ class BackwardLearner:
             account_batch(result, accounting, run.metric, self.loss)
         return stepped
 
-    def _display(self, run: TrainRun, accounting: EpochAccounting, done: int, epoch: int,
-                 monitor: Monitor) -> int | None:
-        """The running loss on the progress bar and to ``monitor.on_running_loss``; a collective, on every
-        rank, that also tells every rank whether one was signalled to stop. Returns that signal, or None."""
-        running, signalled = accounting.running_loss_and_stop(done, epoch, run.stop_flags())
-        if run.checkpoints is not None:  # a timed checkpoint due, a background write to commit
-            run.checkpoints.agreed(accounting.agreed, run.accelerator)
-        if run.bar is not None:
-            run.bar.set_postfix(loss=f"{running:.4g}", lr=f"{run.lr:.3g}", refresh=False)
-        if monitor.on_running_loss is not None:
-            monitor.on_running_loss(self.step, running, float(run.lr))
-        return signalled
-
-    def _count_flops(self, run: TrainRun, batch: Any, accounting: EpochAccounting) -> float | None:
-        """The model's FLOPs per sample on this batch (forward and backward), left out of the epoch's clock;
-        None where the parameters are sharded (the unwrapped module holds only this rank's shard)."""
-        if run.accelerator.distributed_type in SHARDED:
-            return None
-        began = time.time()
-        module = run.accelerator.unwrap_model(run.model)  # no DDP hook fires; Accelerate's autocast stays
-        flops = flops_per_sample(module, run.batches, batch, run.train_idx)
-        accounting.shift += time.time() - began
-        return flops
-
     def _checkpoint_mid_epoch(self, run: TrainRun, stop: int | None, epoch: int, done: int,
                               accounting: EpochAccounting, record: Record) -> None:
         """After an optimizer step: save when due or stopping (not on the epoch's last batch: its end saves).
@@ -543,26 +463,6 @@ class BackwardLearner:
         saved = self._save(run, epoch, done, accounting, record, wait=bool(stop))
         if stop:
             raise Interrupted(stop, self._with_choice(record), saved)
-
-    @staticmethod
-    def _reduce(run: TrainRun, accounting: EpochAccounting, epoch: int, preparation: float,
-                nonfinite: str) -> tuple[EpochTotals, list[str]]:
-        """The epoch's one collective: its numbers, the stop flags and the throughput timers and memory peaks
-        (whose names come back with the totals)."""
-        extra, memory_names = epoch_accumulators(accounting.timer, accounting.sizes, accounting.tokens,
-                                                 run.accelerator.process_index, run.accelerator.num_processes)
-        return accounting.reduce(run.metric, epoch, preparation, run.stop_flags(), nonfinite, extra), memory_names
-
-    @staticmethod
-    def _throughput(run: TrainRun, totals: EpochTotals, memory_names: list[str], summary: EpochRecord,
-                    flops: float | None, peak: Any) -> dict[str, Any]:
-        """The epoch's ``throughput`` block, put in ``summary``; its evaluation time is the validation's and test's."""
-        summary["throughput"] = block = throughput_block(
-            totals.extra, memory_names, summary["samples"], summary["time_cost"], flops, peak,
-            run.accelerator.num_processes)
-        for part in ("val_result", "test_result"):
-            add_seconds(block, "evaluation", (summary.get(part) or {}).get("time_cost") or 0.0)
-        return block
 
     def _epoch_end_save(self, run: TrainRun, epoch: int, record: Record, block: dict[str, Any],
                         stop: int | None) -> Any:
@@ -595,29 +495,9 @@ class BackwardLearner:
 
     def _save(self, run: TrainRun, epoch: int, batches_done: int, accounting: EpochAccounting | None,
               record: Record, wait: bool = False) -> Any:
-        """Save a checkpoint of this rank's progress (``accounting`` None: at an epoch's end, without the metric);
-        ``wait``: committed on return, also when written in the background (a stop, the last save)."""
-        accelerator = run.accelerator
-        state = rank_state(
-            epoch=epoch, step=self.step, batches_done=batches_done, global_batch=self._global_batch,
-            world_size=accelerator.num_processes, rank=accelerator.process_index, accounting=accounting,
-            metric=None if accounting is None else run.metric, record=record, seed=self.seed,
-            selection=None if self._chooser is None else self._chooser.state_dict(),
-        )
-        state["data"] = data_position(run.loader, batches_done)  # a stateful iterable data set's, else None
-        return run.checkpoints.save(accelerator, state, marker_fields(state), wait=wait)
-
-    def _prepare_loader(self, accelerator: Accelerator, loader: Any, evaluation: bool = False) -> Any:
-        """Prepare a loader once per learner (re-preparing would register it with Accelerate again).
-
-        An evaluation loader with ``drop_last=True`` is refused: the samples it leaves out would
-        depend on the number of processes.
-        """
-        if not isinstance(loader, DataLoader):
-            raise TypeError(f"expected a torch.utils.data.DataLoader, got {type(loader).__name__}")
-        if loader not in self._prepared_loaders:
-            self._prepared_loaders[loader] = prepare_loader(accelerator, loader, drop_last_ok=not evaluation)
-        return self._prepared_loaders[loader]
+        """Save a checkpoint of this rank's progress (see :func:`~distlearn.training.progress.save_progress`)."""
+        return save_progress(run, epoch, self.step, batches_done, accounting, record, self.seed,
+                             None if self._chooser is None else self._chooser.state_dict(), wait)
 
     def _batches(self) -> BatchRunner:
         """How batches are called and weighed, for this train()/test() (the loss may have been set since)."""

@@ -1,4 +1,5 @@
-"""What ``train()`` and ``test()`` check and prepare before their loops: loaders, devices, Accelerate's lists.
+"""What ``train()`` and ``test()`` check and prepare before their loops: loaders, devices, Accelerate's lists,
+the optimizer and scheduler, and the run (:func:`prepare_run`).
 
 The learner's objects live in Accelerate's lists of prepared objects (``save_state``
 saves every entry); :func:`registered_models` and :func:`unregister` are the only
@@ -7,18 +8,27 @@ places that touch those lists, through :func:`_prepared_lists`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 import logging
 
 import torch
 from accelerate import Accelerator
+from torch import nn
 
-from .batches import agree_on_batch
+from ..metrics import Metric, Metrics
+from ..options import NONFINITE_MODES
+from ..runtime.accelerator import prepare_loader
+from .batches import BatchRunner, agree_on_batch, leaves_out_ignored
+from .checkpoint import Checkpoints
+from .configs import check_int
+from .model_options import ModelOptions, apply_model_options
+from .steps import TrainRun, stepper
 
 __all__ = [
-    "check_device", "check_loader", "n_samples", "registered_models", "resolved_device", "resume_loader", "split_loaders", "unregister",
+    "build_optimizer", "check_device", "check_loader", "check_optimizer", "check_train_options", "n_samples", "prepare_once", "prepare_run", "registered_models", "resolved_device", "resume_loader", "split_loaders", "unregister",
     "with_batch_size",
 ]
 
@@ -143,3 +153,76 @@ def split_loaders(data_loader: Any) -> tuple[Any, Any]:
             )
         return data_loader["train_loader"], data_loader.get("test_loader")
     return data_loader, None
+
+
+def check_train_options(display_step: int, nonfinite: str) -> None:
+    """Raise ValueError on ``train()``'s ``display_step`` or ``nonfinite`` out of range."""
+    check_int("display_step", display_step, 1)
+    if nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
+
+
+def check_optimizer(optimizer: Any, optimizer_spec: Any) -> None:
+    """Raise ValueError when the learner has neither an optimizer nor its config."""
+    if optimizer is None and optimizer_spec is None:
+        raise ValueError(
+            "BackwardLearner has no optimizer: pass optimizer=... or optimizer_configs={'optimizer_class': ...}"
+        )
+
+
+def build_optimizer(model: nn.Module, optimizer: Any, scheduler: Any, optimizer_spec: Any,
+                    scheduler_spec: Any) -> tuple[Any, Any]:
+    """The optimizer and scheduler to train with: the ready objects win, else each is built from its
+    ``(class, parameters)`` spec (parameters deep-copied), on the model's parameters and on that optimizer."""
+    if optimizer is None:
+        optimizer_class, parameters = optimizer_spec
+        optimizer = optimizer_class(model.parameters(), **copy.deepcopy(parameters))
+    if scheduler is None and scheduler_spec is not None:
+        scheduler_class, parameters = scheduler_spec
+        scheduler = scheduler_class(optimizer, **copy.deepcopy(parameters))
+    return optimizer, scheduler
+
+
+def prepare_once(prepared: MutableMapping, accelerator: Accelerator, loader: Any, evaluation: bool = False) -> Any:
+    """``loader`` prepared once per ``prepared`` (the learner's cache, user's loader -> prepared: re-preparing
+    would register it with Accelerate again).
+
+    An evaluation loader with ``drop_last=True`` is refused: the samples it leaves out would
+    depend on the number of processes.
+    """
+    if not isinstance(loader, torch.utils.data.DataLoader):
+        raise TypeError(f"expected a torch.utils.data.DataLoader, got {type(loader).__name__}")
+    if loader not in prepared:
+        prepared[loader] = prepare_loader(accelerator, loader, drop_last_ok=not evaluation)
+    return prepared[loader]
+
+
+def prepare_run(accelerator: Accelerator, model: nn.Module, optimizer: Any, scheduler: Any, train_loader: Any,
+                loaders: MutableMapping, prepared: dict[str, Any], model_options: ModelOptions, new_batches: Callable[[], BatchRunner],
+                metric: Metric | Metrics | None, train_idx: Any, checkpoints: Checkpoints | None,
+                nonfinite: str) -> TrainRun:
+    """Everything one ``train()`` prepares with Accelerate, as the run its loop carries.
+
+    ``prepared`` (kind -> object) holds the last train()'s objects: they are unregistered (else
+    ``save_state()`` would save them too) and it is refilled, in place, with this one's.
+    ``loaders`` is the learner's cache of prepared loaders (see :func:`prepare_once`); ``new_batches``
+    makes the run's :class:`~distlearn.training.batches.BatchRunner`.
+    """
+    unregister(accelerator, prepared)
+    prepared.clear()
+    apply_model_options(model, model_options, accelerator.device,  # in place: the user's key names
+                        accelerator.state.dynamo_plugin.backend.value)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    loader = prepare_once(loaders, accelerator, train_loader)
+    if scheduler is not None:
+        scheduler = accelerator.prepare(scheduler)  # so that save_state() includes it ...
+        scheduler.step_with_optimizer = False  # ... but stepped by us, once (not num_processes times)
+    prepared.update(model=model, optimizer=optimizer, scheduler=scheduler)
+    check_loader("data_loader['train_loader']", train_loader, loader)
+    batches = new_batches()
+    # Token targets reach the metric with the ignored tokens left in when it leaves them out itself
+    # (a mask on the device); taking them out first is boolean indexing, a host sync per step.
+    keep_ignored = leaves_out_ignored(metric, batches.ignore_index)
+    train_idx = None if train_idx is None else torch.as_tensor(train_idx, device=accelerator.device)
+    return TrainRun(accelerator, model, optimizer, scheduler, loader, batches, metric, keep_ignored, train_idx,
+                    checkpoints, nonfinite, stepper(accelerator, optimizer))

@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..runtime.skipping import data_position
 from .epoch import EpochAccounting, merged_accumulator_state
-from .preparation import n_samples
+from .preparation import n_samples, prepare_once
 
-__all__ = ["derived_seed", "marker_fields", "rank_state", "reshard", "restore", "rng_states", "set_rng_states"]
+__all__ = ["derived_seed", "marker_fields", "rank_state", "reshard", "restore", "resume_progress", "rng_states",
+           "save_progress", "set_rng_states"]
 
 
 def rank_state(*, epoch: int, step: int, batches_done: int, global_batch: int, world_size: int, rank: int,
@@ -112,6 +114,31 @@ def restore(checkpoints: Any, accelerator: Any, metric: Any, train_loader: Any, 
     if not progress["batches_done"]:
         set_rng_states(progress["rng"])
     return progress
+
+
+def resume_progress(run: Any, record: dict[str, Any], train_loader: Any, eval_loaders: Any,
+                    loaders: Any) -> dict[str, Any]:
+    """This rank's progress in ``run.checkpoints.resume_from`` (see :func:`restore`), once the evaluation
+    loaders (``eval_loaders``, None for a missing one) are prepared into the learner's cache ``loaders``,
+    in the order they were saved in."""
+    for loader in eval_loaders:
+        if loader is not None:
+            prepare_once(loaders, run.accelerator, loader, evaluation=True)
+    return restore(run.checkpoints, run.accelerator, run.metric, train_loader, record)
+
+
+def save_progress(run: Any, epoch: int, step: int, batches_done: int, accounting: EpochAccounting | None,
+                  record: Mapping[str, Any], seed: int, selection: Mapping[str, Any] | None, wait: bool = False) -> Any:
+    """Save a checkpoint of this rank's progress in ``run`` (``accounting`` None: at an epoch's end, without the
+    metric); ``wait``: committed on return, also when written in the background (a stop, the last save)."""
+    accelerator = run.accelerator
+    state = rank_state(
+        epoch=epoch, step=step, batches_done=batches_done, global_batch=int(getattr(run.loader, "total_batch_size", 0)),
+        world_size=accelerator.num_processes, rank=accelerator.process_index, accounting=accounting,
+        metric=None if accounting is None else run.metric, record=record, seed=seed, selection=selection,
+    )
+    state["data"] = data_position(run.loader, batches_done)  # a stateful iterable data set's, else None
+    return run.checkpoints.save(accelerator, state, marker_fields(state), wait=wait)
 
 
 def derived_seed(seed: int, epoch: int, step: int, rank: int) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 from ..options import is_int, is_number
 
 __all__ = ["BEST_DIR", "VAL_SIZE_KEY", "Chooser", "EarlyStopping", "Selection", "best_point", "early_stopping_problems",
-           "finite", "new_chooser", "recover_best", "val_fields", "write_best"]
+           "finite", "new_chooser", "recover_best", "resume_choice", "val_fields", "write_best"]
 
 BEST_DIR = "best"
 VAL_SIZE_KEY = "data_configs.data_parameters.val_size"
@@ -202,6 +202,17 @@ def new_chooser(selection: Selection | None, metric: Any, data_loader: Any) -> C
     if metric is None:
         return Chooser(selection or Selection(), "loss", False, val_loader)
     return Chooser(selection or Selection(), str(metric.name), bool(metric.higher_is_better), val_loader)
+
+
+def resume_choice(chooser: Chooser | None, progress: Mapping[str, Any] | None, main: bool) -> None:
+    """At a ``train()``'s start: the chooser's saved state loaded from ``progress`` (a checkpoint's; None:
+    a fresh run), and on the main process ``best/`` recovered (a fresh run: no earlier run's ``best/``)."""
+    if chooser is None:
+        return
+    if progress is not None:
+        chooser.load_state_dict(progress.get("selection"))
+    if chooser.selection.keep_best is not None and main:
+        recover_best(chooser.selection.keep_best, fresh=progress is None)
 
 
 def val_fields(result: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,14 +22,14 @@ from ..runtime.skipping import batches_after
 from .batches import BatchRunner, BatchResult, give_ignore_index
 from .checkpoint import Checkpoints
 from .control import StopFlags
-from .epoch import EpochAccounting
+from .epoch import EpochAccounting, to_device
 from .records import EpochRecord, scores
 from .scoring import model_scores
-from .throughput import describe
+from .throughput import EpochTimer, Monitor, describe
 
 __all__ = [
-    "DirectSteps", "TrainRun", "account_batch", "backward", "batches_after", "describe_epoch", "epoch_batches",
-    "finite_gradients", "finite_loss", "last_batch", "optimizer_step", "step_scheduler_per_epoch", "stepper",
+    "DirectSteps", "TrainRun", "account_batch", "backward", "batches_after", "begin_epoch", "describe_epoch", "display",
+    "epoch_batches", "finite_gradients", "finite_loss", "last_batch", "optimizer_step", "step_scheduler_per_epoch", "stepper",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,39 @@ class TrainRun:
         if self.checkpoints is None:
             return StopFlags.received(None)
         return self.checkpoints.stop_flags(self.accelerator.is_main_process)
+
+
+def begin_epoch(run: TrainRun, epoch: int, resumed: Mapping[str, Any] | None) -> tuple[EpochAccounting, int]:
+    """Fresh accounting and metric for the epoch, or the saved partial ones; returns (accounting, batches done).
+
+    The epoch's clock starts here (a resumed epoch's goes on from where its checkpoint read it).
+    """
+    run.loader.set_epoch(epoch)  # the shuffle depends only on (seed, epoch): resumable
+    run.model.train()
+    accounting = EpochAccounting()
+    accounting.timer = EpochTimer(run.accelerator.device)
+    if run.metric is not None:
+        run.metric.reset()
+    if resumed is None or not resumed["batches_done"]:
+        return accounting, 0
+    accounting.load_state_dict(resumed["log"], run.accelerator.device)
+    if run.metric is not None and resumed["metric"] is not None:
+        run.metric.load_state_dict(to_device(resumed["metric"], run.accelerator.device))
+    return accounting, int(resumed["batches_done"])
+
+
+def display(run: TrainRun, accounting: EpochAccounting, done: int, epoch: int, step: int, monitor: Monitor) -> int | None:
+    """The running loss on the progress bar and to ``monitor.on_running_loss`` (``step``: the optimizer steps
+    taken); a collective, on every rank, that also tells every rank whether one was signalled to stop.
+    Returns that signal, or None."""
+    running, signalled = accounting.running_loss_and_stop(done, epoch, run.stop_flags())
+    if run.checkpoints is not None:  # a timed checkpoint due, a background write to commit
+        run.checkpoints.agreed(accounting.agreed, run.accelerator)
+    if run.bar is not None:
+        run.bar.set_postfix(loss=f"{running:.4g}", lr=f"{run.lr:.3g}", refresh=False)
+    if monitor.on_running_loss is not None:
+        monitor.on_running_loss(step, running, float(run.lr))
+    return signalled
 
 
 def epoch_batches(loader: Any, epoch: int, n_epochs: int, done: int, show_bar: bool,

@@ -37,8 +37,8 @@ from ..accumulators import Mean, Sum
 from ..runtime.peaks import find_peak, precision_of
 from .settings import check_learner_options
 
-__all__ = ["SHARDED", "EpochTimer", "Monitor", "add_seconds", "count_flops", "describe", "epoch_accumulators", "flops_per_sample",
-           "peak_tflops", "throughput_block"]
+__all__ = ["SHARDED", "EpochTimer", "Monitor", "add_seconds", "count_flops", "describe", "epoch_accumulators", "epoch_block",
+           "flops_per_sample", "peak_tflops", "session_flops", "throughput_block"]
 
 # Where the parameters are sharded: the unwrapped module cannot run alone, so no FLOP count.
 SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
@@ -162,6 +162,19 @@ def flops_per_sample(model: nn.Module, batches: Any, batch: Any, idx: torch.Tens
     return flops / rows[0] if rows and rows[0] else 0.0
 
 
+def session_flops(accelerator: Any, model: nn.Module, batches: Any, batch: Any, idx: torch.Tensor | None,
+                  accounting: Any) -> float | None:
+    """The model's FLOPs per sample on this batch (forward and backward), left out of ``accounting``'s clock;
+    None where the parameters are sharded (the unwrapped module holds only this rank's shard)."""
+    if accelerator.distributed_type in SHARDED:
+        return None
+    began = time.time()
+    module = accelerator.unwrap_model(model)  # no DDP hook fires; Accelerate's autocast stays
+    flops = flops_per_sample(module, batches, batch, idx)
+    accounting.shift += time.time() - began
+    return flops
+
+
 def peak_tflops(device: torch.device, mixed_precision: str | None, override: float | None) -> tuple[float, str] | None:
     """One device's dense peak TFLOP/s and where it comes from: the override, the table, or None (unknown)."""
     if override is not None:
@@ -229,6 +242,16 @@ def throughput_block(values: Mapping[str, Any], names: list[str], samples: int, 
             block["peak_tflops"], block["peak_source"] = peak
             block["mfu"] = achieved / 1e12 / (peak[0] * world_size)
     add_seconds(block, "evaluation", 0.0)  # the split of the pass alone, until evaluation and checkpoint add theirs
+    return block
+
+
+def epoch_block(summary: dict[str, Any], extra: Mapping[str, Any], memory_names: list[str], flops: float | None,
+                peak: Any, world: int) -> dict[str, Any]:
+    """The epoch's ``throughput`` block, put in ``summary``; its evaluation time is the validation's and test's."""
+    summary["throughput"] = block = throughput_block(
+        extra, memory_names, summary["samples"], summary["time_cost"], flops, peak, world)
+    for part in ("val_result", "test_result"):
+        add_seconds(block, "evaluation", (summary.get(part) or {}).get("time_cost") or 0.0)
     return block
 
 
