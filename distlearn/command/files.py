@@ -70,7 +70,7 @@ def replace_set(folder: str | Path, writers: Mapping[str, Callable[[Path], Any]]
     Returns:
         The files, in the order of ``writers``.
     """
-    from ..training.checkpoint import _fsync, _fsync_dir
+    from ..training.durable import fsync_dir, fsync_file
 
     folder = Path(folder)
     recover_set(folder)  # a replacement a killed process left is finished (or undone) first
@@ -79,14 +79,14 @@ def replace_set(folder: str | Path, writers: Mapping[str, Callable[[Path], Any]]
     try:
         for n, (name, write) in enumerate(writers.items(), 1):
             write(staging / name)
-            _fsync(staging / name)  # durable before the commit says the set is complete
+            fsync_file(staging / name)  # durable before the commit says the set is complete
             _test_signal(f"stage:{n}")
-        _fsync_dir(staging)
+        fsync_dir(staging)
         os.replace(staging, folder / SWAPPING)  # the commit: from here on the new set wins
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # the old set was not touched
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
     _test_signal("swap:0")
     _swap_in(folder)
     return [folder / name for name in writers]
@@ -116,14 +116,14 @@ def recover_set(folder: str | Path) -> str | None:
 
 def _swap_in(folder: Path) -> None:
     """Move the committed set's files into place; safe to repeat after a kill (moved files are gone from it)."""
-    from ..training.checkpoint import _fsync_dir
+    from ..training.durable import fsync_dir
 
     new = folder / SWAPPING
     for n, entry in enumerate(sorted(new.iterdir()), 1):  # record.json sorts last of the outputs
         os.replace(entry, folder / entry.name)
         _test_signal(f"swap:{n}")
     new.rmdir()
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def _test_signal(point: str) -> None:

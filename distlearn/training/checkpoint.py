@@ -58,6 +58,7 @@ from ..options import DEFAULT_KEEP_LAST, DEFAULT_RESUME_BATCH, RESUME_BATCH_MODE
 from ..runtime.ranks import from_main
 from .async_save import BackgroundSaves
 from .control import STOP_SIGNALS, StopFlags, stop_signals_to
+from .durable import fsync_dir, fsync_file
 from .elastic import elastic_warning, resumed_batch
 from .free_space import shortfall
 
@@ -296,7 +297,7 @@ class Checkpoints:
         accelerator.save_state(str(tmp))
         own = tmp / f"learner_state_{accelerator.process_index}.pt"
         torch.save({**state, "extra": dict(self.extra)}, own)
-        _fsync(own)
+        fsync_file(own)
         accelerator.wait_for_everyone()  # every rank's files are written
         if accelerator.is_main_process:
             self._commit(tmp, final, position, accelerator.num_processes)
@@ -407,7 +408,7 @@ class Checkpoints:
         """Main process: flush the files, write the marker, rename the folder into place."""
         files = {}
         for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            _fsync(file)
+            fsync_file(file)
             files[str(file.relative_to(tmp))] = file.stat().st_size
         meta = {
             "format": FORMAT_VERSION,
@@ -428,7 +429,7 @@ class Checkpoints:
             f.flush()
             os.fsync(f.fileno())
         os.replace(marker_tmp, tmp / MARKER)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # the same step saved again (a resumed run that was killed during a save)
             aside = self.root / f".tmp-old-{final.name}"
             os.replace(final, aside)
@@ -436,7 +437,7 @@ class Checkpoints:
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _prune(self, keep: Path) -> None:
         """Delete all but the newest ``keep_last`` complete checkpoints (never ``keep``, just committed)."""
@@ -452,20 +453,3 @@ def _accelerate_step(path: Path) -> int:
     except (OSError, RuntimeError, ValueError):
         return 0
     return int(states.get("step", 0)) if isinstance(states, dict) else 0
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-

@@ -229,7 +229,7 @@ def write_best(folder: str | Path, state_dict: Mapping[str, Any], epoch: int, sc
     """
     from safetensors.torch import save_file
 
-    from .checkpoint import _fsync, _fsync_dir
+    from .durable import fsync_dir, fsync_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -243,8 +243,8 @@ def write_best(folder: str | Path, state_dict: Mapping[str, Any], epoch: int, sc
         (staging / "best.json").write_text(json.dumps({"epoch": epoch, "score": score, "metric": metric}) + "\n")
         for name in ("model.safetensors", "best.json"):
             os.chmod(staging / name, 0o644)
-            _fsync(staging / name)
-        _fsync_dir(staging)
+            fsync_file(staging / name)
+        fsync_dir(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -252,7 +252,7 @@ def write_best(folder: str | Path, state_dict: Mapping[str, Any], epoch: int, sc
         os.replace(best, old)  # from here until the next rename, recover_best puts the old one back
     os.replace(staging, best)
     shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return best
 
 
