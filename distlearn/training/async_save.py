@@ -15,9 +15,11 @@ its own; or at the next save, a stop or the last save, which wait for what is in
 commit it there (one small collective to agree that every write succeeded). A kill while a
 write runs leaves a hidden folder without a marker: the previous checkpoint stays the newest.
 
-FSDP, DeepSpeed and Megatron save through collectives of their own, and custom objects, save
-hooks, iterable-dataset shards and stateful loaders hold live state the staging cannot copy: there
-:func:`unsupported` says why, and the store saves synchronously.
+Under FSDP2 the model's and optimizer's shards go through DCP's ``async_save`` instead
+(:mod:`~distlearn.training.sharded`), committed the same way. FSDP1, DeepSpeed and Megatron save
+through collectives of their own, and custom objects, save hooks, iterable-dataset shards and stateful
+loaders hold live state the staging cannot copy: there :func:`unsupported` says why, and the store
+saves synchronously.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 
 from ..runtime.ranks import agree
+from . import sharded
 
 __all__ = ["BackgroundSaves", "BackgroundWrite", "Staging", "stage", "unsupported"]
 
@@ -106,11 +109,16 @@ def unsupported(accelerator: Any) -> str | None:
     from accelerate.data_loader import IterableDatasetShard
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED,
-                                        DistributedType.MEGATRON_LM, DistributedType.XLA):
+    fsdp2 = sharded.fsdp2_plugin(accelerator) is not None
+    if fsdp2 and (len(accelerator._models), len(accelerator._optimizers)) != (1, 1):
+        return "FSDP2 with other than one model and one optimizer"
+    if not fsdp2 and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED,
+                                                      DistributedType.MEGATRON_LM, DistributedType.XLA):
         return f"{accelerator.distributed_type} saves through collectives of its own"
     if accelerator._custom_objects or accelerator._save_model_state_pre_hook:
         return "custom objects or save hooks are registered with the Accelerator"
+    if fsdp2:  # the loaders' state is saved at the step (sharded.stage)
+        return None
     for loader in accelerator._dataloaders:
         if isinstance(getattr(loader, "dataset", None), IterableDatasetShard) or getattr(
                 loader, "use_stateful_dataloader", False):
@@ -197,7 +205,7 @@ class BackgroundSaves:
     def __init__(self, commit: Callable[[Path, Path, Mapping[str, Any], int], None]) -> None:
         self._commit = commit
         self.staging = Staging()
-        self.pending: tuple[BackgroundWrite, Path, Path, dict[str, Any], int] | None = None
+        self.pending: tuple[BackgroundWrite | sharded.ShardedWrite, Path, Path, dict[str, Any], int] | None = None
         self.committing: BackgroundWrite | None = None  # the main process's commit, started at a display step
         self.open = False  # staged and not yet through finish()
         self._said = False  # why saves stay synchronous was said once
@@ -213,8 +221,9 @@ class BackgroundSaves:
     def start(self, accelerator: Any, tmp: Path, final: Path, position: Mapping[str, Any],
               state: Mapping[str, Any]) -> None:
         """Stage this rank's state and start writing it (the loop is blocked only for the staging)."""
-        self.pending = (stage(accelerator, tmp, state, self.staging), tmp, final, dict(position),
-                        accelerator.num_processes)
+        write = (sharded.stage(accelerator, tmp, state) if sharded.fsdp2_plugin(accelerator) is not None
+                 else stage(accelerator, tmp, state, self.staging))
+        self.pending = (write, tmp, final, dict(position), accelerator.num_processes)
         self.open = True
 
     def written(self) -> bool:

@@ -5,7 +5,9 @@ A checkpoint is a folder ``<output_dir>/checkpoints/step-<optimizer step, 8 digi
     step-00000120/
         model.safetensors, optimizer.bin, scheduler.bin, sampler.bin, random_states_<rank>.pkl
                            what ``accelerator.save_state`` writes (model, optimizer, scheduler,
-                           grad scaler, every rank's RNG)
+                           grad scaler, every rank's RNG); under FSDP2 the model and optimizer are
+                           the sharded folders pytorch_model_fsdp_0/ and optimizer_0/ instead, each
+                           rank writing its own shards (:mod:`~distlearn.training.sharded`)
         learner_state_<rank>.pt
                            the learner's progress on that rank (epoch, optimizer step, position
                            in the epoch, the epoch's partial loss and metric states, the record
@@ -61,6 +63,7 @@ from .control import STOP_SIGNALS, StopFlags, stop_signals_to
 from .durable import fsync_dir, fsync_file
 from .elastic import elastic_warning, resumed_batch
 from .free_space import shortfall
+from .sharded import checkpoint_format
 
 __all__ = [
     "CheckpointError", "Checkpoints", "Interrupted", "MARKER", "RESUME_BATCH", "STOP_SIGNALS", "committed_marker",
@@ -191,7 +194,8 @@ class Checkpoints:
             batch size (the global batch changes; refused mid-epoch).
         asynchronous: Write in the background (``run.checkpoint.async``; :mod:`~distlearn.training.async_save`):
             the loop is blocked only to stage the state in host memory; the checkpoint is committed once
-            every rank's write has finished. Where that cannot be done (FSDP, ...), saves stay synchronous.
+            every rank's write has finished (FSDP2: DCP's ``async_save``). Where that cannot be done (FSDP1,
+            DeepSpeed, ...), saves stay synchronous.
         every_n_minutes: Also save once this many minutes passed since the last save (or the start),
             on the main process's clock. The ranks agree on it where they already meet, at the
             learner's display steps (``display_every_n_steps``): the save comes at the first
@@ -294,7 +298,8 @@ class Checkpoints:
             if wait:
                 self.finish(accelerator)
             return final
-        accelerator.save_state(str(tmp))
+        with checkpoint_format(accelerator):  # FSDP2: every rank writes its own shards
+            accelerator.save_state(str(tmp))
         own = tmp / f"learner_state_{accelerator.process_index}.pt"
         torch.save({**state, "extra": dict(self.extra)}, own)
         fsync_file(own)
@@ -385,7 +390,8 @@ class Checkpoints:
         saved_world, world, rank = int(meta.get("world_size") or 1), accelerator.num_processes, accelerator.process_index
         # Accelerate loads the random states of random_states_<rank>.pkl: another rank's on fewer
         # processes, none on more (silently). Both are replaced below when the world size changed.
-        accelerator.load_state(str(path))
+        with checkpoint_format(accelerator, path):  # FSDP2: DCP reshards on load
+            accelerator.load_state(str(path))
         if saved_world == world:
             progress = load_progress(path, rank)
         else:
