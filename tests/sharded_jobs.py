@@ -56,27 +56,39 @@ def _force_fsdp2(accelerator: Any) -> None:
     assert accelerator.is_fsdp2
 
 
-def _stuck_at(step: int, marker: Path) -> Any:
-    """A stand-in for sharded._save_async whose optimizer write of ``step``'s checkpoint never ends."""
+def _held_at(step: int, marker: Path, stop: bool) -> Any:
+    """A stand-in for sharded._save_async that holds the optimizer's write of ``step``'s checkpoint: for
+    ever (a kill comes), or (``stop``) for a second after it ends, with a SIGTERM to rank 0 meanwhile."""
+    import signal
+    import threading
+
     from distlearn.training import sharded
 
     original = sharded._save_async
 
     def save(state: dict, folder: Path, group: Any) -> Future:
-        if folder.parent.name == f".tmp-step-{step:08d}" and folder.name == sharded.OPTIMIZER_DIR:
-            marker.touch()
-            return Future()  # in flight until the process is killed
-        return original(state, folder, group)
+        if folder.parent.name != f".tmp-step-{step:08d}" or folder.name != sharded.OPTIMIZER_DIR:
+            return original(state, folder, group)
+        marker.touch()
+        held: Future = Future()
+        if stop:
+            written = original(state, folder, group)
+            threading.Timer(1.0, lambda: held.set_result(written.result())).start()
+            if int(os.environ["RANK"]) == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return held
 
     return save
 
 
 def train(rank: int, world: int, folder: str, asynchronous: bool = False, resume: str | None = None,
-          stuck_step: int | None = None, every: int = 3) -> dict[str, Any]:
-    """Two epochs of an MLP under FSDP2, saving every ``every`` steps.
+          stuck_step: int | None = None, stop_step: int | None = None, every: int = 3) -> dict[str, Any]:
+    """Two epochs of an MLP under FSDP2, saving every ``every`` steps (``stuck_step``, ``stop_step``: see
+    :func:`_held_at`).
 
     Returns the full weights and (rank 0) the full optimizer state at the end, the record's epochs,
-    the sample indices of each forward on this rank, and the plugin's state-dict type after training.
+    the sample indices of each forward on this rank, and the plugin's state-dict type after training;
+    after a stop, the checkpoint it saved and the folders in ``checkpoints/``.
     """
     import torch
     from torch import nn
@@ -85,12 +97,12 @@ def train(rank: int, world: int, folder: str, asynchronous: bool = False, resume
 
     from distlearn import BackwardLearner
     from distlearn.training import sharded
-    from distlearn.training.checkpoint import Checkpoints
+    from distlearn.training.checkpoint import Checkpoints, Interrupted
 
     _reset()
     original = sharded._save_async
-    if stuck_step is not None:
-        sharded._save_async = _stuck_at(stuck_step, Path(folder) / "writing")
+    if stuck_step is not None or stop_step is not None:
+        sharded._save_async = _held_at(stuck_step or stop_step, Path(folder) / "writing", stop_step is not None)
     try:
         x = torch.randn(N_SAMPLES, 4, generator=torch.Generator().manual_seed(0))
         index = {tuple(row.tolist()): i for i, row in enumerate(x)}
@@ -105,7 +117,11 @@ def train(rank: int, world: int, folder: str, asynchronous: bool = False, resume
         model.register_forward_pre_hook(lambda m, args: seen.append([index[tuple(r.tolist())] for r in args[0]]))
         checkpoints = Checkpoints(folder, every_n_steps=every, keep_last=10, asynchronous=asynchronous,
                                   resume_from=resume)
-        record = learner.train(model, loader, checkpoints=checkpoints, disable_tqdm=True)
+        with checkpoints.catch_signals():
+            try:
+                record = learner.train(model, loader, checkpoints=checkpoints, disable_tqdm=True)
+            except Interrupted as exc:
+                return {"stopped": exc.checkpoint.name, "folders": sorted(p.name for p in checkpoints.root.iterdir())}
         prepared, optimizer = learner.prepared_model, learner.accelerator()._optimizers[0]
         weights = {k: v.full_tensor() for k, v in prepared.state_dict().items()}
         full = StateDictOptions(full_state_dict=True, cpu_offload=True)  # the test's own gather, after training

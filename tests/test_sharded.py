@@ -160,3 +160,13 @@ def test_resume_from_a_killed_run_on_2_and_3_ranks(dist_pool, uninterrupted, kil
     else:  # 3 ranks wrote the checkpoints from step 6 on: each its own rows
         assert latest(folder)[1]["world_size"] == 3
         _assert_own_shards_only(latest(folder)[0], 3)
+
+
+def test_a_stop_signal_waits_for_the_sharded_write_in_flight(dist_pool, tmp_path):
+    """SIGTERM on rank 0 while step 3's optimizer shards are still being written (a second longer): the
+    stop's checkpoint comes after step 3's is committed, and nothing is left half-written."""
+    ranks = dist_pool.run(jobs.train, 2, str(tmp_path), True, None, None, 3)
+    stopped = ranks[0]["stopped"]
+    assert stopped in ("step-00000004", "step-00000005") and all(r["stopped"] == stopped for r in ranks)
+    assert ranks[0]["folders"] == ["step-00000003", stopped]  # no hidden folder left
+    assert [p.name for p, _ in find(tmp_path)] == [stopped, "step-00000003"]
