@@ -66,13 +66,13 @@ def _held_at(step: int, marker: Path, stop: bool) -> Any:
 
     original = sharded._save_async
 
-    def save(state: dict, folder: Path, group: Any) -> Future:
+    def save(state: dict, folder: Path, writer: Any) -> Future:
         if folder.parent.name != f".tmp-step-{step:08d}" or folder.name != sharded.OPTIMIZER_DIR:
-            return original(state, folder, group)
+            return original(state, folder, writer)
         marker.touch()
         held: Future = Future()
         if stop:
-            written = original(state, folder, group)
+            written = original(state, folder, writer)
             threading.Timer(1.0, lambda: held.set_result(written.result())).start()
             if int(os.environ["RANK"]) == 0:
                 os.kill(os.getpid(), signal.SIGTERM)
