@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 N_SAMPLES, GLOBAL_BATCH, HIDDEN = 96, 12, 8192  # 8 steps per epoch on 2 (6 per process) or 3 (4); 230 KB of weights
-# What `accelerate launch` sets from an FSDP2 config; FULL_STATE_DICT: checkpoints must be sharded anyway.
-FSDP_ENV = {"FSDP_VERSION": "2", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT", "FSDP_AUTO_WRAP_POLICY": "NO_WRAP",
-            "FSDP_RESHARD_AFTER_FORWARD": "true", "FSDP_OFFLOAD_PARAMS": "false"}
+# What `accelerate launch` sets from configs/accelerate/fsdp.yaml (its state-dict type: see train()).
+FSDP_ENV = {"FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "NO_WRAP", "FSDP_RESHARD_AFTER_FORWARD": "true",
+            "FSDP_OFFLOAD_PARAMS": "false"}
 
 
 def make_model() -> Any:
@@ -38,13 +38,14 @@ def _reset() -> None:
     GradientState._reset_state()
 
 
-def _force_fsdp2(accelerator: Any) -> None:
+def _force_fsdp2(accelerator: Any, state_dict_type: str) -> None:
     """Accelerate's state as it is on a GPU under FSDP2 (the plugin from the FSDP_* variables)."""
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    kept = {k: os.environ.get(k) for k in FSDP_ENV}
-    os.environ.update(FSDP_ENV)
+    env = {**FSDP_ENV, "FSDP_STATE_DICT_TYPE": state_dict_type}
+    kept = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         plugin = FullyShardedDataParallelPlugin()
     finally:
@@ -82,9 +83,11 @@ def _held_at(step: int, marker: Path, stop: bool) -> Any:
 
 
 def train(rank: int, world: int, folder: str, asynchronous: bool = False, resume: str | None = None,
-          stuck_step: int | None = None, stop_step: int | None = None, every: int = 3) -> dict[str, Any]:
+          stuck_step: int | None = None, stop_step: int | None = None, every: int = 3,
+          state_dict_type: str = "SHARDED_STATE_DICT", legacy: bool = False) -> dict[str, Any]:
     """Two epochs of an MLP under FSDP2, saving every ``every`` steps (``stuck_step``, ``stop_step``: see
-    :func:`_held_at`).
+    :func:`_held_at`), the config's ``fsdp_state_dict_type`` ``state_dict_type``; ``legacy``: saved as
+    before checkpoints were sharded (what the config says).
 
     Returns the full weights and (rank 0) the full optimizer state at the end, the record's epochs,
     the sample indices of each forward on this rank, and the plugin's state-dict type after training;
@@ -99,8 +102,14 @@ def train(rank: int, world: int, folder: str, asynchronous: bool = False, resume
     from distlearn.training import sharded
     from distlearn.training.checkpoint import Checkpoints, Interrupted
 
+    from contextlib import nullcontext
+
+    from distlearn.training import checkpoint
+
     _reset()
-    original = sharded._save_async
+    original, formats = sharded._save_async, checkpoint.checkpoint_format
+    if legacy:
+        checkpoint.checkpoint_format = lambda accelerator, folder=None: nullcontext()
     if stuck_step is not None or stop_step is not None:
         sharded._save_async = _held_at(stuck_step or stop_step, Path(folder) / "writing", stop_step is not None)
     try:
@@ -110,7 +119,7 @@ def train(rank: int, world: int, folder: str, asynchronous: bool = False, resume
         learner = BackwardLearner(n_epochs=2, loss=nn.CrossEntropyLoss(), display_every_n_steps=1, seed=0,
                                   optimizer_configs={"optimizer_class": "torch.optim.AdamW",
                                                      "optimizer_parameters": {"lr": 0.01}})
-        _force_fsdp2(learner.accelerator())
+        _force_fsdp2(learner.accelerator(), state_dict_type)
         torch.manual_seed(0)
         model = make_model()
         seen: list[list[int]] = []
@@ -131,12 +140,12 @@ def train(rank: int, world: int, folder: str, asynchronous: bool = False, resume
                 "epochs": {e: {k: v for k, v in r.items() if k in ("samples", "train_loss", "optimizer_steps")}
                            for e, r in record["training"].items()}, "state_dict_type": plugin_type}
     finally:
-        sharded._save_async = original
+        sharded._save_async, checkpoint.checkpoint_format = original, formats
         _reset()
 
 
 def start_killable(world: int, folder: str, kwargs: dict[str, Any]) -> list[Any]:
-    """``train(**kwargs)`` on a fresh group of ``world`` ranks forked from the session's fork server (not the pool's:
+    """``train_with(kwargs)`` on a fresh group of ``world`` ranks forked from the session's fork server (not the pool's:
     these are SIGKILLed); returns the processes."""
     import dist_pool
 
@@ -146,10 +155,11 @@ def start_killable(world: int, folder: str, kwargs: dict[str, Any]) -> list[Any]
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=dist_pool._worker, args=(rank, world, port, child), daemon=True)
         proc.start()
-        parent.send((_train_kwargs, (folder, kwargs)))
+        parent.send((train_with, (folder, kwargs)))
         procs.append((proc, parent))
     return procs
 
 
-def _train_kwargs(rank: int, world: int, folder: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def train_with(rank: int, world: int, folder: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """:func:`train` with keyword arguments (the pool passes positional ones)."""
     return train(rank, world, folder, **kwargs)

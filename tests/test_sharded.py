@@ -31,7 +31,7 @@ FSDP_YAML = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fs
 @pytest.fixture(scope="module")
 def uninterrupted(dist_pool, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sharded") / "full"
-    return folder, dist_pool.run(jobs.train, 2, str(folder))
+    return folder, dist_pool.run(jobs.train_with, 2, str(folder), {"state_dict_type": "FULL_STATE_DICT"})
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_resume_from_a_killed_run_on_2_and_3_ranks(dist_pool, uninterrupted, kil
     folder = tmp_path / "run"
     shutil.copytree(killed, folder)
     resume = str(latest(folder)[0])
-    ranks = dist_pool.run(jobs.train, world, str(folder), False, resume)
+    ranks = dist_pool.run(jobs.train_with, world, str(folder), {"resume": resume})
     reference = uninterrupted[1]
     assert all(c == Counter(range(jobs.N_SAMPLES)) for c in _coverage(reference, ranks, world))
     for epoch, ref in reference[0]["epochs"].items():
@@ -165,8 +165,21 @@ def test_resume_from_a_killed_run_on_2_and_3_ranks(dist_pool, uninterrupted, kil
 def test_a_stop_signal_waits_for_the_sharded_write_in_flight(dist_pool, tmp_path):
     """SIGTERM on rank 0 while step 3's optimizer shards are still being written (a second longer): the
     stop's checkpoint comes after step 3's is committed, and nothing is left half-written."""
-    ranks = dist_pool.run(jobs.train, 2, str(tmp_path), True, None, None, 3)
+    ranks = dist_pool.run(jobs.train_with, 2, str(tmp_path), {"asynchronous": True, "stop_step": 3})
     stopped = ranks[0]["stopped"]
     assert stopped in ("step-00000004", "step-00000005") and all(r["stopped"] == stopped for r in ranks)
     assert ranks[0]["folders"] == ["step-00000003", stopped]  # no hidden folder left
     assert [p.name for p, _ in find(tmp_path)] == [stopped, "step-00000003"]
+
+
+def test_a_full_state_checkpoint_of_an_fsdp2_run_still_resumes(dist_pool, uninterrupted, tmp_path):
+    """Checkpoints written before they were sharded (``pytorch_model_fsdp.bin``, ``optimizer.bin``: the
+    config's FULL_STATE_DICT) resume bitwise; the saves after the resume are sharded."""
+    dist_pool.run(jobs.train_with, 2, str(tmp_path), {"every": 8, "state_dict_type": "FULL_STATE_DICT", "legacy": True})
+    old = tmp_path / "checkpoints" / "step-00000008"  # the first epoch's end
+    assert (old / "pytorch_model_fsdp.bin").is_file() and not (old / "pytorch_model_fsdp_0").exists()
+    shutil.rmtree(tmp_path / "checkpoints" / "step-00000016")
+    ranks = dist_pool.run(jobs.train_with, 2, str(tmp_path), {"resume": str(old)})  # the shipped SHARDED config
+    for name, weight in uninterrupted[1][0]["weights"].items():
+        assert torch.equal(ranks[0]["weights"][name], weight), name
+    assert (latest(tmp_path)[0] / "pytorch_model_fsdp_0").is_dir()

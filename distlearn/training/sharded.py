@@ -64,18 +64,18 @@ def checkpoint_format(accelerator: Any, folder: str | Path | None = None) -> Ite
     if plugin is None:
         yield
         return
-    from torch.distributed.fsdp.fully_sharded_data_parallel import (
-        ShardedOptimStateDictConfig,
-        ShardedStateDictConfig,
-        StateDictType,
-    )
+    from torch.distributed.fsdp import fully_sharded_data_parallel as fsdp
 
     kept = (plugin.state_dict_type, plugin.state_dict_config, plugin.optim_state_dict_config)
+    # Accelerate's own defaults for each type (sharded: each rank's shard offloaded to the host).
     if folder is None or is_sharded_checkpoint(folder):
-        # Accelerate's own defaults for SHARDED_STATE_DICT: each rank's shard offloaded to the host.
-        plugin.state_dict_type = StateDictType.SHARDED_STATE_DICT
-        plugin.state_dict_config = ShardedStateDictConfig(offload_to_cpu=True)
-        plugin.optim_state_dict_config = ShardedOptimStateDictConfig(offload_to_cpu=True)
+        plugin.state_dict_type = fsdp.StateDictType.SHARDED_STATE_DICT
+        plugin.state_dict_config = fsdp.ShardedStateDictConfig(offload_to_cpu=True)
+        plugin.optim_state_dict_config = fsdp.ShardedOptimStateDictConfig(offload_to_cpu=True)
+    else:
+        plugin.state_dict_type = fsdp.StateDictType.FULL_STATE_DICT
+        plugin.state_dict_config = fsdp.FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+        plugin.optim_state_dict_config = fsdp.FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=True)
     try:
         yield
     finally:
