@@ -660,7 +660,7 @@ def check_max_nan(results: dict[int, Any]) -> tuple[str, str]:
 # --------------------------------------------------------------------------- FSDP2 (a sub-process)
 
 FSDP_ENV = {  # what `accelerate launch --config_file configs/accelerate/fsdp.yaml` sets, for one process
-    "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
+    "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT",
     "FSDP_AUTO_WRAP_POLICY": "NO_WRAP", "FSDP_RESHARD_AFTER_FORWARD": "true", "FSDP_OFFLOAD_PARAMS": "false",
     "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
 }
