@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_DIR = "pytorch_model_fsdp_0"  # Accelerate's f"{FSDP_MODEL_NAME}_{model index}"
 OPTIMIZER_DIR = "optimizer_0"  # Accelerate's f"{OPTIMIZER_NAME}_{optimizer index}"
-_WRITERS: dict[int, Any] = {}  # the default group's id -> the model's and optimizer's (gloo group, stager)
+_WRITERS: dict[str, Any] = {}  # the default group they belong to, the model's and optimizer's (gloo group, stager)
 
 
 def fsdp2_plugin(accelerator: Any) -> Any:
@@ -120,13 +120,13 @@ def _writers() -> tuple[tuple[Any, Any], tuple[Any, Any]]:
     import torch.distributed as dist
     from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
-    key = id(dist.group.WORLD)
-    if key not in _WRITERS:
+    if _WRITERS.get("world") is not dist.group.WORLD:  # the first save, or a process group started again
         gpu = torch.cuda.is_available()
         options = StagingOptions(use_pinned_memory=gpu, use_shared_memory=False, use_async_staging=False,
                                  use_non_blocking_copy=gpu)
-        _WRITERS[key] = tuple((dist.new_group(backend="gloo"), DefaultStager(options)) for _ in range(2))
-    return _WRITERS[key]
+        writers = tuple((dist.new_group(backend="gloo"), DefaultStager(options)) for _ in range(2))
+        _WRITERS.update(world=dist.group.WORLD, writers=writers)
+    return _WRITERS["writers"]
 
 
 def _save_async(state: dict[str, Any], folder: Path, writer: tuple[Any, Any]) -> Future:
