@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -41,7 +40,6 @@ def _arguments() -> argparse.Namespace:
 def _prepared(size: int):
     """An Accelerator in FSDP2 (forced), and the sharded model after one AdamW step (its state exists)."""
     from accelerate import Accelerator
-    from bench_async_save import _blocked  # noqa: F401  (checks the sibling is importable before training)
     from gpu_check import _force_fsdp2
 
     os.environ.update(FSDP_VERSION="2", FSDP_AUTO_WRAP_POLICY="NO_WRAP", FSDP_RESHARD_AFTER_FORWARD="true")

@@ -23,7 +23,6 @@ rank's write in flight, seen by the store's background side as any background wr
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -34,8 +33,6 @@ import torch
 
 __all__ = ["MODEL_DIR", "OPTIMIZER_DIR", "ShardedWrite", "checkpoint_format", "fsdp2_plugin", "is_sharded_checkpoint",
            "stage"]
-
-logger = logging.getLogger(__name__)
 
 MODEL_DIR = "pytorch_model_fsdp_0"  # Accelerate's f"{FSDP_MODEL_NAME}_{model index}"
 OPTIMIZER_DIR = "optimizer_0"  # Accelerate's f"{OPTIMIZER_NAME}_{optimizer index}"
