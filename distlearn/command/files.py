@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.launch import outputs_test_signal
+from ..training.full_weights import is_weights_file
 
 __all__ = ["BATCHES_KEY", "STAGING", "SWAPPING", "atomic_write", "read_record",
            "recover_set", "replace_set", "split_batches", "to_jsonable", "write_batches", "write_config",
-           "write_model", "write_record"]
+           "write_record"]
 
 STAGING = ".outputs-staging"  # the new set being written: a kill leaves it, and recover_set removes it
 SWAPPING = ".outputs-new"  # the new set, complete: recover_set moves what is left of it into place
+_NAMES = ".names.json"  # the staged set's file names (_write_names)
 BATCHES_KEY = "batch_records"  # the epoch record's per-batch part, kept in batches.jsonl
 # Tests only: "<point>:<SIGNAL>" sends this process SIGNAL at a point of replace_set, e.g. "stage:2:SIGKILL"
 # after the second file is staged, "swap:0:SIGTERM" right after the commit, "swap:3:SIGKILL" after 3 moves.
@@ -65,7 +67,8 @@ def replace_set(folder: str | Path, writers: Mapping[str, Callable[[Path], Any]]
 
     Args:
         folder: The folder holding the set (other files and folders in it are left alone).
-        writers: File name -> a function writing that file to the path it is given.
+        writers: File name -> a function writing that file to the path it is given; one that writes
+            several files beside it (the full weights, split into shards) returns their paths as a list.
 
     Returns:
         The files, in the order of ``writers``.
@@ -76,11 +79,15 @@ def replace_set(folder: str | Path, writers: Mapping[str, Callable[[Path], Any]]
     recover_set(folder)  # a replacement a killed process left is finished (or undone) first
     staging = folder / STAGING
     staging.mkdir()
+    files: list[Path] = []
     try:
         for n, (name, write) in enumerate(writers.items(), 1):
-            write(staging / name)
-            fsync_file(staging / name)  # durable before the commit says the set is complete
+            made = write(staging / name)
+            for path in made if isinstance(made, list) else [staging / name]:  # the weights may be several files
+                fsync_file(path)  # durable before the commit says the set is complete
+                files.append(folder / Path(path).name)
             _test_signal(f"stage:{n}")
+        _write_names(staging)
         fsync_dir(staging)
         os.replace(staging, folder / SWAPPING)  # the commit: from here on the new set wins
     except BaseException:
@@ -89,7 +96,7 @@ def replace_set(folder: str | Path, writers: Mapping[str, Callable[[Path], Any]]
     fsync_dir(folder)
     _test_signal("swap:0")
     _swap_in(folder)
-    return [folder / name for name in writers]
+    return files
 
 
 def recover_set(folder: str | Path) -> str | None:
@@ -119,11 +126,28 @@ def _swap_in(folder: Path) -> None:
     from ..training.durable import fsync_dir
 
     new = folder / SWAPPING
-    for n, entry in enumerate(sorted(new.iterdir()), 1):  # record.json sorts last of the outputs
-        os.replace(entry, folder / entry.name)
+    listed = new / _NAMES
+    names = json.loads(listed.read_text()) if listed.is_file() else sorted(p.name for p in new.iterdir())
+    if any(is_weights_file(name) for name in names):  # the old set's weights in other files (one file / shards)
+        for old in folder.iterdir():
+            if is_weights_file(old.name) and old.name not in names:
+                old.unlink()
+    present = [name for name in names if (new / name).exists()]
+    for n, name in enumerate(present, 1):  # record.json sorts last of the outputs
+        os.replace(new / name, folder / name)
         _test_signal(f"swap:{n}")
+    listed.unlink(missing_ok=True)
     new.rmdir()
     fsync_dir(folder)
+
+
+def _write_names(staging: Path) -> None:
+    """The staged set's file names, kept beside it until it is moved in: a swap resumed after a kill still
+    knows which of the folder's weight files belong to the new set (the rest are the old set's)."""
+    from ..training.durable import fsync_file
+
+    (staging / _NAMES).write_text(json.dumps(sorted(p.name for p in staging.iterdir())))
+    fsync_file(staging / _NAMES)
 
 
 def _test_signal(point: str) -> None:
@@ -196,15 +220,6 @@ def _with_batches(entry: dict[str, Any], batches: dict[str, Any]) -> dict[str, A
     keys = list(entry)
     at = keys.index("test_result") if "test_result" in keys else len(keys)
     return {**{k: entry[k] for k in keys[:at]}, BATCHES_KEY: batches, **{k: entry[k] for k in keys[at:]}}
-
-
-def write_model(path: str | Path, state_dict: Mapping[str, Any]) -> Path:
-    """The weights as safetensors (load with ``safetensors.torch.load_model(model, path)``)."""
-    from safetensors.torch import save_file
-
-    # Own, contiguous CPU copies: safetensors refuses tensors that share memory (tied weights).
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
 
 
 def to_jsonable(value: Any) -> Any:
