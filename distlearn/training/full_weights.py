@@ -167,9 +167,13 @@ def written_by_main(source: WeightSource, write: Callable[..., T], *args: Any) -
 
 
 def _write_file(path: Path, tensors: Mapping[str, Any]) -> Path:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    save_file(dict(tensors), str(path), metadata={"format": "pt"})  # transformers checks the format
+    try:
+        save_file(dict(tensors), str(path), metadata={"format": "pt"})  # transformers checks the format
+    except SafetensorError as exc:  # its I/O errors (no such folder, disk full): an OSError for the callers
+        raise OSError(f"cannot write {path}: {exc}") from None
     return path
 
 

@@ -1,0 +1,211 @@
+"""Full weights from sharded models: gathered a tensor at a time from FSDP2 (`fully_shard` over gloo on CPU, the
+pool's ranks), written as plain safetensors (one file, or HF-style shards with an index), read back from DCP
+folders without a process group; `distlearn export`; evaluate / predict / init_from on a sharded checkpoint.
+
+The sharded fixtures are made for real: models sharded with `fully_shard` on a CPU device mesh and saved as
+Accelerate's `save_state` does under SHARDED_STATE_DICT (`dcp.save({"model": state}, <ckpt>/pytorch_model_fsdp_0)`).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import reset_accelerate
+from safetensors.torch import load_file
+from test_evaluate import command, digits_run, last_test, numbers, trained  # noqa: F401 - digits_run: a fixture
+
+from distlearn.training.full_weights import INDEX_FILE, WEIGHTS_FILE, parse_size
+from distlearn.training.weight_files import open_weights
+
+SHARD_LIMIT = 700  # bytes: the toy model below splits into several files, one tensor bigger than the limit
+
+
+class Toy(torch.nn.Module):
+    """Uneven shapes (7 rows over 2 or 3 ranks: padded shards), a tensor over the limit, and buffers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(5, 7)
+        self.norm = torch.nn.BatchNorm1d(7)
+        self.big = torch.nn.Linear(7, 40)  # 1120 bytes of weight: a file of its own
+        self.head = torch.nn.Linear(40, 3, bias=False)
+
+
+def toy(seed: int = 0) -> Toy:
+    torch.manual_seed(seed)
+    model = Toy()
+    model.norm.running_mean.uniform_()  # buffers that are not their defaults
+    model.norm.running_var.uniform_(1, 2)
+    return model
+
+
+def _shard_and_save(rank: int, world: int, out: str) -> dict | None:
+    """A toy model sharded with fully_shard: its DCP checkpoint, and its full weights gathered and written."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from distlearn.training.full_weights import ModelWeights, is_sharded, save_full_weights
+
+    model = toy()
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
+    assert is_sharded(model)
+    dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=os.path.join(out, "ckpt", "pytorch_model_fsdp_0"))
+    for name, limit in (("single", 10**9), ("split", SHARD_LIMIT)):
+        os.makedirs(os.path.join(out, name), exist_ok=True)
+        save_full_weights(os.path.join(out, name), ModelWeights(get_model_state_dict(model), rank == 0),
+                          write=rank == 0, max_shard_size=limit)
+    return reference if rank == 0 else None
+
+
+@pytest.fixture(scope="module")
+def sharded(dist_pool, tmp_path_factory) -> tuple[Path, dict]:
+    """The toy model sharded over 3 ranks: (folder with ckpt/, single/, split/; its unsharded state dict)."""
+    out = tmp_path_factory.mktemp("sharded")
+    return out, dist_pool.run(_shard_and_save, 3, str(out))[0]
+
+
+def equal(got: dict, want: dict) -> None:
+    assert list(got) == list(want) or sorted(got) == sorted(want), (sorted(got), sorted(want))
+    for key in want:
+        assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+
+
+# --------------------------------------------------------------------------- gathering and writing
+
+
+def test_gathered_weights_are_the_unsharded_models_bitwise_in_one_file_or_hf_shards(sharded):
+    out, reference = sharded
+    assert sorted(p.name for p in (out / "single").iterdir()) == [WEIGHTS_FILE]
+    equal(load_file(out / "single" / WEIGHTS_FILE), reference)
+    files = sorted(p.name for p in (out / "split").iterdir())
+    index = json.loads((out / "split" / INDEX_FILE).read_text())
+    shards = [f for f in files if f != INDEX_FILE]
+    assert len(shards) >= 3 and all(re.fullmatch(rf"model-\d{{5}}-of-{len(shards):05d}\.safetensors", f) for f in shards)
+    assert set(index["weight_map"].values()) == set(shards) and sorted(index["weight_map"]) == sorted(reference)
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in reference.values())
+    for name in shards:  # at most the limit, unless one tensor alone is bigger
+        tensors = load_file(out / "split" / name)
+        assert len(tensors) == 1 or sum(t.numel() * t.element_size() for t in tensors.values()) <= SHARD_LIMIT
+    loaded = {k: v for name in shards for k, v in load_file(out / "split" / name).items()}  # safetensors alone
+    equal(loaded, reference)
+
+
+def test_hf_shards_load_with_transformers_load_sharded_checkpoint(sharded):
+    trainer_utils = pytest.importorskip("transformers.trainer_utils")
+    out, reference = sharded
+    model = toy(seed=1)
+    result = trainer_utils.load_sharded_checkpoint(model, str(out / "split"))
+    assert not result.missing_keys and not result.unexpected_keys
+    equal(model.state_dict(), reference)
+
+
+def test_a_dcp_folder_is_read_a_group_at_a_time_without_a_process_group(sharded):
+    out, reference = sharded
+    assert not torch.distributed.is_initialized()
+    source = open_weights(out / "ckpt" / "pytorch_model_fsdp_0")
+    assert {s.name: s.shape for s in source.specs} == {k: tuple(v.shape) for k, v in reference.items()}
+    head = dict(source.tensors(["head.weight"]))  # one key alone
+    assert list(head) == ["head.weight"] and torch.equal(head["head.weight"], reference["head.weight"])
+    equal(dict(source.tensors([s.name for s in source.specs])), reference)
+
+
+def test_shard_sizes_parse_as_transformers_and_are_refused_otherwise():
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("2GiB") == 2 * 2**30 and parse_size("500mb") == 5 * 10**8
+    assert parse_size(1234) == 1234 and parse_size("1234") == 1234
+    for bad in ("5XB", "GB", 0, -1, True, 1.5, "0KB"):
+        with pytest.raises(ValueError, match="expected a size in bytes > 0"):
+            parse_size(bad)
+
+
+def _gather_peak(rank: int, world: int, out: str, limit: int) -> tuple[int, int] | None:
+    """Rank 0's peak host memory (VmHWM, reset first) over its resident memory, gathering a ~40 MB model."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from distlearn.training.full_weights import ModelWeights, save_full_weights
+
+    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024, bias=False) for _ in range(10)])  # 42 MB
+    fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
+    size = sum(p.numel() * 4 for p in model.parameters())
+    source = ModelWeights(get_model_state_dict(model), rank == 0)
+    rss = int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
+    Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from here
+    save_full_weights(out, source, write=rank == 0, max_shard_size=limit)
+    peak = int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
+    return (peak - rss, size) if rank == 0 else None
+
+
+def _gather_peaks(rank: int, world: int, out: str, limits: list[int]) -> list[tuple[int, int]] | None:
+    """:func:`_gather_peak` for each limit, in a process whose freed large blocks go back to the system (glibc's
+    mmap threshold fixed at 1 MiB: otherwise a freed tensor stays in the heap and the peak measures history)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    peaks = []
+    for limit in limits:
+        os.makedirs(os.path.join(out, str(limit)), exist_ok=True)
+        peaks.append(_gather_peak(rank, world, os.path.join(out, str(limit)), limit))
+    return peaks if rank == 0 else None
+
+
+def test_gathering_a_40mb_model_holds_about_one_file_in_host_memory(tmp_path):
+    from dist_pool import Pool
+
+    limit, whole = 8 * 2**20, 10**9  # two 4 MiB tensors a file: 5 files; or the whole model in one
+    pool = Pool()  # fresh processes: the peak is this gather's alone
+    try:
+        (split, size), (single, _) = pool.run(_gather_peaks, 2, str(tmp_path), [limit, whole])[0]
+    finally:
+        pool.close()
+    print(f"model {size / 2**20:.1f} MiB; rank 0's peak host memory over its resident memory: {split / 2**20:.1f} MiB "
+          f"with {limit / 2**20:.0f} MiB files ({split / size:.2f} of the model), {single / 2**20:.1f} MiB in one "
+          f"file ({single / size:.2f})")
+    assert len(list((tmp_path / str(limit)).glob("model-*-of-00005.safetensors"))) == 5
+    assert single > 0.9 * size  # the measure sees a whole model when one is held
+    # One file's tensors (8 MiB), the tensor being gathered (4 MiB) and the gather's buffers: not the 40 MiB model.
+    assert split < 0.5 * size
+
+
+def _fail_while_writing(rank: int, world: int, out: str, before: bool) -> str:
+    """The main process fails writing (``before`` gathering anything, or at the first file); every rank must
+    still run every gather and return."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from distlearn.training.full_weights import ModelWeights, save_full_weights, written_by_main
+
+    def write(folder: str, source: ModelWeights) -> list:
+        if before:
+            raise OSError("the disk is full (config.yaml)")
+        return save_full_weights(folder, source, True, SHARD_LIMIT)
+
+    model = toy()
+    fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
+    source = ModelWeights(get_model_state_dict(model), rank == 0)
+    if rank != 0:
+        source.finish()
+        return "gathered"
+    try:  # a folder that does not exist: the first file cannot be written
+        written_by_main(source, write, os.path.join(out, "missing"), source)
+    except OSError as exc:
+        return f"failed: {exc}"
+    return "wrote"
+
+
+@pytest.mark.parametrize("before", [False, True], ids=["at-the-first-file", "before-the-weights"])
+def test_a_write_that_fails_on_the_main_process_leaves_no_rank_waiting(dist_pool, tmp_path, before):
+    main, other = dist_pool.run(_fail_while_writing, 2, str(tmp_path), before, timeout=60)
+    assert main.startswith("failed: " + ("the disk is full" if before else "cannot write")) and other == "gathered"
