@@ -209,3 +209,129 @@ def _fail_while_writing(rank: int, world: int, out: str, before: bool) -> str:
 def test_a_write_that_fails_on_the_main_process_leaves_no_rank_waiting(dist_pool, tmp_path, before):
     main, other = dist_pool.run(_fail_while_writing, 2, str(tmp_path), before, timeout=60)
     assert main.startswith("failed: " + ("the disk is full" if before else "cannot write")) and other == "gathered"
+
+
+# --------------------------------------------------------------------------- a run whose checkpoint is sharded
+
+
+def _shard_checkpoint(rank: int, world: int, run: str, step: str) -> None:
+    """The checkpoint's model (its weights loaded by load_run) sharded with fully_shard and saved as Accelerate's
+    save_state does under SHARDED_STATE_DICT."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from distlearn import load_run
+
+    reset_accelerate()
+    try:
+        model = load_run(run, checkpoint=step, overrides=["run.tracking.backend=none"]).model
+        fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
+        dcp.save({"model": get_model_state_dict(model)},
+                 checkpoint_id=os.path.join(run, "checkpoints", step, "pytorch_model_fsdp_0"))
+    finally:
+        reset_accelerate()
+
+
+@pytest.fixture(scope="module")
+def sharded_run(digits_run, dist_pool, tmp_path_factory) -> tuple[Path, str, dict]:
+    """A copy of the digits run whose first checkpoint keeps its model as a DCP folder (sharded over 2 ranks)
+    instead of model.safetensors: (the run, the checkpoint's name, the weights it held)."""
+    run = tmp_path_factory.mktemp("sharded-run") / "run"
+    shutil.copytree(digits_run, run, ignore=shutil.ignore_patterns("wandb", "eval-*", "export-*"))
+    step = sorted((run / "checkpoints").glob("step-*"))[0]
+    dist_pool.run(_shard_checkpoint, 2, str(run), step.name)
+    weights = load_file(step / WEIGHTS_FILE)
+    (step / WEIGHTS_FILE).unlink()
+    marker = json.loads((step / "COMMITTED.json").read_text())  # its files, as a sharded save lists them
+    del marker["files"][WEIGHTS_FILE]
+    marker["files"].update({str(p.relative_to(step)): p.stat().st_size
+                            for p in (step / "pytorch_model_fsdp_0").iterdir()})
+    (step / "COMMITTED.json").write_text(json.dumps(marker))
+    return run, step.name, weights
+
+
+def test_evaluate_and_predict_read_a_sharded_checkpoint(sharded_run, digits_run, capsys, tmp_path):
+    run, step, _ = sharded_run
+    code, _, err = command(capsys, "evaluate", str(run), "--checkpoint", step, "-q")
+    assert code == 0, err
+    written = json.loads((run / f"eval-{step}.json").read_text())
+    assert written["weights"] == str(run / "checkpoints" / step / "pytorch_model_fsdp_0")
+    assert numbers(written) == numbers(last_test(digits_run, 0))  # the epoch's own test numbers, bitwise
+    plain = tmp_path / "plain.csv"
+    for folder, out in ((digits_run, plain), (run, tmp_path / "sharded.csv")):
+        code, _, err = command(capsys, "predict", str(folder), "--checkpoint", step, "--output", str(out), "-q")
+        assert code == 0, err
+    assert (tmp_path / "sharded.csv").read_bytes() == plain.read_bytes()
+
+
+def test_init_from_and_load_weights_read_sharded_checkpoints_and_hf_shards(sharded_run, tmp_path):
+    from distlearn.experiment.weights import init_from, read_weights
+    from distlearn.training.full_weights import StateDictWeights, save_full_weights
+
+    run, step, weights = sharded_run
+    equal(read_weights(run / "checkpoints" / step / "pytorch_model_fsdp_0"), weights)
+    save_full_weights(tmp_path, StateDictWeights(weights), max_shard_size=2000)
+    assert (tmp_path / INDEX_FILE).is_file()
+    for source in (run / "checkpoints" / step, tmp_path):  # a checkpoint folder; a folder of HF shards
+        model = torch.nn.Sequential(*[torch.nn.Linear(1, 1)])  # the wrong model: refused with the keys named
+        with pytest.raises(Exception, match="missing key"):
+            init_from(model, source)
+    digits = _digits_model(run)
+    init_from(digits, run / "checkpoints" / step)
+    equal(digits.state_dict(), weights)
+    init_from(digits.apply(_zero), tmp_path / INDEX_FILE)
+    equal(digits.state_dict(), weights)
+
+
+def _zero(module: torch.nn.Module) -> None:
+    for p in module.parameters(recurse=False):
+        torch.nn.init.zeros_(p)
+
+
+def _digits_model(run: Path) -> torch.nn.Module:
+    from distlearn.experiment.saved_run import read_run, rebuild
+
+    reset_accelerate()
+    try:
+        return rebuild(*read_run(run, "last", ["run.tracking.backend=none"])).model
+    finally:
+        reset_accelerate()
+
+
+def test_export_writes_full_weights_from_a_sharded_and_a_plain_checkpoint(sharded_run, digits_run, capsys, tmp_path):
+    run, step, weights = sharded_run
+    code, out, err = command(capsys, "export", str(run), "--checkpoint", step)
+    assert code == 0, err
+    assert sorted(p.name for p in (run / f"export-{step}").iterdir()) == [WEIGHTS_FILE]
+    equal(load_file(run / f"export-{step}" / WEIGHTS_FILE), weights)
+    assert f"to {run / f'export-{step}'}: 1 file(s)" in err
+    # the plain final weights, split into HF shards
+    code, _, err = command(capsys, "export", str(digits_run), "--output", str(tmp_path / "out"), "--max-shard-size",
+                           "2KB", "-q")
+    assert code == 0, err
+    final = load_file(digits_run / WEIGHTS_FILE)
+    index = json.loads((tmp_path / "out" / INDEX_FILE).read_text())
+    equal({k: v for f in set(index["weight_map"].values()) for k, v in load_file(tmp_path / "out" / f).items()}, final)
+    # again: refused without --overwrite, nothing changed; with it, one file replaces the shards
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    code, _, err = command(capsys, "export", str(digits_run), "--output", str(tmp_path / "out"))
+    assert code == 2 and "holds weights already" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    code, _, err = command(capsys, "export", str(digits_run), "--output", str(tmp_path / "out"), "--overwrite", "-q")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [WEIGHTS_FILE]
+    equal(load_file(tmp_path / "out" / WEIGHTS_FILE), final)
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--max-shard-size", "5XB"], "--max-shard-size: expected a size in bytes > 0"),
+    (["--checkpoint", "step-9"], "--checkpoint 'step-9': expected best, last or a checkpoint folder"),
+    (["--output", "{run}"], "is where the run keeps its own weights"),
+    (["--output", "{run}/config.yaml"], "is a file; give a folder"),
+])
+def test_export_refuses_bad_input_with_one_line_and_exit_2(sharded_run, capsys, argv, said):
+    run, _, _ = sharded_run
+    code, _, err = command(capsys, "export", str(run), *[a.format(run=run) for a in argv])
+    assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
