@@ -335,3 +335,57 @@ def test_export_refuses_bad_input_with_one_line_and_exit_2(sharded_run, capsys, 
     run, _, _ = sharded_run
     code, _, err = command(capsys, "export", str(run), *[a.format(run=run) for a in argv])
     assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+
+
+# --------------------------------------------------------------------------- the output set, best/, the end of training
+
+
+def _write_set(folder: Path, weights: dict, limit: int, point: str | None) -> int | None:
+    """The output set with ``weights`` split at ``limit``; with ``point``, in a forked process that SIGKILLs
+    itself there (its exit code returned)."""
+    from distlearn.command import run_folder
+    from distlearn.runtime.launch import OUTPUTS_TEST_SIGNAL
+
+    def write() -> None:
+        if point is not None:
+            os.environ[OUTPUTS_TEST_SIGNAL] = f"{point}:SIGKILL"
+        run_folder.write_outputs(folder, {"run": {"seed": 1}}, {"training": {}}, weights, max_shard_size=limit)
+
+    if point is None:
+        return write()
+    child = mp.get_context("fork").Process(target=write)
+    child.start()
+    child.join(60)
+    return child.exitcode
+
+
+def _weight_files(folder: Path) -> list[str]:
+    from distlearn.training.full_weights import is_weights_file
+
+    return sorted(p.name for p in folder.iterdir() if is_weights_file(p.name))
+
+
+@pytest.mark.parametrize("old_limit, new_limit", [(10**9, 300), (300, 10**9)], ids=["file-to-shards", "shards-to-file"])
+def test_the_output_set_swaps_one_file_and_shards_whole_even_when_killed(tmp_path, old_limit, new_limit):
+    from distlearn.command import run_folder
+    from distlearn.experiment.weights import read_weights, weights_file
+
+    old, new = toy(0).state_dict(), toy(1).state_dict()
+    first, clean = tmp_path / "first", tmp_path / "clean"
+    for folder, weights, limit in ((first, old, old_limit), (clean, new, new_limit)):
+        folder.mkdir()
+        _write_set(folder, weights, limit, None)
+    want = _weight_files(clean)
+    assert want != _weight_files(first) and len({len(want), len(_weight_files(first))} - {1}) == 1  # file | shards
+    # Killed at the commit, before the weights move, after the first shard, mid-shards, after the index.
+    for k in (0, 3, 4, 6, 8):  # moves in sorted order: batches, config, curves, the weights..., record.json
+        folder = tmp_path / f"swap-{k}"
+        shutil.copytree(first, folder)
+        code = _write_set(folder, new, new_limit, f"swap:{k}")
+        if code == 0:  # the one-file set has fewer moves: it finished
+            assert _weight_files(folder) == want
+            continue
+        assert code == -9, k
+        assert "is now in place" in run_folder.recover_outputs(folder)  # what the next command does first
+        assert _weight_files(folder) == want, k
+        equal(read_weights(weights_file(folder)), dict(new))

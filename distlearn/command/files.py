@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.launch import outputs_test_signal
-from ..training.full_weights import is_weights_file
+from ..training.full_weights import is_weights_file, weight_set
 
 __all__ = ["BATCHES_KEY", "STAGING", "SWAPPING", "atomic_write", "read_record",
            "recover_set", "replace_set", "split_batches", "to_jsonable", "write_batches", "write_config",
@@ -31,7 +31,6 @@ __all__ = ["BATCHES_KEY", "STAGING", "SWAPPING", "atomic_write", "read_record",
 
 STAGING = ".outputs-staging"  # the new set being written: a kill leaves it, and recover_set removes it
 SWAPPING = ".outputs-new"  # the new set, complete: recover_set moves what is left of it into place
-_NAMES = ".names.json"  # the staged set's file names (_write_names)
 BATCHES_KEY = "batch_records"  # the epoch record's per-batch part, kept in batches.jsonl
 # Tests only: "<point>:<SIGNAL>" sends this process SIGNAL at a point of replace_set, e.g. "stage:2:SIGKILL"
 # after the second file is staged, "swap:0:SIGTERM" right after the commit, "swap:3:SIGKILL" after 3 moves.
@@ -87,7 +86,6 @@ def replace_set(folder: str | Path, writers: Mapping[str, Callable[[Path], Any]]
                 fsync_file(path)  # durable before the commit says the set is complete
                 files.append(folder / Path(path).name)
             _test_signal(f"stage:{n}")
-        _write_names(staging)
         fsync_dir(staging)
         os.replace(staging, folder / SWAPPING)  # the commit: from here on the new set wins
     except BaseException:
@@ -126,28 +124,20 @@ def _swap_in(folder: Path) -> None:
     from ..training.durable import fsync_dir
 
     new = folder / SWAPPING
-    listed = new / _NAMES
-    names = json.loads(listed.read_text()) if listed.is_file() else sorted(p.name for p in new.iterdir())
-    if any(is_weights_file(name) for name in names):  # the old set's weights in other files (one file / shards)
+    names = sorted(p.name for p in new.iterdir())
+    # The old set's weights in other files (one file against shards) go: the new set's weights are still all
+    # in `new` on the first pass, and a pass after a kill finds the set from what is left (moves are sorted,
+    # so the index, which names no count, is the last to move and nothing stale is left by then).
+    keep = weight_set(names)
+    if keep is not None:
         for old in folder.iterdir():
-            if is_weights_file(old.name) and old.name not in names:
+            if is_weights_file(old.name) and old.name not in keep:
                 old.unlink()
-    present = [name for name in names if (new / name).exists()]
-    for n, name in enumerate(present, 1):  # record.json sorts last of the outputs
+    for n, name in enumerate(names, 1):  # record.json sorts last of the outputs
         os.replace(new / name, folder / name)
         _test_signal(f"swap:{n}")
-    listed.unlink(missing_ok=True)
     new.rmdir()
     fsync_dir(folder)
-
-
-def _write_names(staging: Path) -> None:
-    """The staged set's file names, kept beside it until it is moved in: a swap resumed after a kill still
-    knows which of the folder's weight files belong to the new set (the rest are the old set's)."""
-    from ..training.durable import fsync_file
-
-    (staging / _NAMES).write_text(json.dumps(sorted(p.name for p in staging.iterdir())))
-    fsync_file(staging / _NAMES)
 
 
 def _test_signal(point: str) -> None:

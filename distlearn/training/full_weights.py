@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 __all__ = ["DEFAULT_MAX_SHARD_SIZE", "as_source", "INDEX_FILE", "WEIGHTS_FILE", "ModelWeights", "StateDictWeights", "TensorSpec",
-           "WeightSource", "is_sharded", "is_weights_file", "model_weights", "parse_size", "save_full_weights", "shard_plan",
+           "WeightSource", "is_sharded", "is_weights_file", "model_weights", "parse_size", "save_full_weights", "shard_plan", "weight_set",
            "written_by_main"]
 
 T = TypeVar("T")
@@ -37,6 +37,7 @@ WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _SHARD_FILE = "model-{:05d}-of-{:05d}.safetensors"
 _WEIGHT_NAME = re.compile(r"^model(?:-\d{5}-of-\d{5})?\.safetensors(?:\.index\.json)?$")
+_SHARD_NAME = re.compile(r"^model-\d{5}-of-(\d{5})\.safetensors$")
 # huggingface_hub's split default (MAX_SHARD_SIZE "5GB", decimal) and transformers 4.x's save_pretrained default:
 # the shard size of most models on the Hub (transformers 5 raised its own default to 50GB).
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
@@ -47,6 +48,19 @@ SIZE_EXPECTED = "a size in bytes > 0: an int or a string such as 5GB, 500MB or 2
 def is_weights_file(name: str) -> bool:
     """Whether ``name`` is one of the full-weights files (``model.safetensors``, a shard, the index)."""
     return bool(_WEIGHT_NAME.match(name))
+
+
+def weight_set(names: Iterable[str]) -> set[str] | None:
+    """The names of the whole set of weight files that one of ``names`` belongs to: ``{model.safetensors}``,
+    or every shard of its count and the index; None when ``names`` holds no weights file but the index."""
+    names = list(names)
+    if WEIGHTS_FILE in names:
+        return {WEIGHTS_FILE}
+    found = next((m for m in map(_SHARD_NAME.match, names) if m), None)
+    if found is None:
+        return None
+    count = int(found.group(1))
+    return {_SHARD_FILE.format(i, count) for i in range(1, count + 1)} | {INDEX_FILE}
 
 
 def parse_size(value: Any) -> int:
