@@ -389,3 +389,37 @@ def test_the_output_set_swaps_one_file_and_shards_whole_even_when_killed(tmp_pat
         assert "is now in place" in run_folder.recover_outputs(folder)  # what the next command does first
         assert _weight_files(folder) == want, k
         equal(read_weights(weights_file(folder)), dict(new))
+
+
+def _best_and_final_of_a_sharded_model(rank: int, world: int, out: str) -> dict | None:
+    """best/ (Chooser.take) and the run's output set (train_command's writer) from a model sharded with
+    fully_shard, through a real Accelerator: every rank takes part, the main process writes."""
+    from accelerate import Accelerator
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from distlearn.command.train_command import _write_outputs
+    from distlearn.training.selection import Selection, new_chooser
+
+    reset_accelerate()
+    try:
+        accelerator = Accelerator(cpu=True)
+        model = toy()
+        reference = {k: v.clone() for k, v in model.state_dict().items()}
+        fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
+        chooser = new_chooser(Selection(keep_best=out), None, {"val_loader": [0]})
+        chooser.take(0, {"val_loss": 0.5}, accelerator, model)
+        experiment = SimpleNamespace(learner=SimpleNamespace(prepared_model=model), model=model, metric=None)
+        session = SimpleNamespace(accelerator=accelerator, experiment=experiment, resolved={"run": {"seed": 0}})
+        files = _write_outputs(session, Path(out), {"training": {}, "status": "completed"})
+        assert [p.name for p in files] == ["config.yaml", "record.json", "batches.jsonl", WEIGHTS_FILE, "curves.png"]
+        return reference if rank == 0 else None
+    finally:
+        reset_accelerate()
+
+
+def test_best_and_the_final_weights_of_a_sharded_model_are_its_full_weights(dist_pool, tmp_path):
+    reference = dist_pool.run(_best_and_final_of_a_sharded_model, 2, str(tmp_path))[0]
+    equal(load_file(tmp_path / "best" / WEIGHTS_FILE), reference)
+    assert json.loads((tmp_path / "best" / "best.json").read_text()) == {"epoch": 0, "score": 0.5, "metric": "loss"}
+    equal(load_file(tmp_path / WEIGHTS_FILE), reference)
