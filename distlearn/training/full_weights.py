@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["DEFAULT_MAX_SHARD_SIZE", "as_source", "INDEX_FILE", "WEIGHTS_FILE", "ModelWeights", "StateDictWeights", "TensorSpec",
-           "WeightSource", "is_sharded", "is_weights_file", "model_weights", "parse_size", "save_full_weights", "shard_plan", "weight_set",
-           "written_by_main"]
+__all__ = ["DEFAULT_MAX_SHARD_SIZE", "INDEX_FILE", "SIZE_EXPECTED", "WEIGHTS_FILE", "ModelWeights", "StateDictWeights",
+           "TensorSpec", "WeightSource", "as_source", "is_sharded", "is_weights_file", "model_weights", "parse_size",
+           "save_full_weights", "shard_plan", "weight_set", "written_by_main"]
 
 T = TypeVar("T")
 WEIGHTS_FILE = "model.safetensors"
@@ -248,8 +248,11 @@ class ModelWeights:
     def _gather(self, value: Any) -> Any:
         from torch.distributed.tensor import DTensor
 
-        full = value.full_tensor() if isinstance(value, DTensor) else value  # a collective on the mesh
-        return _host_copy(full) if self._main else None
+        if isinstance(value, DTensor):
+            if value.device.type != value.device_mesh.device_type:  # parameters offloaded to the CPU (NCCL needs
+                value = value.to(value.device_mesh.device_type)     # the shard on the mesh's device to gather it)
+            value = value.full_tensor()  # a collective on the mesh: this one tensor, whole, on every rank
+        return _host_copy(value) if self._main else None
 
     def finish(self) -> None:
         """Gather (and drop) every tensor not gathered yet: the collectives the other ranks run."""
