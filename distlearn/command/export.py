@@ -29,15 +29,18 @@ def export_run(run_dir: str, checkpoint: str = "last", output: str | None = None
     """``distlearn export``: write the chosen weights of a run as full, plain safetensors.
 
     Returns:
-        The files written.
+        The files written (none on a launched process other than the first: one process exports).
 
     Raises:
         RunError: Bad input (no run folder, no such weights, a bad size, an output that holds weights already
             without ``overwrite``, or that is the run's own weights), or weights that cannot be read.
     """
     from ..experiment.saved_run import choose_weights, open_folder
+    from ..runtime.launch import rank
     from ..training.full_weights import DEFAULT_MAX_SHARD_SIZE, SIZE_EXPECTED, parse_size
 
+    if rank() != 0:  # under a launcher the first process exports; the others would write the same files
+        return []
     try:
         limit = DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else parse_size(max_shard_size)
     except ValueError:
