@@ -423,3 +423,29 @@ def test_best_and_the_final_weights_of_a_sharded_model_are_its_full_weights(dist
     equal(load_file(tmp_path / "best" / WEIGHTS_FILE), reference)
     assert json.loads((tmp_path / "best" / "best.json").read_text()) == {"epoch": 0, "score": 0.5, "metric": "loss"}
     equal(load_file(tmp_path / WEIGHTS_FILE), reference)
+
+
+def test_a_run_whose_final_and_best_weights_are_hf_shards_evaluates_the_same(digits_run, capsys, tmp_path):
+    from distlearn.experiment.saved_run import choose_weights
+    from distlearn.experiment.weights import check_init_from
+    from distlearn.training.full_weights import StateDictWeights, save_full_weights
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run, ignore=shutil.ignore_patterns("wandb", "eval-*", "export-*"))
+    final = load_file(run / WEIGHTS_FILE)
+    (run / WEIGHTS_FILE).unlink()
+    (run / "best").mkdir()
+    for folder in (run, run / "best"):
+        assert len(save_full_weights(folder, StateDictWeights(final), max_shard_size=2000)) > 2
+    (run / "best" / "best.json").write_text(json.dumps({"epoch": 1, "score": 0.9, "metric": "accuracy"}))
+    assert choose_weights(run, "best").path == run / "best" / INDEX_FILE
+    code, _, err = command(capsys, "evaluate", str(run), "run.tracking.backend=none", "-q")
+    assert code == 0, err
+    written = json.loads((run / "eval-last.json").read_text())
+    assert written["weights"] == str(run / INDEX_FILE) and numbers(written) == numbers(last_test(digits_run))
+    problems: list[str] = []  # the config check of init_from (no torch): the shards' folder is weights
+    check_init_from(str(run), "model_configs.init_from", problems)
+    (run / "checkpoints" / "half").mkdir()
+    (run / "checkpoints" / "half" / "pytorch_model_fsdp_0").mkdir()  # a sharded save that never finished
+    check_init_from(str(run / "checkpoints" / "half"), "model_configs.init_from", problems)
+    assert len(problems) == 1 and "have no DCP metadata: the save did not finish" in problems[0], problems
