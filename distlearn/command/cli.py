@@ -1,5 +1,6 @@
 """The ``distlearn`` command: ``distlearn train [CONFIG] [key.path=value ...]``; ``distlearn evaluate RUN_DIR`` and
-``distlearn predict RUN_DIR --output FILE`` (:mod:`.inference`) run a saved run's weights on its test data.
+``distlearn predict RUN_DIR --output FILE`` (:mod:`.inference`) run a saved run's weights on its test data;
+``distlearn export RUN_DIR`` (:mod:`.export`) writes them as plain safetensors.
 
 Parse, build, train, close. The same command runs alone or under a launcher,
 unchanged::
@@ -35,6 +36,7 @@ from typing import Any
 from ..runtime import launch
 from .console import error, say, warn
 from .errors import RunError, Stopped
+from .export import export_run
 from .group import FINISHED_GROUP, exit_now
 from .inference import evaluate_run, predict_run
 from .train_command import train
@@ -80,6 +82,9 @@ def _dispatch(args: argparse.Namespace) -> None:
     """Run the command ``args`` names."""
     if args.command == "evaluate":
         evaluate_run(args.run_dir, args.checkpoint, args.overrides, quiet=args.quiet)
+    elif args.command == "export":
+        export_run(args.run_dir, args.checkpoint, args.output, args.max_shard_size, overwrite=args.overwrite,
+                   quiet=args.quiet)
     elif args.command == "predict":
         predict_run(args.run_dir, args.output, args.checkpoint, args.overrides, overwrite=args.overwrite,
                     quiet=args.quiet)
@@ -148,7 +153,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     train_parser.add_argument("config", nargs="?", default=None, help="YAML config file or shipped config name")
     train_parser.add_argument("overrides", nargs="*", default=[], help="key.path=value overrides")
     train_parser.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines or progress bars")
-    return parser, {"train": train_parser, **_inference_parsers(commands)}
+    return parser, {"train": train_parser, **_inference_parsers(commands), "export": _export_parser(commands)}
 
 
 def _inference_parsers(commands: Any) -> dict[str, argparse.ArgumentParser]:
@@ -177,3 +182,21 @@ def _inference_parsers(commands: Any) -> dict[str, argparse.ArgumentParser]:
         sub.add_argument("-q", "--quiet", action="store_true", help="no log lines")
         parsers[name] = sub
     return parsers
+
+
+def _export_parser(commands: Any) -> argparse.ArgumentParser:
+    """``export``: a run folder, the weights, the output folder and the shard size."""
+    sub = commands.add_parser(
+        "export", help="write a run's weights (any checkpoint, sharded or not) as plain safetensors",
+        description=("Export a run's weights: gather the chosen weights (a sharded FSDP checkpoint too, on one "
+                     "process) into model.safetensors, or above --max-shard-size into HF-style shards "
+                     "model-0000k-of-0000n.safetensors with model.safetensors.index.json, loadable without distlearn."))
+    sub.add_argument("run_dir", metavar="RUN_DIR", help="the folder `distlearn train` wrote")
+    sub.add_argument("--checkpoint", default="last", metavar="best|last|PATH",
+                     help="the weights: last (default), best, or a folder under RUN_DIR/checkpoints/")
+    sub.add_argument("--output", default=None, metavar="DIR", help="the folder to write (default RUN_DIR/export-<checkpoint>)")
+    sub.add_argument("--max-shard-size", default=None, metavar="SIZE",
+                     help="split above this size, e.g. 5GB (default), 500MB, 2GiB or a number of bytes")
+    sub.add_argument("--overwrite", action="store_true", help="replace the weights DIR holds already")
+    sub.add_argument("-q", "--quiet", action="store_true", help="no log lines")
+    return sub

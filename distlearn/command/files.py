@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.launch import outputs_test_signal
+from ..training.full_weights import is_weights_file, weight_set
 
 __all__ = ["BATCHES_KEY", "STAGING", "SWAPPING", "atomic_write", "read_record",
            "recover_set", "replace_set", "split_batches", "to_jsonable", "write_batches", "write_config",
-           "write_model", "write_record"]
+           "write_record"]
 
 STAGING = ".outputs-staging"  # the new set being written: a kill leaves it, and recover_set removes it
 SWAPPING = ".outputs-new"  # the new set, complete: recover_set moves what is left of it into place
@@ -65,7 +66,8 @@ def replace_set(folder: str | Path, writers: Mapping[str, Callable[[Path], Any]]
 
     Args:
         folder: The folder holding the set (other files and folders in it are left alone).
-        writers: File name -> a function writing that file to the path it is given.
+        writers: File name -> a function writing that file to the path it is given; one that writes
+            several files beside it (the full weights, split into shards) returns their paths as a list.
 
     Returns:
         The files, in the order of ``writers``.
@@ -76,10 +78,13 @@ def replace_set(folder: str | Path, writers: Mapping[str, Callable[[Path], Any]]
     recover_set(folder)  # a replacement a killed process left is finished (or undone) first
     staging = folder / STAGING
     staging.mkdir()
+    files: list[Path] = []
     try:
         for n, (name, write) in enumerate(writers.items(), 1):
-            write(staging / name)
-            fsync_file(staging / name)  # durable before the commit says the set is complete
+            made = write(staging / name)
+            for path in made if isinstance(made, list) else [staging / name]:  # the weights may be several files
+                fsync_file(path)  # durable before the commit says the set is complete
+                files.append(folder / Path(path).name)
             _test_signal(f"stage:{n}")
         fsync_dir(staging)
         os.replace(staging, folder / SWAPPING)  # the commit: from here on the new set wins
@@ -89,7 +94,7 @@ def replace_set(folder: str | Path, writers: Mapping[str, Callable[[Path], Any]]
     fsync_dir(folder)
     _test_signal("swap:0")
     _swap_in(folder)
-    return [folder / name for name in writers]
+    return files
 
 
 def recover_set(folder: str | Path) -> str | None:
@@ -119,8 +124,17 @@ def _swap_in(folder: Path) -> None:
     from ..training.durable import fsync_dir
 
     new = folder / SWAPPING
-    for n, entry in enumerate(sorted(new.iterdir()), 1):  # record.json sorts last of the outputs
-        os.replace(entry, folder / entry.name)
+    names = sorted(p.name for p in new.iterdir())
+    # The old set's weights in other files (one file against shards) go: the new set's weights are still all
+    # in `new` on the first pass, and a pass after a kill finds the set from what is left (moves are sorted,
+    # so the index, which names no count, is the last to move and nothing stale is left by then).
+    keep = weight_set(names)
+    if keep is not None:
+        for old in folder.iterdir():
+            if is_weights_file(old.name) and old.name not in keep:
+                old.unlink()
+    for n, name in enumerate(names, 1):  # record.json sorts last of the outputs
+        os.replace(new / name, folder / name)
         _test_signal(f"swap:{n}")
     new.rmdir()
     fsync_dir(folder)
@@ -196,15 +210,6 @@ def _with_batches(entry: dict[str, Any], batches: dict[str, Any]) -> dict[str, A
     keys = list(entry)
     at = keys.index("test_result") if "test_result" in keys else len(keys)
     return {**{k: entry[k] for k in keys[:at]}, BATCHES_KEY: batches, **{k: entry[k] for k in keys[at:]}}
-
-
-def write_model(path: str | Path, state_dict: Mapping[str, Any]) -> Path:
-    """The weights as safetensors (load with ``safetensors.torch.load_model(model, path)``)."""
-    from safetensors.torch import save_file
-
-    # Own, contiguous CPU copies: safetensors refuses tensors that share memory (tied weights).
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
 
 
 def to_jsonable(value: Any) -> Any:

@@ -4,7 +4,8 @@
         config.yaml        the resolved config (file + overrides + defaults, output_dir filled in)
         record.json        the learner's training record (per epoch: losses, scores, lr, times, test result)
         batches.jsonl      one line per batch: epoch, batch, loss, time (the record's batch_records)
-        model.safetensors  the final weights (the unwrapped model's state dict)
+        model.safetensors  the final weights (the unwrapped model's state dict); above 5 GB HF-style shards
+                           model-0000k-of-0000n.safetensors and model.safetensors.index.json
         curves.png         loss, score and lr per epoch, train and test
         wandb/             the W&B run files when tracking is on (unless WANDB_DIR is set)
 
@@ -28,7 +29,8 @@ from .console import logger
 from ..training.selection import BEST_DIR, recover_best
 from .curves import write_curves
 from .files import STAGING, SWAPPING, recover_set, replace_set, split_batches, write_batches, write_config, \
-    write_model, write_record
+    write_record
+from ..training.full_weights import DEFAULT_MAX_SHARD_SIZE, WeightSource, as_source, save_full_weights
 
 __all__ = [
     "OUTPUT_FILES",
@@ -186,8 +188,9 @@ def write_outputs(
     output_dir: str | Path,
     config: Mapping[str, Any],
     record: Mapping[str, Any],
-    state_dict: Mapping[str, Any],
+    state_dict: Mapping[str, Any] | WeightSource,
     higher_is_better: bool | None = True,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
 ) -> list[Path]:
     """Write config.yaml, record.json, batches.jsonl, model.safetensors and curves.png (main process only).
 
@@ -196,9 +199,11 @@ def write_outputs(
         config: The resolved config as a plain dict.
         record: The learner's training record; its per-batch values go to batches.jsonl, the
             rest to record.json (:func:`distlearn.command.files.read_record` joins them again).
-        state_dict: The final model weights (``accelerator.get_state_dict(model)``).
+        state_dict: The final model weights: a state dict, or a source gathered a tensor at a time
+            (:func:`distlearn.training.full_weights.model_weights`; its other ranks take part meanwhile).
         higher_is_better: The metric's ``higher_is_better`` (None: no metric), for the best epoch
             that curves.png marks: the one the summary names.
+        max_shard_size: Bytes above which the weights are HF-style shards with an index instead of one file.
 
     Returns:
         The paths written, in the order of :data:`OUTPUT_FILES`.
@@ -207,11 +212,12 @@ def write_outputs(
     hidden folder, then swapped in; a kill leaves what :func:`recover_outputs` makes whole.
     """
     summary, batches = split_batches(record)
+    source = as_source(state_dict)
     writers = {
         "config.yaml": lambda path: write_config(path, config),
         "record.json": lambda path: write_record(path, summary),
         "batches.jsonl": lambda path: write_batches(path, batches),
-        "model.safetensors": lambda path: write_model(path, state_dict),
+        "model.safetensors": lambda path: save_full_weights(path.parent, source, max_shard_size=max_shard_size),
         "curves.png": lambda path: write_curves(path, record, title=Path(output_dir).resolve().name,
                                                 higher_is_better=higher_is_better),  # staged elsewhere
     }

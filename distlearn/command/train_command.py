@@ -243,14 +243,18 @@ def _write_outputs(session: _Session, output_dir: Path, record: dict[str, Any]) 
     """The output set (config.yaml, record.json, batches.jsonl, the weights, curves.png), written by the main process.
 
     The weights are gathered through the prepared model (under FSDP the user's module holds a
-    shard): a collective under FSDP, so every rank calls this.
+    shard), under FSDP2 a tensor at a time while the main process writes them: collectives, so
+    every rank calls this.
     """
+    from ..training.full_weights import model_weights, written_by_main
     from .run_folder import write_outputs
 
     accelerator, experiment = session.accelerator, session.experiment
-    state_dict = accelerator.get_state_dict(experiment.learner.prepared_model or experiment.model)
-    return on_main(accelerator, "writing the outputs", write_outputs, output_dir, session.resolved, record, state_dict,
-                   _higher_is_better(experiment))
+    source = model_weights(accelerator, experiment.learner.prepared_model or experiment.model)
+    if not accelerator.is_main_process:
+        source.finish()  # the gathers, in step with the main process's writing
+    return on_main(accelerator, "writing the outputs", written_by_main, source, write_outputs, output_dir,
+                   session.resolved, record, source, _higher_is_better(experiment))
 
 
 def _summary(session: _Session, output_dir: Path, record: dict[str, Any], files: list[Path]) -> str:

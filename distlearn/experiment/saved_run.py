@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..specs import ConfigError
-from .weights import INIT_FROM, WEIGHTS_FILE, load_weights, weights_file
+from .weights import INDEX_FILE, INIT_FROM, WEIGHTS_FILE, load_weights, weights_file
 
 __all__ = ["CHECKPOINT_CHOICES", "RunFolderError", "SavedRun", "Weights", "choose_weights", "load_run",
            "open_folder", "read_run", "rebuild", "run_config", "wandb_run_id"]
@@ -40,7 +40,7 @@ class Weights:
 
     Attributes:
         label: ``best``, ``last`` or the checkpoint folder's name: names ``eval-<label>.json``.
-        path: The ``.safetensors`` file.
+        path: The weights: a ``.safetensors`` file, the index of shards, or a checkpoint's DCP folder.
         source: What they are, for the console (``the final weights``, ``checkpoint step-... (epoch 2)``).
         epoch: The 0-based epoch they end (None when unknown).
     """
@@ -116,8 +116,9 @@ def choose_weights(run_dir: Path, checkpoint: str | Path = "last") -> Weights:
         return _best(run_dir)
     if checkpoint == "last":
         status = _status(run_dir)
-        if status == "completed" and (run_dir / WEIGHTS_FILE).is_file():
-            return Weights("last", run_dir / WEIGHTS_FILE, "the final weights", _last_epoch(run_dir))
+        final = _final_weights(run_dir)
+        if status == "completed" and final is not None:
+            return Weights("last", final, "the final weights", _last_epoch(run_dir))
         newest = store.latest(run_dir)
         if newest is None:
             raise RunFolderError(f"{run_dir} holds no weights to evaluate: the run did not finish (status "
@@ -128,9 +129,14 @@ def choose_weights(run_dir: Path, checkpoint: str | Path = "last") -> Weights:
     return _named_checkpoint(run_dir, str(checkpoint))
 
 
+def _final_weights(folder: Path) -> Path | None:
+    """``folder``'s own full weights (``model.safetensors`` or the index of its shards), or None."""
+    return next((p for p in (folder / WEIGHTS_FILE, folder / INDEX_FILE) if p.is_file()), None)
+
+
 def _best(run_dir: Path) -> Weights:
-    path = run_dir / BEST_DIR / WEIGHTS_FILE
-    if not path.is_file():
+    path = _final_weights(run_dir / BEST_DIR)
+    if path is None:
         raise RunFolderError(f"the run kept no best weights ({BEST_DIR}/{WEIGHTS_FILE} is missing in {run_dir}): "
                              "train with run.checkpoint.keep_best: true, or use --checkpoint last")
     try:

@@ -1,8 +1,11 @@
 """Saved weights: where a run or a checkpoint keeps them, reading them, and loading them into a model.
 
-A run folder keeps its final weights in ``model.safetensors``; a checkpoint folder
-(``checkpoints/step-*``, written by ``accelerator.save_state``) keeps them under the same
-name; ``best/model.safetensors`` holds the best epoch's (``run.checkpoint.keep_best``).
+A run folder keeps its final weights in ``model.safetensors`` (above the size limit, HF-style
+shards and ``model.safetensors.index.json``); a checkpoint folder (``checkpoints/step-*``,
+written by ``accelerator.save_state``) keeps them under the same name, or under FSDP with
+sharded state dicts as a DCP folder ``pytorch_model_fsdp_0/``; ``best/`` holds the best
+epoch's (``run.checkpoint.keep_best``). Every form is read a group of tensors at a time
+(:mod:`distlearn.training.weight_files`).
 Loading checks the file against the model first, so that a mismatch names the keys and the
 first shape that differ, instead of torch's list of every tensor.
 
@@ -18,35 +21,40 @@ from pathlib import Path
 from typing import Any
 
 from ..specs import ConfigError
+from ..training.full_weights import INDEX_FILE, WEIGHTS_FILE  # torch-free modules: the config check stays fast
+from ..training.weight_files import DCP_MODEL_DIR, is_dcp_folder
 
-__all__ = ["INIT_FROM", "WEIGHTS_FILE", "check_init_from", "init_from", "load_weights", "read_weights",
+__all__ = ["INDEX_FILE", "INIT_FROM", "WEIGHTS_FILE", "check_init_from", "init_from", "load_weights", "read_weights",
            "weight_problem", "weights_file"]
 
-WEIGHTS_FILE = "model.safetensors"
 INIT_FROM = "init_from"  # the model_configs key
-_SHARDED = "pytorch_model_fsdp_0"  # a checkpoint saved under FSDP with sharded state dicts
 
 
 def weights_file(path: str | Path) -> Path:
-    """The weights file a run folder, a checkpoint folder or a ``.safetensors`` file stands for.
+    """The weights a run folder, a checkpoint folder or a file stands for (no torch): a ``.safetensors`` file,
+    a ``model.safetensors.index.json`` of shards, or a sharded checkpoint's DCP folder.
 
     Raises:
-        ValueError: No such path, or a folder holding no ``model.safetensors`` (what it holds instead said).
+        ValueError: No such path, or a folder holding no weights (what it holds instead said).
     """
     path = Path(path).expanduser()
     if path.is_file():
-        if path.suffix != ".safetensors":
-            raise ValueError(f"{str(path)!r} is not a .safetensors file; give a run folder, a checkpoint folder "
-                             f"or a {WEIGHTS_FILE} file")
+        if path.suffix != ".safetensors" and not path.name.endswith(".index.json"):
+            raise ValueError(f"{str(path)!r} is not a .safetensors file or an {INDEX_FILE}; give a run folder, "
+                             f"a checkpoint folder or a {WEIGHTS_FILE} file")
         return path
     if not path.exists():
         raise ValueError(f"{str(path)!r} does not exist; give a run folder, a checkpoint folder or a "
                          f"{WEIGHTS_FILE} file")
-    if (path / WEIGHTS_FILE).is_file():
-        return path / WEIGHTS_FILE
-    if (path / _SHARDED).exists():
-        raise ValueError(f"{str(path)!r} holds FSDP-sharded weights ({_SHARDED}/), which cannot be read as one file; "
-                         f"use the run folder's {WEIGHTS_FILE} (gathered at the end of training)")
+    for found in (path / WEIGHTS_FILE, path / INDEX_FILE):
+        if found.is_file():
+            return found
+    for folder in (path / DCP_MODEL_DIR, path):
+        if is_dcp_folder(folder):
+            return folder
+    if (path / DCP_MODEL_DIR).exists():
+        raise ValueError(f"{str(path)!r}: its sharded weights ({DCP_MODEL_DIR}/) have no DCP metadata: the save "
+                         "did not finish; use another checkpoint")
     raise ValueError(f"{str(path)!r} holds no {WEIGHTS_FILE}: it is not a finished run folder or a checkpoint "
                      "folder (a run that has not finished keeps its weights in checkpoints/step-*/)")
 
@@ -65,18 +73,15 @@ def check_init_from(value: Any, key: str, problems: list[str]) -> None:
 
 
 def read_weights(path: str | Path) -> dict[str, Any]:
-    """The tensors of a ``.safetensors`` file, on the CPU.
+    """Every tensor of the weights at ``path`` (from :func:`weights_file`), full, on the CPU.
 
     Raises:
-        ValueError: The file cannot be read as safetensors (truncated, another format).
+        ValueError: They cannot be read (a truncated file, another format, a shard missing).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from ..training.weight_files import open_weights
 
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"cannot read the weights in {path}: {exc}") from None
+    source = open_weights(path)
+    return dict(source.tensors([s.name for s in source.specs]))
 
 
 def weight_problem(model: Any, state: Mapping[str, Any]) -> str | None:
@@ -116,13 +121,17 @@ def load_weights(model: Any, path: str | Path) -> None:
     """
     import torch
 
-    state = read_weights(path)
-    problem = weight_problem(model, state)
+    from ..training.full_weights import DEFAULT_MAX_SHARD_SIZE, shard_plan
+    from ..training.weight_files import open_weights
+
+    source = open_weights(path)
+    problem = weight_problem(model, {s.name: s for s in source.specs})  # shapes from the headers: nothing read yet
     if problem is not None:
         raise ValueError(f"the weights in {path} do not fit the model {type(model).__name__}: {problem}. "
                          "The model config must be the one the weights were trained with")
-    with torch.no_grad():
-        model.load_state_dict(state, strict=False)  # checked above: only tied names may be left out
+    for _, names in shard_plan(source.specs, DEFAULT_MAX_SHARD_SIZE):  # one file's worth in memory at a time
+        with torch.no_grad():
+            model.load_state_dict(dict(source.tensors(names)), strict=False)  # only tied names may be left out
 
 
 def init_from(model: Any, source: str | Path, key: str = f"model_configs.{INIT_FROM}") -> Path:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..options import is_int, is_number
+from .full_weights import WeightSource, as_source, model_weights, save_full_weights, written_by_main
 
 __all__ = ["BEST_DIR", "VAL_SIZE_KEY", "Chooser", "EarlyStopping", "Selection", "best_point", "early_stopping_problems",
            "finite", "new_chooser", "recover_best", "resume_choice", "val_fields", "write_best"]
@@ -167,9 +168,12 @@ class Chooser:
         calls this: gathering the weights is a collective under FSDP; the main process writes)."""
         if not self.observe(epoch, val_result) or self.selection.keep_best is None:
             return
-        weights = accelerator.get_state_dict(model)
+        source = model_weights(accelerator, model)
         if accelerator.is_main_process:
-            write_best(self.selection.keep_best, weights, epoch, self.state.best_score, self.metric_name)
+            written_by_main(source, write_best, self.selection.keep_best, source, epoch, self.state.best_score,
+                            self.metric_name)
+        else:
+            source.finish()  # the gathers, in step with the main process's writing
 
     def state_dict(self) -> dict[str, Any]:
         """The choice so far, for the checkpoint."""
@@ -221,14 +225,14 @@ def val_fields(result: Mapping[str, Any]) -> dict[str, Any]:
     return {key.replace("test_", "val_", 1): value for key, value in result.items()}
 
 
-def write_best(folder: str | Path, state_dict: Mapping[str, Any], epoch: int, score: float, metric: str) -> Path:
-    """Replace ``<folder>/best/`` with these weights and ``best.json``: staged, then renamed in.
+def write_best(folder: str | Path, state_dict: Mapping[str, Any] | WeightSource, epoch: int, score: float,
+               metric: str) -> Path:
+    """Replace ``<folder>/best/`` with these weights (a state dict, or a source gathered a tensor at a time:
+    :mod:`distlearn.training.full_weights`) and ``best.json``: staged, then renamed in.
 
     Returns:
         The ``best/`` folder.
     """
-    from safetensors.torch import save_file
-
     from .durable import fsync_dir, fsync_file
 
     folder = Path(folder)
@@ -237,13 +241,12 @@ def write_best(folder: str | Path, state_dict: Mapping[str, Any], epoch: int, sc
     staging, best, old = folder / _STAGING, folder / BEST_DIR, folder / _OLD
     staging.mkdir()
     try:
-        # Own, contiguous CPU copies: safetensors refuses tensors that share memory (tied weights).
-        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        source = as_source(state_dict)
+        files = save_full_weights(staging, source)  # model.safetensors, or shards and their index
         (staging / "best.json").write_text(json.dumps({"epoch": epoch, "score": score, "metric": metric}) + "\n")
-        for name in ("model.safetensors", "best.json"):
-            os.chmod(staging / name, 0o644)
-            fsync_file(staging / name)
+        for path in (*files, staging / "best.json"):
+            os.chmod(path, 0o644)
+            fsync_file(path)
         fsync_dir(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
