@@ -99,7 +99,7 @@ def train(rank: int, world: int, folder: str, asynchronous: bool = False, resume
     from torch.utils.data import DataLoader, TensorDataset
 
     from distlearn import BackwardLearner
-    from distlearn.training import sharded
+    from distlearn.training import full_weights, sharded
     from distlearn.training.checkpoint import Checkpoints, Interrupted
 
     from contextlib import nullcontext
@@ -132,6 +132,11 @@ def train(rank: int, world: int, folder: str, asynchronous: bool = False, resume
             except Interrupted as exc:
                 return {"stopped": exc.checkpoint.name, "folders": sorted(p.name for p in checkpoints.root.iterdir())}
         prepared, optimizer = learner.prepared_model, learner.accelerator()._optimizers[0]
+        final = Path(folder) / "final"  # the run's full weights as `distlearn train` writes them: gathered per tensor
+        final.mkdir(exist_ok=True)
+        accelerator = learner.accelerator()
+        full_weights.save_full_weights(final, full_weights.model_weights(accelerator, prepared),
+                                       write=accelerator.is_main_process, max_shard_size=100_000)
         weights = {k: v.full_tensor() for k, v in prepared.state_dict().items()}
         full = StateDictOptions(full_state_dict=True, cpu_offload=True)  # the test's own gather, after training
         optim = get_optimizer_state_dict(prepared, sharded._plain(optimizer), options=full)

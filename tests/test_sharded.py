@@ -9,6 +9,7 @@ equal to the uninterrupted run: weights and optimizer) and on 3 (every sample on
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -183,3 +184,24 @@ def test_a_full_state_checkpoint_of_an_fsdp2_run_still_resumes(dist_pool, uninte
     for name, weight in uninterrupted[1][0]["weights"].items():
         assert torch.equal(ranks[0]["weights"][name], weight), name
     assert (latest(tmp_path)[0] / "pytorch_model_fsdp_0").is_dir()
+
+
+def test_the_final_weights_and_the_last_sharded_checkpoint_read_back_as_the_full_model(uninterrupted):
+    """The full weights gathered a tensor at a time from the FSDP2 model (HF shards above a 100 KB limit) and
+    the last checkpoint's DCP folder read without a process group both hold the trained model, bitwise."""
+    from safetensors.torch import load_file
+
+    from distlearn.training.weight_files import open_weights
+
+    folder, ranks = uninterrupted
+    expected = ranks[0]["weights"]
+    index = json.loads((folder / "final" / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 1 and not (folder / "final" / "model.safetensors").exists()
+    final = {k: v for name in files for k, v in load_file(folder / "final" / name).items()}
+    source = open_weights(folder / "checkpoints" / f"step-{2 * STEPS:08d}" / "pytorch_model_fsdp_0")
+    saved = dict(source.tensors(list(expected)))
+    for name, weight in expected.items():
+        assert torch.equal(final[name], weight), name
+        assert torch.equal(saved[name], weight), name
+    assert set(final) == set(saved) == set(expected)
