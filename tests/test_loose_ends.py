@@ -108,3 +108,60 @@ def test_bad_persistent_workers_are_refused_naming_the_key(params, received):
     for cls, base in ((TorchDataset, {"dataset_class": Points}), (HFDataset, {"data_files": __file__})):
         with pytest.raises(ValueError, match=f"{cls.__name__}: persistent_workers: expected .*got {received}"):
             cls(**base, **params)
+
+
+# --- 2. the learner probes the checkpoint folder (Python API) -----------------------------------------------------
+
+def _train_in(rank, world, folders):
+    """Each rank trains from its own working directory with ``Checkpoints("run")``: (error, files left, epochs)."""
+    import os
+    from pathlib import Path
+
+    from distlearn.training.checkpoint import Checkpoints
+    from distlearn.training.learner import BackwardLearner
+    from distlearn.training.shared_folder import FolderNotShared
+
+    here = os.getcwd()
+    os.chdir(folders[rank])
+    reset_accelerate()
+    try:
+        data = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+        learner = BackwardLearner(n_epochs=1, loss=torch.nn.CrossEntropyLoss(),
+                                  optimizer_configs={"optimizer_class": "torch.optim.SGD",
+                                                     "optimizer_parameters": {"lr": 0.1}})
+        epochs = []
+        try:
+            learner.train(torch.nn.Linear(3, 2), torch.utils.data.DataLoader(data, batch_size=2),
+                          checkpoints=Checkpoints("run", every_n_steps=1), disable_tqdm=True,
+                          on_epoch_end=lambda epoch, summary: epochs.append(epoch))
+            error = None
+        except FolderNotShared as exc:
+            error = str(exc)
+        left = sorted(str(p.relative_to(folders[rank])) for p in Path(folders[rank]).rglob("*"))
+        return error, left, epochs
+    finally:
+        reset_accelerate()
+        os.chdir(here)
+
+
+def test_the_learner_refuses_a_checkpoint_folder_not_every_rank_sees(dist_pool, tmp_path):
+    """Ranks in different working directories with a relative folder: what nodes without a shared file system
+    look like here. Before, rank 1's checkpoints went to its own folder and rank 0 committed a checkpoint
+    that held rank 0's files only."""
+    import socket
+
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        folder.mkdir()
+    (main_error, main_left, main_epochs), (other_error, other_left, other_epochs) = \
+        dist_pool.run(_train_in, 2, [str(f) for f in folders])
+    assert main_error == other_error is not None and main_epochs == other_epochs == []
+    host = socket.gethostname()
+    assert f"rank 1 on host {host} (folder {folders[1] / 'run'})" in main_error
+    assert f"rank 0 on host {host} wrote a probe file into {folders[0] / 'run'}/checkpoints" in main_error
+    assert "give Checkpoints an output_dir on a file system shared by every node" in main_error
+    assert main_left == ["run", "run/checkpoints"] and other_left == []  # the probe removed, nothing saved
+    # one working directory: the same code trains, and leaves no probe among its checkpoints
+    shared = [str(tmp_path / "a")] * 2
+    (error, left, epochs), _ = dist_pool.run(_train_in, 2, shared)
+    assert error is None and epochs == [0] and not any(".distlearn-probe-" in name for name in left)
