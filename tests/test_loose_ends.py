@@ -165,3 +165,59 @@ def test_the_learner_refuses_a_checkpoint_folder_not_every_rank_sees(dist_pool, 
     shared = [str(tmp_path / "a")] * 2
     (error, left, epochs), _ = dist_pool.run(_train_in, 2, shared)
     assert error is None and epochs == [0] and not any(".distlearn-probe-" in name for name in left)
+
+
+# --- 3. the throughput timer's CUDA events are read as the device finishes them -----------------------------------
+
+class _Device:
+    """A stand-in for a CUDA stream (no GPU here): events finish ``lag`` steps after they are recorded, in order."""
+
+    def __init__(self, lag: int) -> None:
+        self.recorded, self.finished, self.lag, self.waits = 0, 0, lag, 0
+
+    def step(self) -> None:
+        self.finished = max(self.finished, self.recorded - 2 * self.lag)
+
+
+class _Event:
+    """``torch.cuda.Event``'s four calls the timer makes, on :class:`_Device`'s clock (milliseconds vary per step)."""
+
+    def __init__(self, device: _Device) -> None:
+        self.device, self.at = device, None
+
+    def record(self) -> None:
+        self.device.recorded += 1
+        self.at = self.device.recorded
+        self.device.step()
+
+    def query(self) -> bool:
+        return self.at <= self.device.finished
+
+    def synchronize(self) -> None:
+        self.device.waits += 1
+        self.device.finished = self.device.recorded
+
+    def elapsed_time(self, end: _Event) -> float:
+        assert end.query(), "elapsed_time before the end event finished raises on CUDA"
+        return 0.1 + (self.at % 7) * 0.013 + (end.at - self.at) * 1e-3
+
+
+@pytest.mark.parametrize("lag", [0, 3, 100])
+def test_the_timer_holds_a_bounded_number_of_events_and_the_same_seconds(lag):
+    """Before, every step's pair stayed until the epoch's end (here 1000 pairs); the seconds are bitwise those
+    of reading all pairs at the end, and nothing waits for the device before then."""
+    from distlearn.training.throughput import FOLD_EVERY, EpochTimer
+
+    device = _Device(lag)
+    timer = EpochTimer(torch.device("cpu"))
+    made = []
+    timer._events, timer._event = [], lambda: made.append(_Event(device)) or made[-1]  # on this clock
+    held = []
+    for _ in range(1000):
+        with timer.timing("steps"):
+            pass
+        held.append(len(timer._events))
+    assert device.waits == 0 and max(held) <= FOLD_EVERY + lag
+    timer.fold()
+    assert device.waits == 1 and timer._events == []  # the epoch's one wait
+    assert timer.device_steps == sum(a.elapsed_time(b) for a, b in zip(made[::2], made[1::2])) / 1000.0
