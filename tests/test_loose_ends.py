@@ -221,3 +221,54 @@ def test_the_timer_holds_a_bounded_number_of_events_and_the_same_seconds(lag):
     timer.fold()
     assert device.waits == 1 and timer._events == []  # the epoch's one wait
     assert timer.device_steps == sum(a.elapsed_time(b) for a, b in zip(made[::2], made[1::2])) / 1000.0
+
+
+# --- 4. keep_best turned on at a resume ---------------------------------------------------------------------------
+
+def _wine(rank, world, out, n_epochs, keep_best=None, resume_from=None):
+    """Wine with a validation split, one checkpoint per epoch end in ``out``: (record, each epoch's weights)."""
+    from distlearn.data import SklearnDataset
+    from distlearn.models import MLP
+    from distlearn.training.checkpoint import Checkpoints
+    from distlearn.training.learner import BackwardLearner
+    from distlearn.training.selection import Selection
+
+    reset_accelerate()
+    data = SklearnDataset("wine", batch_size=16, val_size=30, seed=0)
+    torch.manual_seed(0)
+    model = MLP(data.n_features, data.n_outputs, hidden_sizes=(16,))
+    learner = BackwardLearner(n_epochs=n_epochs, loss=torch.nn.CrossEntropyLoss(), seed=0,
+                              optimizer_configs={"optimizer_class": "torch.optim.Adam",
+                                                 "optimizer_parameters": {"lr": 0.05}})
+    weights = {}
+
+    def snapshot(epoch, _summary):
+        weights[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    record = learner.train(model, data.load(), disable_tqdm=True, on_epoch_end=snapshot,
+                           checkpoints=Checkpoints(out, keep_last=100, resume_from=resume_from),
+                           selection=Selection(keep_best=keep_best))
+    reset_accelerate()
+    return record, weights
+
+
+def test_keep_best_turned_on_at_a_resume_starts_from_the_best_epochs_weights(dist_pool, tmp_path):
+    """Resumed from the end of the best epoch so far, best/ holds its weights at once (before, best/ stayed empty
+    until a later epoch improved, here never); resumed from a later epoch's end, best/ waits for an improvement."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from distlearn.training.checkpoint import find
+
+    ((record, weights),) = dist_pool.run(_wine, 1, str(tmp_path / "plain"), 7)
+    best = record["best_epoch"]
+    assert best == 4 and all(record["training"][e]["val_result"]["val_loss"] > record["best_score"] for e in (5, 6))
+    at_end = {meta["epoch"]: str(path) for path, meta in find(tmp_path / "plain") if not meta["batches_done"]}
+    dist_pool.run(_wine, 1, str(tmp_path / "resumed"), 7, str(tmp_path / "kept"), at_end[best + 1])
+    kept = load_file(str(tmp_path / "kept" / "best" / "model.safetensors"))
+    assert kept.keys() == weights[best].keys() and all(torch.equal(kept[k], v) for k, v in weights[best].items())
+    assert json.loads((tmp_path / "kept" / "best" / "best.json").read_text()) == {
+        "epoch": best, "score": record["best_score"], "metric": "loss"}
+    dist_pool.run(_wine, 1, str(tmp_path / "later"), 7, str(tmp_path / "late"), at_end[best + 2])
+    assert not (tmp_path / "late" / "best").exists()

@@ -17,6 +17,7 @@ undoes a swap a kill left, so ``best/`` is never half-written.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -26,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from ..options import is_int, is_number
+from ..runtime import ranks
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BEST_DIR", "VAL_SIZE_KEY", "Chooser", "EarlyStopping", "Selection", "best_point", "early_stopping_problems",
            "finite", "new_chooser", "recover_best", "resume_choice", "val_fields", "write_best"]
@@ -204,15 +208,39 @@ def new_chooser(selection: Selection | None, metric: Any, data_loader: Any) -> C
     return Chooser(selection or Selection(), str(metric.name), bool(metric.higher_is_better), val_loader)
 
 
-def resume_choice(chooser: Chooser | None, progress: Mapping[str, Any] | None, main: bool) -> None:
+def resume_choice(chooser: Chooser | None, progress: Mapping[str, Any] | None, accelerator: Any, model: Any) -> None:
     """At a ``train()``'s start: the chooser's saved state loaded from ``progress`` (a checkpoint's; None:
-    a fresh run), and on the main process ``best/`` recovered (a fresh run: no earlier run's ``best/``)."""
+    a fresh run), and on the main process ``best/`` recovered (a fresh run: no earlier run's ``best/``).
+
+    ``keep_best`` turned on at a resume finds no ``best/``: it is seeded from the resumed weights when
+    the checkpoint was saved at the end of the best epoch so far (they are that epoch's); otherwise the
+    main process says that ``best/`` comes with the next improvement. Every rank calls it.
+    """
     if chooser is None:
         return
     if progress is not None:
         chooser.load_state_dict(progress.get("selection"))
-    if chooser.selection.keep_best is not None and main:
-        recover_best(chooser.selection.keep_best, fresh=progress is None)
+    folder = chooser.selection.keep_best
+    if folder is None:
+        return
+    missing = ranks.on_main(accelerator, _recovered_and_missing, folder, progress is None)
+    best = chooser.state.best_epoch
+    if not missing or progress is None or best is None:
+        return
+    if int(progress["epoch"]) == best + 1 and int(progress.get("batches_done", 0)) == 0:
+        weights = accelerator.get_state_dict(model)  # every rank: a collective under FSDP
+        if accelerator.is_main_process:
+            write_best(folder, weights, best, chooser.state.best_score, chooser.metric_name)
+    elif accelerator.is_main_process:
+        logger.warning("keep_best: best/ is empty and this checkpoint was not saved at the end of the best epoch so "
+                       "far (epoch %d, %s %s), so its weights are not that epoch's: best/ is written at the next "
+                       "epoch that improves on it", best, chooser.metric_name, chooser.state.best_score)
+
+
+def _recovered_and_missing(folder: str | Path, fresh: bool) -> bool:
+    """Main process: :func:`recover_best`, then whether ``best/`` is missing."""
+    recover_best(folder, fresh=fresh)
+    return not (Path(folder) / BEST_DIR).exists()
 
 
 def val_fields(result: Mapping[str, Any]) -> dict[str, Any]:
