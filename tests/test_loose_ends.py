@@ -272,3 +272,71 @@ def test_keep_best_turned_on_at_a_resume_starts_from_the_best_epochs_weights(dis
         "epoch": best, "score": record["best_score"], "metric": "loss"}
     dist_pool.run(_wine, 1, str(tmp_path / "later"), 7, str(tmp_path / "late"), at_end[best + 2])
     assert not (tmp_path / "late" / "best").exists()
+
+
+# --- 5. a selection metric that is not one number is refused ------------------------------------------------------
+
+@pytest.mark.parametrize("metrics, choose, problem", [
+    ({"metric_class": "distlearn.metrics.ConfusionMatrix"}, "run.checkpoint.keep_best=true",
+     "metric_configs.metric_class: run.checkpoint.keep_best: keep_best and early_stopping choose an epoch on the "
+     "primary metric's value: expected a metric of one number, got distlearn.metrics.ConfusionMatrix, which never"),
+    ([{"metric_class": "distlearn.metrics.F1", "metric_parameters": {"average": "none", "num_labels": 3}},
+      {"metric_class": "distlearn.metrics.Accuracy"}], "run.early_stopping={patience: 2}",
+     "metric_configs[0].metric_class: run.early_stopping: keep_best and early_stopping choose an epoch on the primary "
+     "metric's value: expected a metric of one number, got distlearn.metrics.F1 with average 'none', which never"),
+])
+def test_the_config_refuses_a_selection_metric_that_is_not_one_number(metrics, choose, problem):
+    from distlearn.experiment.config import ConfigError, load_config, validate_config
+
+    def config(*overrides):
+        cfg = load_config("wine", ["data_configs.data_parameters.val_size=0.2", *overrides])
+        cfg.metric_configs = metrics
+        return cfg
+
+    with pytest.raises(ConfigError) as error:
+        validate_config(config(choose))
+    assert problem in str(error.value)
+    validate_config(config())  # without keep_best and early stopping, the same metric is fine
+
+
+def test_the_learner_refuses_a_selection_metric_that_is_not_one_number(fresh_accelerate, tmp_path):
+    """Before, a confusion matrix as the selection metric never improved: best/ stayed empty and early stopping
+    stopped after ``patience`` epochs whatever the model learned."""
+    from distlearn.data import SklearnDataset
+    from distlearn.metrics import Accuracy, ConfusionMatrix, Metrics
+    from distlearn.training.learner import BackwardLearner
+    from distlearn.training.selection import EarlyStopping, Selection
+
+    data = SklearnDataset("wine", batch_size=16, val_size=30).load()
+    learner = BackwardLearner(n_epochs=1, loss=torch.nn.CrossEntropyLoss(),
+                              optimizer_configs={"optimizer_class": "torch.optim.SGD",
+                                                 "optimizer_parameters": {"lr": 0.1}})
+    model = torch.nn.Linear(13, 3)
+    for metric, got in ((ConfusionMatrix(3), "the primary metric 'confusion_matrix' (ConfusionMatrix)"),
+                        (Metrics({"cm": ConfusionMatrix(3), "acc": Accuracy()}), "'cm' (ConfusionMatrix)"),
+                        (Accuracy(average="none", num_labels=3), "(Accuracy)")):
+        for selection in (Selection(keep_best=tmp_path), Selection(early_stopping=EarlyStopping(2))):
+            with pytest.raises(ValueError, match=r"expected a metric of one number, got .*" + f"{got}".replace(
+                    "(", r"\(").replace(")", r"\)")):
+                learner.train(model, data, metric=metric, selection=selection, disable_tqdm=True)
+    assert not (tmp_path / "best").exists()
+    # a scalar primary in the same collection chooses as usual
+    record = learner.train(model, data, metric=Metrics({"cm": ConfusionMatrix(3), "acc": Accuracy()}, primary="acc"),
+                           selection=Selection(keep_best=tmp_path), disable_tqdm=True)
+    assert record["best_metric"] == "acc" and (tmp_path / "best" / "model.safetensors").exists()
+
+
+class _Pair:
+    """A metric of the user's whose value is two numbers, and says nothing about it."""
+
+    name, higher_is_better = "pair", True
+
+
+def test_a_users_metric_of_several_numbers_is_refused_where_it_would_choose():
+    from distlearn.training.selection import Chooser, EarlyStopping, Selection
+
+    chooser = Chooser(Selection(early_stopping=EarlyStopping(2)), "pair", True)
+    with pytest.raises(ValueError, match="got 'pair', a value of 2 numbers"):
+        chooser.observe(0, {"val_score": torch.tensor([0.5, 0.7])})
+    assert Chooser(Selection(), "pair", True).observe(0, {"val_score": torch.tensor([0.5, 0.7])}) is False
+    assert chooser.observe(0, {"val_score": torch.tensor(0.5)}) is True

@@ -125,6 +125,7 @@ class Chooser:
     def observe(self, epoch: int, val_result: Mapping[str, Any]) -> bool:
         """Take an evaluated epoch's result; returns whether it is the new best epoch."""
         key = "val_loss" if self.metric_name == "loss" else "val_score"
+        self._check_one_number(val_result.get(key))
         score = finite(val_result.get(key))
         if score is None:  # a NaN score is never the best, and counts as no improvement
             self._wait(epoch)
@@ -142,6 +143,19 @@ class Chooser:
         else:
             self._wait(epoch)
         return improved
+
+    def _check_one_number(self, value: Any) -> None:
+        """A user's metric whose value holds several numbers, refused where it would choose (every rank holds
+        the same reduced value: every rank raises)."""
+        wanted = self.selection.keep_best is not None or self.selection.early_stopping is not None
+        if not wanted or value is None:
+            return
+        if hasattr(value, "numel"):  # a tensor
+            count = int(value.numel())
+        else:  # a list, a numpy array or scalar, a number
+            count = len(value) if isinstance(value, (list, tuple)) else int(getattr(value, "size", 1))
+        if count != 1:
+            raise ValueError(not_one_number(f"{self.metric_name!r}, a value of {count} numbers"))
 
     def _wait(self, epoch: int) -> None:
         self.state.waited += 1
@@ -205,7 +219,21 @@ def new_chooser(selection: Selection | None, metric: Any, data_loader: Any) -> C
         return None
     if metric is None:
         return Chooser(selection or Selection(), "loss", False, val_loader)
+    if wanted and not getattr(metric, "scalar", True):
+        raise ValueError(not_one_number(f"the primary metric {metric.name!r} ({type(_primary(metric)).__name__})"))
     return Chooser(selection or Selection(), str(metric.name), bool(metric.higher_is_better), val_loader)
+
+
+def not_one_number(what: str) -> str:
+    """The refusal of a selection metric whose value is not one number (a matrix, one score per label)."""
+    return (f"keep_best and early_stopping choose an epoch on the primary metric's value: expected a metric "
+            f"of one number, got {what}, which never compares as better; make a scalar metric the primary one "
+            "(first in metric_configs, or Metrics(..., primary=...)), or turn keep_best and early_stopping off")
+
+
+def _primary(metric: Any) -> Any:
+    """A collection's primary metric; a metric itself."""
+    return metric.metrics[metric.primary] if hasattr(metric, "primary") and hasattr(metric, "metrics") else metric
 
 
 def resume_choice(chooser: Chooser | None, progress: Mapping[str, Any] | None, accelerator: Any, model: Any) -> None:
