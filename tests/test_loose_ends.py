@@ -12,28 +12,31 @@ from test_transforms import Draws, Points, Recorder, jitter
 
 # --- 1. persistent dataloader workers follow the epoch ------------------------------------------------------------
 
+def _learner(n_epochs, optimizer="torch.optim.SGD", lr=0.1, **options):
+    """A BackwardLearner with cross-entropy and ``optimizer`` at ``lr``."""
+    from distlearn.training.learner import BackwardLearner
+
+    return BackwardLearner(n_epochs=n_epochs, loss=torch.nn.CrossEntropyLoss(), **options,
+                           optimizer_configs={"optimizer_class": optimizer, "optimizer_parameters": {"lr": lr}})
+
+
 def _train_points(out_dir, n_epochs=3, resume_from=None, **data):
     """``n_epochs`` of TorchDataset(Points, jitter) on one process, checkpoints every 2 steps: (inputs seen, weights)."""
     from distlearn.data import TorchDataset
     from distlearn.training.checkpoint import Checkpoints
-    from distlearn.training.learner import BackwardLearner
 
     reset_accelerate()
     torch.manual_seed(0)
-    loaders = TorchDataset(Points, batch_size=6, test_size=4, seed=3, transform=jitter, **data).load()
-    model = Recorder()
-    learner = BackwardLearner(n_epochs=n_epochs, loss=torch.nn.CrossEntropyLoss(), seed=5,
-                              optimizer_configs={"optimizer_class": "torch.optim.SGD",
-                                                 "optimizer_parameters": {"lr": 0.1}})
-    seen = {}
+    train = TorchDataset(Points, batch_size=6, test_size=4, seed=3, transform=jitter, **data).load()["train_loader"]
+    model, seen = Recorder(), {}
 
-    def on_epoch_end(epoch, summary):
+    def inputs_seen(epoch, _summary):
         seen[epoch] = torch.cat(model.seen)
         model.seen.clear()
 
-    checkpoints = Checkpoints(out_dir, every_n_steps=2, keep_last=100, resume_from=resume_from)
-    learner.train(model, {"train_loader": loaders["train_loader"]}, checkpoints=checkpoints, disable_tqdm=True,
-                  on_epoch_end=on_epoch_end)
+    _learner(n_epochs, seed=5).train(
+        model, train, checkpoints=Checkpoints(out_dir, every_n_steps=2, keep_last=100, resume_from=resume_from),
+        disable_tqdm=True, on_epoch_end=inputs_seen)
     reset_accelerate()
     return seen, [p.detach().clone() for p in model.parameters()]
 
@@ -118,7 +121,6 @@ def _train_in(rank, world, folders):
     from pathlib import Path
 
     from distlearn.training.checkpoint import Checkpoints
-    from distlearn.training.learner import BackwardLearner
     from distlearn.training.shared_folder import FolderNotShared
 
     here = os.getcwd()
@@ -126,9 +128,7 @@ def _train_in(rank, world, folders):
     reset_accelerate()
     try:
         data = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
-        learner = BackwardLearner(n_epochs=1, loss=torch.nn.CrossEntropyLoss(),
-                                  optimizer_configs={"optimizer_class": "torch.optim.SGD",
-                                                     "optimizer_parameters": {"lr": 0.1}})
+        learner = _learner(1)
         epochs = []
         try:
             learner.train(torch.nn.Linear(3, 2), torch.utils.data.DataLoader(data, batch_size=2),
@@ -230,16 +230,13 @@ def _wine(rank, world, out, n_epochs, keep_best=None, resume_from=None):
     from distlearn.data import SklearnDataset
     from distlearn.models import MLP
     from distlearn.training.checkpoint import Checkpoints
-    from distlearn.training.learner import BackwardLearner
     from distlearn.training.selection import Selection
 
     reset_accelerate()
     data = SklearnDataset("wine", batch_size=16, val_size=30, seed=0)
     torch.manual_seed(0)
     model = MLP(data.n_features, data.n_outputs, hidden_sizes=(16,))
-    learner = BackwardLearner(n_epochs=n_epochs, loss=torch.nn.CrossEntropyLoss(), seed=0,
-                              optimizer_configs={"optimizer_class": "torch.optim.Adam",
-                                                 "optimizer_parameters": {"lr": 0.05}})
+    learner = _learner(n_epochs, "torch.optim.Adam", 0.05, seed=0)
     weights = {}
 
     def snapshot(epoch, _summary):
@@ -304,13 +301,10 @@ def test_the_learner_refuses_a_selection_metric_that_is_not_one_number(fresh_acc
     stopped after ``patience`` epochs whatever the model learned."""
     from distlearn.data import SklearnDataset
     from distlearn.metrics import Accuracy, ConfusionMatrix, Metrics
-    from distlearn.training.learner import BackwardLearner
     from distlearn.training.selection import EarlyStopping, Selection
 
     data = SklearnDataset("wine", batch_size=16, val_size=30).load()
-    learner = BackwardLearner(n_epochs=1, loss=torch.nn.CrossEntropyLoss(),
-                              optimizer_configs={"optimizer_class": "torch.optim.SGD",
-                                                 "optimizer_parameters": {"lr": 0.1}})
+    learner = _learner(1)
     model = torch.nn.Linear(13, 3)
     for metric, got in ((ConfusionMatrix(3), "the primary metric 'confusion_matrix' (ConfusionMatrix)"),
                         (Metrics({"cm": ConfusionMatrix(3), "acc": Accuracy()}), "'cm' (ConfusionMatrix)"),
