@@ -7,7 +7,8 @@ start the main process writes a small probe file with a random token into the ru
 ``checkpoints/`` folder, every rank reads it back from the folder it will write to, and the
 ranks agree: when any rank cannot read it, every rank refuses (exit 2) with a message naming
 each rank's host and folder. The probe costs one small file, one broadcast and one gather,
-and is removed at once.
+and is removed at once; it is :mod:`distlearn.training.shared_folder`'s (the learner runs it too,
+for API users), run here before the run folder is used at all, with each rank's folder mapped.
 
 A relative ``run.output_dir`` (or the default folder) is resolved against each rank's own
 working directory, as any relative path would be: each rank's folder is the main process's
@@ -17,20 +18,16 @@ is the same path on every rank).
 
 from __future__ import annotations
 
-import os
-import secrets
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
+from ..training.shared_folder import PROBE_PREFIX, all_seen, read_back, refusal, write_probe
 from .errors import RunError, on_main
 
 __all__ = ["PROBE_PREFIX", "SharedFolderError", "rank_folder", "shared_folder"]
 
-PROBE_PREFIX = ".distlearn-probe-"
-_READ_TRIES = 3  # a network file system may show a new file a moment late: retry briefly before refusing
-_READ_PAUSE_S = 0.2
+_CLI_FIX = ("set run.output_dir to an absolute path on a file system shared by every node, and start every rank "
+            "in the same working directory if it is relative")
 
 
 class SharedFolderError(RunError):
@@ -80,61 +77,9 @@ def shared_folder(accelerator: Any, configured: str | None, main_folder: str | P
     """
     if accelerator.num_processes == 1:
         return Path(main_folder)
-    name, content, main_cwd = on_main(accelerator, "checking the run folder", _write_probe, Path(main_folder))
+    name, content, main_cwd = on_main(accelerator, "checking the run folder", write_probe, Path(main_folder))
     folder = rank_folder(configured, main_folder, main_cwd)
-    seen = _read_probe(folder / "checkpoints" / name, content)
-    views = _gather(f"{socket.gethostname()}\t{folder}\t{int(seen)}")  # every rank has looked once this returns
-    if accelerator.is_main_process:
-        (folder / "checkpoints" / name).unlink(missing_ok=True)
-    if not all(view.endswith("\t1") for view in views):
-        raise SharedFolderError(_refusal(views))
+    views = read_back(accelerator, folder, name, content)
+    if not all_seen(views):
+        raise SharedFolderError(refusal(views, _CLI_FIX))
     return folder
-
-
-def _write_probe(folder: Path) -> tuple[str, str, str]:
-    """Main process: the probe file, written and flushed; returns its name, its content and this working directory."""
-    name, content = f"{PROBE_PREFIX}{secrets.token_hex(8)}", secrets.token_hex(16)
-    where = folder / "checkpoints"
-    where.mkdir(parents=True, exist_ok=True)
-    with open(where / name, "w") as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())  # closed and on disk before any other rank looks for it
-    return name, content, os.getcwd()
-
-
-def _read_probe(path: Path, content: str) -> bool:
-    """Whether this rank reads ``content`` at ``path`` (a few short tries)."""
-    for attempt in range(_READ_TRIES):
-        try:
-            if path.read_text() == content:
-                return True
-        except OSError:
-            pass
-        if attempt + 1 < _READ_TRIES:
-            time.sleep(_READ_PAUSE_S)
-    return False
-
-
-def _gather(view: str) -> list[str]:
-    """Every rank's ``view``, in rank order (one collective)."""
-    from ..accumulators import List
-
-    views = List()
-    views(view)
-    return views.calculate()
-
-
-def _refusal(views: list[str]) -> str:
-    """The message: which ranks cannot see the main process's probe, on which hosts and folders."""
-    rows = [view.split("\t") for view in views]
-    main_host, main_folder = rows[0][0], rows[0][1]
-    blind = [f"rank {r} on host {host} (folder {path})" for r, (host, path, seen) in enumerate(rows) if seen != "1"]
-    hosts = sorted({host for host, _, _ in rows})
-    return (
-        f"the ranks do not share one run folder: rank 0 on host {main_host} wrote a probe file into "
-        f"{main_folder}/checkpoints, and {', '.join(blind)} cannot read it (hosts of this launch: {', '.join(hosts)}). "
-        "Checkpoints need one folder every rank sees: set run.output_dir to an absolute path on a file system "
-        "shared by every node, and start every rank in the same working directory if it is relative. "
-        "Nothing was trained."
-    )

@@ -9,7 +9,7 @@ from typing import Any
 from ..options import is_int
 
 # Parameters that every data set's loaders take (checked the same way everywhere).
-LOADER_PARAMETERS = ("batch_size", "test_size", "val_size", "seed", "shuffle", "num_workers")
+LOADER_PARAMETERS = ("batch_size", "test_size", "val_size", "seed", "shuffle", "num_workers", "persistent_workers")
 
 
 def check_common(params: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -41,9 +41,12 @@ def check_common(params: Mapping[str, Any]) -> list[tuple[str, str]]:
         w = params["num_workers"]
         if isinstance(w, bool) or not isinstance(w, int) or w < 0:
             problems.append(("num_workers", f"expected an int >= 0 (0: no worker processes), got {w!r}"))
-    for key in ("shuffle", "standardize", "stratify"):
+    for key in ("shuffle", "standardize", "stratify", "persistent_workers"):
         if key in params and not isinstance(params[key], bool):
             problems.append((key, f"expected true or false, got {params[key]!r}"))
+    if params.get("persistent_workers") is True and params.get("num_workers", 0) == 0:  # torch refuses it late
+        problems.append(("persistent_workers", "expected false with num_workers 0 (persistent workers need "
+                                               f"num_workers >= 1), got true with num_workers {params.get('num_workers', 0)!r}"))
     return problems
 
 

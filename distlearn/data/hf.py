@@ -61,6 +61,8 @@ class HFDataset:
             tensors), applied to each training sample with a generator seeded from (``seed``, epoch,
             index): see :mod:`distlearn.data.randomness`. None: none.
         num_workers: Dataloader worker processes (0: load in the training process).
+        persistent_workers: Keep the workers from one epoch to the next (needs ``num_workers >= 1``);
+            the transform's epoch and the workers' seeds still follow the epoch.
         batch_size, test_size, seed, shuffle: As for ``SklearnDataset``.
         val_size: Hold out this fraction (or count) of the training split as the validation part, seeded by
             ``seed`` (after the test split is held out); None: none.
@@ -89,12 +91,15 @@ class HFDataset:
         shuffle: bool = True,
         transform: str | Callable | None = None,
         num_workers: int = 0,
+        persistent_workers: bool = False,
         val_size: float | int | None = None,
     ) -> None:
         raise_first_problem("HFDataset", self.check_parameters({
             "data_files": data_files, "format": format, "batch_size": batch_size, "test_size": test_size, "seed": seed,
-            "shuffle": shuffle, "transform": transform, "num_workers": num_workers, "val_size": val_size}))
+            "shuffle": shuffle, "transform": transform, "num_workers": num_workers,
+            "persistent_workers": persistent_workers, "val_size": val_size}))
         self.transform, self.num_workers = resolve_object(transform, "transform"), num_workers
+        self.persistent_workers = persistent_workers
         self.data_files, self.format = data_files, format
         self.columns = None if columns is None else list(columns)
         self.label_column, self.text_column = label_column, text_column
@@ -214,7 +219,8 @@ class HFDataset:
         if self.transform is not None:
             train = Transformed(train, self.transform, self.seed)
         return tensor_loaders(train, test, batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed,
-                              collate_fn=collate, num_workers=self.num_workers, val=val)
+                              collate_fn=collate, num_workers=self.num_workers, val=val,
+                              persistent_workers=self.persistent_workers)
 
     def __repr__(self) -> str:
         return f"HFDataset(data_files={self.data_files!r})"

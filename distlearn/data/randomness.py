@@ -5,7 +5,8 @@ other numbers after a resume (the sample is fetched at another moment) and on an
 processes or workers (each has its own global generators). :class:`Transformed` instead hands the
 transform a generator of its own per sample, seeded from (the data set's seed, the epoch, the
 sample's index) by the rule of :func:`~distlearn.runtime.randomness.seed_of`: the same augmented
-sample wherever and whenever it is fetched. The loader tells it the epoch (``set_epoch``).
+sample wherever and whenever it is fetched. The loader tells it the epoch (``set_epoch``), kept in
+shared memory so that persistent dataloader workers read the current one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from ..runtime.randomness import sample_generator
+from ..runtime.randomness import SharedEpoch, sample_generator
 from .checks import resolve_object
 
 __all__ = ["Transformed", "check_transform"]
@@ -32,11 +33,17 @@ class Transformed(Dataset):
     """
 
     def __init__(self, dataset: Dataset, transform: Callable[[Any, Any], Any], seed: int) -> None:
-        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, int(seed), 0
+        self.dataset, self.transform, self.seed = dataset, transform, int(seed)
+        self._epoch = SharedEpoch()  # persistent workers hold a copy of this data set: the epoch must reach them
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose augmentations fetches draw, read live (in a worker too)."""
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch whose augmentations the next fetches draw (the prepared loader calls it)."""
-        self.epoch = int(epoch)
+        self._epoch.set(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -46,7 +53,7 @@ class Transformed(Dataset):
 
     def __getattr__(self, name: str) -> Any:  # the data set's own attributes (n_classes, ...)
         # Not its protocol: a forwarded __getitems__ (torch's Subset has one) would fetch past the transform.
-        if name == "dataset" or name.startswith("__"):
+        if name in ("dataset", "_epoch") or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 

@@ -32,6 +32,8 @@ class TorchDataset:
             that replay on resume and on any number of processes or workers (see
             :mod:`distlearn.data.randomness`). None: samples as the data set gives them.
         num_workers: Dataloader worker processes (0: load in the training process).
+        persistent_workers: Keep the workers from one epoch to the next (needs ``num_workers >= 1``);
+            the transform's epoch and the workers' seeds still follow the epoch.
         batch_size, test_size, seed, shuffle, val_size: As for ``SklearnDataset``.
     """
 
@@ -48,14 +50,16 @@ class TorchDataset:
         val_size: float | int | None = None,
         transform: str | Callable | None = None,
         num_workers: int = 0,
+        persistent_workers: bool = False,
     ) -> None:
         raise_first_problem("TorchDataset", self.check_parameters({
             "dataset_class": dataset_class, "collate_fn": collate_fn, "batch_size": batch_size, "test_size": test_size,
             "seed": seed, "shuffle": shuffle, "val_size": val_size, "transform": transform,
-            "num_workers": num_workers}))
+            "num_workers": num_workers, "persistent_workers": persistent_workers}))
         self.dataset_class = resolve_object(dataset_class, "dataset_class")
         self.collate_fn = resolve_object(collate_fn, "collate_fn")
         self.transform, self.num_workers = resolve_object(transform, "transform"), num_workers
+        self.persistent_workers = persistent_workers
         self.dataset_parameters = dict(dataset_parameters or {})
         self.test_parameters = None if test_parameters is None else dict(test_parameters)
         self.batch_size, self.test_size, self.seed, self.shuffle = batch_size, test_size, seed, shuffle
@@ -106,7 +110,8 @@ class TorchDataset:
         if self.transform is not None:
             train = Transformed(train, self.transform, self.seed)
         return tensor_loaders(train, test, batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed,
-                              collate_fn=self.collate_fn, num_workers=self.num_workers, val=val)
+                              collate_fn=self.collate_fn, num_workers=self.num_workers, val=val,
+                              persistent_workers=self.persistent_workers)
 
     def __repr__(self) -> str:
         return f"TorchDataset({self.dataset_class.__qualname__})"

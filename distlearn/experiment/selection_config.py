@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..options import is_int
-from ..training.selection import VAL_SIZE_KEY, EarlyStopping, Selection, early_stopping_problems
+from ..specs import ConfigError
+from ..training.selection import VAL_SIZE_KEY, EarlyStopping, Selection, early_stopping_problems, not_one_number
 from .checks import check_values
+from .parameters import parameters_of, resolve_class
 
 __all__ = ["check_selection", "selection_of"]
 
@@ -36,6 +38,8 @@ def check_selection(c: Mapping[str, Any], problems: list[str]) -> None:
         problems.append(f"run.checkpoint.keep_best: expected true or false, got {keep_best!r}")
     wanted = [key for key, on in (("run.checkpoint.keep_best", keep_best is True),
                                   ("run.early_stopping", stopping is not None)) if on]
+    if wanted:
+        _check_one_number(c, wanted, problems)
     if wanted and _val_size(c) is None:
         problems.append(
             f"{' and '.join(wanted)}: needs a validation split to choose on, but {VAL_SIZE_KEY} is not set; "
@@ -49,6 +53,26 @@ def selection_of(run: Mapping[str, Any], output_dir: str | Path) -> Selection:
     keep_best = (run.get("checkpoint") or {}).get("keep_best", False)
     return Selection(keep_best=output_dir if keep_best else None,
                      early_stopping=None if stopping is None else EarlyStopping(**stopping))
+
+
+def _check_one_number(c: Mapping[str, Any], wanted: list[str], problems: list[str]) -> None:
+    """The primary metric (``metric_configs``, or its first entry) must give one number to choose on
+    (the metric class's ``gives_scalar``); an unknown class is reported by the sections' check."""
+    section, at = c.get("metric_configs"), "metric_configs"
+    if isinstance(section, list) and section:
+        section, at = section[0], "metric_configs[0]"
+    if not isinstance(section, Mapping) or not isinstance(section.get("metric_class"), str):
+        return
+    try:
+        cls = resolve_class(section["metric_class"], f"{at}.metric_class")
+    except ConfigError:
+        return
+    params = section.get("metric_parameters") or {}
+    default = getattr(parameters_of(cls).get("average"), "default", None)
+    average = params.get("average", default) if isinstance(params, Mapping) else default
+    if callable(getattr(cls, "gives_scalar", None)) and not cls.gives_scalar(average):
+        got = section["metric_class"] + (f" with average {average!r}" if average == "none" else "")
+        problems.append(f"{at}.metric_class: {' and '.join(wanted)}: {not_one_number(got)}")
 
 
 def _val_size(c: Mapping[str, Any]) -> Any:

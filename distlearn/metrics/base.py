@@ -45,6 +45,17 @@ class Metric(TensorAccumulator):
     def _initial_shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: () for name in self._reductions}
 
+    @classmethod
+    def gives_scalar(cls, average: Any = None) -> bool:
+        """Whether the value is one number, as choosing an epoch on it needs (``keep_best``, early stopping):
+        not one score per label (``average="none"``). Known from the class and its ``average`` alone."""
+        return average != "none"
+
+    @property
+    def scalar(self) -> bool:
+        """Whether this metric's value is one number (:meth:`gives_scalar`)."""
+        return type(self).gives_scalar(getattr(self, "average", None))
+
     def predict(self, y_score: Any) -> torch.Tensor:
         """Predictions from model outputs (identity unless the metric says otherwise)."""
         return _detached(y_score)

@@ -68,6 +68,11 @@ class Metrics(Accumulator):
     def higher_is_better(self) -> bool:
         return bool(self.metrics[self.primary].higher_is_better)
 
+    @property
+    def scalar(self) -> bool:
+        """Whether the primary metric's value is one number (see ``Metric.gives_scalar``)."""
+        return bool(getattr(self.metrics[self.primary], "scalar", True))
+
     def __getitem__(self, key: str) -> Any:
         return self.metrics[key]
 

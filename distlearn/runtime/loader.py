@@ -265,12 +265,15 @@ def tensor_loaders(
     train: Dataset, test: Dataset, *, batch_size: int, shuffle: bool, seed: int, collate_fn: Callable | None = None,
     num_workers: int = 0,
     val: Dataset | None = None,
+    persistent_workers: bool = False,
 ) -> dict[str, DataLoader]:
     """``{"train_loader", "test_loader"}`` over two data sets (and ``"val_loader"`` over ``val``, in
     order like the test's); the training order seeded by ``seed``.
 
     :class:`TensorBatches` get the batched fast path unless ``collate_fn`` is given (or workers).
+    ``persistent_workers`` keeps each loader's workers from one epoch to the next.
     """
+    workers = {"num_workers": num_workers, "persistent_workers": persistent_workers and num_workers > 0}
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     pin = torch.cuda.is_available()  # page-locked batches: Accelerate's copy to the GPU need not block
 
@@ -279,12 +282,12 @@ def tensor_loaders(
 
     def in_order(data: Dataset) -> DataLoader:
         return DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate(data), pin_memory=pin,
-                          num_workers=num_workers)
+                          **workers)
 
     loaders = {
         "train_loader": DataLoader(
             train, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate(train),
-            pin_memory=pin, num_workers=num_workers,
+            pin_memory=pin, **workers,
         ),
         "test_loader": in_order(test),
     }

@@ -412,7 +412,7 @@ class BackwardLearner:
             val_loader = None if self._chooser is None else self._chooser.loader
             progress = resume_progress(run, record, train_loader, (val_loader, test_loader), self._prepared_loaders)
             self.epoch, self.step = int(progress["epoch"]), int(progress["step"])
-        resume_choice(self._chooser, progress, run.accelerator.is_main_process)
+        resume_choice(self._chooser, progress, run.accelerator, run.model)
         return progress
 
     @staticmethod

@@ -25,6 +25,7 @@ from .batches import BatchRunner, agree_on_batch, leaves_out_ignored
 from .checkpoint import Checkpoints
 from .configs import check_int
 from .model_options import ModelOptions, apply_model_options
+from .shared_folder import check_checkpoint_folder
 from .steps import TrainRun, stepper
 
 __all__ = [
@@ -206,8 +207,11 @@ def prepare_run(accelerator: Accelerator, model: nn.Module, optimizer: Any, sche
     ``prepared`` (kind -> object) holds the last train()'s objects: they are unregistered (else
     ``save_state()`` would save them too) and it is refilled, in place, with this one's.
     ``loaders`` is the learner's cache of prepared loaders (see :func:`prepare_once`); ``new_batches``
-    makes the run's :class:`~distlearn.training.batches.BatchRunner`.
+    makes the run's :class:`~distlearn.training.batches.BatchRunner`. With ``checkpoints`` on several
+    processes, every rank must first see their folder (:func:`~distlearn.training.shared_folder.check_checkpoint_folder`).
     """
+    if checkpoints is not None:  # before anything is trained: every rank must see the folder the saves go to
+        check_checkpoint_folder(accelerator, checkpoints)
     unregister(accelerator, prepared)
     prepared.clear()
     apply_model_options(model, model_options, accelerator.device,  # in place: the user's key names

@@ -17,6 +17,7 @@ undoes a swap a kill left, so ``best/`` is never half-written.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -26,7 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from ..options import is_int, is_number
+from ..runtime import ranks
 from .full_weights import WeightSource, as_source, model_weights, save_full_weights, written_by_main
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BEST_DIR", "VAL_SIZE_KEY", "Chooser", "EarlyStopping", "Selection", "best_point", "early_stopping_problems",
            "finite", "new_chooser", "recover_best", "resume_choice", "val_fields", "write_best"]
@@ -122,6 +126,7 @@ class Chooser:
     def observe(self, epoch: int, val_result: Mapping[str, Any]) -> bool:
         """Take an evaluated epoch's result; returns whether it is the new best epoch."""
         key = "val_loss" if self.metric_name == "loss" else "val_score"
+        self._check_one_number(val_result.get(key))
         score = finite(val_result.get(key))
         if score is None:  # a NaN score is never the best, and counts as no improvement
             self._wait(epoch)
@@ -139,6 +144,19 @@ class Chooser:
         else:
             self._wait(epoch)
         return improved
+
+    def _check_one_number(self, value: Any) -> None:
+        """A user's metric whose value holds several numbers, refused where it would choose (every rank holds
+        the same reduced value: every rank raises)."""
+        wanted = self.selection.keep_best is not None or self.selection.early_stopping is not None
+        if not wanted or value is None:
+            return
+        if hasattr(value, "numel"):  # a tensor
+            count = int(value.numel())
+        else:  # a list, a numpy array or scalar, a number
+            count = len(value) if isinstance(value, (list, tuple)) else int(getattr(value, "size", 1))
+        if count != 1:
+            raise ValueError(not_one_number(f"{self.metric_name!r}, a value of {count} numbers"))
 
     def _wait(self, epoch: int) -> None:
         self.state.waited += 1
@@ -168,12 +186,7 @@ class Chooser:
         calls this: gathering the weights is a collective under FSDP; the main process writes)."""
         if not self.observe(epoch, val_result) or self.selection.keep_best is None:
             return
-        source = model_weights(accelerator, model)
-        if accelerator.is_main_process:
-            written_by_main(source, write_best, self.selection.keep_best, source, epoch, self.state.best_score,
-                            self.metric_name)
-        else:
-            source.finish()  # the gathers, in step with the main process's writing
+        _best_from_model(accelerator, model, self.selection.keep_best, epoch, self.state.best_score, self.metric_name)
 
     def state_dict(self) -> dict[str, Any]:
         """The choice so far, for the checkpoint."""
@@ -205,18 +218,64 @@ def new_chooser(selection: Selection | None, metric: Any, data_loader: Any) -> C
         return None
     if metric is None:
         return Chooser(selection or Selection(), "loss", False, val_loader)
+    if wanted and not getattr(metric, "scalar", True):
+        raise ValueError(not_one_number(f"the primary metric {metric.name!r} ({type(_primary(metric)).__name__})"))
     return Chooser(selection or Selection(), str(metric.name), bool(metric.higher_is_better), val_loader)
 
 
-def resume_choice(chooser: Chooser | None, progress: Mapping[str, Any] | None, main: bool) -> None:
+def not_one_number(what: str) -> str:
+    """The refusal of a selection metric whose value is not one number (a matrix, one score per label)."""
+    return (f"keep_best and early_stopping choose an epoch on the primary metric's value: expected a metric "
+            f"of one number, got {what}, which never compares as better; make a scalar metric the primary one "
+            "(first in metric_configs, or Metrics(..., primary=...)), or turn keep_best and early_stopping off")
+
+
+def _primary(metric: Any) -> Any:
+    """A collection's primary metric; a metric itself."""
+    return metric.metrics[metric.primary] if hasattr(metric, "primary") and hasattr(metric, "metrics") else metric
+
+
+def resume_choice(chooser: Chooser | None, progress: Mapping[str, Any] | None, accelerator: Any, model: Any) -> None:
     """At a ``train()``'s start: the chooser's saved state loaded from ``progress`` (a checkpoint's; None:
-    a fresh run), and on the main process ``best/`` recovered (a fresh run: no earlier run's ``best/``)."""
+    a fresh run), and on the main process ``best/`` recovered (a fresh run: no earlier run's ``best/``).
+
+    ``keep_best`` turned on at a resume finds no ``best/``: it is seeded from the resumed weights when
+    the checkpoint was saved at the end of the best epoch so far (they are that epoch's); otherwise the
+    main process says that ``best/`` comes with the next improvement. Every rank calls it.
+    """
     if chooser is None:
         return
     if progress is not None:
         chooser.load_state_dict(progress.get("selection"))
-    if chooser.selection.keep_best is not None and main:
-        recover_best(chooser.selection.keep_best, fresh=progress is None)
+    folder = chooser.selection.keep_best
+    if folder is None:
+        return
+    missing = ranks.on_main(accelerator, _recovered_and_missing, folder, progress is None)
+    best = chooser.state.best_epoch
+    if not missing or progress is None or best is None:
+        return
+    if int(progress["epoch"]) == best + 1 and int(progress.get("batches_done", 0)) == 0:
+        _best_from_model(accelerator, model, folder, best, chooser.state.best_score, chooser.metric_name)
+    elif accelerator.is_main_process:
+        logger.warning("keep_best: best/ is empty and this checkpoint was not saved at the end of the best epoch so "
+                       "far (epoch %d, %s %s), so its weights are not that epoch's: best/ is written at the next "
+                       "epoch that improves on it", best, chooser.metric_name, chooser.state.best_score)
+
+
+def _best_from_model(accelerator: Any, model: Any, folder: str | Path, epoch: int, score: float, metric: str) -> None:
+    """:func:`write_best` of the prepared model's weights; every rank calls it (under FSDP the weights are
+    gathered a tensor at a time, in step with the main process's writing)."""
+    source = model_weights(accelerator, model)
+    if accelerator.is_main_process:
+        written_by_main(source, write_best, folder, source, epoch, score, metric)
+    else:
+        source.finish()
+
+
+def _recovered_and_missing(folder: str | Path, fresh: bool) -> bool:
+    """Main process: :func:`recover_best`, then whether ``best/`` is missing."""
+    recover_best(folder, fresh=fresh)
+    return not (Path(folder) / BEST_DIR).exists()
 
 
 def val_fields(result: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,10 @@
   waiting in the loader's ``next()``, in the training steps and in mid-epoch checkpoints. Nothing
   waits for the device: on a GPU the host runs ahead until the launch queue fills, so its step
   seconds are launch time; there, CUDA events around each step are recorded (no sync) and read
-  once per epoch (:meth:`EpochTimer.fold`) as ``device_step_seconds`` (kept out of the split: the
-  device computes while the host waits for data, so the two overlap).
+  as ``device_step_seconds`` (kept out of the split: the device computes while the host waits for
+  data, so the two overlap). Every ``FOLD_EVERY`` steps the pairs the device has already finished
+  are read and let go (``Event.query``: no wait), so an epoch holds a bounded number of events; the
+  rest are read once per epoch (:meth:`EpochTimer.fold`).
   The seconds ride in the epoch's one reduction (averaged over ranks) and are saved with a
   mid-epoch checkpoint, so a resumed epoch goes on counting.
 - **Memory.** On a GPU ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` (the
@@ -43,6 +45,7 @@ __all__ = ["SHARDED", "EpochTimer", "Monitor", "add_seconds", "count_flops", "de
 # Where the parameters are sharded: the unwrapped module cannot run alone, so no FLOP count.
 SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
 _PARTS = ("data_wait", "steps", "checkpoints")  # the pass's host-timed parts (evaluation is timed by test())
+FOLD_EVERY = 64  # CUDA: steps between reads of the finished events (a query each, never a wait)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class EpochTimer:
         self.seconds = dict.fromkeys(_PARTS, 0.0)
         self.device_steps = 0.0  # CUDA: the device's seconds of the steps folded so far
         self._events: list[tuple[Any, Any]] = [] if device.type == "cuda" else None  # type: ignore[assignment]
+        # Milliseconds of the pairs read since the last fold, summed in step order: the sum fold() made of them all.
+        self._read_ms = 0.0
         self.device = device
         if device.type == "cuda":  # this epoch's peak, not the session's
             torch.cuda.reset_peak_memory_stats(device)
@@ -95,7 +100,7 @@ class EpochTimer:
         """Add the block's host seconds to ``part``; around a step on CUDA, also record two events (no sync)."""
         events = None
         if part == "steps" and self._events is not None:
-            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            events = (self._event(), self._event())
             events[0].record()
         began = time.perf_counter()
         try:
@@ -105,14 +110,35 @@ class EpochTimer:
             if events is not None:
                 events[1].record()
                 self._events.append(events)
+                if len(self._events) % FOLD_EVERY == 0:
+                    self.read_finished()
+
+    @staticmethod
+    def _event() -> Any:
+        return torch.cuda.Event(enable_timing=True)
+
+    def read_finished(self) -> None:
+        """Read and let go of the oldest event pairs the device has finished, without waiting for it.
+
+        A stream finishes its work in order, so they are a prefix: stop at the first pair not done.
+        """
+        done = 0
+        for start, end in self._events:
+            if not end.query():
+                break
+            self._read_ms += start.elapsed_time(end)
+            done += 1
+        del self._events[:done]
 
     def fold(self) -> None:
         """Read the recorded CUDA events into ``device_steps``: one wait for the last, once per epoch
         (and before a mid-epoch checkpoint, which syncs anyway)."""
         if self._events:
             self._events[-1][1].synchronize()
-            self.device_steps += sum(a.elapsed_time(b) for a, b in self._events) / 1000.0
-            self._events.clear()
+            self.read_finished()
+        if self._read_ms:
+            self.device_steps += self._read_ms / 1000.0
+            self._read_ms = 0.0
 
     def state_dict(self) -> dict[str, float]:
         """The seconds so far, for a mid-epoch checkpoint."""

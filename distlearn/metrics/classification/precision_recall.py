@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -113,6 +114,11 @@ class ConfusionMatrix(_Confusion):
     def __init__(self, num_classes: int | None = None, threshold: float = 0.5) -> None:
         super().__init__("macro", num_classes, threshold)
         self.name = "confusion_matrix"
+
+    @classmethod
+    def gives_scalar(cls, average: Any = None) -> bool:
+        """A matrix: never one number to choose an epoch on."""
+        return False
 
     def _compute(self, states: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return states["confusion"]
