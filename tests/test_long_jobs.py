@@ -44,6 +44,7 @@ def _probe(rank: int, world: int, folders: list[str]) -> dict:
     from distlearn.command import shared_fs
 
     accelerator = _fresh_accelerator()
+    here = os.getcwd()
     try:
         main = Path(folders[0])
         os.chdir(Path(folders[rank]).parent)  # the relative folder "run" resolves against this rank's directory
@@ -56,6 +57,7 @@ def _probe(rank: int, world: int, folders: list[str]) -> dict:
         out["left"] = sorted(p.name for p in (main / "checkpoints").iterdir()) if rank == 0 else None
         return out
     finally:
+        os.chdir(here)  # a pool rank serves later tests
         _reset_accelerator()
 
 
