@@ -146,7 +146,7 @@ class Ranks(Popen):
     """``procs`` warm processes of one command, one hand launch on localhost; ``Popen``'s calls for all of them.
 
     Their stdout and stderr go to one file each, as a launcher's children share its streams. ``pid``
-    is rank 0's, ``pids`` every rank's; ``send_signal`` and ``kill`` reach every rank still running.
+    is rank 0's, ``pids`` every rank's, ``codes`` their exit codes; ``send_signal`` and ``kill`` reach every rank still running.
     """
 
     def __init__(self, procs: int, args: list[str], cwd: str | Path | None = None, env: dict[str, str] | None = None,
@@ -164,6 +164,7 @@ class Ranks(Popen):
         self.pids = [rank.pid for rank in self._ranks]
         self.pid = self.pids[0]
         self.returncode = None
+        self.codes: list[int] | None = None  # each rank's exit code, once all have ended
         self._stop_by: float | None = None  # when the grace after a failed rank's SIGTERM ends
 
     def poll(self) -> int | None:
@@ -179,6 +180,7 @@ class Ranks(Popen):
         elif self._stop_by is not None and time.monotonic() > self._stop_by:
             self.kill()
         if all(code is not None for code in codes):
+            self.codes = codes
             self.returncode = 0 if not any(codes) else 1
         return self.returncode
 
