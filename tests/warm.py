@@ -48,6 +48,21 @@ def _redirect(fd: int, target: str | int | None) -> None:
     os.close(new)
 
 
+def _fresh_streams() -> None:
+    """sys.stdout and sys.stderr as a new interpreter opens them on fds 1 and 2: stdout block-buffered
+    unless a terminal, stderr line-buffered, both unbuffered under PYTHONUNBUFFERED. The fork server's
+    own may write each piece of a print() apart, which interleaves the lines of ranks sharing a file."""
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        old = getattr(sys, name)
+        stream = open(fd, "w", buffering=1 if fd == 2 or os.isatty(fd) else -1, closefd=False,
+                      encoding=getattr(old, "encoding", None), errors=getattr(old, "errors", None))
+        if unbuffered:
+            stream.reconfigure(write_through=True)
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
 def _child(command: list[str], cwd: str, env: dict[str, str], stdout: str | None, stderr: str | int | None) -> None:
     """Runs in the forked process: become the command, as ``python`` would have started it."""
     import atexit
@@ -60,6 +75,7 @@ def _child(command: list[str], cwd: str, env: dict[str, str], stdout: str | None
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
+    _fresh_streams()
     extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
     try:
         if command[0] == "-m":
