@@ -155,13 +155,12 @@ def test_two_nodes_on_localhost_through_slurm_sbatch(baseline, tmp_path):
 
 
 def test_an_earlier_run_is_refused_on_every_rank_without_hanging(tmp_path):
+    """2 ranks forked warm as one hand launch (tests/warm.py): the refusal is the library's, not the launcher's."""
     out = tmp_path / "run"
     out.mkdir()
     (out / "record.json").write_text("earlier")
-    result = run_command(
-        ["bash", str(LAUNCH / "train.sh"), EPOCHS, NO_TRACKING, f"run.output_dir={out}", "-q"],
-        tmp_path, script_env(DISTLEARN_CPU_PROCS="2", MAIN_PROCESS_PORT=free_port()), timeout=120,
-    )
+    result = warm.run([sys.executable, "-m", "distlearn", "train", EPOCHS, NO_TRACKING, f"run.output_dir={out}", "-q"],
+                      cwd=tmp_path, env=run_env(ACCELERATE_USE_CPU="1"), timeout=120, procs=2)
     assert result.returncode != 0
     assert result.stderr.count("distlearn: error:") == 1 and "already holds an earlier run" in result.stderr
     assert [p.name for p in out.iterdir()] == ["record.json"] and (out / "record.json").read_text() == "earlier"
