@@ -53,7 +53,7 @@ def runs(tmp_path_factory):
     accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
     # The 3- and 2-process runs without a launcher binary: ranks forked warm with the variables torchrun sets
     # (tests/warm.py); accelerate2 is the real `accelerate launch`, and torchrun itself is launched by
-    # test_padding, test_evaluate, test_hf and test_launch.
+    # test_padding (the README loop), test_elastic (restarts) and test_launch (launch/torchrun.sh).
     launches = {
         "python1": ([sys.executable], 1, ALL, True),
         "accelerate2": (
