@@ -12,10 +12,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # 2-core machine a second spinning thread per process made steps many times slower.
 os.environ["OMP_NUM_THREADS"] = "1"
 
+import cpu_clock  # noqa: E402
 import launching  # noqa: E402
 from dist_pool import Pool  # noqa: E402
 
 launching.WARM = True  # one-process launches fork from the session's fork server (tests/warm.py)
+pytest_addoption = cpu_clock.pytest_addoption  # --cpu-clock: CPU time by file and test, child processes included
+pytest_configure = cpu_clock.pytest_configure
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -54,17 +54,18 @@ def run_script(script: Path, procs: int, run_dir: Path, result: Path, kill: str 
                **env: str) -> subprocess.CompletedProcess:
     """A run of a tests/scripts resume script (``RUN_DIR RESULT [KILL]``) on ``procs`` processes, to its end.
 
-    One process is a warm launch (tests/warm.py) when the session has the fork server (a test), else
-    plain python (benchmarks/soak_elastic_restart.py); more go through torchrun, always cold.
+    In a test session (the fork server is there) the processes are forked warm (tests/warm.py: one
+    process, or several as one hand launch that stops the others when one fails, as torchrun does):
+    these scripts' claims are about the library, not the launcher. Elsewhere
+    (benchmarks/soak_elastic_restart.py) plain python, or torchrun for several.
     """
     args = [str(run_dir), str(result)] + ([kill] if kill else [])
-    run = subprocess.run
-    if procs == 1 and WARM:
+    if WARM:
         import warm
 
-        run = warm.run
-    return run(script_command(procs, script, *args), env=launch_env(**env), capture_output=True,
-               text=True, timeout=240)
+        return warm.run(script_command(1, script, *args), env=launch_env(**env), timeout=240, procs=procs)
+    return subprocess.run(script_command(procs, script, *args), env=launch_env(**env), capture_output=True,
+                          text=True, timeout=240)
 
 
 def without_clocks(record):

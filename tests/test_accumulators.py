@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from dist_pool import fork_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -608,10 +610,10 @@ print("REDUCED", calculate([total]), flush=True)
 
 
 def test_calculate_refuses_ranks_whose_accelerator_sees_one_process_each(tmp_path):
-    """A real plain `torchrun --nproc_per_node 2` with a bare Accelerator: a silent 100 for 50 samples before."""
-    import subprocess
-
-    from launching import launch_env, script_command
+    """2 ranks launched as plain torchrun does (its variables, no ACCELERATE_USE_CPU; forked warm: Accelerate
+    reads only the variables) with a bare Accelerator: a silent 100 for 50 samples before."""
+    import warm
+    from launching import launch_env
 
     if torch.cuda.is_available():
         pytest.skip("with a GPU a plain Accelerator sees every process")
@@ -619,7 +621,7 @@ def test_calculate_refuses_ranks_whose_accelerator_sees_one_process_each(tmp_pat
     script.write_text(_TRAPPED)
     env = launch_env()
     del env["ACCELERATE_USE_CPU"]
-    result = subprocess.run(script_command(2, script), env=env, capture_output=True, text=True, timeout=240)
+    result = warm.run([sys.executable, str(script)], env=env, timeout=240, procs=2)
     assert result.stdout.count("REFUSED 1 calculate(): Accelerate sees 1 process(es) but the process group holds 2") == 2, (
         result.stdout + result.stderr
     )
@@ -731,19 +733,19 @@ def _peer_lost_rank(rank: int, port: int, peer: str, queue) -> None:
 
 @pytest.mark.parametrize("peer", ["exits", "absent"])
 def test_a_peer_that_ends_or_never_calls_gives_a_clear_error_after_the_timeout(peer):
-    import multiprocessing
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = multiprocessing.get_context("spawn")
+    ctx = fork_context()  # fresh processes forked from the session's fork server, torch imported once
     queue = ctx.Queue()
     procs = [ctx.Process(target=_peer_lost_rank, args=(rank, port, peer, queue)) for rank in range(2)]
     for p in procs:
         p.start()
     kind, message, cause = queue.get(timeout=90)
-    for p in procs:
+    for p in procs:  # rank 0 has reported; an absent rank 1 would sleep on
+        p.kill()
         p.join(timeout=30)
     assert kind == "PeerLostError", (kind, message)
     assert "calculate() waited for another process that ended or did not arrive" in message

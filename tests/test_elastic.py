@@ -1,8 +1,9 @@
 """Elastic resume: a checkpoint written by P processes continues on Q, and restarts under torchrun.
 
-The end-to-end runs are tests/scripts/elastic_run.py in real processes (1 process: python;
-more: torchrun with gloo on CPU), SIGKILLed mid-epoch and started again on another number of
-processes. Every training forward writes down its sample indices, so the test checks that every
+The end-to-end runs are tests/scripts/elastic_run.py in real processes (forked warm from the
+session's fork server, several as one hand launch with gloo on CPU: tests/warm.py), SIGKILLed
+mid-epoch and started again on another number of processes; the restarts under torchrun go
+through launch/torchrun.sh. Every training forward writes down its sample indices, so the test checks that every
 sample of every epoch was trained on exactly once across the kill; the epoch's sample count
 and loss, and the final weights, match the uninterrupted run to rounding (the reduction order
 differs between process counts, so bitwise equality is not expected).

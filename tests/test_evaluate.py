@@ -3,7 +3,7 @@ bitwise, on 1 and 2 processes; eval-<checkpoint>.json next to the run, the run's
 the run's W&B summary; `model_configs.init_from`; bad input refused with one line and exit 2.
 
 The runs are trained once per session (real `distlearn train` processes); evaluation runs in this process
-(the command's `main`), in the pool's gloo groups (the API) or under torchrun (the command on 2 processes).
+(the command's `main`), in the pool's gloo groups (the API) or on 2 processes forked warm (the command; tests/warm.py).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import warm
 from conftest import reset_accelerate
 from launching import launch_env
 from test_cli import distlearn, run_env
@@ -141,17 +141,15 @@ def test_load_run_evaluates_on_two_processes_what_one_gives(digits_run, dist_poo
     assert numbers(results[0]) == numbers(results[1]) == numbers(last_test(digits_run))
 
 
-def test_evaluate_under_torchrun_prints_and_writes_what_one_process_does(digits_run, tmp_path, capsys):
+def test_evaluate_on_two_processes_prints_and_writes_what_one_process_does(digits_run, tmp_path, capsys):
+    """The command on 2 processes (forked warm as a hand launch: the launcher is not the claim)."""
     run = tmp_path / "run"
     shutil.copytree(digits_run, run, ignore=shutil.ignore_patterns("wandb", "eval-*"))
     code, one, err = command(capsys, "evaluate", str(run), NO_TRACKING, "-q")
     assert code == 0, err
     single = (run / "eval-last.json").read_bytes()
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "--monitor_interval",
-         "0.2", "-m", "distlearn", "evaluate", str(run), NO_TRACKING, "-q"],
-        env=launch_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path,
-    )
+    result = warm.run([sys.executable, "-m", "distlearn", "evaluate", str(run), NO_TRACKING, "-q"],
+                      env=launch_env(), timeout=240, cwd=tmp_path, procs=2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout == one  # printed once, the same text
     assert (run / "eval-last.json").read_bytes() == single

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
+
+import warm
 
 REPO = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"^\[(?P<id>[\w-]+)\] (?P<what>.+?): (?P<verdict>PASS|FAIL|SKIP|INFO)(?: \((?P<detail>.*)\))?$")
@@ -18,8 +19,8 @@ NOT_YET = {"max-nan"}
 def test_gpu_check_dry_cpu_runs_every_check():
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-cpu"], cwd=REPO,
-                            env=env, capture_output=True, text=True, timeout=240)
+    result = warm.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-cpu"], cwd=REPO, env=env,
+                      timeout=240)  # forked warm (tests/warm.py): the script's checks, not its start, are the claim
     lines = [LINE.match(ln) for ln in result.stdout.splitlines()]
     assert all(lines), f"lines not in the [id] what: VERDICT (detail) format:\n{result.stdout}"
     by_id: dict[str, list[re.Match]] = {}

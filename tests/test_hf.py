@@ -249,14 +249,12 @@ TINY_HF = ("data_configs.data_parameters.max_chars=2000", "data_configs.data_par
 
 
 def run_charlm_hf(tmp_path, procs: int, *overrides: str) -> subprocess.CompletedProcess:
-    """``distlearn train charlm_hf`` with the tiny overrides, on ``procs`` processes (torchrun for 2)."""
+    """``distlearn train charlm_hf`` with the tiny overrides, on ``procs`` processes, forked warm
+    (tests/warm.py; several: a hand launch with torchrun's variables)."""
     from launching import launch_env
 
-    launch = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                                                  str(procs), "--standalone", "--monitor_interval", "0.2"]
-    command = [*launch, "-m", "distlearn", "train", "charlm_hf", *TINY_HF, *overrides, "-q"]
-    run = warm.run if procs == 1 else subprocess.run  # one process: forked warm (tests/warm.py)
-    return run(command, cwd=tmp_path, env=launch_env(), capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "distlearn", "train", "charlm_hf", *TINY_HF, *overrides, "-q"]
+    return warm.run(command, cwd=tmp_path, env=launch_env(), timeout=300, procs=procs)
 
 
 def test_hf_causal_lm_on_text_trains_through_the_cli_with_the_same_per_token_loss_on_1_and_2_processes(tmp_path):

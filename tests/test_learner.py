@@ -1,4 +1,4 @@
-"""BackwardLearner: 1 vs 2 vs 3 real processes (accelerate launch, torchrun), schedulers, accumulation,
+"""BackwardLearner: 1 vs 2 vs 3 real processes (accelerate launch, ranks launched by hand), schedulers, accumulation,
 the CPU trap, bad input on every rank, configs, and host syncs in the training step.
 
 The multi-process runs are four launches of tests/scripts/learner_run.py started together once per
@@ -8,6 +8,7 @@ module (they overlap their start-up costs); each writes one JSON per scenario an
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -50,24 +51,27 @@ def _free_port() -> str:
 def runs(tmp_path_factory):
     """Start the four launches at once; {launch name: output dir}."""
     accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--master_port"]
+    # The 3- and 2-process runs without a launcher binary: ranks forked warm with the variables torchrun sets
+    # (tests/warm.py); accelerate2 is the real `accelerate launch`, and torchrun itself is launched by
+    # test_padding (the README loop), test_elastic (restarts) and test_launch (launch/torchrun.sh).
     launches = {
-        "python1": ([sys.executable], ALL, True),
+        "python1": ([sys.executable], 1, ALL, True),
         "accelerate2": (
             accelerate + ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                           "--dynamo_backend", "no", "--main_process_port", _free_port()],
-            ALL, True,
+            1, ALL, True,
         ),
-        "torchrun3": (torchrun + [_free_port(), "--nproc_per_node", "3"], "even,uneven,accum,nan", True),
+        "torchrun3": ([sys.executable], 3, "even,uneven,accum,nan", True),
         # No ACCELERATE_USE_CPU on a machine without CUDA: the trap. The learner must still use 2 processes.
-        "torchrun2_trap": (torchrun + [_free_port(), "--nproc_per_node", "2"], "even,user_trap", False),
+        "torchrun2_trap": ([sys.executable], 2, "even,user_trap", False),
     }
     procs, dirs = {}, {}
-    for name, (command, scenarios, cpu) in launches.items():
+    for name, (command, ranks, scenarios, cpu) in launches.items():
         dirs[name] = tmp_path_factory.mktemp(name)
         log = open(dirs[name] / "launch.log", "w")
         command = command + [str(SCRIPT), str(dirs[name]), scenarios]
-        procs[name] = warm.popen_for(command)(command, env=_env(cpu), stdout=log, stderr=subprocess.STDOUT)
+        launch = warm.popen_for(command) if ranks == 1 else functools.partial(warm.Ranks, ranks)
+        procs[name] = launch(command, env=_env(cpu), stdout=log, stderr=subprocess.STDOUT)
     for name, proc in procs.items():
         try:
             code = proc.wait(timeout=LAUNCH_TIMEOUT)

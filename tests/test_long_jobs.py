@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
+import warm
 from launching import launch_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,8 +97,8 @@ def test_ranks_in_different_directories_are_refused_before_training(tmp_path):
         cwd.mkdir()
         env = launch_env(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="1",
                          MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        procs.append(subprocess.Popen([sys.executable, "-m", "distlearn", "train", *TINY, "run.output_dir=run", "-q"],
-                                      cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(warm.Popen([sys.executable, "-m", "distlearn", "train", *TINY, "run.output_dir=run", "-q"],
+                                cwd=cwd, env=env))  # forked warm (tests/warm.py)
     outs = [proc.communicate(timeout=200) for proc in procs]
     for proc, (out, err) in zip(procs, outs):
         assert proc.returncode == 2, err[-3000:]
@@ -363,14 +363,13 @@ def test_a_kill_during_a_background_write_leaves_the_previous_checkpoint(tmp_pat
 
     script, run = tmp_path / "killed.py", tmp_path / "run"
     script.write_text(_KILLED_IN_WRITE)
-    proc = subprocess.Popen([sys.executable, str(script), str(run)], env=launch_env(), stderr=subprocess.PIPE,
-                            text=True)
+    proc = warm.Popen([sys.executable, str(script), str(run)], env=launch_env())  # forked warm (tests/warm.py)
     try:
         for _ in range(1200):  # the write in flight is halfway
             if (run / "writing").exists() or proc.poll() is not None:
                 break
             time.sleep(0.1)
-        assert (run / "writing").exists(), proc.stderr.read() if proc.poll() is not None else "no write started"
+        assert (run / "writing").exists(), proc.communicate()[1] if proc.poll() is not None else "no write started"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -6,6 +6,7 @@ Each rank builds a real Accelerator (CPU, gloo) inside the pool's process group.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import math
 import subprocess
@@ -194,8 +195,12 @@ def _readme_loop() -> str:
     return text[start : text.index("```", start)]
 
 
-def _launch(script, procs: int, out, plain: bool = False) -> subprocess.Popen:
-    """``script OUT`` on ``procs`` processes; ``plain``: without ACCELERATE_USE_CPU=1 (as a user types it)."""
+def _launch(script, procs: int, out, plain: bool = False, torchrun: bool = False) -> subprocess.Popen:
+    """``script OUT`` on ``procs`` processes; ``plain``: without ACCELERATE_USE_CPU=1 (as a user types it).
+
+    Forked warm (tests/warm.py: one process, or several as a hand launch with torchrun's variables)
+    unless ``torchrun``: a real cold ``torchrun --standalone``.
+    """
     from launching import launch_env, script_command
 
     out.mkdir()
@@ -204,15 +209,20 @@ def _launch(script, procs: int, out, plain: bool = False) -> subprocess.Popen:
         del env["ACCELERATE_USE_CPU"]
     import warm
 
-    command = script_command(procs, script, str(out))  # one process: forked warm (tests/warm.py)
-    return warm.popen_for(command)(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if torchrun:
+        return subprocess.Popen(script_command(procs, script, str(out)), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    command = script_command(1, script, str(out))
+    launch = warm.Popen if procs == 1 else functools.partial(warm.Ranks, procs)
+    return launch(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def test_the_readme_loop_gives_one_process_numbers_on_two_even_under_plain_torchrun(tmp_path):
     """50 samples at batch 3 on 2 processes: rank 1's last batch is empty (its loss NaN, weight 0).
 
     Launched as the README says, with and without ACCELERATE_USE_CPU=1 (build_accelerator asks for gloo
-    itself); a bare Accelerator under plain torchrun is refused by drop_padding instead of counting twice.
+    itself); a bare Accelerator without it is refused by drop_padding instead of counting twice. The run
+    as a user types it goes through a real torchrun; the others are ranks forked warm with its variables.
     """
     loop = _readme_loop()
     assert "build_accelerator()" in loop and "drop_padding" in loop
@@ -223,7 +233,7 @@ def test_the_readme_loop_gives_one_process_numbers_on_two_even_under_plain_torch
     runs = {
         "one": _launch(script, 1, tmp_path / "one"),
         "two_cpu": _launch(script, 2, tmp_path / "two_cpu"),
-        "two_plain": _launch(script, 2, tmp_path / "two_plain", plain=True),
+        "two_plain": _launch(script, 2, tmp_path / "two_plain", plain=True, torchrun=True),
         "bare": _launch(bare, 2, tmp_path / "bare", plain=True),
     }
     logs = {name: proc.communicate(timeout=240)[0] for name, proc in runs.items()}

@@ -8,9 +8,9 @@ fail with the promise broken by hand (benchmarks/mutate.py keeps such mutations)
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -34,14 +34,8 @@ SCRIPT = SCRIPTS / "promises_run.py"
 LAUNCH_TIMEOUT = 180
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 # --------------------------------------------------------------------------- #
-# Launches: 1 process (python) and 2 processes (accelerate launch), started together once
+# Launches: 1 process and 2 processes (a hand launch, forked warm), started together once
 # --------------------------------------------------------------------------- #
 
 SCENARIOS = "dropout,drop_last,clip"
@@ -54,7 +48,9 @@ def _start_and_wait(starts: dict, dirs: dict) -> dict:
     for name, (command, env, cwd) in starts.items():
         command = [str(dirs[name]) if part is None else part for part in command]
         log = open(dirs[name] / "launch.log", "w")
-        popen = warm.popen_for(command)  # python1 and the W&B run fork warm; the launchers start cold
+        ranks = WORLDS.get(name, 1)
+        # python1, accelerate2 and the W&B run fork warm (2 ranks: a hand launch); the launch scripts start cold
+        popen = warm.popen_for(command) if ranks == 1 else functools.partial(warm.Ranks, ranks)
         procs[name] = popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True)
     codes = {}
     for name, proc in procs.items():
@@ -69,12 +65,9 @@ def _start_and_wait(starts: dict, dirs: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def launches(tmp_path_factory):
-    """promises_run.py on 1 process (python) and 2 (accelerate launch)."""
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                  "--main_process_port", _free_port()]
-    starts = {name: (command + [str(SCRIPT), None, SCENARIOS], launch_env(), None)
-              for name, command in {"python1": [sys.executable], "accelerate2": accelerate}.items()}
+    """promises_run.py on 1 process and 2 (forked warm with the launcher's variables: these promises are the
+    library's; `accelerate launch` itself is test_learner's and test_devices')."""
+    starts = {name: ([sys.executable, str(SCRIPT), None, SCENARIOS], launch_env(), None) for name in WORLDS}
     dirs = {name: tmp_path_factory.mktemp(name) for name in starts}
     return {"dirs": dirs, "codes": _start_and_wait(starts, dirs)}
 

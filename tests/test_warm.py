@@ -62,3 +62,45 @@ def test_a_warm_module_gets_its_own_session_and_reports_a_timeout(tmp_path):
     assert started.wait(timeout=60) == -signal.SIGTERM and os.getsid(0) != started.pid
     assert not warm.one_process([sys.executable, "-m", "torch.distributed.run", "x.py"])
     assert warm.one_process([sys.executable, "-m", "distlearn", "train"]) and warm.one_process([sys.executable, "x.py"])
+
+
+RANKS_SCRIPT = """
+import os, signal, sys, time
+import torch, torch.distributed as dist
+rank, how = int(os.environ["RANK"]), sys.argv[1]
+for i in range(300):
+    print(f"rank {rank} of {os.environ['WORLD_SIZE']} local {os.environ['LOCAL_RANK']} line {i}")
+dist.init_process_group("gloo")  # env://: MASTER_ADDR/PORT, RANK, WORLD_SIZE as the launch set them
+total = torch.tensor([rank + 1.0])
+dist.all_reduce(total)
+print("sum", total.item(), flush=True)
+if how == "fail":
+    if rank == 1:
+        sys.exit(3)
+    signal.signal(signal.SIGTERM, lambda *_: (print(f"SIGTERM stopped rank {rank}", flush=True), os._exit(143)))
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("how", ["end", "fail"])
+def test_warm_ranks_meet_in_one_group_and_a_failed_rank_stops_the_others_as_torchrun_does(tmp_path, how):
+    """Ranks: each gets its own RANK/LOCAL_RANK with the same WORLD_SIZE and MASTER_PORT, their lines stay
+    whole in the shared stdout, and when one fails the others get SIGTERM (not 60 s of waiting); exit 1."""
+    import time
+
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_SCRIPT)
+    began = time.monotonic()
+    proc = warm.Ranks(3, [sys.executable, str(script), how], cwd=tmp_path, env=launch_env())
+    out, err = proc.communicate(timeout=60)
+    lines = out.splitlines()
+    for rank in range(3):
+        assert [ln for ln in lines if ln.startswith(f"rank {rank} ")] == [
+            f"rank {rank} of 3 local {rank} line {i}" for i in range(300)], err
+    assert lines.count("sum 6.0") == 3, err
+    if how == "end":
+        assert proc.returncode == 0 and proc.codes == [0, 0, 0], err
+    else:
+        assert proc.returncode == 1 and proc.codes == [143, 3, 143], err
+        assert sorted(ln for ln in lines if ln.startswith("SIGTERM")) == ["SIGTERM stopped rank 0", "SIGTERM stopped rank 2"]
+        assert time.monotonic() - began < 30

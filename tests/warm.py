@@ -9,20 +9,31 @@ script runs), its folder, argv, its own session, stdout and stderr as files, the
 atexit handlers run). ``Popen`` mimics ``subprocess.Popen`` for the tests that wait on or signal
 a launch.
 
+``Ranks`` starts several such processes as one hand launch (``MASTER_ADDR``/``MASTER_PORT``, ``RANK``,
+``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE`` set per rank, as srun or a script does) and
+behaves as torchrun's agent does when a rank fails: the others get SIGTERM, then SIGKILL after a
+grace period, and the launch exits 1. A cold ``torchrun`` spends ~9 s of CPU (its own imports and
+each rank's); forked, a rank costs what it trains.
+
 Claims about the interpreter's start itself (what a command imports, the console script) and every
-launcher (torchrun, accelerate launch, the launch scripts) keep cold launches.
+launcher (torchrun, accelerate launch, the launch scripts: their restarts, messages, signals
+forwarding) keep cold launches.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from dist_pool import fork_context
+from dist_pool import _free_port, fork_context
+
+# torchrun's agent waits this long for the other ranks to stop after SIGTERM before it kills them
+STOP_GRACE_S = 30.0
 
 
 def _redirect(fd: int, target: str | int | None) -> None:
@@ -37,6 +48,21 @@ def _redirect(fd: int, target: str | int | None) -> None:
     os.close(new)
 
 
+def _fresh_streams() -> None:
+    """sys.stdout and sys.stderr as a new interpreter opens them on fds 1 and 2: stdout block-buffered
+    unless a terminal, stderr line-buffered, both unbuffered under PYTHONUNBUFFERED. The fork server's
+    own may write each piece of a print() apart, which interleaves the lines of ranks sharing a file."""
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        old = getattr(sys, name)
+        stream = open(fd, "w", buffering=1 if fd == 2 or os.isatty(fd) else -1, closefd=False,
+                      encoding=getattr(old, "encoding", None), errors=getattr(old, "errors", None))
+        if unbuffered:
+            stream.reconfigure(write_through=True)
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
 def _child(command: list[str], cwd: str, env: dict[str, str], stdout: str | None, stderr: str | int | None) -> None:
     """Runs in the forked process: become the command, as ``python`` would have started it."""
     import atexit
@@ -49,6 +75,7 @@ def _child(command: list[str], cwd: str, env: dict[str, str], stdout: str | None
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
+    _fresh_streams()
     extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
     try:
         if command[0] == "-m":
@@ -131,11 +158,75 @@ class Popen:
         self._proc.kill()
 
 
+class Ranks(Popen):
+    """``procs`` warm processes of one command, one hand launch on localhost; ``Popen``'s calls for all of them.
+
+    Their stdout and stderr go to one file each, as a launcher's children share its streams. ``pid``
+    is rank 0's, ``pids`` every rank's, ``codes`` their exit codes; ``send_signal`` and ``kill`` reach every rank still running.
+    """
+
+    def __init__(self, procs: int, args: list[str], cwd: str | Path | None = None, env: dict[str, str] | None = None,
+                 stdout: Any = subprocess.PIPE, stderr: Any = subprocess.PIPE, **_: Any) -> None:
+        self.args = args
+        self._folder = tempfile.mkdtemp(prefix="warm-ranks-")
+        self._out, out = self._target(stdout, "stdout")
+        self._err, err = self._target(stderr, "stderr")
+        base = dict(os.environ if env is None else env)
+        port = str(_free_port())
+        self._ranks = [Popen(args, cwd=cwd, stdout=out, stderr=err,
+                             env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(procs),
+                                  "LOCAL_WORLD_SIZE": str(procs), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+                       for rank in range(procs)]
+        self.pids = [rank.pid for rank in self._ranks]
+        self.pid = self.pids[0]
+        self.returncode = None
+        self.codes: list[int] | None = None  # each rank's exit code, once all have ended
+        self._stop_by: float | None = None  # when the grace after a failed rank's SIGTERM ends
+
+    def poll(self) -> int | None:
+        """None while a rank runs; then 0, or 1 when a rank failed (torchrun's exit code)."""
+        import time
+
+        if self.returncode is not None:
+            return self.returncode
+        codes = [rank.poll() for rank in self._ranks]
+        if self._stop_by is None and any(code not in (None, 0) for code in codes):
+            self._stop_by = time.monotonic() + STOP_GRACE_S  # as torchrun's agent: stop the others
+            self.send_signal(signal.SIGTERM)
+        elif self._stop_by is not None and time.monotonic() > self._stop_by:
+            self.kill()
+        if all(code is not None for code in codes):
+            self.codes = codes
+            self.returncode = 0 if not any(codes) else 1
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        for rank in self._ranks:
+            rank.send_signal(signum)
+
+    def kill(self) -> None:
+        for rank in self._ranks:
+            if rank.poll() is None:
+                rank.kill()
+
+
 def run(args: list[str], cwd: str | Path | None = None, env: dict[str, str] | None = None,
         timeout: float | None = None, stdout: Any = subprocess.PIPE, stderr: Any = subprocess.PIPE,
-        **_: Any) -> subprocess.CompletedProcess:
-    """``subprocess.run(args, capture_output=True, text=True, ...)``, warm; a timeout kills it and raises."""
-    proc = Popen(args, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
+        procs: int = 1, **_: Any) -> subprocess.CompletedProcess:
+    """``subprocess.run(args, capture_output=True, text=True, ...)``, warm, on ``procs`` ranks (``Ranks``
+    for more than one); a timeout kills it and raises."""
+    proc = (Popen(args, cwd=cwd, env=env, stdout=stdout, stderr=stderr) if procs == 1 else
+            Ranks(procs, args, cwd=cwd, env=env, stdout=stdout, stderr=stderr))
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
