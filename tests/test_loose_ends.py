@@ -34,9 +34,13 @@ def _train_points(out_dir, n_epochs=3, resume_from=None, **data):
         seen[epoch] = torch.cat(model.seen)
         model.seen.clear()
 
-    _learner(n_epochs, seed=5).train(
-        model, train, checkpoints=Checkpoints(out_dir, every_n_steps=2, keep_last=100, resume_from=resume_from),
-        disable_tqdm=True, on_epoch_end=inputs_seen)
+    learner = _learner(n_epochs, seed=5)
+    learner.train(model, train, checkpoints=Checkpoints(out_dir, every_n_steps=2, keep_last=100, resume_from=resume_from),
+                  disable_tqdm=True, on_epoch_end=inputs_seen)
+    for prepared in list(learner._prepared_loaders.values()):  # persistent workers: stopped now (a later garbage
+        workers = getattr(prepared, "_iterator", None)             # collection stops each in 5 s)
+        if workers is not None:
+            workers._shutdown_workers()
     reset_accelerate()
     return seen, [p.detach().clone() for p in model.parameters()]
 
@@ -80,7 +84,9 @@ def test_persistent_workers_see_the_epoch_under_spawn(fresh_accelerate):
         return prepare_loader(accelerator, torch.utils.data.DataLoader(data, batch_size=4, **workers))
 
     plain = _epochs(loader(), [0, 1, 2])
-    kept = _epochs(loader(num_workers=1, persistent_workers=True, multiprocessing_context="spawn"), [0, 1, 2])
+    persistent = loader(num_workers=1, persistent_workers=True, multiprocessing_context="spawn")
+    kept = _epochs(persistent, [0, 1, 2])
+    persistent._iterator._shutdown_workers()  # now, not in a later garbage collection (5 s a worker)
     assert all(torch.equal(a, b) for a, b in zip(plain, kept))
 
 
@@ -95,7 +101,9 @@ def test_persistent_workers_reseed_their_generators_each_epoch(fresh_accelerate)
         return prepare_loader(accelerator, torch.utils.data.DataLoader(Draws(10), batch_size=2, num_workers=2,
                                                                        **workers))
 
-    fresh, kept = _epochs(loader(), [0, 1, 2]), _epochs(loader(persistent_workers=True), [0, 1, 2])
+    persistent = loader(persistent_workers=True)
+    fresh, kept = _epochs(loader(), [0, 1, 2]), _epochs(persistent, [0, 1, 2])
+    persistent._iterator._shutdown_workers()  # now, not in a later garbage collection (5 s a worker)
     assert all(torch.equal(a, b) for a, b in zip(fresh, kept))
     assert not torch.equal(fresh[1], fresh[2])
 
