@@ -5,10 +5,14 @@ initial weights, optimizer, loss, scheduler, gradient clipping); the plain loop 
 a copy of the same initial model on the same batches in the same order (see the README's
 "Parity with a plain PyTorch loop") with no Accelerate at all, and keeps what a user keeps: the
 epoch's sample-weighted loss (and with ``+acc`` the correct predictions), summed on the device
-and read once per epoch. The learner runs with no test pass. Runs are interleaved (learner,
-plain, learner, plain, ...) and each pair's CPU-time ratio is taken (the machine is shared:
-CPU time is what load does not inflate); the figure is the median of those ratios. One thread
+and read once per epoch. The learner runs with no test pass. Runs are interleaved, the order
+alternating (learner, plain, plain, learner, ...), and each pair's CPU-time ratio is taken (the
+machine is shared: CPU time is what load does not inflate; a rank waiting in a gloo collective
+sleeps, it does not spin); the figure is the median of those ratios, printed with their spread. One thread
 per process. The final weights of the two loops are compared too (``equal`` / ``DIFFER``).
+Each job also prints ``median step``: the ratio of the median CPU time of the main thread from one
+batch's end to the next within an epoch (the step with its batch's fetch and bookkeeping, without
+the per-epoch reduction and the per-run preparation), the learner's over the plain loop's.
 
 Jobs: ``digits`` (configs/digits.yaml, no metric), ``digits+acc`` (with train accuracy),
 ``ddp`` (digits on 2 processes under torchrun, against a plain ``DistributedDataParallel``
@@ -43,9 +47,10 @@ sys.path.insert(0, str(ROOT))
 
 from distlearn.experiment.build import build_experiment  # noqa: E402
 from distlearn.experiment.load import load_config  # noqa: E402
-from distlearn.training.learner import BackwardLearner  # noqa: E402, F401 (both loops import the same modules)
+from distlearn.training.learner import BackwardLearner  # noqa: E402 (both loops import the same modules)
 
 TARGETS = {"digits": 1.10, "digits+acc": 1.15, "ddp": 1.05, "charlm": 1.05}
+STEP_ENDS: list[tuple[int, float]] = []  # (epoch, the main thread's CPU seconds) at the end of each batch of a run
 
 
 def job_config(job: str, epochs: int, charlm_chars: int):
@@ -115,6 +120,7 @@ def plain_run(exp, metric: bool, rank: int = 0, world: int = 1) -> nn.Module:
             totals[1] += target.shape[0]
             if metric:
                 totals[2] += (logits.detach().argmax(-1) == target).sum()
+            STEP_ENDS.append((epoch, time.thread_time()))
         if world > 1:
             dist.all_reduce(totals)
         _ = (totals[0] / totals[1]).item(), (totals[2] / totals[1]).item()  # what a user logs
@@ -123,30 +129,54 @@ def plain_run(exp, metric: bool, rank: int = 0, world: int = 1) -> nn.Module:
     return exp.model
 
 
-def timed(job: str, kind: str, epochs: int, chars: int, rank: int = 0, world: int = 1) -> tuple[float, dict]:
-    """CPU seconds of one training run (building the experiment is not counted), and its final weights."""
+def note_step_ends() -> None:
+    """The learner notes the end of each batch in STEP_ENDS as the plain loop does (one list append)."""
+    train_batch = BackwardLearner._train_batch
+
+    def noted(self, run, batch, accounting):
+        stepped = train_batch(self, run, batch, accounting)
+        STEP_ENDS.append((self.epoch, time.thread_time()))  # self.epoch: the running epoch until its end
+        return stepped
+
+    BackwardLearner._train_batch = noted
+
+
+def step_seconds() -> list[float]:
+    """The main thread's CPU seconds from one batch's end to the next's within an epoch: each step with
+    its batch's fetch and bookkeeping, without the epoch's and the run's own work."""
+    return [b[1] - a[1] for a, b in zip(STEP_ENDS, STEP_ENDS[1:]) if a[0] == b[0]]
+
+
+def timed(job: str, kind: str, epochs: int, chars: int, rank: int = 0,
+          world: int = 1) -> tuple[float, dict, list[float]]:
+    """CPU seconds of one training run (building the experiment is not counted; on every thread of
+    the process: gloo's and DDP's too), its final weights, and its steps' seconds (:func:`step_seconds`)."""
     reset_accelerate()
     exp = build_experiment(job_config(job, epochs, chars))
     metric = job != "digits" and job != "ddp"
+    STEP_ENDS.clear()
     begin = time.process_time()
     model = learner_run(exp, metric) if kind == "learner" else plain_run(exp, metric, rank, world)
-    return time.process_time() - begin, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return time.process_time() - begin, {k: v.detach().clone() for k, v in model.state_dict().items()}, step_seconds()
 
 
 def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def interleaved(job: str, args, rank: int = 0, world: int = 1) -> tuple[list[float], bool]:
-    """Adjacent-run ratios learner / plain (CPU time; on several ranks the sum over ranks)."""
+def interleaved(job: str, args, rank: int = 0, world: int = 1) -> tuple[list[float], bool, float]:
+    """Adjacent-run ratios learner / plain (CPU time; on several ranks the sum over ranks), whether the
+    weights were equal, and the ratio of the median step times (on several ranks their mean over ranks)."""
     epochs = args.charlm_epochs if job == "charlm" else args.epochs
-    ratios, equal = [], True
+    ratios, equal, steps = [], True, {"learner": [], "plain": []}
     timed(job, "plain", 1, args.charlm_chars, rank, world)  # warm up (first-call costs of both)
     timed(job, "learner", 1, args.charlm_chars, rank, world)
-    for _ in range(args.repeats):
+    for pair in range(args.repeats):
         spent = {}
-        for kind in ("learner", "plain"):
-            seconds, weights = timed(job, kind, epochs, args.charlm_chars, rank, world)
+        # the order alternates: the second run of a pair meets the caches, heap and clock state the first left
+        for kind in ("learner", "plain") if pair % 2 == 0 else ("plain", "learner"):
+            seconds, weights, step_times = timed(job, kind, epochs, args.charlm_chars, rank, world)
+            steps[kind] += step_times
             if world > 1:
                 total = torch.tensor([seconds], dtype=torch.float64)
                 dist.all_reduce(total)
@@ -154,23 +184,29 @@ def interleaved(job: str, args, rank: int = 0, world: int = 1) -> tuple[list[flo
             spent[kind] = (seconds, weights)
         ratios.append(spent["learner"][0] / spent["plain"][0])
         equal = equal and same(spent["learner"][1], spent["plain"][1])
-    return ratios, equal
+    step_ratio = statistics.median(steps["learner"]) / statistics.median(steps["plain"])
+    if world > 1:
+        mean = torch.tensor([step_ratio / world], dtype=torch.float64)
+        dist.all_reduce(mean)
+        step_ratio = float(mean)
+    return ratios, equal, step_ratio
 
 
-def report(job: str, ratios: list[float], equal: bool) -> None:
+def report(job: str, ratios: list[float], equal: bool, step_ratio: float) -> None:
     median = statistics.median(ratios)
     verdict = "ok" if median <= TARGETS[job] else "OVER"
     print(f"{job:11s} learner/plain CPU time {median:.3f}x (target <= {TARGETS[job]:.2f}x, {verdict}); "
-          f"ratios {', '.join(f'{r:.3f}' for r in ratios)}; weights {'equal' if equal else 'DIFFER'}", flush=True)
+          f"{len(ratios)} ratios {min(ratios):.3f}-{max(ratios):.3f}: {', '.join(f'{r:.3f}' for r in ratios)}; "
+          f"median step {step_ratio:.3f}x; weights {'equal' if equal else 'DIFFER'}", flush=True)
 
 
 def ddp_worker(args) -> None:
     """Rank of the 2-process job (under torchrun): interleaved learner and plain DDP runs."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
-    ratios, equal = interleaved("ddp", args, dist.get_rank(), dist.get_world_size())
+    result = interleaved("ddp", args, dist.get_rank(), dist.get_world_size())
     if dist.get_rank() == 0:
-        report("ddp", ratios, equal)
+        report("ddp", *result)
     dist.destroy_process_group()
 
 
@@ -208,6 +244,7 @@ def main() -> None:
     parser.add_argument("--memory-worker", choices=["learner", "plain"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    note_step_ends()
     if args.ddp_worker:
         return ddp_worker(args)
     if args.memory_worker:
