@@ -303,9 +303,11 @@ def test_a_rank_that_never_arrives_ends_the_run_after_run_timeout_s(tmp_path):
 def test_a_rank_that_dies_is_named_with_the_place_in_the_loop(tmp_path):
     """A peer killed mid-run: the survivor says which rank it is, where in the loop, and how to resume."""
     script = Path(__file__).parent / "scripts" / "stalled_rank.py"
-    cmd = script_command(1, script, "learner_configs.learner_parameters.n_epochs=1", "run.tracking.backend=none",
+    # Under torchrun, not a warm hand launch: forked warm, rank 0 once ended without a word (1 in 4 whole runs,
+    # not reproduced alone); torchrun's launch never showed it.
+    cmd = script_command(2, script, "learner_configs.learner_parameters.n_epochs=1", "run.tracking.backend=none",
                          "run.timeout_s=20", f"run.output_dir={tmp_path / 'run'}")
-    done = warm.run(cmd, env=launch_env(DIE="1"), timeout=120, cwd=tmp_path, procs=2)
+    done = subprocess.run(cmd, env=launch_env(DIE="1"), capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode != 0
     assert "training stopped on rank 0 of 2, in epoch 1 after optimizer step" in done.stderr, done.stderr[-3000:]
     assert "Rerun the same command to resume" in done.stderr or "did not arrive" in done.stderr
