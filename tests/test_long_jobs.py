@@ -377,3 +377,54 @@ def test_a_kill_during_a_background_write_leaves_the_previous_checkpoint(tmp_pat
     assert newest.name == "step-00000002" and committed_marker(newest)["step"] == 2  # complete, loadable
     assert (run / "checkpoints" / ".tmp-step-00000004" / "model.safetensors").exists()  # the half-written one ...
     assert not (run / "checkpoints" / ".tmp-step-00000004" / "COMMITTED.json").exists()  # ... never committed
+
+
+def _commit_fails(rank: int, world: int, folder: str, asynchronous: bool) -> dict:
+    """Training saving every 2 steps whose commit of step 4 fails on the main process (a full disk, as
+    ``os.replace`` or the marker's write would report it): what each rank raised, and what is left."""
+    import errno
+    import time
+
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from distlearn import BackwardLearner
+    from distlearn.training.checkpoint import CheckpointError, Checkpoints, find
+
+    original = Checkpoints._commit
+
+    def commit(self, tmp, final, *args):
+        if final.name == "step-00000004":
+            raise OSError(errno.ENOSPC, "No space left on device", str(final))
+        return original(self, tmp, final, *args)
+
+    _reset_accelerator()
+    Checkpoints._commit = commit if rank == 0 else original
+    try:
+        x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(TensorDataset(x, (x.sum(1) > 0).long()), batch_size=32 // (8 * world))
+        learner = BackwardLearner(n_epochs=1, loss=nn.CrossEntropyLoss(), display_every_n_steps=50,
+                                  optimizer_configs={"optimizer_class": "torch.optim.AdamW"})
+        checkpoints = Checkpoints(folder, every_n_steps=2, keep_last=100, asynchronous=asynchronous)
+        began, raised = time.monotonic(), None
+        try:
+            learner.train(nn.Linear(4, 2), loader, checkpoints=checkpoints, disable_tqdm=True)
+        except CheckpointError as exc:
+            raised = str(exc)
+        return {"raised": raised, "seconds": time.monotonic() - began, "complete": [p.name for p, _ in find(folder)]}
+    finally:
+        Checkpoints._commit = original
+        _reset_accelerator()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_commit_failing_on_the_main_process_fails_every_rank_with_its_cause(dist_pool, tmp_path, asynchronous):
+    """Before, the other ranks waited at the barrier after the commit until the group's timeout and then
+    reported a peer that did not arrive; now every rank raises the main process's error at once."""
+    out = dist_pool.run(_commit_fails, 2, str(tmp_path / "run"), asynchronous)
+    for rank in out:
+        assert rank["raised"] and "committing checkpoint step-00000004 failed on the main process" in rank["raised"]
+        assert "No space left on device" in rank["raised"]
+        assert rank["seconds"] < 15  # not the pool group's 20 s timeout
+    assert out[0]["complete"][-1] == "step-00000002"  # the previous checkpoint is kept

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ..runtime import ranks
 from ..runtime.ranks import agree
 from . import sharded
 
@@ -264,7 +265,9 @@ class BackgroundSaves:
         if pending is None:
             return None
         accelerator.wait_for_everyone()  # every rank's files are written
-        if accelerator.is_main_process:
-            self._commit(*pending[1:])
-        accelerator.wait_for_everyone()  # the checkpoint is visible to every rank
+        try:  # the others wait in the outcome's broadcast: the checkpoint is visible to every rank after it
+            ranks.on_main(accelerator, self._commit, *pending[1:])
+        except ranks.MainProcessFailed as exc:
+            raise ValueError(f"committing checkpoint {pending[2].name} failed on the main process ({exc}); the "
+                             "previous checkpoint is kept") from None
         return pending[2]

@@ -57,7 +57,7 @@ from typing import Any
 import torch
 
 from ..options import DEFAULT_KEEP_LAST, DEFAULT_RESUME_BATCH, RESUME_BATCH_MODES
-from ..runtime.ranks import from_main
+from ..runtime.ranks import MainProcessFailed, from_main, on_main
 from .async_save import BackgroundSaves
 from .control import STOP_SIGNALS, StopFlags, stop_signals_to
 from .durable import fsync_dir, fsync_file
@@ -304,10 +304,9 @@ class Checkpoints:
         torch.save({**state, "extra": dict(self.extra)}, own)
         fsync_file(own)
         accelerator.wait_for_everyone()  # every rank's files are written
-        if accelerator.is_main_process:
-            self._commit(tmp, final, position, accelerator.num_processes)
-            self._prune(keep=final)
-        accelerator.wait_for_everyone()  # the checkpoint is visible to every rank when save() returns
+        # The others wait in the outcome's broadcast: the checkpoint is visible to every rank when save()
+        # returns, and a commit that fails on the main process fails every rank with its cause.
+        _committed_on_main(accelerator, self._commit_and_prune, tmp, final, position, accelerator.num_processes)
         self.last_saved = final
         logger.debug("checkpoint %s saved in %.2f s", final, time.time() - began)
         return final
@@ -450,6 +449,19 @@ class Checkpoints:
         complete = [path for path, _ in find(self.output_dir) if path != keep]
         for old in complete[self.keep_last - 1:]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _committed_on_main(accelerator: Any, commit: Callable[..., None], tmp: Path, final: Path, *args: Any) -> None:
+    """``commit(tmp, final, *args)`` on the main process; its failure raised on every rank.
+
+    Raises:
+        CheckpointError: On every rank, naming the checkpoint and the main process's error.
+    """
+    try:
+        on_main(accelerator, commit, tmp, final, *args)
+    except MainProcessFailed as exc:
+        raise CheckpointError(f"committing checkpoint {final.name} failed on the main process ({exc}); the "
+                              "previous checkpoint is kept") from None
 
 
 def _accelerate_step(path: Path) -> int:
