@@ -254,6 +254,14 @@ def main() -> None:
         rank = int(os.environ.get("RANK", "0"))
         with open(os.path.join(out_dir, f"{name}.rank{rank}.json"), "w") as f:
             json.dump(result, f)
+    # Every rank arrives, then the group is destroyed before the interpreter's teardown: a rank exiting with
+    # gloo's threads still talking to a peer can abort ("terminate called without an active exception",
+    # exit -6; seen once under accelerate launch in CI), as the README's loop says with end_training().
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
