@@ -31,10 +31,12 @@ from typing import Any
 
 import torch
 
+from .weight_files import DCP_MODEL_DIR
+
 __all__ = ["MODEL_DIR", "OPTIMIZER_DIR", "ShardedWrite", "checkpoint_format", "fsdp2_plugin", "is_sharded_checkpoint",
            "stage"]
 
-MODEL_DIR = "pytorch_model_fsdp_0"  # Accelerate's f"{FSDP_MODEL_NAME}_{model index}"
+MODEL_DIR = DCP_MODEL_DIR  # the name its readers know it by (training/weight_files.py)
 OPTIMIZER_DIR = "optimizer_0"  # Accelerate's f"{OPTIMIZER_NAME}_{optimizer index}"
 _WRITERS: dict[str, Any] = {}  # the default group they belong to, the model's and optimizer's (gloo group, stager)
 
